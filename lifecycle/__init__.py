@@ -1,0 +1,3 @@
+"""lifecycle: make a local-LLM model update a reviewed, tested, pinned change."""
+
+__version__ = "0.1.0"

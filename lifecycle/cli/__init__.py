@@ -1,0 +1,38 @@
+"""The ``lifecycle`` command line: a thin layer over the library.
+
+``main()`` is the console script. Known errors become one line on stderr and the exit code of
+the contract (see :mod:`lifecycle.errors`); tracebacks appear only with ``LIFECYCLE_DEBUG=1``.
+Command modules import the library inside their bodies so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from lifecycle import __version__
+from lifecycle.cli._errors import handle_errors
+from lifecycle.cli.eval import eval_command
+from lifecycle.config import ENV_DEBUG, ENV_HOME, ENV_WORKSPACE
+
+
+@click.group(
+    help="Make a local-LLM model update a reviewed, tested, pinned change.",
+    epilog=(
+        f"Environment: {ENV_WORKSPACE} (workspace dir), {ENV_HOME} (model store), "
+        f"{ENV_DEBUG}=1 (tracebacks)."
+    ),
+)
+@click.version_option(__version__, prog_name="lifecycle")
+def cli() -> None:
+    pass
+
+
+cli.add_command(eval_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the CLI and map errors to exit codes."""
+    code = handle_errors(lambda: cli.main(args=argv, standalone_mode=False))
+    sys.exit(code)

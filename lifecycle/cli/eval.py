@@ -1,0 +1,122 @@
+"""``lifecycle eval``: run the workspace's golden suites on the local engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.config import ENV_WORKSPACE
+from lifecycle.errors import EXIT_GATE_FAILED, EXIT_OK
+
+workspace_option = click.option(
+    "--workspace",
+    "-C",
+    "workspace_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=ENV_WORKSPACE,
+    help=f"Workspace directory (default: nearest lifecycle.toml upwards; env {ENV_WORKSPACE}).",
+)
+
+
+@click.command("eval")
+@workspace_option
+@click.option("--model", "-m", "models", multiple=True, help="Model(s) from lifecycle.toml.")
+@click.option("--suite", "-s", "suites", multiple=True, help="Suite(s) from evals/ (default: the model's).")
+@click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    type=click.Choice(["free", "schema"]),
+    help="Output mode(s) to run (default: the suite's).",
+)
+@click.option("--engine", help="Engine name (default: lifecycle.toml's).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
+@click.option("--limit", type=click.IntRange(min=1), help="Run only the first N cases per suite.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-case progress on stderr.")
+def eval_command(
+    workspace_dir: Path | None,
+    models: tuple[str, ...],
+    suites: tuple[str, ...],
+    modes: tuple[str, ...],
+    engine: str | None,
+    threads: int | None,
+    limit: int | None,
+    as_json: bool,
+    quiet: bool,
+) -> int:
+    """Run golden-set JSON evals and report per case and in summary.
+
+    Exit codes: 0 every suite met its threshold; 3 a pass rate is under its threshold;
+    2 usage or config error; 1 the tool failed (model missing or corrupt, engine error).
+    """
+    from lifecycle.config import load_workspace
+    from lifecycle.runner import EvalOptions, run_eval, save_run
+
+    workspace = load_workspace(workspace_dir)
+    options = EvalOptions(
+        models=models or None,
+        suites=suites or None,
+        modes=modes or None,
+        engine=engine,
+        threads=threads,
+        limit=limit,
+    )
+    record = run_eval(workspace, options, progress=None if quiet else progress)
+    path = save_run(record, workspace.runs_dir)
+    if as_json:
+        emit_json(record.to_dict())
+    else:
+        click.echo(render_run(record.to_dict()))
+    progress(f"run record: {path}")
+    return EXIT_OK if record.passed else EXIT_GATE_FAILED
+
+
+def render_run(run: dict[str, Any]) -> str:
+    """The human report: one row per (variant, suite, mode), then the failing cases."""
+    rows = [
+        [
+            s["variant"],
+            s["suite"],
+            s["mode"],
+            f"{s['passed']}/{s['cases']}",
+            f"{s['pass_rate']:.0%}",
+            f"{s['json_valid_rate']:.0%}",
+            f"{s['schema_valid_rate']:.0%}",
+            s["latency_p50_ms"],
+            s["latency_p95_ms"],
+            s["generation_tokens_per_s"],
+            "-" if s["threshold"] is None else f"{s['threshold']:.0%}",
+            "ok" if s["met_threshold"] else "BELOW",
+        ]
+        for s in run["summaries"]
+    ]
+    headers = [
+        "variant", "suite", "mode", "passed", "rate", "json", "schema",
+        "p50 ms", "p95 ms", "gen tok/s", "threshold", "verdict",
+    ]  # fmt: skip
+    lines = [table(headers, rows), ""]
+    failures = [c for c in run["cases"] if not c["passed"]]
+    if failures:
+        lines.append(f"failing cases ({len(failures)}):")
+        for case in failures:
+            output = case["output"].strip().replace("\n", "\\n")
+            if len(output) > 70:
+                output = output[:67] + "..."
+            lines.append(f"  {case['variant']} {case['suite']}/{case['mode']} {case['id']}: {case['reason']}")
+            lines.append(f"      output: {output}")
+        lines.append("")
+    summary = run["summary"]
+    env = run["environment"]
+    lines.append(
+        f"{summary['passed']}/{summary['cases']} passed ({summary['pass_rate']:.0%}), "
+        f"JSON-valid {summary['json_valid_rate']:.0%}, schema-valid "
+        f"{summary['schema_valid_rate']:.0%}; prompt {summary['prompt_tokens_per_s']} tok/s, "
+        f"generation {summary['generation_tokens_per_s']} tok/s, load {summary['load_ms']:.0f} ms; "
+        f"{env['engine_version']}, threads {env['threads']}"
+    )
+    lines.append("verdict: " + ("PASS" if run["passed"] else "FAIL (pass rate under threshold)"))
+    return "\n".join(lines)

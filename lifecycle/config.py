@@ -1,0 +1,195 @@
+"""The workspace: ``lifecycle.toml`` and environment variables as typed settings.
+
+A workspace is a directory holding ``lifecycle.toml``. It names the models (each a Modelfile and
+the eval suites it must pass) and the engine defaults. Eval suites live in ``evals/*.toml`` and
+are loaded by :mod:`lifecycle.golden`. Every error names the file and the offending field, e.g.
+``lifecycle.toml → engine.threads: must be an integer``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_cache_dir
+
+from lifecycle.errors import ConfigError
+
+CONFIG_FILE = "lifecycle.toml"
+
+# Environment variables, declared once and reused by the CLI's help text.
+ENV_HOME = "LIFECYCLE_HOME"
+ENV_WORKSPACE = "LIFECYCLE_WORKSPACE"
+ENV_DEBUG = "LIFECYCLE_DEBUG"
+ENV_NO_PROGRESS = "LIFECYCLE_NO_PROGRESS"
+
+DEFAULT_ENGINE = "llama-cpp"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Engine defaults for every run in the workspace; Modelfile PARAMETERs override sampling."""
+
+    name: str = DEFAULT_ENGINE
+    threads: int = 0  # 0 = let the engine pick (all physical cores)
+    batch_size: int = 512
+    seed: int = 42
+    gpu_layers: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One served model: its Modelfile and the eval suites it has to pass."""
+
+    name: str
+    modelfile: Path
+    suites: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A loaded ``lifecycle.toml`` with every path resolved against the workspace root."""
+
+    root: Path
+    engine: EngineSettings
+    models: dict[str, ModelSettings]
+    evals_dir: Path
+    runs_dir: Path
+    home: Path = field(default_factory=lambda: lifecycle_home())
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_FILE
+
+
+def lifecycle_home() -> Path:
+    """The store root: ``$LIFECYCLE_HOME`` or the user cache directory."""
+    value = os.environ.get(ENV_HOME)
+    return Path(value).expanduser() if value else Path(user_cache_dir("lifecycle"))
+
+
+def find_workspace_root(start: Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (or ``$LIFECYCLE_WORKSPACE``) with a config."""
+    env = os.environ.get(ENV_WORKSPACE)
+    if start is None and env:
+        start = Path(env)
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise ConfigError(
+        f"no {CONFIG_FILE} found in {here} or any parent directory "
+        "(run inside a workspace or pass --workspace)"
+    )
+
+
+def load_workspace(root: Path | None = None) -> Workspace:
+    """Read and validate ``lifecycle.toml`` in ``root`` (found upwards from cwd when None)."""
+    root = find_workspace_root(root)
+    path = root / CONFIG_FILE
+    data = read_toml(path)
+    reader = _TableReader(path, data, "")
+    reader.reject_unknown({"workspace", "engine", "models"})
+
+    ws = reader.table("workspace")
+    ws.reject_unknown({"name", "evals_dir", "runs_dir"})
+    evals_dir = root / ws.string("evals_dir", "evals")
+    runs_dir = root / ws.string("runs_dir", ".lifecycle/runs")
+
+    eng = reader.table("engine")
+    eng.reject_unknown({"name", "threads", "batch_size", "seed", "gpu_layers"})
+    engine = EngineSettings(
+        name=eng.string("name", DEFAULT_ENGINE),
+        threads=eng.integer("threads", 0, minimum=0),
+        batch_size=eng.integer("batch_size", 512, minimum=1),
+        seed=eng.integer("seed", 42),
+        gpu_layers=eng.integer("gpu_layers", 0, minimum=-1),
+    )
+
+    models: dict[str, ModelSettings] = {}
+    models_table = reader.table("models")
+    for name in models_table.keys():
+        m = models_table.table(name)
+        m.reject_unknown({"modelfile", "suites"})
+        modelfile = m.string("modelfile", None)
+        if modelfile is None:
+            raise ConfigError("is required", path=path, field=f"models.{name}.modelfile")
+        models[name] = ModelSettings(
+            name=name,
+            modelfile=root / modelfile,
+            suites=tuple(m.string_list("suites", [])),
+        )
+    if not models:
+        raise ConfigError("at least one model is required", path=path, field="models")
+    return Workspace(
+        root=root, engine=engine, models=models, evals_dir=evals_dir, runs_dir=runs_dir
+    )
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; syntax errors become a ConfigError naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=path) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        message = str(exc).split(" (at line")[0]
+        raise ConfigError(f"invalid TOML: {message}", path=path, line=line) from None
+
+
+class _TableReader:
+    """Typed access to one TOML table; each error names ``file → dotted.field``."""
+
+    def __init__(self, path: Path, data: dict[str, Any], prefix: str) -> None:
+        self.path = path
+        self.data = data
+        self.prefix = prefix
+
+    def _field(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def _fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, path=self.path, field=self._field(key))
+
+    def keys(self) -> list[str]:
+        return list(self.data)
+
+    def reject_unknown(self, allowed: set[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                raise self._fail(key, f"unknown key (expected one of: {hint})")
+
+    def table(self, key: str) -> _TableReader:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise self._fail(key, "must be a table")
+        return _TableReader(self.path, value, f"{self._field(key)}.")
+
+    def string(self, key: str, default: str | Any) -> Any:
+        value = self.data.get(key, default)
+        if value is not default and not isinstance(value, str):
+            raise self._fail(key, "must be a string")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, "must be an integer")
+        if minimum is not None and value < minimum:
+            raise self._fail(key, f"must be >= {minimum}")
+        return value
+
+    def string_list(self, key: str, default: list[str]) -> list[str]:
+        value = self.data.get(key, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._fail(key, "must be a list of strings")
+        return list(value)

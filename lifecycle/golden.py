@@ -1,0 +1,473 @@
+"""Golden sets and eval suites: loading, validation and scoring of one model output.
+
+A *golden set* is a JSONL file of cases (input messages + the expected JSON) and a JSON Schema
+for the output. An *eval suite* (``evals/NAME.toml``) says which golden set to run, in which
+output modes, how each field is matched and the pass-rate threshold. Scoring is strict by
+design: a case passes only when the raw output parses as JSON, validates against the schema
+and every matched field agrees — the production contract, not "the model was close".
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from deepdiff import DeepDiff
+
+from lifecycle.config import read_toml
+from lifecycle.errors import ConfigError, GoldenSetError
+
+# "free": the model must write the JSON by itself (what production sees).
+# "schema": decoding constrained by a grammar compiled from the JSON Schema (Ollama's `format`).
+MODES = ("free", "schema")
+MATCHERS = ("exact", "one_of", "range", "tolerance", "regex", "ignore")
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """How one output field is compared with the expected value."""
+
+    kind: str = "exact"
+    values: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    tolerance: float | None = None
+    pattern: str | None = None
+
+    def check(self, actual: Any, expected: Any) -> str | None:
+        """None when ``actual`` is acceptable, else a short reason."""
+        if self.kind == "ignore":
+            return None
+        if self.kind == "exact":
+            return None if _same_json(actual, expected) else f"expected {_show(expected)}"
+        if self.kind == "one_of":
+            if any(_same_json(actual, v) for v in self.values):
+                return None
+            return "expected one of " + ", ".join(_show(v) for v in self.values)
+        if self.kind == "regex":
+            if isinstance(actual, str) and re.fullmatch(self.pattern or "", actual):
+                return None
+            return f"expected a string matching /{self.pattern}/"
+        if not _is_number(actual):
+            return "expected a number"
+        if self.kind == "range":
+            low = -float("inf") if self.minimum is None else self.minimum
+            high = float("inf") if self.maximum is None else self.maximum
+            return None if low <= actual <= high else f"expected a number in [{low}, {high}]"
+        # tolerance: |actual - expected| <= tolerance
+        if not _is_number(expected):
+            return "expected value is not a number"
+        tol = self.tolerance or 0.0
+        if abs(actual - expected) <= tol:
+            return None
+        return f"expected {_show(expected)} ± {tol}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"matcher": self.kind}
+        if self.values:
+            out["values"] = list(self.values)
+        for key in ("minimum", "maximum", "tolerance", "pattern"):
+            value = getattr(self, key)
+            if value is not None:
+                out[{"minimum": "min", "maximum": "max"}.get(key, key)] = value
+        return out
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """One golden case: the conversation to send and the JSON expected back."""
+
+    id: str
+    messages: tuple[Mapping[str, str], ...]
+    expected: Mapping[str, Any]
+    match: Mapping[str, Matcher] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Suite:
+    """An eval suite with its golden set and schema loaded and validated."""
+
+    name: str
+    path: Path
+    golden_path: Path
+    schema_path: Path
+    schema: Mapping[str, Any]
+    modes: tuple[str, ...]
+    thresholds: Mapping[str, float]
+    max_tokens: int
+    match: Mapping[str, Matcher]
+    cases: tuple[GoldenCase, ...]
+    golden_digest: str
+    schema_digest: str
+    description: str = ""
+
+    def matcher_for(self, case: GoldenCase, field_name: str) -> Matcher:
+        return case.match.get(field_name) or self.match.get(field_name) or Matcher()
+
+    def fields(self, case: GoldenCase) -> list[str]:
+        """Fields checked for ``case``: the expected ones plus any the suite or case names."""
+        names = list(case.expected)
+        for name in (*self.match, *case.match):
+            if name not in names:
+                names.append(name)
+        return names
+
+
+@dataclass(frozen=True)
+class Score:
+    """The verdict on one output, with the first reason it failed (or ``"ok"``)."""
+
+    passed: bool
+    reason: str
+    json_valid: bool
+    schema_valid: bool
+    fields_matched: bool
+    parsed: Any = None
+    schema_error: str | None = None
+    mismatches: tuple[str, ...] = ()
+    diff: str | None = None
+
+
+def score_output(suite: Suite, case: GoldenCase, text: str) -> Score:
+    """Score one raw model output against a case: JSON, then schema, then field matchers."""
+    try:
+        parsed = json.loads(text.strip())
+    except json.JSONDecodeError as exc:
+        preview = text.strip().replace("\n", "\\n")[:60]
+        return Score(
+            passed=False,
+            reason=f"not JSON ({exc.msg} at char {exc.pos}): {preview!r}",
+            json_valid=False,
+            schema_valid=False,
+            fields_matched=False,
+        )
+
+    schema_error = _first_schema_error(suite.schema, parsed)
+    mismatches: list[str] = []
+    if isinstance(parsed, dict):
+        for name in suite.fields(case):
+            matcher = suite.matcher_for(case, name)
+            if matcher.kind == "ignore":
+                continue
+            if name not in parsed:
+                mismatches.append(f"{name}: missing")
+                continue
+            problem = matcher.check(parsed[name], case.expected.get(name))
+            if problem:
+                mismatches.append(f"{name}: {problem}, got {_show(parsed[name])}")
+    else:
+        mismatches.append(f"output is a JSON {type(parsed).__name__}, not an object")
+
+    diff = None
+    if mismatches:
+        compared = {k: parsed.get(k) for k in case.expected} if isinstance(parsed, dict) else parsed
+        diff = DeepDiff(dict(case.expected), compared, ignore_order=True).pretty() or None
+
+    if schema_error:
+        reason = f"schema: {schema_error}"
+    elif mismatches:
+        reason = mismatches[0]
+    else:
+        reason = "ok"
+    return Score(
+        passed=schema_error is None and not mismatches,
+        reason=reason,
+        json_valid=True,
+        schema_valid=schema_error is None,
+        fields_matched=not mismatches,
+        parsed=parsed,
+        schema_error=schema_error,
+        mismatches=tuple(mismatches),
+        diff=diff,
+    )
+
+
+def load_suites(evals_dir: Path, names: Sequence[str]) -> list[Suite]:
+    """Load the named suites from ``evals_dir/NAME.toml``; an unknown name is a ConfigError."""
+    available = sorted(p.stem for p in evals_dir.glob("*.toml")) if evals_dir.is_dir() else []
+    suites = []
+    for name in names:
+        if name not in available:
+            close = difflib.get_close_matches(name, available, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(available) or "none"
+            raise ConfigError(f"unknown suite {name!r}{hint}; suites in {evals_dir}: {known}")
+        suites.append(load_suite(evals_dir / f"{name}.toml"))
+    return suites
+
+
+def load_suite(path: Path) -> Suite:
+    """Read an eval suite file and the golden set and schema it points at."""
+    data = read_toml(path)
+    allowed = {"description", "golden", "schema", "modes", "threshold", "max_tokens", "match"}
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key (expected one of: {', '.join(sorted(allowed))})",
+                path=path,
+                field=key,
+            )
+    for key in ("golden", "schema"):
+        if not isinstance(data.get(key), str):
+            raise ConfigError("is required and must be a path string", path=path, field=key)
+    golden_path = (path.parent / data["golden"]).resolve()
+    schema_path = (path.parent / data["schema"]).resolve()
+
+    modes = data.get("modes", ["free"])
+    if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes):
+        raise ConfigError(f"must be a non-empty list of {list(MODES)}", path=path, field="modes")
+    thresholds = _parse_thresholds(path, data.get("threshold", 1.0), modes)
+    max_tokens = data.get("max_tokens", 128)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ConfigError("must be a positive integer", path=path, field="max_tokens")
+
+    match_table = data.get("match", {})
+    if not isinstance(match_table, dict):
+        raise ConfigError("must be a table of field → matcher", path=path, field="match")
+    match = {
+        name: parse_matcher(spec, path=path, where=f"match.{name}")
+        for name, spec in match_table.items()
+    }
+
+    schema, schema_bytes = _load_schema(schema_path)
+    cases, golden_bytes = _load_cases(golden_path, schema)
+    return Suite(
+        name=path.stem,
+        path=path,
+        golden_path=golden_path,
+        schema_path=schema_path,
+        schema=schema,
+        modes=tuple(modes),
+        thresholds=thresholds,
+        max_tokens=max_tokens,
+        match=match,
+        cases=tuple(cases),
+        golden_digest="sha256:" + hashlib.sha256(golden_bytes).hexdigest(),
+        schema_digest="sha256:" + hashlib.sha256(schema_bytes).hexdigest(),
+        description=str(data.get("description", "")),
+    )
+
+
+def parse_matcher(
+    spec: Any, *, path: Path, where: str, line: int | None = None
+) -> Matcher:
+    """Build a Matcher from ``{"matcher": KIND, ...}``; unknown kinds and bad options fail."""
+    err_cls = GoldenSetError if line is not None else ConfigError
+    if isinstance(spec, str):
+        spec = {"matcher": spec}
+    if not isinstance(spec, dict):
+        raise err_cls("must be a table with a 'matcher' key", path=path, line=line, field=where)
+    kind = spec.get("matcher", "exact")
+    if kind not in MATCHERS:
+        close = difflib.get_close_matches(str(kind), MATCHERS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise err_cls(
+            f"unknown matcher {kind!r}{hint}; known: {', '.join(MATCHERS)}",
+            path=path,
+            line=line,
+            field=where,
+        )
+    options = {k: v for k, v in spec.items() if k != "matcher"}
+    allowed = {
+        "exact": set(),
+        "ignore": set(),
+        "one_of": {"values"},
+        "range": {"min", "max"},
+        "tolerance": {"tolerance"},
+        "regex": {"pattern"},
+    }[kind]
+    for key in options:
+        if key not in allowed:
+            raise err_cls(
+                f"option {key!r} does not apply to matcher {kind!r}",
+                path=path,
+                line=line,
+                field=where,
+            )
+    for key in allowed:
+        if key not in options and kind not in ("range",):
+            raise err_cls(f"matcher {kind!r} needs {key!r}", path=path, line=line, field=where)
+    if kind == "one_of" and (not isinstance(options["values"], list) or not options["values"]):
+        raise err_cls("'values' must be a non-empty list", path=path, line=line, field=where)
+    for key in ("min", "max", "tolerance"):
+        if key in options and not _is_number(options[key]):
+            raise err_cls(f"{key!r} must be a number", path=path, line=line, field=where)
+    if kind == "regex":
+        try:
+            re.compile(options["pattern"])
+        except (re.error, TypeError) as exc:
+            raise err_cls(f"invalid regex: {exc}", path=path, line=line, field=where) from None
+    return Matcher(
+        kind=kind,
+        values=tuple(options.get("values", ())),
+        minimum=options.get("min"),
+        maximum=options.get("max"),
+        tolerance=options.get("tolerance"),
+        pattern=options.get("pattern"),
+    )
+
+
+def _parse_thresholds(path: Path, value: Any, modes: list[str]) -> dict[str, float]:
+    if _is_number(value):
+        value = dict.fromkeys(modes, value)
+    if not isinstance(value, dict):
+        raise ConfigError(
+            "must be a number or a table of mode → number", path=path, field="threshold"
+        )
+    thresholds = {}
+    for mode in modes:
+        t = value.get(mode, 1.0)
+        if not _is_number(t) or not 0.0 <= t <= 1.0:
+            raise ConfigError("must be a number in [0, 1]", path=path, field=f"threshold.{mode}")
+        thresholds[mode] = float(t)
+    for mode in value:
+        if mode not in modes:
+            raise ConfigError("not one of this suite's modes", path=path, field=f"threshold.{mode}")
+    return thresholds
+
+
+def _load_schema(path: Path) -> tuple[dict[str, Any], bytes]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise GoldenSetError(f"cannot read JSON Schema: {exc.strerror}", path=path) from None
+    try:
+        schema = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise GoldenSetError(f"JSON Schema is not valid JSON: {exc}", path=path, line=line) from None
+    if not isinstance(schema, dict):
+        raise GoldenSetError("JSON Schema must be an object", path=path)
+    validator_cls = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
+    try:
+        validator_cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = exc.json_path if hasattr(exc, "json_path") else ""
+        raise GoldenSetError(f"invalid JSON Schema at {where}: {exc.message}", path=path) from None
+    return schema, raw
+
+
+def _load_cases(path: Path, schema: Mapping[str, Any]) -> tuple[list[GoldenCase], bytes]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise GoldenSetError(f"cannot read golden set: {exc.strerror}", path=path) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GoldenSetError(f"not UTF-8: {exc}", path=path) from None
+
+    cases: list[GoldenCase] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GoldenSetError(
+                f"malformed JSON ({exc.msg} at column {exc.colno})", path=path, line=number
+            ) from None
+        case = _parse_case(item, path, number, schema)
+        if case.id in seen:
+            raise GoldenSetError(
+                f"duplicate case id {case.id!r} (first on line {seen[case.id]})",
+                path=path,
+                line=number,
+            )
+        seen[case.id] = number
+        cases.append(case)
+    if not cases:
+        raise GoldenSetError("golden set has no cases", path=path)
+    return cases, raw
+
+
+def _parse_case(item: Any, path: Path, line: int, schema: Mapping[str, Any]) -> GoldenCase:
+    def fail(message: str, where: str | None = None) -> GoldenSetError:
+        return GoldenSetError(message, path=path, line=line, field=where)
+
+    if not isinstance(item, dict):
+        raise fail("a case must be a JSON object")
+    allowed = {"id", "messages", "expected", "match", "tags"}
+    for key in item:
+        if key not in allowed:
+            raise fail(f"unknown key (expected one of: {', '.join(sorted(allowed))})", key)
+    case_id = item.get("id")
+    if not isinstance(case_id, str) or not case_id:
+        raise fail("missing 'id' (a non-empty string)", "id")
+    messages = item.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise fail(f"case {case_id!r}: 'messages' must be a non-empty list", "messages")
+    for i, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise fail(
+                f"case {case_id!r}: each message needs a role ({'/'.join(ROLES)}) and a "
+                "string content",
+                f"messages[{i}]",
+            )
+    if messages[-1]["role"] != "user":
+        raise fail(f"case {case_id!r}: the last message must be from the user", "messages")
+    if "expected" not in item:
+        raise fail(f"case {case_id!r} has no expected output", "expected")
+    expected = item["expected"]
+    if not isinstance(expected, dict):
+        raise fail(f"case {case_id!r}: 'expected' must be a JSON object", "expected")
+    error = _first_schema_error(schema, expected)
+    if error:
+        raise fail(f"case {case_id!r}: expected output violates the schema: {error}", "expected")
+    match_spec = item.get("match", {})
+    if not isinstance(match_spec, dict):
+        raise fail(f"case {case_id!r}: 'match' must be an object", "match")
+    match = {
+        name: parse_matcher(spec, path=path, where=f"match.{name}", line=line)
+        for name, spec in match_spec.items()
+    }
+    tags = item.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise fail(f"case {case_id!r}: 'tags' must be a list of strings", "tags")
+    return GoldenCase(
+        id=case_id,
+        messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
+        expected=expected,
+        match=match,
+        tags=tuple(tags),
+        line=line,
+    )
+
+
+def _first_schema_error(schema: Mapping[str, Any], instance: Any) -> str | None:
+    """The most relevant validation error as ``$.json.path: message``, or None."""
+    validator_cls = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
+    error = jsonschema.exceptions.best_match(validator_cls(schema).iter_errors(instance))
+    if error is None:
+        return None
+    return f"{error.json_path}: {error.message}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    # JSON equality: 1 == 1.0, but True is not 1.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,250 @@
+"""Run records: typed results of an eval run, with a stable wire format.
+
+Each dataclass has ``to_dict`` / ``from_dict``; the top-level :class:`RunRecord` carries a
+``schema_version`` and the environment (tool, engine build, threads, seed, hardware, blob and
+golden-set digests) so that a change of environment is never mistaken for a model regression.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One golden case run once in one mode on one variant."""
+
+    variant: str
+    suite: str
+    mode: str
+    id: str
+    passed: bool
+    reason: str
+    output: str
+    parsed: Any
+    expected: Any
+    json_valid: bool
+    schema_valid: bool
+    fields_matched: bool
+    schema_error: str | None
+    mismatches: list[str]
+    diff: str | None
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_eval_tokens: int
+    prompt_ms: float
+    eval_tokens: int
+    generation_ms: float
+    finish_reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseResult:
+        return cls(**_known(cls, data))
+
+
+@dataclass(frozen=True)
+class SuiteSummary:
+    """Aggregates over the cases of one (variant, suite, mode)."""
+
+    variant: str
+    suite: str
+    mode: str
+    cases: int
+    passed: int
+    pass_rate: float
+    json_valid_rate: float
+    schema_valid_rate: float
+    threshold: float | None
+    met_threshold: bool
+    latency_p50_ms: float
+    latency_p95_ms: float
+    prompt_tokens_per_s: float | None
+    generation_tokens_per_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    truncated: int  # outputs that hit max_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SuiteSummary:
+        return cls(**_known(cls, data))
+
+
+@dataclass(frozen=True)
+class VariantRun:
+    """A variant as it was run: identity, load time, and what went wrong if it could not run."""
+
+    variant: dict[str, Any]
+    load_ms: float | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantRun:
+        return cls(**_known(cls, data))
+
+
+@dataclass
+class RunRecord:
+    """Everything one ``lifecycle eval`` produced."""
+
+    run_id: str
+    started_at: str
+    finished_at: str
+    environment: dict[str, Any]
+    golden_sets: dict[str, dict[str, str]]
+    variants: list[VariantRun]
+    summaries: list[SuiteSummary]
+    cases: list[CaseResult]
+    schema_version: int = SCHEMA_VERSION
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """Every (variant, suite, mode) met its threshold and every variant ran."""
+        return all(s.met_threshold for s in self.summaries) and not any(
+            v.error for v in self.variants
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "passed": self.passed,
+            "summary": self.summary,
+            "summaries": [s.to_dict() for s in self.summaries],
+            "variants": [v.to_dict() for v in self.variants],
+            "golden_sets": self.golden_sets,
+            "environment": self.environment,
+            "cases": [c.to_dict() for c in self.cases],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"unsupported run record schema_version {version!r}")
+        return cls(
+            run_id=data["run_id"],
+            started_at=data["started_at"],
+            finished_at=data["finished_at"],
+            environment=data["environment"],
+            golden_sets=data["golden_sets"],
+            variants=[VariantRun.from_dict(v) for v in data["variants"]],
+            summaries=[SuiteSummary.from_dict(s) for s in data["summaries"]],
+            cases=[CaseResult.from_dict(c) for c in data["cases"]],
+            summary=data.get("summary", {}),
+        )
+
+
+def summarise(
+    cases: list[CaseResult], *, variant: str, suite: str, mode: str, threshold: float | None
+) -> SuiteSummary:
+    """Aggregate case results; token rates come from the engine's own timings."""
+    n = len(cases)
+    passed = sum(c.passed for c in cases)
+    prompt_ms = sum(c.prompt_ms for c in cases)
+    gen_ms = sum(c.generation_ms for c in cases)
+    prompt_evaluated = sum(c.prompt_eval_tokens for c in cases)
+    decoded = sum(c.eval_tokens for c in cases)
+    pass_rate = passed / n if n else 0.0
+    return SuiteSummary(
+        variant=variant,
+        suite=suite,
+        mode=mode,
+        cases=n,
+        passed=passed,
+        pass_rate=round(pass_rate, 4),
+        json_valid_rate=round(sum(c.json_valid for c in cases) / n, 4) if n else 0.0,
+        schema_valid_rate=round(sum(c.schema_valid for c in cases) / n, 4) if n else 0.0,
+        threshold=threshold,
+        met_threshold=threshold is None or pass_rate >= threshold,
+        latency_p50_ms=round(percentile([c.latency_ms for c in cases], 50), 2),
+        latency_p95_ms=round(percentile([c.latency_ms for c in cases], 95), 2),
+        prompt_tokens_per_s=_rate(prompt_evaluated, prompt_ms),
+        generation_tokens_per_s=_rate(decoded, gen_ms),
+        prompt_tokens=sum(c.prompt_tokens for c in cases),
+        completion_tokens=sum(c.completion_tokens for c in cases),
+        truncated=sum(c.finish_reason == "length" for c in cases),
+    )
+
+
+def overall(summaries: list[SuiteSummary], cases: list[CaseResult], load_ms: float) -> dict[str, Any]:
+    """The run-wide summary printed at the top of ``--json``."""
+    n = len(cases)
+    prompt_ms = sum(c.prompt_ms for c in cases)
+    gen_ms = sum(c.generation_ms for c in cases)
+    return {
+        "cases": n,
+        "passed": sum(c.passed for c in cases),
+        "pass_rate": round(sum(c.passed for c in cases) / n, 4) if n else 0.0,
+        "json_valid_rate": round(sum(c.json_valid for c in cases) / n, 4) if n else 0.0,
+        "schema_valid_rate": round(sum(c.schema_valid for c in cases) / n, 4) if n else 0.0,
+        "latency_p50_ms": round(percentile([c.latency_ms for c in cases], 50), 2),
+        "latency_p95_ms": round(percentile([c.latency_ms for c in cases], 95), 2),
+        "prompt_tokens_per_s": _rate(sum(c.prompt_eval_tokens for c in cases), prompt_ms),
+        "generation_tokens_per_s": _rate(sum(c.eval_tokens for c in cases), gen_ms),
+        "load_ms": round(load_ms, 2),
+        "thresholds_met": all(s.met_threshold for s in summaries),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def host_environment() -> dict[str, Any]:
+    """Hardware and interpreter facts recorded with every run."""
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cpu_count_logical": os.cpu_count(),
+        "cpu_count_physical": psutil.cpu_count(logical=False),
+        "ram_bytes": psutil.virtual_memory().total,
+    }
+
+
+def _rate(tokens: int, ms: float) -> float | None:
+    return round(tokens / (ms / 1000.0), 2) if ms > 0 and tokens > 0 else None
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}

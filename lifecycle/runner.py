@@ -1,0 +1,269 @@
+"""Eval runs: golden suites on variants through an engine, into a :class:`RunRecord`.
+
+Everything that can be checked without a model is checked first (workspace, Modelfiles,
+golden sets, schemas, GGUF headers), so a typo fails in milliseconds, not after a model load.
+Each variant is loaded once; its cases run in file order so the shared prefix (system prompt
+and few-shot turns) stays in the engine's KV cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lifecycle import __version__
+from lifecycle import gguf as gguf_reader
+from lifecycle.config import Workspace
+from lifecycle.engines import GenerationRequest, LoadOptions, get_engine
+from lifecycle.fsutil import atomic_write_text
+from lifecycle.errors import UsageError
+from lifecycle.golden import MODES, Suite, load_suites, score_output
+from lifecycle.prompt import render_prompt
+from lifecycle.results import (
+    CaseResult,
+    RunRecord,
+    SuiteSummary,
+    VariantRun,
+    host_environment,
+    overall,
+    summarise,
+)
+from lifecycle.store import Store
+from lifecycle.variants import Variant, resolve_variants
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to run: models, suites and modes (None = all the workspace declares)."""
+
+    models: Sequence[str] | None = None
+    suites: Sequence[str] | None = None
+    modes: Sequence[str] | None = None
+    engine: str | None = None
+    threads: int | None = None
+    limit: int | None = None  # first N cases of each suite, for quick checks
+
+
+@dataclass(frozen=True)
+class _Plan:
+    variant: Variant
+    suites: list[Suite]
+    chat_template: str | None
+
+
+def run_eval(
+    workspace: Workspace,
+    options: EvalOptions | None = None,
+    *,
+    store: Store | None = None,
+    progress: Progress | None = None,
+) -> RunRecord:
+    """Run the selected suites on the selected variants and return the run record."""
+    options = options or EvalOptions()
+    store = store or Store(workspace.home)
+    say = progress or (lambda _msg: None)
+    for mode in options.modes or ():
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+
+    started = _now()
+    plans = _plan(workspace, store, options)
+    engine = get_engine(options.engine or workspace.engine.name)
+    engine_info = engine.info()
+
+    variant_runs: list[VariantRun] = []
+    summaries: list[SuiteSummary] = []
+    cases: list[CaseResult] = []
+    total_load_ms = 0.0
+    threads_used: dict[str, int] = {}
+    for plan in plans:
+        variant = plan.variant
+        load_options = _load_options(workspace, variant, options)
+        say(f"loading {variant.name} ({variant.blob_digest[:19]}, num_ctx {load_options.n_ctx})")
+        model = engine.load(variant.blob_path, load_options)
+        threads_used[variant.name] = int(getattr(model, "n_threads", load_options.n_threads))
+        total_load_ms += model.load_ms
+        try:
+            for suite in plan.suites:
+                modes = [m for m in suite.modes if not options.modes or m in options.modes]
+                selected = list(suite.cases[: options.limit] if options.limit else suite.cases)
+                for mode in modes:
+                    if mode == "schema":
+                        model.check_schema(suite.schema)
+                    results = []
+                    for index, case in enumerate(selected, start=1):
+                        result = _run_case(model, variant, suite, mode, case, plan.chat_template)
+                        results.append(result)
+                        mark = "pass" if result.passed else "FAIL"
+                        say(
+                            f"[{variant.name} {suite.name}/{mode} {index}/{len(selected)}] "
+                            f"{case.id}: {mark} ({result.latency_ms:.0f} ms) {result.reason}"
+                        )
+                    cases.extend(results)
+                    summaries.append(
+                        summarise(
+                            results,
+                            variant=variant.name,
+                            suite=suite.name,
+                            mode=mode,
+                            threshold=suite.thresholds.get(mode),
+                        )
+                    )
+        finally:
+            model.close()
+        variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=round(model.load_ms, 2)))
+
+    environment: dict[str, Any] = {
+        "tool": "lifecycle",
+        "tool_version": __version__,
+        "engine": engine_info.name,
+        "engine_version": engine_info.version,
+        "engine_details": dict(engine_info.details),
+        "threads": threads_used,
+        "batch_size": workspace.engine.batch_size,
+        "gpu_layers": workspace.engine.gpu_layers,
+        "seed": workspace.engine.seed,
+        "blobs": {p.variant.name: p.variant.blob_digest for p in plans},
+        **host_environment(),
+    }
+    golden_sets = {
+        s.name: {"golden_digest": s.golden_digest, "schema_digest": s.schema_digest}
+        for p in plans
+        for s in p.suites
+    }
+    finished = _now()
+    run_id = _run_id(finished, environment, golden_sets)
+    return RunRecord(
+        run_id=run_id,
+        started_at=started,
+        finished_at=finished,
+        environment=environment,
+        golden_sets=golden_sets,
+        variants=variant_runs,
+        summaries=summaries,
+        cases=cases,
+        summary=overall(summaries, cases, total_load_ms),
+    )
+
+
+def save_run(record: RunRecord, runs_dir: Path) -> Path:
+    """Write ``runs_dir/<run_id>/run.json`` atomically and point ``latest.json`` at it."""
+    run_dir = runs_dir / record.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    path = run_dir / "run.json"
+    atomic_write_text(path, text)
+    atomic_write_text(runs_dir / "latest.json", text)
+    return path
+
+
+def _plan(workspace: Workspace, store: Store, options: EvalOptions) -> list[_Plan]:
+    """Resolve variants, load suites and read GGUF headers before any model is loaded."""
+    plans = []
+    for variant in resolve_variants(workspace, store, list(options.models or []) or None):
+        settings = workspace.models[variant.model]
+        names = list(options.suites or settings.suites)
+        if not names:
+            raise UsageError(f"model {variant.model!r} lists no suites in lifecycle.toml")
+        suites = load_suites(workspace.evals_dir, names)
+        info = gguf_reader.read_gguf(variant.blob_path)
+        plans.append(_Plan(variant=variant, suites=suites, chat_template=info.chat_template))
+        # Render one prompt now so a broken TEMPLATE fails before the model loads.
+        render_prompt(
+            variant.modelfile,
+            suites[0].cases[0].messages,
+            chat_template=info.chat_template,
+            modelfile_path=variant.modelfile_path,
+        )
+    return plans
+
+
+def _load_options(workspace: Workspace, variant: Variant, options: EvalOptions) -> LoadOptions:
+    params = variant.modelfile.parameters
+    threads = options.threads or params.get("num_thread") or workspace.engine.threads
+    return LoadOptions(
+        n_ctx=int(variant.parameter("num_ctx")),
+        n_threads=int(threads),
+        n_batch=int(params.get("num_batch", workspace.engine.batch_size)),
+        n_gpu_layers=int(params.get("num_gpu", workspace.engine.gpu_layers)),
+        seed=int(params.get("seed", workspace.engine.seed)),
+        use_mmap=bool(params.get("use_mmap", True)),
+    )
+
+
+def _run_case(
+    model: Any,
+    variant: Variant,
+    suite: Suite,
+    mode: str,
+    case: Any,
+    chat_template: str | None,
+) -> CaseResult:
+    prompt = render_prompt(
+        variant.modelfile,
+        case.messages,
+        chat_template=chat_template,
+        modelfile_path=variant.modelfile_path,
+    )
+    stop = variant.modelfile.parameters.get("stop", [])
+    num_predict = int(variant.parameter("num_predict"))
+    max_tokens = min(suite.max_tokens, num_predict) if num_predict > 0 else suite.max_tokens
+    request = GenerationRequest(
+        prompt=prompt,
+        max_tokens=max_tokens,
+        stop=tuple(stop) if isinstance(stop, list) else (),
+        temperature=float(variant.parameter("temperature")),
+        seed=int(variant.modelfile.parameters.get("seed", 42)),
+        top_k=int(variant.parameter("top_k")),
+        top_p=float(variant.parameter("top_p")),
+        min_p=float(variant.parameter("min_p")),
+        repeat_penalty=float(variant.parameter("repeat_penalty")),
+        json_schema=suite.schema if mode == "schema" else None,
+    )
+    generation = model.generate(request)
+    score = score_output(suite, case, generation.text)
+    return CaseResult(
+        variant=variant.name,
+        suite=suite.name,
+        mode=mode,
+        id=case.id,
+        passed=score.passed,
+        reason=score.reason,
+        output=generation.text,
+        parsed=score.parsed,
+        expected=dict(case.expected),
+        json_valid=score.json_valid,
+        schema_valid=score.schema_valid,
+        fields_matched=score.fields_matched,
+        schema_error=score.schema_error,
+        mismatches=list(score.mismatches),
+        diff=score.diff,
+        latency_ms=round(generation.latency_ms, 2),
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=generation.completion_tokens,
+        prompt_eval_tokens=generation.prompt_eval_tokens,
+        prompt_ms=round(generation.prompt_ms, 3),
+        eval_tokens=generation.eval_tokens,
+        generation_ms=round(generation.generation_ms, 3),
+        finish_reason=generation.finish_reason,
+    )
+
+
+def _run_id(finished: str, environment: dict[str, Any], golden: dict[str, Any]) -> str:
+    stamp = finished.replace("-", "").replace(":", "")
+    salt = json.dumps([environment.get("blobs"), golden, time.time_ns()], sort_keys=True)
+    return f"{stamp}-{hashlib.sha256(salt.encode()).hexdigest()[:8]}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
