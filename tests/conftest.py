@@ -1,0 +1,132 @@
+"""Shared fixtures: an isolated store, tiny real GGUF models and a tiny workspace.
+
+Nothing here mocks the engine: the tiny models are real GGUF files that llama.cpp loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tinymodel import write_tiny_llama
+
+from lifecycle.cli import cli
+from lifecycle.cli._errors import handle_errors
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_TEMPLATE = '''{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
+{{ .Content }}<end_of_turn>
+{{ if $last }}<start_of_turn>model
+{{ end }}
+{{- else if eq .Role "assistant" }}<start_of_turn>model
+{{ .Content }}{{ if not $last }}<end_of_turn>
+{{ end }}
+{{- end }}
+{{- end }}'''
+
+TINY_MODELFILE = f'''FROM ./tiny.gguf
+TEMPLATE """{TINY_TEMPLATE}"""
+SYSTEM Reply with JSON only.
+PARAMETER temperature 0
+PARAMETER seed 7
+PARAMETER num_ctx 1024
+PARAMETER stop <end_of_turn>
+MESSAGE user "Refund my last invoice"
+MESSAGE assistant """{{"category": "billing", "confidence": 0.9}}"""
+'''
+
+TINY_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        "category": {"enum": ["billing", "technical", "sales"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "required": ["category", "confidence"],
+    "additionalProperties": False,
+}
+
+TINY_CASES = [
+    {
+        "id": f"case-{i}",
+        "messages": [{"role": "user", "content": text}],
+        "expected": {"category": category, "confidence": 0.9},
+    }
+    for i, (text, category) in enumerate(
+        [
+            ("I was charged twice this month.", "billing"),
+            ("The API returns HTTP 500 on every call.", "technical"),
+            ("How much for 200 seats?", "sales"),
+            ("Please send a receipt for INV-2231.", "billing"),
+        ]
+    )
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test gets its own store and no workspace from the environment."""
+    monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("LIFECYCLE_WORKSPACE", raising=False)
+    monkeypatch.delenv("LIFECYCLE_DEBUG", raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "120")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ~5 MB random-weight llama GGUF (F32) that llama.cpp loads in milliseconds."""
+    return write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny.gguf")
+
+
+@pytest.fixture
+def tiny_workspace(tmp_path: Path, tiny_model: Path) -> Path:
+    """A complete workspace around the tiny model: config, Modelfile, suite, golden set."""
+    root = tmp_path / "ws"
+    (root / "modelfiles").mkdir(parents=True)
+    (root / "golden").mkdir()
+    (root / "evals").mkdir()
+    shutil.copy(tiny_model, root / "modelfiles" / "tiny.gguf")
+    (root / "modelfiles" / "tiny.Modelfile").write_text(TINY_MODELFILE, encoding="utf-8")
+    (root / "golden" / "triage.schema.json").write_text(json.dumps(TINY_SCHEMA), encoding="utf-8")
+    (root / "golden" / "triage.jsonl").write_text(
+        "".join(json.dumps(c) + "\n" for c in TINY_CASES), encoding="utf-8"
+    )
+    (root / "evals" / "triage.toml").write_text(
+        'golden = "../golden/triage.jsonl"\n'
+        'schema = "../golden/triage.schema.json"\n'
+        'modes = ["free", "schema"]\n'
+        "threshold = 0.0\n"
+        "max_tokens = 48\n"
+        "[match.category]\nmatcher = \"exact\"\n"
+        '[match.confidence]\nmatcher = "range"\nmin = 0.0\nmax = 1.0\n',
+        encoding="utf-8",
+    )
+    (root / "lifecycle.toml").write_text(
+        "[engine]\nthreads = 2\nseed = 7\n\n"
+        '[models.tiny]\nmodelfile = "modelfiles/tiny.Modelfile"\nsuites = ["triage"]\n',
+        encoding="utf-8",
+    )
+    return root
+
+
+CliResult = tuple[int, str, str]
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run the real CLI in-process with the production error mapping; (code, stdout, stderr)."""
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = handle_errors(lambda: cli.main(args=list(args), standalone_mode=False))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
