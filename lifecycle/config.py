@@ -9,6 +9,7 @@ are loaded by :mod:`lifecycle.golden`. Every error names the file and the offend
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,8 +141,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
-        message = str(exc).split(" (at line")[0]
+        # Python 3.11's TOMLDecodeError only has the position inside its message.
+        found = re.search(r" \(at line (\d+), column \d+\)", str(exc))
+        message = str(exc)[: found.start()] if found else str(exc)
+        line = int(found.group(1)) if found else None
         raise ConfigError(f"invalid TOML: {message}", path=path, line=line) from None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from lifecycle import modelfile as mf
 from lifecycle.config import ModelSettings, Workspace
 from lifecycle.errors import ModelfileError
+from lifecycle.gguf import read_gguf
 from lifecycle.store import SCHEMES, Manifest, Store, Tag, parse_tag, pull_file, resolve_tag
 
 # Ollama's defaults for sampling options a Modelfile does not set (api/types.go DefaultOptions).
@@ -99,6 +100,8 @@ def resolve_variant(workspace: Workspace, store: Store, settings: ModelSettings)
     if local is not None:
         if not local.is_file():
             raise ModelfileError(f"FROM {source}: file not found ({local})", path=settings.modelfile)
+        # Validate the header before importing: a corrupt file must never become a blob.
+        read_gguf(local)
         manifest = pull_file(store, local)
     else:
         manifest = resolve_tag(store, _as_tag(source, settings.modelfile))

@@ -13,16 +13,22 @@ fall back to plain JSON when a schema cannot be compiled; here that is an error.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import platform
+import random
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from llama_cpp import Llama, LlamaGrammar
+import numpy as np
+from llama_cpp import Llama
+from llama_cpp._internals import LlamaSampler
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from lifecycle.engines.base import (
@@ -55,6 +61,24 @@ class LlamaCppEngine:
     def load(self, model_path: Path, options: LoadOptions) -> LlamaCppModel:
         return LlamaCppModel(model_path, options)
 
+    def load_measured(self, model_path: Path, options: LoadOptions) -> LlamaCppModel:
+        """Load like :meth:`load`, also recording the buffer sizes llama.cpp allocated.
+
+        llama.cpp has no API for its KV-cache or compute-buffer sizes; it logs them while
+        creating the context. The log is captured during the load and parsed into
+        :meth:`LlamaCppModel.buffer_bytes`. When the load fails, llama.cpp's own last error
+        line (e.g. "failed to allocate CPU buffer of size ...") is added to the reason.
+        """
+        with capture_llama_log() as lines:
+            try:
+                model = LlamaCppModel(model_path, options)
+            except EngineError as exc:
+                errors = [text.strip() for level, text in lines if level == _LOG_ERROR]
+                detail = f" ({errors[-1]})" if errors and errors[-1] else ""
+                raise EngineError(exc.message + detail, path=exc.path) from None
+        model._buffers = parse_buffer_log([text for _level, text in lines])
+        return model
+
 
 class LlamaCppModel:
     """A GGUF loaded into one llama.cpp context."""
@@ -80,7 +104,7 @@ class LlamaCppModel:
             raise EngineError(f"llama.cpp could not load the model: {exc}", path=model_path) from None
         self.load_ms = (time.perf_counter() - start) * 1000.0
         self.n_threads = threads
-        self._grammars: dict[str, LlamaGrammar] = {}
+        self._grammars: dict[str, str] = {}
         self._bos = self._llm.token_bos()
 
     def tokenize(self, text: str) -> list[int]:
@@ -93,10 +117,10 @@ class LlamaCppModel:
 
     def check_schema(self, schema: Mapping[str, Any]) -> None:
         """Compile ``schema`` to a llama.cpp grammar now; raise if llama.cpp rejects it."""
-        self._grammar_for(schema)
+        self._gbnf_for(schema)
 
     def generate(self, request: GenerationRequest) -> Generation:
-        grammar = self._grammar_for(request.json_schema) if request.json_schema else None
+        gbnf = self._gbnf_for(request.json_schema) if request.json_schema else None
         tokens = self.tokenize(request.prompt)
         if len(tokens) + request.max_tokens > self.options.n_ctx:
             raise EngineError(
@@ -107,41 +131,227 @@ class LlamaCppModel:
         llama_cpp.llama_perf_context_reset(ctx)
         start = time.perf_counter()
         try:
-            result: Any = self._llm.create_completion(
-                prompt=tokens,
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                top_k=request.top_k,
-                top_p=request.top_p,
-                min_p=request.min_p,
-                repeat_penalty=request.repeat_penalty,
-                stop=list(request.stop),
-                seed=request.seed,
-                grammar=grammar,
-            )
+            text, n_generated, finish = self._decode(tokens, request, gbnf)
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"generation failed: {exc}") from None
         latency_ms = (time.perf_counter() - start) * 1000.0
         perf = llama_cpp.llama_perf_context(ctx)
-        choice = result["choices"][0]
-        usage = result["usage"]
         return Generation(
-            text=choice["text"],
-            prompt_tokens=int(usage["prompt_tokens"]),
-            completion_tokens=int(usage["completion_tokens"]),
+            text=text,
+            prompt_tokens=len(tokens),
+            completion_tokens=n_generated,
             prompt_eval_tokens=int(perf.n_p_eval),
             prompt_ms=float(perf.t_p_eval_ms),
             eval_tokens=int(perf.n_eval),
             generation_ms=float(perf.t_eval_ms),
             latency_ms=latency_ms,
-            finish_reason=str(choice.get("finish_reason") or "stop"),
+            finish_reason=finish,
         )
+
+    def _decode(
+        self, tokens: list[int], request: GenerationRequest, gbnf: str | None
+    ) -> tuple[str, int, str]:
+        """Evaluate the prompt (reusing the cached prefix) and sample until a stop condition.
+
+        Grammar-constrained sampling checks the token the sampler picked first and only masks
+        the whole vocabulary when that token is not allowed — llama.cpp's own strategy in
+        ``common_sampler``. llama-cpp-python masks all tokens at every step instead, which on a
+        262k-token vocabulary (Gemma 3) costs more than the forward pass.
+        """
+        llm = self._llm
+        self._evaluate_prompt(tokens)
+        chain = self._sampler_chain(request)
+        grammar = None
+        if gbnf is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                self._llm._model.vocab, gbnf.encode(), b"root"
+            )
+            if not grammar:
+                raise GoldenSetError("llama.cpp rejected the grammar compiled from the JSON Schema")
+        vocab = llm._model.vocab
+        ctx = llm._ctx.ctx
+        generated: list[int] = []
+        finish = "length"
+        try:
+            while len(generated) < request.max_tokens:
+                token = self._sample(chain, grammar, ctx)
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                generated.append(token)
+                # Detokenize the whole completion each step: a UTF-8 character or a stop
+                # sequence may span tokens (completions are short, so this stays cheap).
+                text = llm.detokenize(generated, prev_tokens=tokens).decode("utf-8", "ignore")
+                hit = _first_stop(text, request.stop)
+                if hit is not None:
+                    return text[:hit], len(generated), "stop"
+                llm.eval([token])
+        finally:
+            chain.close()
+            if grammar:
+                llama_cpp.llama_sampler_free(grammar)
+        text = llm.detokenize(generated, prev_tokens=tokens).decode("utf-8", "replace")
+        return text, len(generated), finish
+
+    def _evaluate_prompt(self, tokens: list[int]) -> None:
+        """Decode ``tokens`` after the longest prefix already in the KV cache."""
+        llm = self._llm
+        cached = list(llm._input_ids[: llm.n_tokens])
+        prefix = 0
+        for a, b in zip(cached, tokens, strict=False):
+            if a != b:
+                break
+            prefix += 1
+        # At least one token must be decoded to have fresh logits to sample from.
+        prefix = min(prefix, len(tokens) - 1)
+        if prefix > 0 and llm._ctx.kv_cache_seq_rm(-1, prefix, -1):
+            llm.n_tokens = prefix
+        else:
+            llm.reset()
+            llm._ctx.kv_cache_clear()
+            prefix = 0
+        llm.eval(tokens[prefix:])
+
+    def _sampler_chain(self, request: GenerationRequest) -> Any:
+        chain = LlamaSampler()
+        chain.add_penalties(self._llm.n_vocab(), 64, request.repeat_penalty, 0.0, 0.0)
+        if request.temperature <= 0.0:
+            chain.add_greedy()
+        else:
+            chain.add_top_k(request.top_k)
+            chain.add_top_p(request.top_p, 1)
+            chain.add_min_p(request.min_p, 1)
+            chain.add_temp(request.temperature)
+            chain.add_dist(request.seed)
+        return chain
+
+    def _sample(self, chain: Any, grammar: Any, ctx: Any) -> int:
+        if grammar is None:
+            return int(chain.sample(self._llm._ctx, -1))
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self._llm.n_vocab(),)
+        )
+        # Sample on a copy of the logits, then ask the grammar whether that token is allowed.
+        candidates = _CandidateArray(logits)
+        llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
+        token = candidates.selected_token()
+        single = _CandidateArray(np.array([logits[token]], dtype=np.float32), ids=[token])
+        llama_cpp.llama_sampler_apply(grammar, single.pointer)
+        if not np.isfinite(single.data["logit"][0]):
+            # Rejected: mask the full vocabulary with the grammar, then sample again.
+            candidates = _CandidateArray(logits)
+            llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
+            llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
+            token = candidates.selected_token()
+        llama_cpp.llama_sampler_accept(grammar, token)
+        chain.accept(token)
+        return token
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._llm.close()
 
-    def _grammar_for(self, schema: Mapping[str, Any]) -> LlamaGrammar:
+    # --- measurement (llama-bench style): decode synthetic tokens straight into the context ---
+
+    _buffers: LlamaBuffers | None = None
+
+    def buffer_bytes(self) -> LlamaBuffers | None:
+        """Buffer sizes llama.cpp reported at load (None unless loaded with ``load_measured``)."""
+        return self._buffers
+
+    def kv_cache_bytes(self) -> int | None:
+        """Bytes of the KV cache llama.cpp allocated for this context, or None if unknown."""
+        return self._buffers.kv_cache_bytes if self._buffers else None
+
+    def model_info(self) -> dict[str, Any]:
+        """llama-bench's model fields: ``model_type``, ``model_size``, ``model_n_params``."""
+        model = self._llm._model.model
+        desc = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(model, desc, ctypes.sizeof(desc))
+        return {
+            "model_type": desc.value.decode(errors="replace"),
+            "model_size": int(llama_cpp.llama_model_size(model)),
+            "model_n_params": int(llama_cpp.llama_model_n_params(model)),
+            "n_ctx": int(llama_cpp.llama_n_ctx(self._llm._ctx.ctx)),
+            "n_ctx_train": int(llama_cpp.llama_model_n_ctx_train(model)),
+            "n_batch": int(llama_cpp.llama_n_batch(self._llm._ctx.ctx)),
+            "n_ubatch": int(llama_cpp.llama_n_ubatch(self._llm._ctx.ctx)),
+        }
+
+    def clear(self) -> None:
+        """Empty the KV cache (and llama-cpp-python's record of what it holds)."""
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._llm._ctx.ctx), False)
+        self._llm.n_tokens = 0
+
+    def truncate(self, n_keep: int) -> None:
+        """Drop every cached position from ``n_keep`` on, keeping a filled prefix for reuse."""
+        mem = llama_cpp.llama_get_memory(self._llm._ctx.ctx)
+        if not llama_cpp.llama_memory_seq_rm(mem, 0, n_keep, -1):
+            raise EngineError(f"llama.cpp could not truncate the KV cache to {n_keep} tokens")
+        self._llm.n_tokens = 0
+
+    def decode_prompt(self, n_tokens: int, *, seed: int = 0) -> BenchTiming:
+        """Decode ``n_tokens`` pseudo-random tokens after what the cache holds, in n_batch batches.
+
+        This is llama-bench's prompt test: BOS first when the cache is empty and the vocabulary
+        asks for one, then random token ids; only the last token's logits are computed.
+        Returns the wall time and llama.cpp's own prompt-eval counters for this call.
+        """
+        ctx = self._llm._ctx.ctx
+        vocab = self._llm._model.vocab
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        n_batch = int(llama_cpp.llama_n_batch(ctx))
+        rng = random.Random(seed)
+        pos_max = int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(ctx), 0))
+        llama_cpp.llama_perf_context_reset(ctx)
+        done = 0
+        start = time.perf_counter_ns()
+        while done < n_tokens:
+            count = min(n_tokens - done, n_batch)
+            ids = [rng.randrange(n_vocab) for _ in range(count)]
+            tokens = (llama_cpp.llama_token * count)(*ids)
+            if done == 0 and pos_max < 0 and llama_cpp.llama_vocab_get_add_bos(vocab):
+                tokens[0] = llama_cpp.llama_vocab_bos(vocab)
+            status = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(tokens, count))
+            if status != 0:
+                raise EngineError(f"llama_decode failed on a prompt batch (status {status})")
+            llama_cpp.llama_synchronize(ctx)
+            done += count
+        wall_ns = time.perf_counter_ns() - start
+        perf = llama_cpp.llama_perf_context(ctx)
+        self._llm.n_tokens = 0  # the cache no longer matches llama-cpp-python's token record
+        return BenchTiming(n_tokens, wall_ns, int(perf.t_p_eval_ms * 1e6), int(perf.n_p_eval))
+
+    def decode_tokens(self, n_tokens: int, *, seed: int = 0) -> BenchTiming:
+        """Decode ``n_tokens`` tokens one at a time after what the cache holds (llama-bench tg).
+
+        Each decode computes logits for its token, as generation does; sampling is left out
+        (llama-bench feeds random tokens too). Returns wall time and llama.cpp's eval counters.
+        """
+        ctx = self._llm._ctx.ctx
+        vocab = self._llm._model.vocab
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        rng = random.Random(seed)
+        token = (llama_cpp.llama_token * 1)()
+        token[0] = (
+            llama_cpp.llama_vocab_bos(vocab)
+            if llama_cpp.llama_vocab_get_add_bos(vocab)
+            else rng.randrange(n_vocab)
+        )
+        llama_cpp.llama_perf_context_reset(ctx)
+        start = time.perf_counter_ns()
+        for _ in range(n_tokens):
+            status = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(token, 1))
+            if status != 0:
+                raise EngineError(f"llama_decode failed on a generation step (status {status})")
+            llama_cpp.llama_synchronize(ctx)
+            token[0] = rng.randrange(n_vocab)
+        wall_ns = time.perf_counter_ns() - start
+        perf = llama_cpp.llama_perf_context(ctx)
+        self._llm.n_tokens = 0
+        return BenchTiming(n_tokens, wall_ns, int(perf.t_eval_ms * 1e6), int(perf.n_eval))
+
+    def _gbnf_for(self, schema: Mapping[str, Any]) -> str:
         key = json.dumps(schema, sort_keys=True)
         cached = self._grammars.get(key)
         if cached is not None:
@@ -158,9 +368,8 @@ class LlamaCppModel:
         if not sampler:
             raise GoldenSetError("llama.cpp rejected the grammar compiled from the JSON Schema")
         llama_cpp.llama_sampler_free(sampler)
-        grammar = LlamaGrammar.from_string(gbnf, verbose=False)
-        self._grammars[key] = grammar
-        return grammar
+        self._grammars[key] = gbnf
+        return gbnf
 
 
 def _physical_cores() -> int:
@@ -187,3 +396,133 @@ def _quiet_stderr() -> Any:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+@dataclass(frozen=True)
+class BenchTiming:
+    """One timed decode run: wall time and llama.cpp's own counters (``llama_perf_context``)."""
+
+    n_tokens: int
+    wall_ns: int
+    perf_ns: int  # t_p_eval (prompt) or t_eval (generation) of this run, in nanoseconds
+    perf_tokens: int  # n_p_eval or n_eval of this run
+
+
+@dataclass(frozen=True)
+class LlamaBuffers:
+    """Buffer sizes llama.cpp logged while loading (bytes, summed over devices)."""
+
+    model_bytes: int  # weight buffers (mapped file + repacked copies)
+    kv_cache_bytes: int
+    compute_bytes: int
+    output_bytes: int
+    type_k: str | None  # KV cache element types, e.g. "f16"
+    type_v: str | None
+    kv_cells: tuple[int, ...]  # cells of each KV cache (two for sliding-window models)
+    devices: dict[str, int]  # buffer name (CPU, CUDA0, CPU_Mapped, ...) -> bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_LOG_ERROR = 4  # GGML_LOG_LEVEL_ERROR (ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4)
+_MIB = 1024 * 1024
+_BUFFER_LINE = re.compile(
+    r"^(?P<who>\w+):\s+(?P<dev>\S+)\s+(?P<kind>model|KV|output|compute) buffer size\s*=\s*"
+    r"(?P<mib>[0-9.]+) MiB"
+)
+_KV_SUMMARY = re.compile(
+    r"^llama_kv_cache: size =\s*[0-9.]+ MiB \(\s*(?P<cells>\d+) cells.*K \((?P<k>\w+)\).*"
+    r"V \((?P<v>\w+)\)"
+)
+
+
+def parse_buffer_log(lines: list[str]) -> LlamaBuffers:
+    """Buffer sizes from llama.cpp's load log (sizes are logged in MiB with two decimals)."""
+    sums = {"model": 0, "KV": 0, "output": 0, "compute": 0}
+    devices: dict[str, int] = {}
+    type_k = type_v = None
+    cells: list[int] = []
+    for line in "".join(lines).splitlines():
+        line = line.strip()
+        found = _BUFFER_LINE.match(line)
+        if found and found["who"] != "~llama_context":
+            size = round(float(found["mib"]) * _MIB)
+            sums[found["kind"]] += size
+            name = f"{found['dev']} {found['kind']}"
+            devices[name] = devices.get(name, 0) + size
+            continue
+        summary = _KV_SUMMARY.match(line)
+        if summary:
+            type_k, type_v = summary["k"], summary["v"]
+            cells.append(int(summary["cells"]))
+    return LlamaBuffers(
+        model_bytes=sums["model"],
+        kv_cache_bytes=sums["KV"],
+        compute_bytes=sums["compute"],
+        output_bytes=sums["output"],
+        type_k=type_k,
+        type_v=type_v,
+        kv_cells=tuple(cells),
+        devices=devices,
+    )
+
+
+@contextlib.contextmanager
+def capture_llama_log() -> Iterator[list[tuple[int, str]]]:
+    """Collect llama.cpp's log lines (level, text) while the block runs.
+
+    llama-cpp-python installs one process-wide log callback; ours records every line and
+    forwards it to that callback, which is restored afterwards.
+    """
+    from llama_cpp import _logger
+
+    lines: list[tuple[int, str]] = []
+    previous = _logger.llama_log_callback
+
+    @llama_cpp.llama_log_callback
+    def record(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lines.append((level, text.decode("utf-8", errors="replace")))
+        previous(level, text, user_data)
+
+    llama_cpp.llama_log_set(record, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(previous, ctypes.c_void_p(0))
+
+
+class _CandidateArray:
+    """A ``llama_token_data_array`` over numpy memory, for applying samplers to logits."""
+
+    _dtype = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+    def __init__(self, logits: np.ndarray, ids: list[int] | None = None) -> None:
+        self.data = np.empty(len(logits), dtype=self._dtype)
+        self.data["id"] = np.arange(len(logits), dtype=np.int32) if ids is None else ids
+        self.data["logit"] = logits
+        self.data["p"] = 0.0
+        self._array = llama_cpp.llama_token_data_array(
+            data=self.data.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=len(logits),
+            selected=-1,
+            sorted=False,
+        )
+        self.pointer = ctypes.pointer(self._array)
+
+    def selected_token(self) -> int:
+        index = int(self._array.selected)
+        if index < 0:
+            raise RuntimeError("sampler selected no token")
+        # Samplers may reorder or shrink the array in place; read through the live pointer.
+        size = int(self._array.size)
+        view = np.ctypeslib.as_array(
+            ctypes.cast(self._array.data, ctypes.POINTER(ctypes.c_byte)), shape=(size * 12,)
+        ).view(self._dtype)
+        return int(view["id"][index])
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Index of the earliest stop sequence in ``text``, or None."""
+    positions = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(positions) if positions else None

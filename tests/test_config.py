@@ -1,0 +1,58 @@
+"""lifecycle.toml: typed settings, and errors that name the file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lifecycle.config import load_workspace
+from lifecycle.errors import ConfigError
+
+GOOD = """
+[engine]
+threads = 4
+seed = 1
+
+[models.triage]
+modelfile = "modelfiles/triage.Modelfile"
+suites = ["triage"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "lifecycle.toml").write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+def test_workspace_loads_and_resolves_paths(tmp_path: Path) -> None:
+    ws = load_workspace(write(tmp_path, GOOD))
+    assert ws.engine.threads == 4 and ws.engine.seed == 1 and ws.engine.name == "llama-cpp"
+    assert ws.models["triage"].modelfile == tmp_path / "modelfiles/triage.Modelfile"
+    assert ws.models["triage"].suites == ("triage",)
+    assert ws.evals_dir == tmp_path / "evals"
+
+
+def test_workspace_is_found_from_a_subdirectory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, GOOD)
+    (tmp_path / "golden").mkdir()
+    monkeypatch.chdir(tmp_path / "golden")
+    assert load_workspace().root == tmp_path.resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD.replace("threads = 4", "threads = 4.5"), "lifecycle.toml → engine.threads: must be an integer"),
+        (GOOD.replace("seed = 1", "sed = 1"), "lifecycle.toml → engine.sed: unknown key"),
+        (GOOD.replace('suites = ["triage"]', 'suites = "triage"'), "models.triage.suites: must be a list of strings"),
+        (GOOD.replace('modelfile = "modelfiles/triage.Modelfile"', ""), "models.triage.modelfile: is required"),
+        ("[engine]\nthreads = 1\n", "lifecycle.toml → models: at least one model is required"),
+        (GOOD + "\n[engine\n", "lifecycle.toml:10: invalid TOML"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_workspace(write(tmp_path, text))
+    assert message in str(info.value)
+    assert info.value.exit_code == 2
