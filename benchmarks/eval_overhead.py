@@ -49,9 +49,7 @@ def main() -> int:
     threads = int(params.get("num_thread") or workspace.engine.threads or 2)
     num_predict = int(variant.parameter("num_predict"))
     max_tokens = min(suite.max_tokens, num_predict) if num_predict > 0 else suite.max_tokens
-    prompts = [
-        render_prompt(variant.modelfile, c.messages, chat_template=None) for c in cases
-    ]
+    prompts = [render_prompt(variant.modelfile, c.messages, chat_template=None) for c in cases]
     sampling = {
         "max_tokens": max_tokens,
         "temperature": float(variant.parameter("temperature")),

@@ -112,7 +112,7 @@ def load_workspace(root: Path | None = None) -> Workspace:
 
     models: dict[str, ModelSettings] = {}
     models_table = reader.table("models")
-    for name in models_table.keys():
+    for name in models_table.data:
         m = models_table.table(name)
         m.reject_unknown({"modelfile", "suites"})
         modelfile = m.string("modelfile", None)
@@ -161,9 +161,6 @@ class _TableReader:
 
     def _fail(self, key: str, message: str) -> ConfigError:
         return ConfigError(message, path=self.path, field=self._field(key))
-
-    def keys(self) -> list[str]:
-        return list(self.data)
 
     def reject_unknown(self, allowed: set[str]) -> None:
         for key in self.data:

@@ -258,9 +258,7 @@ def load_suite(path: Path) -> Suite:
     )
 
 
-def parse_matcher(
-    spec: Any, *, path: Path, where: str, line: int | None = None
-) -> Matcher:
+def parse_matcher(spec: Any, *, path: Path, where: str, line: int | None = None) -> Matcher:
     """Build a Matcher from ``{"matcher": KIND, ...}``; unknown kinds and bad options fail."""
     err_cls = GoldenSetError if line is not None else ConfigError
     if isinstance(spec, str):
@@ -345,7 +343,9 @@ def _load_schema(path: Path) -> tuple[dict[str, Any], bytes]:
         schema = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         line = getattr(exc, "lineno", None)
-        raise GoldenSetError(f"JSON Schema is not valid JSON: {exc}", path=path, line=line) from None
+        raise GoldenSetError(
+            f"JSON Schema is not valid JSON: {exc}", path=path, line=line
+        ) from None
     if not isinstance(schema, dict):
         raise GoldenSetError("JSON Schema must be an object", path=path)
     validator_cls = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)

@@ -186,7 +186,9 @@ def summarise(
     )
 
 
-def overall(summaries: list[SuiteSummary], cases: list[CaseResult], load_ms: float) -> dict[str, Any]:
+def overall(
+    summaries: list[SuiteSummary], cases: list[CaseResult], load_ms: float
+) -> dict[str, Any]:
     """The run-wide summary printed at the top of ``--json``."""
     n = len(cases)
     prompt_ms = sum(c.prompt_ms for c in cases)

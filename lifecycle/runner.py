@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,8 +21,8 @@ from lifecycle import __version__
 from lifecycle import gguf as gguf_reader
 from lifecycle.config import Workspace
 from lifecycle.engines import GenerationRequest, LoadOptions, get_engine
-from lifecycle.fsutil import atomic_write_text
 from lifecycle.errors import UsageError
+from lifecycle.fsutil import atomic_write_text
 from lifecycle.golden import MODES, Suite, load_suites, score_output
 from lifecycle.prompt import render_prompt
 from lifecycle.results import (
@@ -102,7 +100,9 @@ def run_eval(
                         model.check_schema(suite.schema)
                     results = []
                     for index, case in enumerate(selected, start=1):
-                        result = _run_case(model, variant, suite, mode, case, plan.chat_template)
+                        result = _run_case(
+                            model, variant, suite, mode, case, plan.chat_template, load_options.seed
+                        )
                         results.append(result)
                         mark = "pass" if result.passed else "FAIL"
                         say(
@@ -190,13 +190,16 @@ def _plan(workspace: Workspace, store: Store, options: EvalOptions) -> list[_Pla
 
 def _load_options(workspace: Workspace, variant: Variant, options: EvalOptions) -> LoadOptions:
     params = variant.modelfile.parameters
-    threads = options.threads or params.get("num_thread") or workspace.engine.threads
+
+    def setting(name: str, default: int) -> int:
+        return variant.int_parameter(name) if name in params else default
+
     return LoadOptions(
-        n_ctx=int(variant.parameter("num_ctx")),
-        n_threads=int(threads),
-        n_batch=int(params.get("num_batch", workspace.engine.batch_size)),
-        n_gpu_layers=int(params.get("num_gpu", workspace.engine.gpu_layers)),
-        seed=int(params.get("seed", workspace.engine.seed)),
+        n_ctx=variant.int_parameter("num_ctx"),
+        n_threads=options.threads or setting("num_thread", workspace.engine.threads),
+        n_batch=setting("num_batch", workspace.engine.batch_size),
+        n_gpu_layers=setting("num_gpu", workspace.engine.gpu_layers),
+        seed=setting("seed", workspace.engine.seed),
         use_mmap=bool(params.get("use_mmap", True)),
     )
 
@@ -208,6 +211,7 @@ def _run_case(
     mode: str,
     case: Any,
     chat_template: str | None,
+    seed: int,
 ) -> CaseResult:
     prompt = render_prompt(
         variant.modelfile,
@@ -216,18 +220,18 @@ def _run_case(
         modelfile_path=variant.modelfile_path,
     )
     stop = variant.modelfile.parameters.get("stop", [])
-    num_predict = int(variant.parameter("num_predict"))
+    num_predict = variant.int_parameter("num_predict")
     max_tokens = min(suite.max_tokens, num_predict) if num_predict > 0 else suite.max_tokens
     request = GenerationRequest(
         prompt=prompt,
         max_tokens=max_tokens,
         stop=tuple(stop) if isinstance(stop, list) else (),
-        temperature=float(variant.parameter("temperature")),
-        seed=int(variant.modelfile.parameters.get("seed", 42)),
-        top_k=int(variant.parameter("top_k")),
-        top_p=float(variant.parameter("top_p")),
-        min_p=float(variant.parameter("min_p")),
-        repeat_penalty=float(variant.parameter("repeat_penalty")),
+        temperature=variant.float_parameter("temperature"),
+        seed=variant.int_parameter("seed") if "seed" in variant.modelfile.parameters else seed,
+        top_k=variant.int_parameter("top_k"),
+        top_p=variant.float_parameter("top_p"),
+        min_p=variant.float_parameter("min_p"),
+        repeat_penalty=variant.float_parameter("repeat_penalty"),
         json_schema=suite.schema if mode == "schema" else None,
     )
     generation = model.generate(request)

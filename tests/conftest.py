@@ -18,7 +18,7 @@ from lifecycle.cli._errors import handle_errors
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY_TEMPLATE = '''{{- range $i, $_ := .Messages }}
+TINY_TEMPLATE = """{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 }}
 {{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
 {{ .Content }}<end_of_turn>
@@ -28,7 +28,7 @@ TINY_TEMPLATE = '''{{- range $i, $_ := .Messages }}
 {{ .Content }}{{ if not $last }}<end_of_turn>
 {{ end }}
 {{- end }}
-{{- end }}'''
+{{- end }}"""
 
 TINY_MODELFILE = f'''FROM ./tiny.gguf
 TEMPLATE """{TINY_TEMPLATE}"""
@@ -70,7 +70,9 @@ TINY_CASES = [
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def _isolated_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Every test gets its own store and no workspace from the environment."""
     monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path_factory.mktemp("home")))
     monkeypatch.delenv("LIFECYCLE_WORKSPACE", raising=False)
@@ -104,7 +106,7 @@ def tiny_workspace(tmp_path: Path, tiny_model: Path) -> Path:
         'modes = ["free", "schema"]\n'
         "threshold = 0.0\n"
         "max_tokens = 48\n"
-        "[match.category]\nmatcher = \"exact\"\n"
+        '[match.category]\nmatcher = "exact"\n'
         '[match.confidence]\nmatcher = "range"\nmin = 0.0\nmax = 1.0\n',
         encoding="utf-8",
     )

@@ -19,16 +19,36 @@ def test_eval_json_document(tiny_workspace: Path, run_cli: Run) -> None:
     assert code == 0, err
     summary = doc["summary"]
     assert summary["cases"] == 8  # 4 cases x 2 modes
-    for key in ("passed", "pass_rate", "json_valid_rate", "schema_valid_rate", "latency_p50_ms",
-                "latency_p95_ms", "prompt_tokens_per_s", "generation_tokens_per_s", "load_ms"):
+    for key in (
+        "passed",
+        "pass_rate",
+        "json_valid_rate",
+        "schema_valid_rate",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "prompt_tokens_per_s",
+        "generation_tokens_per_s",
+        "load_ms",
+    ):
         assert key in summary
     # The grammar forces schema-shaped JSON even from random weights; free output is noise.
     by_mode = {s["mode"]: s for s in doc["summaries"]}
     assert by_mode["schema"]["json_valid_rate"] == 1.0
     assert by_mode["free"]["json_valid_rate"] == 0.0
     case = doc["cases"][0]
-    for key in ("id", "passed", "reason", "output", "latency_ms", "prompt_tokens",
-                "completion_tokens", "json_valid", "schema_valid", "mode", "variant"):
+    for key in (
+        "id",
+        "passed",
+        "reason",
+        "output",
+        "latency_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "json_valid",
+        "schema_valid",
+        "mode",
+        "variant",
+    ):
         assert key in case
     env = doc["environment"]
     assert env["engine"] == "llama-cpp" and env["engine_version"].startswith("llama-cpp-python")
@@ -36,7 +56,10 @@ def test_eval_json_document(tiny_workspace: Path, run_cli: Run) -> None:
     assert env["blobs"]["tiny"].startswith("sha256:")
     assert doc["golden_sets"]["triage"]["golden_digest"].startswith("sha256:")
     variant = doc["variants"][0]["variant"]
-    assert variant["parameters"]["temperature"] == 0.0 and variant["blob_digest"] == env["blobs"]["tiny"]
+    assert (
+        variant["parameters"]["temperature"] == 0.0
+        and variant["blob_digest"] == env["blobs"]["tiny"]
+    )
     # The same record is saved and reads back into the typed form.
     saved = json.loads((tiny_workspace / ".lifecycle/runs/latest.json").read_text())
     assert RunRecord.from_dict(saved).to_dict() == saved
@@ -53,11 +76,15 @@ def test_eval_fails_with_exit_3_under_threshold(tiny_workspace: Path, run_cli: R
 
 
 def test_eval_limit_and_mode_selection(tiny_workspace: Path, run_cli: Run) -> None:
-    code, out, _ = run_cli("eval", "-C", str(tiny_workspace), "--json", "--limit", "2",
-                           "--mode", "schema")
+    code, out, _ = run_cli(
+        "eval", "-C", str(tiny_workspace), "--json", "--limit", "2", "--mode", "schema"
+    )
     doc = json.loads(out)
     assert code == 0
-    assert [(c["mode"], c["id"]) for c in doc["cases"]] == [("schema", "case-0"), ("schema", "case-1")]
+    assert [(c["mode"], c["id"]) for c in doc["cases"]] == [
+        ("schema", "case-0"),
+        ("schema", "case-1"),
+    ]
 
 
 def rewrite(path: Path, old: str, new: str) -> None:
@@ -98,7 +125,9 @@ def rewrite(path: Path, old: str, new: str) -> None:
             id="unknown-matcher",
         ),
         pytest.param(
-            lambda ws: rewrite(ws / "modelfiles/tiny.Modelfile", "FROM ./tiny.gguf", "FROM ./gone.gguf"),
+            lambda ws: rewrite(
+                ws / "modelfiles/tiny.Modelfile", "FROM ./tiny.gguf", "FROM ./gone.gguf"
+            ),
             2,
             r"tiny.Modelfile: FROM ./gone.gguf: file not found",
             id="from-not-found",

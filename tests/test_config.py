@@ -33,7 +33,9 @@ def test_workspace_loads_and_resolves_paths(tmp_path: Path) -> None:
     assert ws.evals_dir == tmp_path / "evals"
 
 
-def test_workspace_is_found_from_a_subdirectory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workspace_is_found_from_a_subdirectory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(tmp_path, GOOD)
     (tmp_path / "golden").mkdir()
     monkeypatch.chdir(tmp_path / "golden")
@@ -43,10 +45,19 @@ def test_workspace_is_found_from_a_subdirectory(tmp_path: Path, monkeypatch: pyt
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (GOOD.replace("threads = 4", "threads = 4.5"), "lifecycle.toml → engine.threads: must be an integer"),
+        (
+            GOOD.replace("threads = 4", "threads = 4.5"),
+            "lifecycle.toml → engine.threads: must be an integer",
+        ),
         (GOOD.replace("seed = 1", "sed = 1"), "lifecycle.toml → engine.sed: unknown key"),
-        (GOOD.replace('suites = ["triage"]', 'suites = "triage"'), "models.triage.suites: must be a list of strings"),
-        (GOOD.replace('modelfile = "modelfiles/triage.Modelfile"', ""), "models.triage.modelfile: is required"),
+        (
+            GOOD.replace('suites = ["triage"]', 'suites = "triage"'),
+            "models.triage.suites: must be a list of strings",
+        ),
+        (
+            GOOD.replace('modelfile = "modelfiles/triage.Modelfile"', ""),
+            "models.triage.modelfile: is required",
+        ),
         ("[engine]\nthreads = 1\n", "lifecycle.toml → models: at least one model is required"),
         (GOOD + "\n[engine\n", "lifecycle.toml:10: invalid TOML"),
     ],

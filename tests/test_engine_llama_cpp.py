@@ -90,7 +90,9 @@ def test_not_a_gguf_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_unknown_engine_suggests_the_closest() -> None:
-    with pytest.raises(UsageError, match=r"unknown engine 'llama_cpp' \(did you mean 'llama-cpp'\?\)"):
+    with pytest.raises(
+        UsageError, match=r"unknown engine 'llama_cpp' \(did you mean 'llama-cpp'\?\)"
+    ):
         get_engine("llama_cpp")
 
 

@@ -60,7 +60,9 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path: Path) -> None:
 def test_case_without_expected_output(tmp_path: Path) -> None:
     case = {"id": "no-expected", "messages": [{"role": "user", "content": "hi"}]}
     path = write_suite(tmp_path, cases=[json.dumps(TINY_CASES[0]), json.dumps(case)])
-    with pytest.raises(GoldenSetError, match=r"cases.jsonl:2 → expected: case 'no-expected' has no"):
+    with pytest.raises(
+        GoldenSetError, match=r"cases.jsonl:2 → expected: case 'no-expected' has no"
+    ):
         load_suite(path)
 
 

@@ -13,7 +13,9 @@ import click
 
 from lifecycle import __version__
 from lifecycle.cli._errors import handle_errors
+from lifecycle.cli.bench import bench_command, estimate_command
 from lifecycle.cli.eval import eval_command
+from lifecycle.cli.pull import list_command, pull_command, rm_command, show_command, verify_command
 from lifecycle.config import ENV_DEBUG, ENV_HOME, ENV_WORKSPACE
 
 
@@ -30,6 +32,13 @@ def cli() -> None:
 
 
 cli.add_command(eval_command)
+cli.add_command(bench_command)
+cli.add_command(estimate_command)
+cli.add_command(pull_command)
+cli.add_command(list_command)
+cli.add_command(show_command)
+cli.add_command(rm_command)
+cli.add_command(verify_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,7 +24,9 @@ workspace_option = click.option(
 @click.command("eval")
 @workspace_option
 @click.option("--model", "-m", "models", multiple=True, help="Model(s) from lifecycle.toml.")
-@click.option("--suite", "-s", "suites", multiple=True, help="Suite(s) from evals/ (default: the model's).")
+@click.option(
+    "--suite", "-s", "suites", multiple=True, help="Suite(s) from evals/ (default: the model's)."
+)
 @click.option(
     "--mode",
     "modes",
@@ -106,7 +108,9 @@ def render_run(run: dict[str, Any]) -> str:
             output = case["output"].strip().replace("\n", "\\n")
             if len(output) > 70:
                 output = output[:67] + "..."
-            lines.append(f"  {case['variant']} {case['suite']}/{case['mode']} {case['id']}: {case['reason']}")
+            lines.append(
+                f"  {case['variant']} {case['suite']}/{case['mode']} {case['id']}: {case['reason']}"
+            )
             lines.append(f"      output: {output}")
         lines.append("")
     summary = run["summary"]

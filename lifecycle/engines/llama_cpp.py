@@ -101,7 +101,9 @@ class LlamaCppModel:
                     verbose=False,
                 )
         except (ValueError, RuntimeError, OSError) as exc:
-            raise EngineError(f"llama.cpp could not load the model: {exc}", path=model_path) from None
+            raise EngineError(
+                f"llama.cpp could not load the model: {exc}", path=model_path
+            ) from None
         self.load_ms = (time.perf_counter() - start) * 1000.0
         self.n_threads = threads
         self._grammars: dict[str, str] = {}

@@ -1,0 +1,312 @@
+"""``lifecycle bench`` and ``lifecycle estimate``: speed, memory and context scaling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.cli.eval import workspace_option
+from lifecycle.errors import EXIT_FAILURE, EXIT_OK
+
+
+class ContextSizes(click.ParamType):
+    """A comma-separated list of positive token counts; ``8k`` means 8192."""
+
+    name = "N[,N...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        sizes = []
+        for part in str(value).split(","):
+            text = part.strip().lower()
+            scale = 1024 if text.endswith("k") else 1
+            try:
+                size = int(text.removesuffix("k")) * scale
+            except ValueError:
+                self.fail(f"{part.strip()!r} is not a number of tokens", param, ctx)
+            if size <= 0:
+                self.fail(f"context sizes must be positive, got {part.strip()!r}", param, ctx)
+            sizes.append(size)
+        return sizes
+
+
+@click.command("bench")
+@workspace_option
+@click.argument("model")
+@click.option("--ctx", "contexts", type=ContextSizes(), help="Context sweep, e.g. 512,2048,8k.")
+@click.option("-p", "--n-prompt", type=click.IntRange(min=0), default=512, show_default=True)
+@click.option("-n", "--n-gen", type=click.IntRange(min=0), default=128, show_default=True)
+@click.option("-r", "--repetitions", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "-d", "--depth", type=click.IntRange(min=0), help="KV cache fill before each test "
+    "(default: 0; in a --ctx sweep, the context minus -p and -n)."
+)  # fmt: skip
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="CPU threads (default: lifecycle.toml)."
+)
+@click.option("--batch", "n_batch", type=click.IntRange(min=1), help="Logical batch size.")
+@click.option("--gpu", is_flag=True, help="Offload every layer to the GPU (needs a CUDA build).")
+@click.option("--strict", is_flag=True, help="Fail contexts above the model's trained length.")
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), help="PNG chart path.")
+@click.option("--no-bandwidth", is_flag=True, help="Skip the memory-bandwidth bound.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+def bench_command(
+    workspace_dir: Path | None,
+    model: str,
+    contexts: list[int] | None,
+    n_prompt: int,
+    n_gen: int,
+    repetitions: int,
+    depth: int | None,
+    threads: int | None,
+    n_batch: int | None,
+    gpu: bool,
+    strict: bool,
+    chart: Path | None,
+    no_bandwidth: bool,
+    as_json: bool,
+    quiet: bool,
+) -> int:
+    """Measure MODEL (a model of lifecycle.toml) like llama-bench: pp/tg tokens/sec, memory.
+
+    Each context point runs in its own process; a context the model or machine cannot hold is
+    recorded as failed with the reason. Exit codes: 0 measured (failed sweep points are
+    reported, not fatal); 1 every point failed (e.g. the model does not load); 2 usage error.
+    """
+    from lifecycle.bench import BenchOptions, run_bench
+    from lifecycle.config import load_workspace
+    from lifecycle.errors import EngineError
+    from lifecycle.store import Store
+    from lifecycle.variants import resolve_variants
+
+    workspace = load_workspace(workspace_dir)
+    store = Store(workspace.home)
+    variant = resolve_variants(workspace, store, [model])[0]
+    params = variant.modelfile.parameters
+    options = BenchOptions(
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        repetitions=repetitions,
+        depth=depth,
+        contexts=contexts,
+        n_ctx=int(variant.parameter("num_ctx")),
+        n_threads=threads or _as_int(params.get("num_thread"), workspace.engine.threads),
+        n_batch=n_batch or _as_int(params.get("num_batch"), workspace.engine.batch_size),
+        n_gpu_layers=-1 if gpu else _as_int(params.get("num_gpu"), workspace.engine.gpu_layers),
+        engine=workspace.engine.name,
+        strict=strict,
+        bandwidth=not no_bandwidth,
+    )
+    result = run_bench(
+        variant.blob_path,
+        options,
+        variant=variant.to_dict(),
+        runs_dir=workspace.runs_dir,
+        home=workspace.home,
+        progress=None if quiet else progress,
+    )
+    document = result.to_dict()
+    if contexts and any(p.ok for p in result.points):
+        from lifecycle.charts import context_chart
+
+        path = chart or workspace.root / ".lifecycle" / "bench" / f"{variant.name}-context.png"
+        context_chart(document, path)
+        document["chart"] = str(path)
+        if not quiet:
+            progress(f"chart: {path}")
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(render_bench(document))
+    if not any(p.ok for p in result.points):
+        if not contexts:
+            raise EngineError(f"bench failed: {result.points[0].error}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+@click.command("estimate")
+@workspace_option
+@click.argument("target")
+@click.option("--ctx", "contexts", type=ContextSizes(), default="2048", show_default=True)
+@click.option("--batch", "n_batch", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--ubatch", "n_ubatch", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--cache-type-k", "type_k", default="f16", show_default=True)
+@click.option("--cache-type-v", "type_v", default="f16", show_default=True)
+@click.option(
+    "--swa-full/--no-swa-full", default=True, show_default=True,
+    help="Full-size sliding-window caches (llama-cpp-python's default; llama-server: off).",
+)  # fmt: skip
+@click.option("--flash-attn", is_flag=True, help="Flash attention (smaller compute buffer).")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimates as JSON on stdout.")
+def estimate_command(
+    workspace_dir: Path | None,
+    target: str,
+    contexts: list[int],
+    n_batch: int,
+    n_ubatch: int,
+    type_k: str,
+    type_v: str,
+    swa_full: bool,
+    flash_attn: bool,
+    as_json: bool,
+) -> int:
+    """Memory TARGET needs at each --ctx, from its GGUF header only (nothing is loaded).
+
+    TARGET is a GGUF file, a model of lifecycle.toml, or a tag already in the local store.
+    """
+    from lifecycle.estimate import estimate_file
+
+    path = _resolve_target(target, workspace_dir)
+    estimates = [
+        estimate_file(
+            path,
+            n_ctx,
+            n_batch=n_batch,
+            n_ubatch=n_ubatch,
+            type_k=type_k,
+            type_v=type_v,
+            swa_full=swa_full,
+            flash_attn=flash_attn,
+        )
+        for n_ctx in contexts
+    ]
+    for note in sorted({n for e in estimates for n in e.notes}):
+        progress(f"warning: {note}")
+    if as_json:
+        emit_json(
+            {"target": target, "path": str(path), "estimates": [e.to_dict() for e in estimates]}
+        )
+        return EXIT_OK
+    rows = [
+        [
+            e.n_ctx,
+            _mib(e.weights_bytes),
+            _mib(e.kv_cache_bytes),
+            _mib(e.compute_bytes),
+            _mib(e.output_bytes),
+            _mib(e.total_bytes),
+        ]
+        for e in estimates
+    ]
+    headers = ["n_ctx", "weights MiB", "KV MiB", "compute MiB", "output MiB", "total MiB"]
+    click.echo(table(headers, rows))
+    first = estimates[0]
+    click.echo(
+        f"KV cache {first.type_k}/{first.type_v}, {first.layers_full} full-attention layers"
+        + (
+            f", {first.layers_swa} sliding-window layers ({first.swa_cells} cells)"
+            if first.layers_swa
+            else ""
+        )
+        + f"; {first.kv_bytes_per_token} bytes per token of context"
+    )
+    return EXIT_OK
+
+
+def render_bench(result: dict[str, Any]) -> str:
+    """The human report: llama-bench's table, then memory per context, then latency."""
+    rows = [
+        [
+            r["model_type"],
+            r["n_ctx"],
+            r["n_threads"],
+            r["test"],
+            f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}",
+            None if r["bandwidth_fraction"] is None else f"{r['bandwidth_fraction']:.0%}",
+        ]
+        for r in result["rows"]
+    ]
+    lines = [table(["model", "n_ctx", "threads", "test", "t/s", "of bw bound"], rows), ""]
+    memory_rows = []
+    for point in result["points"]:
+        mem, est = point["memory"], point["estimate"] or {}
+        memory_rows.append(
+            [
+                point["n_ctx"],
+                "ok" if point["ok"] else "FAILED",
+                point["load_ms"],
+                _mib(mem.get("peak_rss_bytes")),
+                _mib(mem.get("kv_cache_bytes")),
+                _mib(mem.get("allocated_bytes")),
+                _mib(est.get("total_bytes")),
+                None
+                if point["estimate_error_pct"] is None
+                else f"{point['estimate_error_pct']:+.1f}%",
+                _mib(mem.get("vram_used_bytes")),
+            ]
+        )
+    headers = [
+        "n_ctx", "status", "load ms", "peak RSS MiB", "KV MiB", "allocated MiB",
+        "estimate MiB", "est. error", "VRAM MiB",
+    ]  # fmt: skip
+    lines.append(table(headers, memory_rows))
+    for point in result["points"]:
+        for warning in point["warnings"]:
+            lines.append(f"warning: ctx {point['n_ctx']}: {warning}")
+        if point["error"]:
+            lines.append(f"failed: ctx {point['n_ctx']}: {point['error']}")
+    reasons = {p["memory"].get("vram_reason") for p in result["points"] if p["ok"]}
+    for reason in sorted(r for r in reasons if r):
+        lines.append(f"VRAM: not measured ({reason})")
+    bandwidth = result.get("bandwidth")
+    if bandwidth:
+        cached = " (cached)" if bandwidth.get("cached") else ""
+        lines.append(
+            f"memory bandwidth: {bandwidth['read_bytes_per_s'] / 1e9:.1f} GB/s read with "
+            f"{bandwidth['threads']} threads{cached}"
+        )
+    latency = result.get("latency")
+    if latency:
+        lines.append(
+            f"last eval run ({latency['cases']} cases): latency p50/p95/p99 "
+            f"{latency['latency_p50_ms']:.0f}/{latency['latency_p95_ms']:.0f}/"
+            f"{latency['latency_p99_ms']:.0f} ms; time to first token p50/p95/p99 "
+            f"{latency['ttft_p50_ms']:.0f}/{latency['ttft_p95_ms']:.0f}/"
+            f"{latency['ttft_p99_ms']:.0f} ms"
+        )
+    env = result["environment"]
+    lines.append(f"{env['engine_version']}, {env['cpu']}, threads {env['n_threads']}")
+    return "\n".join(lines)
+
+
+def _resolve_target(target: str, workspace_dir: Path | None) -> Path:
+    """A GGUF path, a workspace model's blob, or a tag's blob in the local store."""
+    from lifecycle.config import lifecycle_home, load_workspace
+    from lifecycle.errors import ConfigError, UsageError
+    from lifecycle.store import Store, parse_tag
+
+    candidate = Path(target).expanduser()
+    if candidate.is_file():
+        return candidate
+    if ":" not in target:
+        try:
+            workspace = load_workspace(workspace_dir)
+        except ConfigError:
+            workspace = None
+        if workspace is not None and target in workspace.models:
+            from lifecycle.variants import resolve_variants
+
+            return resolve_variants(workspace, Store(workspace.home), [target])[0].blob_path
+        raise UsageError(f"{target!r} is not a GGUF file, a model of lifecycle.toml, or a tag")
+    tag = parse_tag(target)
+    if tag.scheme == "file":
+        return Path(tag.reference)
+    store = Store(lifecycle_home())
+    manifest = store.read_manifest(tag)
+    if manifest is None or not store.has(manifest.digest):
+        raise UsageError(f"{target} is not in the local store; run `lifecycle pull {target}` first")
+    return store.blob_path(manifest.digest)
+
+
+def _as_int(value: object, default: int) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else round(value / 1024 / 1024, 1)

@@ -1,0 +1,266 @@
+"""``lifecycle pull | list | show | rm | verify``: the model store from the command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from lifecycle.cli._output import emit_json, is_tty, progress, table
+from lifecycle.cli.eval import workspace_option
+from lifecycle.config import ENV_NO_PROGRESS
+from lifecycle.errors import EXIT_FAILURE, EXIT_OK, EXIT_UPSTREAM_CHANGED, UsageError
+
+if TYPE_CHECKING:
+    from lifecycle.store import Manifest, Store, Tag
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+@click.command("pull")
+@click.argument("tags", nargs=-1)
+@click.option("--all", "all_tags", is_flag=True, help="Every tag the workspace's Modelfiles use.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Compare upstream revisions with the store, download nothing; exit 4 on a change.",
+)
+@workspace_option
+@json_option
+def pull_command(
+    tags: tuple[str, ...], all_tags: bool, check: bool, workspace_dir: Path | None, as_json: bool
+) -> int:
+    """Pull model TAGs into the store (hf:, ollama:, oci://, pypi:, file:).
+
+    With --check (and no TAG, every tracked tag): exit 4 when an upstream tag moved, 0 when
+    nothing did. Progress goes to stderr; bars are off with --json, off when stderr is not a
+    terminal, and off with LIFECYCLE_NO_PROGRESS=1.
+    """
+    from lifecycle import sources
+
+    store = _store()
+    selected = _select_tags(tags, all_tags or (check and not tags), workspace_dir)
+    if check:
+        changes = [sources.check(store, tag) for tag in selected]
+        changed = any(c.changed for c in changes)
+        if as_json:
+            emit_json({"changed": changed, "tags": [c.to_dict() for c in changes]})
+        else:
+            click.echo(render_changes([c.to_dict() for c in changes]))
+        return EXIT_UPSTREAM_CHANGED if changed else EXIT_OK
+    bars = _Bars(enabled=not as_json and is_tty() and not os.environ.get(ENV_NO_PROGRESS))
+    manifests = []
+    try:
+        for tag in selected:
+            progress(f"pulling {tag}")
+            manifests.append(sources.pull(store, tag, progress=bars))
+    finally:
+        bars.close()
+    if as_json:
+        emit_json({"pulled": [m.to_dict() for m in manifests]})
+    else:
+        click.echo(render_manifests(manifests))
+    return EXIT_OK
+
+
+@click.command("list")
+@json_option
+def list_command(as_json: bool) -> int:
+    """List the tags in the store with their digest, size and upstream revision."""
+    manifests = _store().list_manifests()
+    if as_json:
+        emit_json({"models": [m.to_dict() for m in manifests]})
+    else:
+        click.echo(render_manifests(manifests))
+    return EXIT_OK
+
+
+@click.command("show")
+@click.argument("tag")
+@click.option("--tensors", is_flag=True, help="Include the per-tensor table.")
+@json_option
+def show_command(tag: str, tensors: bool, as_json: bool) -> int:
+    """Show a model's GGUF summary, source and revision.
+
+    A tag not in the store is read from upstream: hf:, ollama: and oci:// tags fetch only the
+    GGUF header with range requests.
+    """
+    from lifecycle.gguf import read_gguf
+    from lifecycle.sources import canonical, hf, oci
+    from lifecycle.store import StoreError, parse_tag
+
+    store = _store()
+    parsed = canonical(parse_tag(tag))
+    manifest = store.read_manifest(parsed)
+    modelfile = None
+    upstream: dict[str, Any] | None = None
+    if manifest and store.has_all(manifest):
+        info = read_gguf(store.model_path(manifest))
+        path = store.modelfile_path(parsed)
+        modelfile = path.read_text(encoding="utf-8") if path.is_file() else None
+    elif parsed.scheme in ("hf", "ollama", "oci"):
+        module = hf if parsed.scheme == "hf" else oci
+        info, remote = module.read_header(parsed)
+        upstream = {"source": remote.source, "revision": remote.revision, "url": remote.upstream}
+        upstream["parts"] = [vars(p) for p in remote.parts]
+    elif parsed.scheme == "file":
+        info = read_gguf(parsed.reference)
+    else:
+        raise StoreError(f"{parsed} is not in the store (run: lifecycle pull {parsed})")
+    document = {
+        "tag": str(parsed),
+        "in_store": upstream is None and manifest is not None,
+        "manifest": manifest.to_dict() if manifest else None,
+        "upstream": upstream,
+        "gguf": info.to_dict(include_tensors=tensors),
+        "modelfile": modelfile,
+    }
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(render_show(document))
+    return EXIT_OK
+
+
+@click.command("rm")
+@click.argument("tags", nargs=-1, required=True)
+@json_option
+def rm_command(tags: tuple[str, ...], as_json: bool) -> int:
+    """Remove TAGs from the store; blobs no other tag references are deleted."""
+    from lifecycle.sources import canonical
+    from lifecycle.store import parse_tag
+
+    store = _store()
+    parsed = [canonical(parse_tag(t)) for t in tags]  # all valid before anything is removed
+    removed = []
+    for tag in parsed:
+        manifest, deleted = store.remove(tag)
+        removed.append({"tag": manifest.tag, "digest": manifest.digest, "deleted_blobs": deleted})
+        progress(f"removed {manifest.tag} ({len(deleted)} blob(s) deleted)")
+    if as_json:
+        emit_json({"removed": removed})
+    return EXIT_OK
+
+
+@click.command("verify")
+@json_option
+def verify_command(as_json: bool) -> int:
+    """Re-hash every blob against its manifest; exit 1 if any is missing or corrupt."""
+    checks = _store().verify()
+    ok = all(c.status == "ok" for c in checks)
+    if as_json:
+        emit_json({"ok": ok, "blobs": [c.to_dict() for c in checks]})
+    else:
+        rows = [[c.status, c.digest, c.size, ", ".join(c.tags)] for c in checks]
+        click.echo(table(["status", "digest", "size", "tags"], rows))
+        click.echo(f"{len(checks)} blob(s), " + ("all ok" if ok else "PROBLEMS FOUND"))
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def render_manifests(manifests: list[Manifest]) -> str:
+    """One row per tag: digest (short), size, revision (short), when pulled."""
+    rows = [
+        [m.tag, m.digest[7:19], m.total_size, m.revision[:19], len(m.digests), m.pulled_at]
+        for m in manifests
+    ]
+    return table(["tag", "digest", "size", "revision", "files", "pulled_at"], rows)
+
+
+def render_changes(changes: list[dict[str, Any]]) -> str:
+    """``pull --check``: one line per tag; a change shows old → new revision and digest."""
+    lines = []
+    for c in changes:
+        if c["status"] == "unchanged":
+            lines.append(f"unchanged  {c['tag']}  {c['new_revision']}")
+        elif c["status"] == "new":
+            lines.append(f"new        {c['tag']}  {c['new_revision']} ({c['new_digest']})")
+        else:
+            lines.append(
+                f"changed    {c['tag']}  revision {c['old_revision']} → {c['new_revision']}, "
+                f"digest {c['old_digest']} → {c['new_digest']}"
+            )
+    return "\n".join(lines) or "no tags to check"
+
+
+def render_show(doc: dict[str, Any]) -> str:
+    """``show``: where the model came from, then its GGUF summary, then any Modelfile."""
+    g = doc["gguf"]
+    m = doc["manifest"] if doc["in_store"] else None
+    u = doc["upstream"] or {}
+    rows = [
+        ("tag", doc["tag"]),
+        ("source", m["source"] if m else u.get("source", "file")),
+        ("revision", m["revision"] if m else u.get("revision")),
+        ("digest", m["digest"] if m else None),
+        ("in store", "yes" if doc["in_store"] else "no (header read upstream)"),
+        ("architecture", g["architecture"]),
+        ("name", g["name"]),
+        ("parameters", g["parameter_count"]),
+        ("file type", g["file_type"]),
+        ("tensor types", ", ".join(f"{k}:{v}" for k, v in sorted(g["tensor_type_counts"].items()))),
+        ("bits per weight", g["bits_per_weight"]),
+        ("file size", g["file_size"]),
+        ("context length", g["context_length"]),
+        ("blocks", g["block_count"]),
+        ("embedding", g["embedding_length"]),
+        ("heads / kv heads", f"{g['head_count']} / {g['head_count_kv']}"),
+        ("head dims (k/v)", f"{g['key_length']} / {g['value_length']}"),
+        ("sliding window", g["sliding_window"]),
+        ("vocabulary", g["vocab_size"]),
+        ("tokenizer", g["tokenizer_model"]),
+        ("chat template", "yes" if g["chat_template"] else "no"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {'-' if v is None else v}" for k, v in rows]
+    if doc["modelfile"]:
+        lines += ["", "Modelfile (as the registry serves it):", doc["modelfile"].rstrip()]
+    return "\n".join(lines)
+
+
+def _store() -> Store:
+    from lifecycle.config import lifecycle_home
+    from lifecycle.store import Store
+
+    return Store(lifecycle_home())
+
+
+def _select_tags(tags: tuple[str, ...], tracked: bool, workspace_dir: Path | None) -> list[Tag]:
+    from lifecycle.config import load_workspace
+    from lifecycle.sources import tracked_tags
+    from lifecycle.store import parse_tag
+
+    if tags and tracked:
+        raise UsageError("give TAGs or --all, not both")
+    if tags:
+        return [parse_tag(t) for t in tags]
+    if not tracked:
+        raise UsageError("nothing to pull: give one or more TAGs, or --all")
+    return tracked_tags(load_workspace(workspace_dir))
+
+
+class _Bars:
+    """Progress bars on stderr, one per file; a no-op when disabled."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bars: dict[str, Any] = {}
+        self._done: dict[str, int] = {}
+
+    def __call__(self, label: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        bar: Any = self._bars.get(label)
+        if bar is None:
+            bar = click.progressbar(length=total or 0, label=label, file=sys.stderr)
+            bar.__enter__()
+            self._bars[label], self._done[label] = bar, 0
+        bar.update(done - self._done[label])
+        self._done[label] = done
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.__exit__(None, None, None)
+        self._bars.clear()
