@@ -74,6 +74,7 @@ class BenchOptions:
     n_threads: int = 0  # 0: the engine's default (physical cores)
     n_batch: int = 512
     n_gpu_layers: int = 0
+    gpu: bool = False  # --gpu: offload was asked for, so a missing GPU is an error
     engine: str = "llama-cpp"
     warmup: bool = True
     strict: bool = False  # refuse contexts above the trained length instead of warning
@@ -237,7 +238,7 @@ def run_bench(
             f"-p {options.n_prompt} / -n {options.n_gen} with --depth {options.depth or 0} "
             f"do not fit in num_ctx {options.n_ctx}"
         )
-    if options.n_gpu_layers:
+    if options.gpu:
         _require_gpu(engine_info.details)
 
     bandwidth = None

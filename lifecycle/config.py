@@ -48,6 +48,11 @@ class ModelSettings:
     name: str
     modelfile: Path
     suites: tuple[str, ...]
+    # The variant matrix: quant levels (the FROM file's own, or made by local quantization)
+    # and PARAMETER axes; variants are their cartesian product.
+    quants: tuple[str, ...] = ()
+    axes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    allow_requantize: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,8 @@ def load_workspace(root: Path | None = None) -> Workspace:
     path = root / CONFIG_FILE
     data = read_toml(path)
     reader = _TableReader(path, data, "")
-    reader.reject_unknown({"workspace", "engine", "models"})
+    # gate / compare / bench tables are read by the modules that own them.
+    reader.reject_unknown({"workspace", "engine", "models", "gate", "compare", "bench"})
 
     ws = reader.table("workspace")
     ws.reject_unknown({"name", "evals_dir", "runs_dir"})
@@ -114,14 +120,37 @@ def load_workspace(root: Path | None = None) -> Workspace:
     models_table = reader.table("models")
     for name in models_table.data:
         m = models_table.table(name)
-        m.reject_unknown({"modelfile", "suites"})
+        m.reject_unknown({"modelfile", "suites", "variants"})
         modelfile = m.string("modelfile", None)
         if modelfile is None:
             raise ConfigError("is required", path=path, field=f"models.{name}.modelfile")
+        matrix = m.table("variants")
+        quants = matrix.string_list("quant", []) if "quant" in matrix.data else []
+        axes: dict[str, tuple[Any, ...]] = {}
+        for key, values in matrix.data.items():
+            if key in ("quant", "allow_requantize"):
+                continue
+            if not isinstance(values, list) or not values:
+                raise ConfigError(
+                    "must be a non-empty list of values",
+                    path=path,
+                    field=f"models.{name}.variants.{key}",
+                )
+            axes[key] = tuple(values)
+        allow_requantize = matrix.data.get("allow_requantize", False)
+        if not isinstance(allow_requantize, bool):
+            raise ConfigError(
+                "must be true or false",
+                path=path,
+                field=f"models.{name}.variants.allow_requantize",
+            )
         models[name] = ModelSettings(
             name=name,
             modelfile=root / modelfile,
             suites=tuple(m.string_list("suites", [])),
+            quants=tuple(quants),
+            axes=axes,
+            allow_requantize=allow_requantize,
         )
     if not models:
         raise ConfigError("at least one model is required", path=path, field="models")

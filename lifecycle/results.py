@@ -113,6 +113,7 @@ class RunRecord:
     cases: list[CaseResult]
     schema_version: int = SCHEMA_VERSION
     summary: dict[str, Any] = field(default_factory=dict)
+    shard: str | None = None  # "i/n" for one shard of a sharded run; None when whole
 
     @property
     def passed(self) -> bool:
@@ -128,6 +129,7 @@ class RunRecord:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "passed": self.passed,
+            "shard": self.shard,
             "summary": self.summary,
             "summaries": [s.to_dict() for s in self.summaries],
             "variants": [v.to_dict() for v in self.variants],
@@ -151,7 +153,63 @@ class RunRecord:
             summaries=[SuiteSummary.from_dict(s) for s in data["summaries"]],
             cases=[CaseResult.from_dict(c) for c in data["cases"]],
             summary=data.get("summary", {}),
+            shard=data.get("shard"),
         )
+
+
+def merge_runs(records: list[RunRecord]) -> RunRecord:
+    """Combine the shards of one sharded run into the run an unsharded eval would record.
+
+    Shards must agree on what was evaluated (golden-set digests, variants) and on the engine
+    build; cases are concatenated in shard order and every summary is recomputed.
+    """
+    if not records:
+        raise ValueError("nothing to merge")
+    first = records[0]
+    for other in records[1:]:
+        if other.golden_sets != first.golden_sets:
+            raise ValueError(f"run {other.run_id} evaluated different golden sets")
+        if other.environment.get("engine_version") != first.environment.get("engine_version"):
+            raise ValueError(f"run {other.run_id} used a different engine build")
+    seen: set[tuple[str, str, str, str]] = set()
+    cases: list[CaseResult] = []
+    for record in records:
+        for case in record.cases:
+            key = (case.variant, case.suite, case.mode, case.id)
+            if key in seen:
+                raise ValueError(f"case {'/'.join(key)} appears in more than one shard")
+            seen.add(key)
+            cases.append(case)
+    thresholds = {(s.variant, s.suite, s.mode): s.threshold for r in records for s in r.summaries}
+    summaries = [
+        summarise(
+            [c for c in cases if (c.variant, c.suite, c.mode) == group],
+            variant=group[0],
+            suite=group[1],
+            mode=group[2],
+            threshold=threshold,
+        )
+        for group, threshold in thresholds.items()
+    ]
+    variants: dict[str, VariantRun] = {}
+    for record in records:
+        for run in record.variants:
+            variants.setdefault(str(run.variant.get("id")), run)
+    threads: dict[str, Any] = {}
+    for record in records:
+        threads.update(record.environment.get("threads", {}))
+    load_ms = sum(v.load_ms or 0.0 for v in variants.values())
+    return RunRecord(
+        run_id=first.run_id.split("-")[0] + "-merged-" + str(len(records)),
+        started_at=min(r.started_at for r in records),
+        finished_at=max(r.finished_at for r in records),
+        environment={**first.environment, "threads": threads},
+        golden_sets=first.golden_sets,
+        variants=list(variants.values()),
+        summaries=summaries,
+        cases=cases,
+        summary=overall(summaries, cases, load_ms),
+    )
 
 
 def summarise(

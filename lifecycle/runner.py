@@ -23,7 +23,8 @@ from lifecycle.config import Workspace
 from lifecycle.engines import GenerationRequest, LoadOptions, get_engine
 from lifecycle.errors import UsageError
 from lifecycle.fsutil import atomic_write_text
-from lifecycle.golden import MODES, Suite, load_suites, score_output
+from lifecycle.golden import MODES, GoldenCase, Suite, load_suites, score_output
+from lifecycle.lint import lint_variant
 from lifecycle.prompt import render_prompt
 from lifecycle.results import (
     CaseResult,
@@ -50,6 +51,13 @@ class EvalOptions:
     engine: str | None = None
     threads: int | None = None
     limit: int | None = None  # first N cases of each suite, for quick checks
+    shard: tuple[int, int] | None = None  # (i, n): run every n-th work item from the i-th
+
+    def __post_init__(self) -> None:
+        if self.shard is not None:
+            i, n = self.shard
+            if n < 1 or not 1 <= i <= n:
+                raise UsageError(f"invalid shard {i}/{n}: expected i/n with 1 <= i <= n")
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ def run_eval(
             raise UsageError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
 
     started = _now()
-    plans = _plan(workspace, store, options)
+    plans = _plan(workspace, store, options, say)
     engine = get_engine(options.engine or workspace.engine.name)
     engine_info = engine.info()
 
@@ -84,41 +92,51 @@ def run_eval(
     cases: list[CaseResult] = []
     total_load_ms = 0.0
     threads_used: dict[str, int] = {}
+    slot = 0  # position in the (variant, suite, mode, case) order that shards slice
     for plan in plans:
         variant = plan.variant
+        work = _work_items(plan, options)
+        mine = [_in_shard(slot + k, options.shard) for k in range(len(work))]
+        slot += len(work)
+        if not any(mine):
+            continue
         load_options = _load_options(workspace, variant, options)
         say(f"loading {variant.name} ({variant.blob_digest[:19]}, num_ctx {load_options.n_ctx})")
         model = engine.load(variant.blob_path, load_options)
         threads_used[variant.name] = int(getattr(model, "n_threads", load_options.n_threads))
         total_load_ms += model.load_ms
         try:
-            for suite in plan.suites:
-                modes = [m for m in suite.modes if not options.modes or m in options.modes]
-                selected = list(suite.cases[: options.limit] if options.limit else suite.cases)
-                for mode in modes:
-                    if mode == "schema":
-                        model.check_schema(suite.schema)
-                    results = []
-                    for index, case in enumerate(selected, start=1):
-                        result = _run_case(
-                            model, variant, suite, mode, case, plan.chat_template, load_options.seed
-                        )
-                        results.append(result)
-                        mark = "pass" if result.passed else "FAIL"
-                        say(
-                            f"[{variant.name} {suite.name}/{mode} {index}/{len(selected)}] "
-                            f"{case.id}: {mark} ({result.latency_ms:.0f} ms) {result.reason}"
-                        )
-                    cases.extend(results)
-                    summaries.append(
-                        summarise(
-                            results,
-                            variant=variant.name,
-                            suite=suite.name,
-                            mode=mode,
-                            threshold=suite.thresholds.get(mode),
-                        )
+            for suite, mode in _groups(plan, options):
+                selected = [
+                    case
+                    for (s, m, case), keep in zip(work, mine, strict=True)
+                    if keep and s is suite and m == mode
+                ]
+                if not selected:
+                    continue
+                if mode == "schema":
+                    model.check_schema(suite.schema)
+                results = []
+                for index, case in enumerate(selected, start=1):
+                    result = _run_case(
+                        model, variant, suite, mode, case, plan.chat_template, load_options.seed
                     )
+                    results.append(result)
+                    mark = "pass" if result.passed else "FAIL"
+                    say(
+                        f"[{variant.name} {suite.name}/{mode} {index}/{len(selected)}] "
+                        f"{case.id}: {mark} ({result.latency_ms:.0f} ms) {result.reason}"
+                    )
+                cases.extend(results)
+                summaries.append(
+                    summarise(
+                        results,
+                        variant=variant.name,
+                        suite=suite.name,
+                        mode=mode,
+                        threshold=suite.thresholds.get(mode),
+                    )
+                )
         finally:
             model.close()
         variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=round(model.load_ms, 2)))
@@ -153,6 +171,7 @@ def run_eval(
         summaries=summaries,
         cases=cases,
         summary=overall(summaries, cases, total_load_ms),
+        shard=f"{options.shard[0]}/{options.shard[1]}" if options.shard else None,
     )
 
 
@@ -167,7 +186,7 @@ def save_run(record: RunRecord, runs_dir: Path) -> Path:
     return path
 
 
-def _plan(workspace: Workspace, store: Store, options: EvalOptions) -> list[_Plan]:
+def _plan(workspace: Workspace, store: Store, options: EvalOptions, say: Progress) -> list[_Plan]:
     """Resolve variants, load suites and read GGUF headers before any model is loaded."""
     plans = []
     for variant in resolve_variants(workspace, store, list(options.models or []) or None):
@@ -178,6 +197,8 @@ def _plan(workspace: Workspace, store: Store, options: EvalOptions) -> list[_Pla
         suites = load_suites(workspace.evals_dir, names)
         info = gguf_reader.read_gguf(variant.blob_path)
         plans.append(_Plan(variant=variant, suites=suites, chat_template=info.chat_template))
+        for finding in lint_variant(variant, info, names):
+            say(f"warning: {finding.variant}: {finding.message} [{finding.check}]")
         # Render one prompt now so a broken TEMPLATE fails before the model loads.
         render_prompt(
             variant.modelfile,
@@ -186,6 +207,29 @@ def _plan(workspace: Workspace, store: Store, options: EvalOptions) -> list[_Pla
             modelfile_path=variant.modelfile_path,
         )
     return plans
+
+
+def _groups(plan: _Plan, options: EvalOptions) -> list[tuple[Suite, str]]:
+    return [
+        (suite, mode)
+        for suite in plan.suites
+        for mode in suite.modes
+        if not options.modes or mode in options.modes
+    ]
+
+
+def _work_items(plan: _Plan, options: EvalOptions) -> list[tuple[Suite, str, GoldenCase]]:
+    """Every (suite, mode, case) of a variant, in the order runs and shards use."""
+    items = []
+    for suite, mode in _groups(plan, options):
+        selected = suite.cases[: options.limit] if options.limit else suite.cases
+        items += [(suite, mode, case) for case in selected]
+    return items
+
+
+def _in_shard(slot: int, shard: tuple[int, int] | None) -> bool:
+    # Round-robin keeps every shard's share of each variant (and of slow cases) even.
+    return shard is None or slot % shard[1] == shard[0] - 1
 
 
 def _load_options(workspace: Workspace, variant: Variant, options: EvalOptions) -> LoadOptions:

@@ -7,15 +7,18 @@ a file never changes it, and changing any byte of weights or prompt contract alw
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lifecycle import modelfile as mf
 from lifecycle.config import ModelSettings, Workspace
-from lifecycle.errors import ModelfileError
+from lifecycle.errors import ConfigError, ModelfileError, UsageError
 from lifecycle.gguf import read_gguf
+from lifecycle.quantize import quantize_blob
 from lifecycle.store import SCHEMES, Manifest, Store, Tag, parse_tag, pull_file, resolve_tag
 
 # Ollama's defaults for sampling options a Modelfile does not set (api/types.go DefaultOptions).
@@ -42,6 +45,8 @@ class Variant:
     source: str  # the FROM value as written
     blob_path: Path
     manifest: Manifest
+    quant: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def blob_digest(self) -> str:
@@ -79,33 +84,98 @@ class Variant:
             "blob_digest": self.blob_digest,
             "blob_size": self.manifest.size,
             "revision": self.manifest.revision,
+            "quant": self.quant,
+            "overrides": dict(self.overrides),
             "parameters": dict(self.modelfile.parameters),
         }
 
 
 def resolve_variants(
-    workspace: Workspace, store: Store, model_names: list[str] | None = None
+    workspace: Workspace, store: Store, selection: list[str] | None = None
 ) -> list[Variant]:
-    """Resolve each selected model's Modelfile to a variant (pulling local sources)."""
-    names = model_names or list(workspace.models)
-    variants = []
-    for name in names:
-        settings = workspace.models.get(name)
-        if settings is None:
-            from lifecycle.errors import UsageError
+    """Expand each model's variant matrix; ``selection`` names models or variants (None: all).
 
-            known = ", ".join(workspace.models)
-            raise UsageError(f"unknown model {name!r}; models in lifecycle.toml: {known}")
-        variants.append(resolve_variant(workspace, store, settings))
+    Resolving pulls local sources and makes missing quant levels by local quantization (both
+    cached in the store), so every variant ends up pointing at a blob that exists.
+    """
+    wanted = set(selection or [])
+    variants: list[Variant] = []
+    for settings in workspace.models.values():
+        matrix_names = set(_variant_names(settings))
+        if wanted and settings.name not in wanted and not (wanted & matrix_names):
+            continue
+        for variant in expand_variants(workspace, store, settings):
+            if not wanted or settings.name in wanted or variant.name in wanted:
+                variants.append(variant)
+    found = {v.name for v in variants} | {v.model for v in variants}
+    missing = sorted(wanted - found)
+    if missing:
+        known = sorted({v for m in workspace.models.values() for v in _variant_names(m)})
+        known += sorted(workspace.models)
+        close = difflib.get_close_matches(missing[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(
+            f"unknown model or variant {missing[0]!r}{hint}; known: {', '.join(known)}"
+        )
     return variants
 
 
-def resolve_variant(workspace: Workspace, store: Store, settings: ModelSettings) -> Variant:
-    """Parse the model's Modelfile and find (or import) the blob its FROM names."""
+def expand_variants(workspace: Workspace, store: Store, settings: ModelSettings) -> list[Variant]:
+    """One model's variants: its quant levels × the cartesian product of its PARAMETER axes."""
     modelfile = mf.parse_file(settings.modelfile)
+    source, manifest = _resolve_from(workspace, store, settings, modelfile)
+    base_type = (read_gguf(store.blob_path(manifest.digest)).file_type or "unknown").upper()
+    axes = _validated_axes(workspace, settings)
+    variants = []
+    for quant in settings.quants or (base_type,):
+        quant_manifest = manifest
+        if quant.upper() != base_type:
+            result = quantize_blob(
+                store,
+                manifest.digest,
+                quant,
+                allow_requantize=settings.allow_requantize,
+                threads=workspace.engine.threads,
+            )
+            quant_manifest = Manifest(
+                tag=f"quantized:{manifest.digest}/{result.target}",
+                source="quantize",
+                revision=f"{manifest.revision}; quantized {base_type} → {result.target}"
+                + (" (requantized)" if result.requantized else ""),
+                filename=f"{result.target}.gguf",
+                size=result.size,
+                digest=result.digest,
+                pulled_at=manifest.pulled_at,
+            )
+        for combo in itertools.product(*axes.values()):
+            overrides = dict(zip(axes, combo, strict=True))
+            resolved = replace(modelfile, parameters={**modelfile.parameters, **overrides})
+            content = f"{quant_manifest.digest}\n{mf.serialise(resolved)}".encode()
+            variants.append(
+                Variant(
+                    id=hashlib.sha256(content).hexdigest()[:16],
+                    name=_variant_name(settings, quant, overrides),
+                    model=settings.name,
+                    modelfile_path=settings.modelfile,
+                    modelfile=resolved,
+                    source=source,
+                    blob_path=store.blob_path(quant_manifest.digest),
+                    manifest=quant_manifest,
+                    quant=quant.upper(),
+                    overrides=overrides,
+                )
+            )
+    return variants
+
+
+def _resolve_from(
+    workspace: Workspace, store: Store, settings: ModelSettings, modelfile: mf.Modelfile
+) -> tuple[str, Manifest]:
+    """Find (or import) the blob the Modelfile's FROM names."""
     if len(modelfile.from_) != 1:
         raise ModelfileError(
-            "split GGUF models (several FROM lines) are not supported by the engine yet",
+            "several FROM lines (split GGUF shards or a vision projector) are not supported "
+            "by the engine yet",
             path=settings.modelfile,
         )
     source = modelfile.from_[0]
@@ -117,21 +187,58 @@ def resolve_variant(workspace: Workspace, store: Store, settings: ModelSettings)
             )
         # Validate the header before importing: a corrupt file must never become a blob.
         read_gguf(local)
-        manifest = pull_file(store, local)
-    else:
-        manifest = resolve_tag(store, _as_tag(source, settings.modelfile))
-    content = f"{manifest.digest}\n{mf.serialise(modelfile)}".encode()
-    variant_id = hashlib.sha256(content).hexdigest()[:16]
-    return Variant(
-        id=variant_id,
-        name=settings.name,
-        model=settings.name,
-        modelfile_path=settings.modelfile,
-        modelfile=modelfile,
-        source=source,
-        blob_path=store.blob_path(manifest.digest),
-        manifest=manifest,
-    )
+        return source, pull_file(store, local)
+    return source, resolve_tag(store, _as_tag(source, settings.modelfile))
+
+
+def _validated_axes(workspace: Workspace, settings: ModelSettings) -> dict[str, tuple[Any, ...]]:
+    axes = {}
+    for name, values in settings.axes.items():
+        where = f"models.{settings.name}.variants.{name}"
+        if name not in mf.PARAMETERS or name in mf.LIST_PARAMETERS:
+            raise ConfigError(
+                "not a PARAMETER that can vary (use one of: "
+                + ", ".join(sorted(mf.PARAMETERS - mf.LIST_PARAMETERS))
+                + ")",
+                path=workspace.config_path,
+                field=where,
+            )
+        for value in values:
+            ok = (
+                (name in mf.INT_PARAMETERS and isinstance(value, int))
+                or (name in mf.FLOAT_PARAMETERS and isinstance(value, int | float))
+                or (name in mf.BOOL_PARAMETERS and isinstance(value, bool))
+            )
+            if not ok or (isinstance(value, bool) and name not in mf.BOOL_PARAMETERS):
+                raise ConfigError(
+                    f"{value!r} is not a valid {name}", path=workspace.config_path, field=where
+                )
+        axes[name] = tuple(float(v) if name in mf.FLOAT_PARAMETERS else v for v in values)
+    return axes
+
+
+def _variant_names(settings: ModelSettings) -> list[str]:
+    quants = settings.quants or ("",)
+    combos = list(itertools.product(*settings.axes.values()))
+    return [
+        _variant_name(settings, q, dict(zip(settings.axes, c, strict=True)))
+        for q in quants
+        for c in combos
+    ]
+
+
+def _variant_name(settings: ModelSettings, quant: str, overrides: dict[str, Any]) -> str:
+    """``model`` alone without a matrix; else ``model:q4_k_m-ctx2048-temp0.2``."""
+    if not settings.quants and not settings.axes:
+        return settings.name
+    parts = [quant.lower()] if settings.quants else []
+    for name, value in overrides.items():
+        label = _AXIS_LABELS.get(name, name)
+        parts.append(f"{label}{value:g}" if isinstance(value, float) else f"{label}{value}")
+    return f"{settings.name}:{'-'.join(parts)}"
+
+
+_AXIS_LABELS = {"num_ctx": "ctx", "temperature": "temp", "num_thread": "threads"}
 
 
 def _as_tag(source: str, modelfile_path: Path) -> Tag:

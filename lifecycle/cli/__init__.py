@@ -14,7 +14,8 @@ import click
 from lifecycle import __version__
 from lifecycle.cli._errors import handle_errors
 from lifecycle.cli.bench import bench_command, estimate_command
-from lifecycle.cli.eval import eval_command
+from lifecycle.cli.eval import eval_command, merge_command
+from lifecycle.cli.modelfile import build_command, lint_command, modelfile_command, prompt_command
 from lifecycle.cli.pull import list_command, pull_command, rm_command, show_command, verify_command
 from lifecycle.config import ENV_DEBUG, ENV_HOME, ENV_WORKSPACE
 
@@ -32,6 +33,11 @@ def cli() -> None:
 
 
 cli.add_command(eval_command)
+cli.add_command(merge_command)
+cli.add_command(modelfile_command)
+cli.add_command(prompt_command)
+cli.add_command(build_command)
+cli.add_command(lint_command)
 cli.add_command(bench_command)
 cli.add_command(estimate_command)
 cli.add_command(pull_command)

@@ -98,6 +98,7 @@ def bench_command(
         n_threads=threads or _as_int(params.get("num_thread"), workspace.engine.threads),
         n_batch=n_batch or _as_int(params.get("num_batch"), workspace.engine.batch_size),
         n_gpu_layers=-1 if gpu else _as_int(params.get("num_gpu"), workspace.engine.gpu_layers),
+        gpu=gpu,
         engine=workspace.engine.name,
         strict=strict,
         bandwidth=not no_bandwidth,
@@ -110,6 +111,8 @@ def bench_command(
         home=workspace.home,
         progress=None if quiet else progress,
     )
+    if not contexts and not result.points[0].ok:
+        raise EngineError(f"bench of {variant.name} failed: {result.points[0].error}")
     document = result.to_dict()
     if contexts and any(p.ok for p in result.points):
         from lifecycle.charts import context_chart
@@ -123,11 +126,7 @@ def bench_command(
         emit_json(document)
     else:
         click.echo(render_bench(document))
-    if not any(p.ok for p in result.points):
-        if not contexts:
-            raise EngineError(f"bench failed: {result.points[0].error}")
-        return EXIT_FAILURE
-    return EXIT_OK
+    return EXIT_OK if any(p.ok for p in result.points) else EXIT_FAILURE
 
 
 @click.command("estimate")
@@ -197,14 +196,13 @@ def estimate_command(
     headers = ["n_ctx", "weights MiB", "KV MiB", "compute MiB", "output MiB", "total MiB"]
     click.echo(table(headers, rows))
     first = estimates[0]
+    swa = ""
+    if first.layers_swa:
+        cache = "full-size caches" if first.swa_full else f"{first.swa_cells} cells each"
+        swa = f", {first.layers_swa} sliding-window layers ({cache})"
     click.echo(
-        f"KV cache {first.type_k}/{first.type_v}, {first.layers_full} full-attention layers"
-        + (
-            f", {first.layers_swa} sliding-window layers ({first.swa_cells} cells)"
-            if first.layers_swa
-            else ""
-        )
-        + f"; {first.kv_bytes_per_token} bytes per token of context"
+        f"KV cache {first.type_k}/{first.type_v}, {first.layers_full} full-attention layers{swa}; "
+        f"{first.kv_bytes_per_token} bytes per token of context"
     )
     return EXIT_OK
 

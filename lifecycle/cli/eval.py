@@ -9,7 +9,7 @@ import click
 
 from lifecycle.cli._output import emit_json, progress, table
 from lifecycle.config import ENV_WORKSPACE
-from lifecycle.errors import EXIT_GATE_FAILED, EXIT_OK
+from lifecycle.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
 
 workspace_option = click.option(
     "--workspace",
@@ -37,6 +37,11 @@ workspace_option = click.option(
 @click.option("--engine", help="Engine name (default: lifecycle.toml's).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
 @click.option("--limit", type=click.IntRange(min=1), help="Run only the first N cases per suite.")
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Run the I-th of N deterministic slices of (variant x case); combine with `merge`.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-case progress on stderr.")
 def eval_command(
@@ -47,6 +52,7 @@ def eval_command(
     engine: str | None,
     threads: int | None,
     limit: int | None,
+    shard: str | None,
     as_json: bool,
     quiet: bool,
 ) -> int:
@@ -66,6 +72,7 @@ def eval_command(
         engine=engine,
         threads=threads,
         limit=limit,
+        shard=_parse_shard(shard) if shard else None,
     )
     record = run_eval(workspace, options, progress=None if quiet else progress)
     path = save_run(record, workspace.runs_dir)
@@ -75,6 +82,51 @@ def eval_command(
         click.echo(render_run(record.to_dict()))
     progress(f"run record: {path}")
     return EXIT_OK if record.passed else EXIT_GATE_FAILED
+
+
+@click.command("merge")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@workspace_option
+@click.option("--json", "as_json", is_flag=True, help="Print the merged run record as JSON.")
+def merge_command(runs: tuple[Path, ...], workspace_dir: Path | None, as_json: bool) -> int:
+    """Merge the run records of `eval --shard` into one run (saved like an eval run).
+
+    RUNS are run.json files or run directories. Gate, pin and report treat the result exactly
+    like an unsharded run. Exit codes follow `eval`: 3 when a pass rate is under its threshold.
+    """
+    import json
+
+    from lifecycle.config import load_workspace
+    from lifecycle.results import RunRecord, merge_runs
+    from lifecycle.runner import save_run
+
+    records = []
+    for path in runs:
+        file = path / "run.json" if path.is_dir() else path
+        try:
+            records.append(RunRecord.from_dict(json.loads(file.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"not a run record: {exc}", path=file) from None
+    try:
+        merged = merge_runs(records)
+    except ValueError as exc:
+        raise UsageError(f"cannot merge: {exc}") from None
+    workspace = load_workspace(workspace_dir)
+    path = save_run(merged, workspace.runs_dir)
+    if as_json:
+        emit_json(merged.to_dict())
+    else:
+        click.echo(render_run(merged.to_dict()))
+    progress(f"run record: {path}")
+    return EXIT_OK if merged.passed else EXIT_GATE_FAILED
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"invalid --shard {text!r}: expected I/N, e.g. 2/4") from None
+    return i, n
 
 
 def render_run(run: dict[str, Any]) -> str:

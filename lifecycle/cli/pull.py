@@ -81,13 +81,31 @@ def list_command(as_json: bool) -> int:
 @click.command("show")
 @click.argument("tag")
 @click.option("--tensors", is_flag=True, help="Include the per-tensor table.")
+@click.option(
+    "--modelfile",
+    "as_modelfile",
+    is_flag=True,
+    help="TAG is a variant or model of the workspace: print its resolved Modelfile.",
+)
+@click.option(
+    "--workspace",
+    "-C",
+    "workspace_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Workspace directory, for --modelfile.",
+)
 @json_option
-def show_command(tag: str, tensors: bool, as_json: bool) -> int:
+def show_command(
+    tag: str, tensors: bool, as_modelfile: bool, workspace_dir: Path | None, as_json: bool
+) -> int:
     """Show a model's GGUF summary, source and revision.
 
     A tag not in the store is read from upstream: hf:, ollama: and oci:// tags fetch only the
-    GGUF header with range requests.
+    GGUF header with range requests. With --modelfile, TAG names a variant and its resolved
+    Modelfile is printed the way `ollama show --modelfile` prints one (FROM the blob path).
     """
+    if as_modelfile:
+        return _show_variant_modelfile(tag, workspace_dir, as_json)
     from lifecycle.gguf import read_gguf
     from lifecycle.sources import canonical, hf, oci
     from lifecycle.store import StoreError, parse_tag
@@ -264,3 +282,20 @@ class _Bars:
         for bar in self._bars.values():
             bar.__exit__(None, None, None)
         self._bars.clear()
+
+
+def _show_variant_modelfile(name: str, workspace_dir: Path | None, as_json: bool) -> int:
+    from dataclasses import replace
+
+    from lifecycle import modelfile as mf
+    from lifecycle.cli.modelfile import _one_variant
+
+    variant = _one_variant(workspace_dir, name)
+    resolved = replace(variant.modelfile, from_=[str(variant.blob_path)])
+    if as_json:
+        emit_json({"variant": variant.to_dict(), "modelfile": resolved.to_dict()})
+    else:
+        click.echo(f"# Modelfile of {variant.name} (variant {variant.id})")
+        click.echo(f"# FROM {variant.source} at {variant.blob_digest}")
+        click.echo(mf.serialise(resolved), nl=False)
+    return EXIT_OK

@@ -1,0 +1,168 @@
+"""Modelfile and variant commands: ``modelfile``, ``prompt``, ``build``, ``lint``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.cli.eval import workspace_option
+from lifecycle.errors import EXIT_OK, UsageError
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+
+
+@click.command("modelfile")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def modelfile_command(path: Path, as_json: bool) -> int:
+    """Print a Modelfile in canonical form (or its parsed structure with --json)."""
+    from lifecycle import modelfile as mf
+
+    parsed = mf.parse_file(path)
+    for warning in parsed.warnings:
+        progress(f"warning: {warning}")
+    if as_json:
+        emit_json(parsed.to_dict())
+    else:
+        click.echo(mf.serialise(parsed), nl=False)
+    return EXIT_OK
+
+
+@click.command("prompt")
+@click.argument("target")
+@click.option(
+    "--messages",
+    "messages_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help='JSON file: a list of {"role", "content"} messages (the conversation to send).',
+)
+@workspace_option
+def prompt_command(target: str, messages_file: Path, workspace_dir: Path | None) -> int:
+    """Print the exact prompt text the engine receives for a conversation, byte for byte.
+
+    TARGET is a Modelfile path or a variant/model name from lifecycle.toml.
+    """
+    from lifecycle import modelfile as mf
+    from lifecycle.gguf import read_gguf
+    from lifecycle.prompt import render_prompt
+
+    messages = _read_messages(messages_file)
+    if Path(target).is_file():
+        parsed = mf.parse_file(Path(target))
+        chat_template = None
+        if parsed.template is None:
+            local = mf.resolve_local_path(parsed.from_[0], Path(target).parent, Path.cwd())
+            if local is not None and local.is_file():
+                chat_template = read_gguf(local).chat_template
+        text = render_prompt(
+            parsed, messages, chat_template=chat_template, modelfile_path=Path(target)
+        )
+    else:
+        variant = _one_variant(workspace_dir, target)
+        text = render_prompt(
+            variant.modelfile,
+            messages,
+            chat_template=read_gguf(variant.blob_path).chat_template,
+            modelfile_path=variant.modelfile_path,
+        )
+    click.echo(text, nl=False)
+    return EXIT_OK
+
+
+@click.command("build")
+@click.argument("models", nargs=-1)
+@workspace_option
+@json_option
+def build_command(models: tuple[str, ...], workspace_dir: Path | None, as_json: bool) -> int:
+    """Expand each model's variant matrix (quant levels x PARAMETER axes) into variants.
+
+    Sources are pulled and missing quant levels made locally, so every listed variant is
+    ready to run. Each variant's id is a hash of its blob digest and resolved Modelfile.
+    """
+    from lifecycle.config import load_workspace
+    from lifecycle.store import Store
+    from lifecycle.variants import resolve_variants
+
+    workspace = load_workspace(workspace_dir)
+    variants = resolve_variants(workspace, Store(workspace.home), list(models) or None)
+    if as_json:
+        emit_json({"variants": [v.to_dict() for v in variants]})
+        return EXIT_OK
+    rows = [
+        [v.name, v.id, v.quant, v.blob_digest[:19], _human_size(v.manifest.size), _params(v)]
+        for v in variants
+    ]
+    click.echo(table(["variant", "id", "quant", "blob", "size", "overrides"], rows))
+    return EXIT_OK
+
+
+@click.command("lint")
+@click.argument("models", nargs=-1)
+@workspace_option
+@json_option
+def lint_command(models: tuple[str, ...], workspace_dir: Path | None, as_json: bool) -> int:
+    """Check Modelfiles for template, stop-sequence, context and JSON-contract mistakes."""
+    from lifecycle.config import load_workspace
+    from lifecycle.gguf import read_gguf
+    from lifecycle.lint import lint_variant
+    from lifecycle.store import Store
+    from lifecycle.variants import resolve_variants
+
+    workspace = load_workspace(workspace_dir)
+    findings = []
+    for variant in resolve_variants(workspace, Store(workspace.home), list(models) or None):
+        suites = list(workspace.models[variant.model].suites)
+        findings += lint_variant(variant, read_gguf(variant.blob_path), suites)
+    if as_json:
+        emit_json({"findings": [f.to_dict() for f in findings]})
+    elif findings:
+        click.echo(table(["variant", "check", "message"], [
+            [f.variant, f.check, f.message] for f in findings
+        ]))  # fmt: skip
+    else:
+        click.echo("no findings")
+    return EXIT_OK
+
+
+def _one_variant(workspace_dir: Path | None, name: str) -> Any:
+    from lifecycle.config import load_workspace
+    from lifecycle.store import Store
+    from lifecycle.variants import resolve_variants
+
+    workspace = load_workspace(workspace_dir)
+    variants = resolve_variants(workspace, Store(workspace.home), [name])
+    if len(variants) != 1:
+        names = ", ".join(v.name for v in variants)
+        raise UsageError(f"{name!r} names {len(variants)} variants ({names}); name one")
+    return variants[0]
+
+
+def _read_messages(path: Path) -> list[dict[str, str]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read: {exc.strerror}", path=path) from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"not JSON: {exc.msg}", path=path, line=exc.lineno) from None
+    if isinstance(data, dict) and "messages" in data:
+        data = data["messages"]
+    ok = isinstance(data, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in data
+    )
+    if not ok or not data:
+        raise UsageError('expected a non-empty list of {"role", "content"} objects', path=path)
+    return [{"role": m["role"], "content": m["content"]} for m in data]
+
+
+def _params(variant: Any) -> str:
+    return " ".join(f"{k}={v}" for k, v in variant.overrides.items()) or "-"
+
+
+def _human_size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"

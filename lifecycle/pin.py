@@ -1,0 +1,462 @@
+"""``models.lock``: what passed, pinned by content digest, and its commit to git.
+
+The lockfile is JSON (``json.dumps(sort_keys=True, indent=2)`` plus a final newline), one entry
+per variant name under ``"variants"``::
+
+    {
+      "lock_version": 1,
+      "variants": {
+        "harbor-triage": {
+          "model": "harbor-triage", "variant_id": "…", "from": "pypi:…", "tag": "pypi:…",
+          "source": "pypi", "revision": "1.0.0", "upstream": "…", "filename": "….gguf",
+          "blob_sha256": "sha256:…", "size": 253114112, "quant": "Q4_K_M",
+          "modelfile": "modelfiles/harbor-triage.Modelfile", "modelfile_digest": "sha256:…",
+          "parameters": {…}, "golden_sets": {"triage": {"golden_digest": …, "schema_digest": …}},
+          "engine": {"name": "llama-cpp", "version": "llama-cpp-python 0.3.9"},
+          "eval": {"triage/free": {"pass_rate": …, …}}, "bench": {…} | null,
+          "run_id": "…", "pinned_at": "2025-01-01T00:00:00Z", "baseline": "baselines/….json"
+        }
+      }
+    }
+
+An entry is rewritten only when what it pins changed: the variant id (weights + Modelfile),
+the golden-set digests or the engine build. Otherwise the old entry, time included, is kept,
+so re-pinning with nothing changed is an empty diff. Local ``FROM ./x.gguf`` files record no
+revision (theirs is a file mtime, which a fresh clone changes); the digest is the identity.
+
+Baselines (:mod:`lifecycle.gate`) are written first and the lock last, each atomically (temp
+file, fsync, rename): an interrupted pin leaves the previous lock whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lifecycle.errors import UsageError
+from lifecycle.fsutil import atomic_write_text
+from lifecycle.gate import (
+    BASELINE_SCHEMA_VERSION,
+    GateResult,
+    baseline_entry,
+    baseline_path,
+)
+from lifecycle.results import RunRecord
+from lifecycle.store import Manifest, Part, Store
+
+LOCK_FILE = "models.lock"
+LOCK_VERSION = 1
+
+
+class GitStateError(UsageError):
+    """The repository is not in a state a pin may be committed in (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class PinChange:
+    """What happened to one variant's pin: ``new``, ``updated``, ``unchanged`` or ``refused``."""
+
+    variant: str
+    model: str
+    status: str
+    old_digest: str | None
+    new_digest: str | None
+    old_variant_id: str | None
+    new_variant_id: str | None
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PinResult:
+    """The outcome of ``lifecycle pin``."""
+
+    lock_path: Path
+    changes: list[PinChange]
+    written: list[str]  # files rewritten, relative to the workspace root
+    commit: str | None = None
+    branch: str | None = None
+
+    @property
+    def refused(self) -> list[PinChange]:
+        return [c for c in self.changes if c.status == "refused"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lockfile": str(self.lock_path),
+            "changes": [c.to_dict() for c in self.changes],
+            "pinned": [c.variant for c in self.changes if c.status in ("new", "updated")],
+            "unchanged": [c.variant for c in self.changes if c.status == "unchanged"],
+            "refused": [c.variant for c in self.refused],
+            "written": self.written,
+            "commit": self.commit,
+            "branch": self.branch,
+        }
+
+
+@dataclass(frozen=True)
+class LockCheck:
+    """The store checked against one lock entry: ``ok``, ``missing``, ``corrupt`` or ``moved``."""
+
+    variant: str
+    digest: str
+    status: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_lock(path: Path) -> dict[str, Any]:
+    """The lock at ``path``; an empty lock when the file does not exist."""
+    if not path.exists():
+        return {"lock_version": LOCK_VERSION, "variants": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read lockfile: {exc}", path=path) from None
+    if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION:
+        raise UsageError(f"unsupported lockfile (lock_version {LOCK_VERSION} expected)", path=path)
+    if not isinstance(data.get("variants"), dict):
+        raise UsageError("lockfile has no 'variants' table", path=path, field="variants")
+    return data
+
+
+def render_json(data: Any) -> str:
+    """The one deterministic JSON form of the lock and baselines."""
+    return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def locked_manifest(entry: dict[str, Any]) -> Manifest | None:
+    """The store manifest a lock entry pins, for ``sources.check(..., baseline=...)``."""
+    if not entry.get("tag"):
+        return None
+    return Manifest(
+        tag=entry["tag"],
+        source=entry.get("source") or "",
+        revision=entry.get("revision") or "",
+        filename=entry.get("filename") or "",
+        size=int(entry.get("size") or 0),
+        digest=entry["blob_sha256"],
+        pulled_at=entry.get("pinned_at") or "",
+        parts=tuple(Part(**p) for p in entry.get("parts") or ()),
+        upstream=entry.get("upstream") or "",
+    )
+
+
+def pin(
+    root: Path,
+    record: RunRecord,
+    gate: GateResult,
+    store: Store,
+    *,
+    bench: dict[str, dict[str, Any]] | None = None,
+    commit: bool = False,
+    branch: str | None = None,
+    refresh: bool = False,
+) -> PinResult:
+    """Pin the variants of ``record`` that passed ``gate``; never one that failed.
+
+    Writes ``baselines/<model>.json`` and ``models.lock`` under ``root``. With ``commit`` (or
+    a ``branch``, which implies it) the files are committed with gitpython; the repository's
+    state is checked before anything is written. ``refresh`` rewrites unchanged entries too.
+    """
+    bench = bench or {}
+    lock_path = root / LOCK_FILE
+    lock = read_lock(lock_path)
+    entries: dict[str, Any] = dict(lock["variants"])
+    baselines: dict[str, dict[str, Any]] = {}
+    changes: list[PinChange] = []
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    for run in record.variants:
+        name = str(run.variant.get("name"))
+        model = str(run.variant.get("model") or name)
+        old = entries.get(name)
+        verdict = gate.verdict(name)
+        old_digest = old.get("blob_sha256") if old else None
+        old_id = old.get("variant_id") if old else None
+        if verdict is None or not verdict.passed:
+            reasons = verdict.failures if verdict else ["not in the gate result"]
+            changes.append(
+                PinChange(name, model, "refused", old_digest, None, old_id, None, list(reasons))
+            )
+            continue
+        entry = lock_entry(root, record, name, store, bench.get(name), now)
+        if old and not refresh and _identity(old) == _identity(entry):
+            changes.append(
+                PinChange(name, model, "unchanged", old_digest, old_digest, old_id, old_id)
+            )
+            continue
+        entries[name] = entry
+        status = "updated" if old else "new"
+        changes.append(
+            PinChange(
+                name, model, status, old_digest, entry["blob_sha256"], old_id, entry["variant_id"]
+            )
+        )
+        baseline = baselines.setdefault(model, _read_baseline(root, model))
+        variant = baseline_entry(record, name, bench.get(name))
+        variant["variant"] = _portable_variant(root, variant["variant"])
+        baseline["variants"][name] = variant
+
+    written: list[Path] = [baseline_path(root, model) for model in sorted(baselines)]
+    if baselines:
+        written.append(lock_path)
+    result = PinResult(lock_path, changes, [_rel(root, p) for p in written], branch=branch)
+    repo = _prepare_commit(root, [*written, lock_path], branch) if commit or branch else None
+
+    for model, baseline in sorted(baselines.items()):
+        atomic_write_text(baseline_path(root, model), render_json(baseline))
+    if baselines:
+        atomic_write_text(
+            lock_path, render_json({"lock_version": LOCK_VERSION, "variants": entries})
+        )
+    if repo is not None:
+        result.commit = _commit(repo, root, written, commit_message(changes))
+    return result
+
+
+def lock_entry(
+    root: Path,
+    record: RunRecord,
+    name: str,
+    store: Store,
+    bench: dict[str, Any] | None,
+    pinned_at: str,
+) -> dict[str, Any]:
+    """The lock entry of one variant of ``record``."""
+    from lifecycle.gate import variant_environment
+
+    run = next(v for v in record.variants if v.variant.get("name") == name)
+    v = run.variant
+    env = variant_environment(record.environment, name)
+    manifest = _manifest_for(root, v, store)
+    suites = sorted({c.suite for c in record.cases if c.variant == name})
+    eval_summary = {
+        f"{s.suite}/{s.mode}": {
+            "cases": s.cases,
+            "passed": s.passed,
+            "pass_rate": s.pass_rate,
+            "json_valid_rate": s.json_valid_rate,
+            "schema_valid_rate": s.schema_valid_rate,
+            "threshold": s.threshold,
+            "generation_tokens_per_s": s.generation_tokens_per_s,
+            "latency_p50_ms": s.latency_p50_ms,
+        }
+        for s in record.summaries
+        if s.variant == name
+    }
+    return {
+        "model": v.get("model") or name,
+        "variant_id": v.get("id"),
+        "from": v.get("source"),
+        "tag": manifest.tag if manifest else None,
+        "source": manifest.source if manifest else "file",
+        "revision": manifest.revision if manifest else None,
+        "upstream": manifest.upstream if manifest else None,
+        "filename": manifest.filename if manifest else None,
+        "parts": [asdict(p) for p in manifest.parts] if manifest and manifest.parts else [],
+        "blob_sha256": v.get("blob_digest"),
+        "size": v.get("blob_size"),
+        "quant": v.get("quant") or _quant(store, str(v.get("blob_digest"))),
+        "modelfile": _rel(root, Path(str(v.get("modelfile")))) if v.get("modelfile") else None,
+        "modelfile_digest": v.get("modelfile_digest"),
+        "parameters": v.get("parameters") or {},
+        "golden_sets": {s: record.golden_sets[s] for s in suites if s in record.golden_sets},
+        "engine": {"name": env.get("engine"), "version": env.get("engine_version")},
+        "eval": eval_summary,
+        "bench": bench,
+        "run_id": record.run_id,
+        "pinned_at": pinned_at,
+        "baseline": _rel(root, baseline_path(root, str(v.get("model") or name))),
+    }
+
+
+def verify_lock(root: Path, store: Store) -> list[LockCheck]:
+    """Check the local store against ``models.lock``: every pinned blob present and intact,
+    and every pinned tag still resolving, in the store, to the pinned digest."""
+    lock = read_lock(root / LOCK_FILE)
+    blob_checks = {c.digest: c for c in store.verify()}
+    checks = []
+    for name, entry in sorted(lock["variants"].items()):
+        digest = str(entry.get("blob_sha256"))
+        found = blob_checks.get(digest)
+        if found is None or found.status == "missing":
+            checks.append(LockCheck(name, digest, "missing", "blob not in the store"))
+            continue
+        if found.status != "ok":
+            checks.append(LockCheck(name, digest, "corrupt", f"hashes to {found.actual_digest}"))
+            continue
+        manifest = locked_manifest(entry)
+        if manifest is not None:
+            from lifecycle.store import parse_tag
+
+            current = store.read_manifest(parse_tag(manifest.tag))
+            if current is not None and current.digest != digest:
+                checks.append(
+                    LockCheck(name, digest, "moved", f"{manifest.tag} is now {current.digest}")
+                )
+                continue
+        checks.append(LockCheck(name, digest, "ok"))
+    return checks
+
+
+def commit_message(changes: list[PinChange]) -> str:
+    """Subject plus one line per pinned variant: old → new digest."""
+    pinned = [c for c in changes if c.status in ("new", "updated")]
+    subject = "Pin " + ", ".join(c.variant for c in pinned) if pinned else "Pin models"
+    lines = [subject[:72], ""]
+    for c in pinned:
+        if c.status == "new":
+            lines.append(f"{c.variant}: new pin {c.new_digest} (variant {c.new_variant_id})")
+        else:
+            lines.append(
+                f"{c.variant}: {c.old_digest} → {c.new_digest} "
+                f"(variant {c.old_variant_id} → {c.new_variant_id})"
+            )
+    refused = [c for c in changes if c.status == "refused"]
+    for c in refused:
+        lines.append(f"{c.variant}: not pinned, gate failed ({'; '.join(c.reasons)})")
+    return "\n".join(lines) + "\n"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _identity(entry: dict[str, Any]) -> tuple[Any, ...]:
+    return (entry.get("variant_id"), entry.get("golden_sets"), entry.get("engine"))
+
+
+def _read_baseline(root: Path, model: str) -> dict[str, Any]:
+    path = baseline_path(root, model)
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read baseline: {exc}", path=path) from None
+        if isinstance(data, dict) and data.get("schema_version") == BASELINE_SCHEMA_VERSION:
+            data.setdefault("variants", {})
+            return data
+    return {"schema_version": BASELINE_SCHEMA_VERSION, "model": model, "variants": {}}
+
+
+def _portable_variant(root: Path, variant: dict[str, Any]) -> dict[str, Any]:
+    out = dict(variant)
+    if out.get("modelfile"):
+        out["modelfile"] = _rel(root, Path(str(out["modelfile"])))
+    if str(out.get("revision", "")).startswith("size="):
+        out["revision"] = None  # a local file's mtime: not content, and not portable
+    return out
+
+
+def _manifest_for(root: Path, variant: dict[str, Any], store: Store) -> Manifest | None:
+    """The store manifest of a variant's FROM tag; None for a local file."""
+    from lifecycle import modelfile as mf
+    from lifecycle.store import SCHEMES, parse_tag
+
+    source = str(variant.get("source") or "")
+    modelfile = Path(str(variant.get("modelfile") or root))
+    if not source or mf.resolve_local_path(source, modelfile.parent, root) is not None:
+        return None
+    has_scheme = source.startswith("oci://") or source.partition(":")[0] in SCHEMES
+    tag = parse_tag(source if has_scheme else f"ollama:{source}")
+    if tag.scheme == "file":
+        return None
+    return store.read_manifest(tag)
+
+
+def _quant(store: Store, digest: str) -> str | None:
+    from lifecycle.gguf import read_gguf
+
+    try:
+        return read_gguf(store.blob_path(digest)).file_type
+    except Exception:  # a blob that is gone or unreadable: the lock still pins the digest
+        return None
+
+
+def _rel(root: Path, path: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+_IN_PROGRESS = (
+    ("MERGE_HEAD", "a merge"),
+    ("rebase-merge", "a rebase"),
+    ("rebase-apply", "a rebase (or git am)"),
+    ("CHERRY_PICK_HEAD", "a cherry-pick"),
+    ("REVERT_HEAD", "a revert"),
+)
+
+
+def _prepare_commit(root: Path, paths: list[Path], branch: str | None) -> Any:
+    """Check the repository before anything is written; switch to ``branch`` when given."""
+    import git
+
+    try:
+        repo = git.Repo(root, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise GitStateError(
+            f"{root} is not inside a git repository (run `git init`, or pin without --commit)"
+        ) from None
+    if repo.bare or repo.working_tree_dir is None:
+        raise GitStateError("the repository is bare; pin in a working tree")
+    git_dir = Path(repo.git_dir)
+    for marker, what in _IN_PROGRESS:
+        if (git_dir / marker).exists():
+            raise GitStateError(
+                f"the repository is in the middle of {what}; finish or abort it before pinning"
+            )
+    work = Path(repo.working_tree_dir)
+    rel = [_rel(work, p) for p in paths]
+    dirty = repo.git.status("--porcelain", "--untracked-files=all", "--", *rel)
+    if dirty.strip():
+        names = ", ".join(sorted({line[3:] for line in dirty.splitlines()}))
+        raise GitStateError(
+            f"uncommitted changes to {names}; commit or discard them before `pin --commit` "
+            "(pin without --commit only writes the files)"
+        )
+    if branch is not None:
+        if not branch or branch.startswith("-"):
+            raise GitStateError(f"invalid branch name {branch!r}")
+        try:
+            repo.git.check_ref_format("--branch", branch)
+        except git.GitCommandError:
+            raise GitStateError(f"invalid branch name {branch!r}") from None
+        if branch in [h.name for h in repo.heads]:
+            raise GitStateError(f"branch {branch!r} already exists")
+        repo.git.checkout("-b", branch)
+    return repo
+
+
+def _commit(repo: Any, root: Path, paths: list[Path], message: str) -> str | None:
+    """Stage and commit exactly ``paths``; None when they hold nothing new."""
+    import git
+
+    work = Path(repo.working_tree_dir)
+    rel = [_rel(work, p) for p in paths if p.exists()]
+    if not rel:
+        return None
+    repo.git.add("--", *rel)
+    if repo.head.is_valid() and not repo.git.diff("--cached", "--name-only", "--", *rel).strip():
+        return None
+    fd, msg_path = tempfile.mkstemp(prefix="lifecycle-commit-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(message)
+        # The message travels in a file and the paths after "--": git reads neither as options.
+        repo.git.commit(f"--file={msg_path}", "--", *rel)
+    except git.GitCommandError as exc:
+        raise GitStateError(f"git commit failed: {exc.stderr.strip() or exc}") from None
+    finally:
+        Path(msg_path).unlink(missing_ok=True)
+    return str(repo.head.commit.hexsha)

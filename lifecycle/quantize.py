@@ -1,0 +1,156 @@
+"""Local quantization: new quant levels of a stored GGUF, as store blobs with provenance.
+
+llama.cpp's own quantizer (``llama_model_quantize``) turns an F32/F16/BF16 blob into Q8_0,
+Q4_K_M and the rest. Requantizing an already quantized file compounds the rounding error, so
+it needs an explicit ``allow_requantize`` and the result records that it was requantized.
+Each output is a blob like any other, with a manifest under ``manifests/quantized/`` naming the
+source digest, the target type and the tool version, so the same request is never redone.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lifecycle.errors import ModelError, UsageError
+from lifecycle.fsutil import atomic_write_text, quiet_stderr
+from lifecycle.gguf import read_gguf
+from lifecycle.store import Manifest, Store, now, validate_digest
+
+# Source types llama.cpp quantizes from without loss of an earlier quantization.
+FULL_PRECISION = ("F32", "F16", "BF16")
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """One quantized blob and where it came from."""
+
+    source_digest: str
+    source_type: str
+    target: str
+    digest: str
+    size: int
+    requantized: bool
+    tool_version: str
+    cached: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def quant_types() -> dict[str, int]:
+    """llama.cpp's file types by name (``Q4_K_M`` → ftype), from the linked library."""
+    import llama_cpp
+
+    prefix = "LLAMA_FTYPE_MOSTLY_"
+    types = {
+        name[len(prefix) :]: int(getattr(llama_cpp, name))
+        for name in dir(llama_cpp)
+        if name.startswith(prefix)
+    }
+    types["F32"] = int(llama_cpp.LLAMA_FTYPE_ALL_F32)
+    return types
+
+
+def normalise_quant(name: str) -> str:
+    """Validate a quant name against llama.cpp's list (case-insensitive); return it upper-case."""
+    known = quant_types()
+    upper = name.strip().upper()
+    if upper not in known:
+        close = difflib.get_close_matches(upper, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"unknown quant type {name!r}{hint}; llama.cpp knows: {', '.join(known)}")
+    return upper
+
+
+def quantize_blob(
+    store: Store,
+    source_digest: str,
+    target: str,
+    *,
+    allow_requantize: bool = False,
+    threads: int = 0,
+) -> QuantizeResult:
+    """Quantize the blob ``source_digest`` to ``target`` and store the result (cached)."""
+    import llama_cpp
+
+    target = normalise_quant(target)
+    source_path = store.blob_path(validate_digest(source_digest))
+    if not source_path.is_file():
+        raise ModelError(f"blob {source_digest} is not in the store")
+    source_type = (read_gguf(source_path).file_type or "unknown").upper()
+    requantized = source_type not in FULL_PRECISION
+    if requantized and not allow_requantize:
+        raise UsageError(
+            f"the source is already quantized ({source_type}); requantizing to {target} "
+            "compounds rounding error — pass --allow-requantize to do it anyway"
+        )
+    tool_version = f"llama-cpp-python {llama_cpp.__version__}"
+    record_path = _record_path(store, source_digest, target)
+    if record_path.is_file():
+        manifest = Manifest.from_dict(json.loads(record_path.read_text(encoding="utf-8")))
+        if store.has(manifest.digest):
+            return _result(manifest, source_digest, source_type, target, requantized, True)
+
+    store.blobs.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=store.blobs, prefix=".quantize-", suffix=".incomplete")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = quant_types()[target]
+        params.nthread = threads
+        params.allow_requantize = allow_requantize
+        with quiet_stderr():
+            status = llama_cpp.llama_model_quantize(
+                str(source_path).encode(), str(tmp).encode(), params
+            )
+        if status != 0:
+            raise ModelError(f"llama.cpp failed to quantize {source_digest} to {target}")
+        read_gguf(tmp)  # never store what llama.cpp itself could not read back
+        digest, size = store.import_file(tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    manifest = Manifest(
+        tag=f"quantized:{source_digest}/{target}",
+        source="quantize",
+        revision=f"{tool_version}; from {source_type}" + ("; requantized" if requantized else ""),
+        filename=f"{source_digest[7:19]}-{target}.gguf",
+        size=size,
+        digest=digest,
+        pulled_at=now(),
+    )
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record_path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+    return _result(manifest, source_digest, source_type, target, requantized, False)
+
+
+def _record_path(store: Store, source_digest: str, target: str) -> Path:
+    # Lives with the tag manifests so garbage collection keeps quantized blobs alive.
+    return store.manifests / "quantized" / f"{source_digest[7:]}-{target}.json"
+
+
+def _result(
+    manifest: Manifest,
+    source_digest: str,
+    source_type: str,
+    target: str,
+    requantized: bool,
+    cached: bool,
+) -> QuantizeResult:
+    return QuantizeResult(
+        source_digest=source_digest,
+        source_type=source_type,
+        target=target,
+        digest=manifest.digest,
+        size=manifest.size,
+        requantized=requantized,
+        tool_version=manifest.revision.split(";")[0],
+        cached=cached,
+    )
