@@ -181,3 +181,33 @@ def test_modelfile_command_prints_canonical_and_json(tiny_workspace: Path, run_c
     broken.write_text("FROM ./tiny.gguf\nPARAMETER temperature hot\n")
     code, _, err = run_cli("modelfile", str(broken))
     assert code == 2 and "broken.Modelfile:2:" in err
+
+
+def test_without_template_the_gguf_chat_template_is_used(
+    tiny_workspace: Path, run_cli: Run
+) -> None:
+    from tinymodel import write_tiny_llama
+
+    chatml = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    write_tiny_llama(tiny_workspace / "modelfiles/tiny.gguf", chat_template=chatml)
+    modelfile = tiny_workspace / "modelfiles/tiny.Modelfile"
+    modelfile.write_text("FROM ./tiny.gguf\nSYSTEM Reply with JSON only.\n")
+    messages = tiny_workspace / "messages.json"
+    messages.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}]}))
+    code, out, _ = run_cli("prompt", "tiny", "--messages", str(messages), "-C", str(tiny_workspace))
+    assert code == 0
+    assert out == (
+        "<|im_start|>system\nReply with JSON only.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_no_template_anywhere_is_an_error_not_a_guess(tiny_workspace: Path, run_cli: Run) -> None:
+    modelfile = tiny_workspace / "modelfiles/tiny.Modelfile"
+    modelfile.write_text("FROM ./tiny.gguf\nPARAMETER num_ctx 512\n")
+    code, out, err = run_cli("eval", "-C", str(tiny_workspace), "--json")
+    assert code == 2 and out == ""
+    assert "no TEMPLATE in the Modelfile and no chat template in the GGUF" in err

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lifecycle.cli._output import emit_json, progress, table
 from lifecycle.config import ENV_WORKSPACE
 from lifecycle.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from lifecycle.results import RunRecord
 
 workspace_option = click.option(
     "--workspace",
@@ -62,7 +65,7 @@ def eval_command(
     2 usage or config error; 1 the tool failed (model missing or corrupt, engine error).
     """
     from lifecycle.config import load_workspace
-    from lifecycle.runner import EvalOptions, run_eval, save_run
+    from lifecycle.runner import EvalOptions, run_eval
 
     workspace = load_workspace(workspace_dir)
     options = EvalOptions(
@@ -75,13 +78,7 @@ def eval_command(
         shard=_parse_shard(shard) if shard else None,
     )
     record = run_eval(workspace, options, progress=None if quiet else progress)
-    path = save_run(record, workspace.runs_dir)
-    if as_json:
-        emit_json(record.to_dict())
-    else:
-        click.echo(render_run(record.to_dict()))
-    progress(f"run record: {path}")
-    return EXIT_OK if record.passed else EXIT_GATE_FAILED
+    return _save_and_report(record, workspace.runs_dir, as_json)
 
 
 @click.command("merge")
@@ -98,7 +95,6 @@ def merge_command(runs: tuple[Path, ...], workspace_dir: Path | None, as_json: b
 
     from lifecycle.config import load_workspace
     from lifecycle.results import RunRecord, merge_runs
-    from lifecycle.runner import save_run
 
     records = []
     for path in runs:
@@ -111,14 +107,20 @@ def merge_command(runs: tuple[Path, ...], workspace_dir: Path | None, as_json: b
         merged = merge_runs(records)
     except ValueError as exc:
         raise UsageError(f"cannot merge: {exc}") from None
-    workspace = load_workspace(workspace_dir)
-    path = save_run(merged, workspace.runs_dir)
+    return _save_and_report(merged, load_workspace(workspace_dir).runs_dir, as_json)
+
+
+def _save_and_report(record: RunRecord, runs_dir: Path, as_json: bool) -> int:
+    """Save the run, print it (JSON or table), and return the eval exit code."""
+    from lifecycle.runner import save_run
+
+    path = save_run(record, runs_dir)
     if as_json:
-        emit_json(merged.to_dict())
+        emit_json(record.to_dict())
     else:
-        click.echo(render_run(merged.to_dict()))
+        click.echo(render_run(record.to_dict()))
     progress(f"run record: {path}")
-    return EXIT_OK if merged.passed else EXIT_GATE_FAILED
+    return EXIT_OK if record.passed else EXIT_GATE_FAILED
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
