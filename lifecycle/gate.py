@@ -405,8 +405,11 @@ def run_gate(
                     cause=", ".join(causes) or None,
                 )
             )
-        failures = [c.message if not c.suite else f"{c.suite}/{c.mode}: {c.message}"
-                    for c in variant_checks if c.status == "fail"]  # fmt: skip
+        failures = [
+            c.message if not c.suite else f"{c.suite}/{c.mode}: {c.message}"
+            for c in variant_checks
+            if c.status == "fail"
+        ]
         checks += variant_checks
         verdicts.append(
             VariantVerdict(
@@ -463,9 +466,14 @@ def render_markdown(result: GateResult) -> str:
             body += [f"output:   {r.output.strip()}", f"baseline: {r.baseline_output.strip()}"]
             if r.diff:
                 body += ["", r.diff]
-            lines += ["  <details><summary>diff</summary>", "", "  ```", *[
-                f"  {line}" for line in "\n".join(body).splitlines()
-            ], "  ```", "  </details>"]  # fmt: skip
+            lines += [
+                "  <details><summary>diff</summary>",
+                "",
+                "  ```",
+                *[f"  {line}" for line in "\n".join(body).splitlines()],
+                "  ```",
+                "  </details>",
+            ]
         lines.append("")
     if result.environment_changes:
         lines += ["### Environment changes (not model regressions)", ""]
@@ -494,8 +502,8 @@ def render_junit(result: GateResult) -> str:
 
     root = ET.Element("testsuites", name="lifecycle gate")
     by_suite: dict[str, list[CaseVerdict]] = {}
-    for case in result.cases:
-        by_suite.setdefault(f"{case.variant}.{case.suite}", []).append(case)
+    for verdict in result.cases:
+        by_suite.setdefault(f"{verdict.variant}.{verdict.suite}", []).append(verdict)
     for suite_name, cases in by_suite.items():
         failures = sum(c.regressed for c in cases)
         skipped = sum(not c.passed and not c.regressed for c in cases)
@@ -527,13 +535,13 @@ def render_junit(result: GateResult) -> str:
         errors="0",
         skipped=str(sum(c.status == "skip" for c in gate_checks)),
     )
-    for c in gate_checks:
-        name = c.name + (f" {c.suite}/{c.mode}" if c.suite else "")
-        tc = ET.SubElement(suite, "testcase", classname=f"gate.{c.variant}", name=name)
-        if c.status == "fail":
-            ET.SubElement(tc, "failure", message=_xml_text(c.message))
-        elif c.status == "skip":
-            ET.SubElement(tc, "skipped", message=_xml_text(c.message))
+    for check in gate_checks:
+        name = check.name + (f" {check.suite}/{check.mode}" if check.suite else "")
+        tc = ET.SubElement(suite, "testcase", classname=f"gate.{check.variant}", name=name)
+        if check.status == "fail":
+            ET.SubElement(tc, "failure", message=_xml_text(check.message))
+        elif check.status == "skip":
+            ET.SubElement(tc, "skipped", message=_xml_text(check.message))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -618,9 +626,13 @@ def _speed_checks(
     old_bench, new_bench = base.get("bench") or {}, bench_now or {}
     if old_bench or new_bench:
         pairs.append(
-            ("bench_tg_tokens_per_s", old_bench.get("tg_tokens_per_s"),
-             new_bench.get("tg_tokens_per_s"), True)
-        )  # fmt: skip
+            (
+                "bench_tg_tokens_per_s",
+                old_bench.get("tg_tokens_per_s"),
+                new_bench.get("tg_tokens_per_s"),
+                True,
+            )
+        )
         for key in ("peak_rss_bytes", "vram_used_bytes"):
             pairs.append((key, old_bench.get(key), new_bench.get(key), False))
     checks = []
@@ -641,7 +653,7 @@ def _speed_checks(
                     baseline=was,
                     current=now,
                     cause="environment",
-                )  # fmt: skip
+                )
             )
             continue
         change = (now - was) / was

@@ -266,7 +266,7 @@ def lock_entry(
         "parts": [asdict(p) for p in manifest.parts] if manifest and manifest.parts else [],
         "blob_sha256": v.get("blob_digest"),
         "size": v.get("blob_size"),
-        "quant": v.get("quant") or _quant(store, str(v.get("blob_digest"))),
+        "quant": v.get("quant") or quant_of(store, str(v.get("blob_digest"))),
         "modelfile": _rel(root, Path(str(v.get("modelfile")))) if v.get("modelfile") else None,
         "modelfile_digest": v.get("modelfile_digest"),
         "parameters": v.get("parameters") or {},
@@ -363,7 +363,9 @@ def _manifest_for(root: Path, variant: dict[str, Any], store: Store) -> Manifest
     from lifecycle.store import SCHEMES, parse_tag
 
     source = str(variant.get("source") or "")
-    modelfile = Path(str(variant.get("modelfile") or root))
+    modelfile = Path(str(variant["modelfile"])) if variant.get("modelfile") else root / "Modelfile"
+    if not modelfile.is_absolute():
+        modelfile = root / modelfile
     if not source or mf.resolve_local_path(source, modelfile.parent, root) is not None:
         return None
     has_scheme = source.startswith("oci://") or source.partition(":")[0] in SCHEMES
@@ -373,7 +375,8 @@ def _manifest_for(root: Path, variant: dict[str, Any], store: Store) -> Manifest
     return store.read_manifest(tag)
 
 
-def _quant(store: Store, digest: str) -> str | None:
+def quant_of(store: Store, digest: str) -> str | None:
+    """The quant level (GGUF file type) of a stored blob; None when it cannot be read."""
     from lifecycle.gguf import read_gguf
 
     try:
@@ -402,6 +405,29 @@ def _prepare_commit(root: Path, paths: list[Path], branch: str | None) -> Any:
     """Check the repository before anything is written; switch to ``branch`` when given."""
     import git
 
+    repo = check_repository(root, paths)
+    if branch is not None:
+        if not branch or branch.startswith("-"):
+            raise GitStateError(f"invalid branch name {branch!r}")
+        try:
+            repo.git.check_ref_format("--branch", branch)
+        except git.GitCommandError:
+            raise GitStateError(f"invalid branch name {branch!r}") from None
+        if branch in [h.name for h in repo.heads]:
+            raise GitStateError(f"branch {branch!r} already exists")
+        repo.git.checkout("-b", branch)
+    return repo
+
+
+def check_repository(root: Path, paths: list[Path]) -> Any:
+    """The git repository around ``root``, if a pin may be committed there.
+
+    Refuses outside a repository, in the middle of a merge, rebase, cherry-pick or revert, and
+    when any of ``paths`` (the lockfile, the baselines) has uncommitted changes: a pin commit
+    must hold only what the pin wrote.
+    """
+    import git
+
     try:
         repo = git.Repo(root, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
@@ -425,16 +451,6 @@ def _prepare_commit(root: Path, paths: list[Path], branch: str | None) -> Any:
             f"uncommitted changes to {names}; commit or discard them before `pin --commit` "
             "(pin without --commit only writes the files)"
         )
-    if branch is not None:
-        if not branch or branch.startswith("-"):
-            raise GitStateError(f"invalid branch name {branch!r}")
-        try:
-            repo.git.check_ref_format("--branch", branch)
-        except git.GitCommandError:
-            raise GitStateError(f"invalid branch name {branch!r}") from None
-        if branch in [h.name for h in repo.heads]:
-            raise GitStateError(f"branch {branch!r} already exists")
-        repo.git.checkout("-b", branch)
     return repo
 
 

@@ -157,7 +157,10 @@ def _markdown(
             f"{_size(r['peak_rss'])} |"
         )
     lines += ["", "### Per suite and mode", ""]
-    lines += ["| variant | suite | mode | passed | rate | threshold |", "| --- | --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    lines += [
+        "| variant | suite | mode | passed | rate | threshold |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
     for s in run["summaries"]:
         lines.append(
             f"| {_md(s['variant'])} | {s['suite']} | {s['mode']} | {s['passed']}/{s['cases']} | "
@@ -170,7 +173,10 @@ def _markdown(
     if failing:
         lines += [f"## Failing cases ({len(failing)})", ""]
         for c in failing:
-            lines.append(f"- **{_md(c['variant'])}** {c['suite']}/{c['mode']} `{c['id']}`: {_md(c['reason'])}")  # fmt: skip
+            lines.append(
+                f"- **{_md(c['variant'])}** {c['suite']}/{c['mode']} `{c['id']}`: "
+                f"{_md(c['reason'])}"
+            )
             body = [f"expected: {json.dumps(c['expected'], ensure_ascii=False)}"]
             body.append(f"output:   {c['output'].strip()}")
             if c.get("diff"):
@@ -221,8 +227,10 @@ def _html(
                 )
             parts.append("</ul>")
         if gate.regressions:
-            parts.append(f"<p><b>{len(gate.regressions)} regression(s)</b>: cases that passed "
-                         "in the baseline and fail now (details below).</p>")  # fmt: skip
+            parts.append(
+                f"<p><b>{len(gate.regressions)} regression(s)</b>: cases that passed "
+                "in the baseline and fail now (details below).</p>"
+            )
         for entry in gate.environment_changes:
             for c in entry["changes"]:
                 parts.append(
@@ -230,17 +238,37 @@ def _html(
                     f"{e(str(c['baseline']))} → {e(str(c['current']))}</p>"
                 )
     parts += ["<h2>Variants</h2>", "<table><tr>"]
-    headers = ["variant", "quant", "size", "pass", "JSON-valid", "schema-valid", "gen tok/s",
-               "p50 ms", "bench pp tok/s", "bench tg tok/s", "peak RSS", "VRAM"]  # fmt: skip
+    headers = [
+        "variant",
+        "quant",
+        "size",
+        "pass",
+        "JSON-valid",
+        "schema-valid",
+        "gen tok/s",
+        "p50 ms",
+        "bench pp tok/s",
+        "bench tg tok/s",
+        "peak RSS",
+        "VRAM",
+    ]
     parts += [f"<th>{h}</th>" for h in headers]
     parts.append("</tr>")
     for r in rows:
         cells = [
-            r["variant"], r["quant"] or "-", _size(r["size"]), _pct(r["pass_rate"]),
-            _pct(r["json_valid_rate"]), _pct(r["schema_valid_rate"]), _f(r["gen_tps"]),
-            _f(r["p50_ms"]), _f(r["bench_pp"]), _f(r["bench_tg"]), _size(r["peak_rss"]),
+            r["variant"],
+            r["quant"] or "-",
+            _size(r["size"]),
+            _pct(r["pass_rate"]),
+            _pct(r["json_valid_rate"]),
+            _pct(r["schema_valid_rate"]),
+            _f(r["gen_tps"]),
+            _f(r["p50_ms"]),
+            _f(r["bench_pp"]),
+            _f(r["bench_tg"]),
+            _size(r["peak_rss"]),
             _size(r["vram"]),
-        ]  # fmt: skip
+        ]
         parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
     parts.append("</table>")
     models: dict[str, list[dict[str, Any]]] = {}
@@ -251,8 +279,10 @@ def _html(
         parts.append("<h2>Quant comparison</h2>")
         for model, rs in compared.items():
             best = max(rs, key=lambda r: (r["pass_rate"] or 0, r["gen_tps"] or 0))
-            parts.append(f"<h3>{e(model)}</h3><table><tr><th>variant</th><th>quant</th>"
-                         "<th>size</th><th>pass</th><th>gen tok/s</th><th>peak RSS</th></tr>")  # fmt: skip
+            parts.append(
+                f"<h3>{e(model)}</h3><table><tr><th>variant</th><th>quant</th>"
+                "<th>size</th><th>pass</th><th>gen tok/s</th><th>peak RSS</th></tr>"
+            )
             for r in rs:
                 mark = " ★" if r is best else ""
                 parts.append(
@@ -261,8 +291,10 @@ def _html(
                     f"<td>{_f(r['gen_tps'])}</td><td>{_size(r['peak_rss'])}</td></tr>"
                 )
             parts.append("</table>")
-    parts.append("<h2>Per suite and mode</h2><table><tr><th>variant</th><th>suite</th>"
-                 "<th>mode</th><th>passed</th><th>rate</th><th>threshold</th></tr>")  # fmt: skip
+    parts.append(
+        "<h2>Per suite and mode</h2><table><tr><th>variant</th><th>suite</th>"
+        "<th>mode</th><th>passed</th><th>rate</th><th>threshold</th></tr>"
+    )
     for s in run["summaries"]:
         cls = "" if s["met_threshold"] else " class='bad'"
         parts.append(
@@ -320,9 +352,10 @@ def _charts(
             values = []
             for name in names:
                 found = [
-                    s["pass_rate"] for s in run["summaries"]
+                    s["pass_rate"]
+                    for s in run["summaries"]
                     if s["variant"] == name and f"{s['suite']}/{s['mode']}" == group
-                ]  # fmt: skip
+                ]
                 values.append(found[0] if found else 0.0)
             ax.bar([i + gi * width for i in range(len(names))], values, width, label=group)
         ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(names))], names)

@@ -20,7 +20,7 @@ from typing import Any
 from lifecycle import __version__
 from lifecycle import gguf as gguf_reader
 from lifecycle.config import Workspace
-from lifecycle.engines import GenerationRequest, LoadOptions, get_engine
+from lifecycle.engines import GenerationRequest, LoadedModel, LoadOptions, get_engine
 from lifecycle.errors import UsageError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.golden import MODES, GoldenCase, Suite, load_suites, score_output
@@ -249,11 +249,11 @@ def _load_options(workspace: Workspace, variant: Variant, options: EvalOptions) 
 
 
 def _run_case(
-    model: Any,
+    model: LoadedModel,
     variant: Variant,
     suite: Suite,
     mode: str,
-    case: Any,
+    case: GoldenCase,
     chat_template: str | None,
     seed: int,
 ) -> CaseResult:

@@ -14,8 +14,16 @@ import click
 from lifecycle import __version__
 from lifecycle.cli._errors import handle_errors
 from lifecycle.cli.bench import bench_command, estimate_command
+from lifecycle.cli.compare import compare_command, quantize_command
 from lifecycle.cli.eval import eval_command, merge_command
 from lifecycle.cli.modelfile import build_command, lint_command, modelfile_command, prompt_command
+from lifecycle.cli.promote import (
+    check_lock_command,
+    gate_command,
+    pin_command,
+    report_command,
+    smoke_command,
+)
 from lifecycle.cli.pull import list_command, pull_command, rm_command, show_command, verify_command
 from lifecycle.config import ENV_DEBUG, ENV_HOME, ENV_WORKSPACE
 
@@ -45,6 +53,13 @@ cli.add_command(list_command)
 cli.add_command(show_command)
 cli.add_command(rm_command)
 cli.add_command(verify_command)
+cli.add_command(compare_command)
+cli.add_command(quantize_command)
+cli.add_command(gate_command)
+cli.add_command(pin_command)
+cli.add_command(report_command)
+cli.add_command(smoke_command)
+cli.add_command(check_lock_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,36 +4,52 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
+from typing import Any
 
 from lifecycle.engines.base import (
+    CaseTimeout,
     Engine,
+    EngineCrashed,
     EngineInfo,
     Generation,
     GenerationRequest,
     LoadedModel,
     LoadOptions,
+    generate_many,
 )
 from lifecycle.errors import UsageError
 
 __all__ = [
     "ENGINES",
+    "CaseTimeout",
     "Engine",
+    "EngineCrashed",
     "EngineInfo",
     "Generation",
     "GenerationRequest",
     "LoadOptions",
     "LoadedModel",
+    "generate_many",
     "get_engine",
 ]
 
 # name -> "module:factory"; imported lazily so `--help` and other engines stay fast.
 ENGINES = {
     "llama-cpp": "lifecycle.engines.llama_cpp:LlamaCppEngine",
+    "llama-cpp-isolated": "lifecycle.engines.worker:IsolatedLlamaCppEngine",
+    "ollama": "lifecycle.engines.ollama:OllamaEngine",
+    "openai": "lifecycle.engines.openai:OpenAIEngine",
 }
 
 
-def get_engine(name: str) -> Engine:
-    """Instantiate the engine registered as ``name``; unknown names suggest the closest."""
+def get_engine(name: str, **settings: Any) -> Engine:
+    """Instantiate the engine registered as ``name``; unknown names suggest the closest.
+
+    ``settings`` go to the engine's constructor (e.g. ``base_url`` for openai, ``host`` for
+    ollama); None values are dropped, so callers may pass every option they have, and a
+    setting the engine does not take is a usage error (``--base-url`` with llama-cpp).
+    """
     target = ENGINES.get(name)
     if target is None:
         close = difflib.get_close_matches(name, ENGINES, n=1)
@@ -41,5 +57,10 @@ def get_engine(name: str) -> Engine:
         raise UsageError(f"unknown engine {name!r}{hint}; known: {', '.join(ENGINES)}")
     module_name, attr = target.split(":")
     factory = getattr(importlib.import_module(module_name), attr)
-    engine: Engine = factory()
+    given = {key: value for key, value in settings.items() if value is not None}
+    accepted = inspect.signature(factory).parameters
+    for key in given:
+        if key not in accepted:
+            raise UsageError(f"engine {name!r} takes no setting {key!r}")
+    engine: Engine = factory(**given)
     return engine

@@ -8,10 +8,16 @@ counters where it has them (llama.cpp's perf context, Ollama's duration fields).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from lifecycle.errors import EngineError
+
+# Every case gets a wall-clock limit; engines that can enforce one use this unless told otherwise.
+DEFAULT_CASE_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,10 @@ class LoadOptions:
     n_gpu_layers: int = 0
     seed: int = 42
     use_mmap: bool = True
+    # For engines that create the model from its recipe (ollama) or prepend its SYSTEM and
+    # MESSAGE history themselves (openai): the variant's Modelfile text and a name for it.
+    modelfile: str | None = None
+    model_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,10 @@ class GenerationRequest:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     json_schema: Mapping[str, Any] | None = None  # constrain decoding to this schema
+    # The case's own conversation, unrendered: engines with ``renders_templates`` send these
+    # (the server applies the template, SYSTEM and MESSAGE history) instead of ``prompt``.
+    messages: tuple[Mapping[str, str], ...] | None = None
+    timeout_s: float | None = None  # wall-clock limit; None: DEFAULT_CASE_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,9 @@ class Generation:
     generation_ms: float
     latency_ms: float
     finish_reason: str  # "stop" (EOS or stop sequence) or "length" (hit max_tokens)
+    # With a json_schema: False when the output stopped normally yet breaks the schema, i.e. the
+    # server did not enforce it; None when no schema was asked for or the engine does not check.
+    schema_enforced: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,8 +86,29 @@ class EngineInfo:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
+class CaseTimeout(EngineError):
+    """A generation ran past its wall-clock limit (the engine was stopped or abandoned)."""
+
+    def __init__(self, message: str, *, timeout_s: float) -> None:
+        super().__init__(message)
+        self.timeout_s = timeout_s
+
+
+class EngineCrashed(EngineError):
+    """The process running the model died (abort, segfault, kill); ``signal`` names it."""
+
+    def __init__(self, message: str, *, signal: str | None, path: str | Path | None = None) -> None:
+        super().__init__(message, path=path)
+        self.signal = signal
+
+
 class LoadedModel(Protocol):
-    """A model resident in an engine, ready to generate."""
+    """A model resident in an engine, ready to generate.
+
+    Optional attributes (read with ``getattr``): ``renders_templates`` (True: ``generate``
+    uses ``request.messages``, the server renders the prompt) and ``concurrent`` (True: many
+    ``generate`` calls may run at once from threads, see :func:`generate_many`).
+    """
 
     load_ms: float
 
@@ -114,3 +152,26 @@ class BenchableModel(LoadedModel, Protocol):
     def decode_prompt(self, n_tokens: int, *, seed: int = 0) -> Any: ...
 
     def decode_tokens(self, n_tokens: int, *, seed: int = 0) -> Any: ...
+
+
+def generate_many(
+    model: LoadedModel, requests: Sequence[GenerationRequest], *, concurrency: int = 1
+) -> list[Generation | EngineError]:
+    """Generate every request, up to ``concurrency`` at once; results in request order.
+
+    Only models that declare ``concurrent = True`` (HTTP engines) get parallel requests; any
+    other model runs them one after another, so its KV-cache prefix reuse still works. A
+    request that fails with an :class:`EngineError` (timeout, crash, server error) yields that
+    error in its slot, so one bad case never loses the others' results.
+    """
+
+    def one(request: GenerationRequest) -> Generation | EngineError:
+        try:
+            return model.generate(request)
+        except EngineError as exc:
+            return exc
+
+    if concurrency <= 1 or len(requests) <= 1 or not getattr(model, "concurrent", False):
+        return [one(r) for r in requests]
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(requests))) as pool:
+        return list(pool.map(one, requests))

@@ -373,6 +373,44 @@ class LlamaCppModel:
         self._grammars[key] = gbnf
         return gbnf
 
+    # --- token-level scoring (lifecycle compare): logits for every position of a chunk ---
+
+    def text_tokens(self, text: str) -> tuple[list[int], int, int | None]:
+        """Plain text as tokens (special tokens not parsed, no BOS), the vocabulary size and
+        the BOS id when the GGUF asks for one (``None`` otherwise)."""
+        tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        vocab = self._llm._model.vocab
+        bos = int(self._bos) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
+        return list(tokens), int(self._llm.n_vocab()), bos
+
+    def chunk_logits(self, tokens: list[int], block: int) -> Iterator[np.ndarray]:
+        """Decode ``tokens`` from an empty cache and yield the logits of every position.
+
+        Positions come in blocks of at most ``block`` rows (float32, ``block x n_vocab``, a
+        copy): each block is one ``llama_decode`` with every output requested, so memory stays
+        at one block of logits however long the chunk and however large the vocabulary.
+        """
+        from llama_cpp._internals import LlamaBatch
+
+        ctx = self._llm._ctx.ctx
+        n_vocab = int(self._llm.n_vocab())
+        self.clear()
+        batch = LlamaBatch(n_tokens=block, embd=0, n_seq_max=1, verbose=False)
+        try:
+            for start in range(0, len(tokens), block):
+                part = tokens[start : start + block]
+                batch.set_batch(part, n_past=start, logits_all=True)
+                status = llama_cpp.llama_decode(ctx, batch.batch)
+                if status != 0:
+                    raise EngineError(f"llama_decode failed while scoring (status {status})")
+                logits = np.ctypeslib.as_array(
+                    llama_cpp.llama_get_logits(ctx), shape=(len(part), n_vocab)
+                )
+                yield logits.copy()
+        finally:
+            batch.close()
+            self.clear()
+
 
 def _physical_cores() -> int:
     try:

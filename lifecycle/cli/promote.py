@@ -1,0 +1,311 @@
+"""``lifecycle gate | pin | report | smoke | check-lock``: promotion from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.cli.eval import workspace_option
+from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from lifecycle.config import Workspace
+    from lifecycle.gate import GateResult
+    from lifecycle.results import RunRecord
+
+ENV_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+run_option = click.option(
+    "--run",
+    "run_ref",
+    help="Run record: a run.json path or a run id (default: the latest run).",
+)
+bench_option = click.option(
+    "--bench",
+    "bench_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="`lifecycle bench --json` output (repeatable); adds speed and memory checks.",
+)
+
+
+@click.command("gate")
+@workspace_option
+@run_option
+@bench_option
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write JUnit XML: one test case per golden case.",
+)
+@click.option(
+    "--markdown",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the Markdown summary to this file.",
+)
+@json_option
+def gate_command(
+    workspace_dir: Path | None,
+    run_ref: str | None,
+    bench_files: tuple[Path, ...],
+    junit: Path | None,
+    markdown: Path | None,
+    as_json: bool,
+) -> int:
+    """Compare the latest run with the committed baselines under the [gate] thresholds.
+
+    Fails (exit 3) on a regression (a case that passed in the baseline fails now), a suite
+    under its threshold, a rate drop or a speed/memory change over its threshold. The Markdown
+    summary is appended to $GITHUB_STEP_SUMMARY when that is set.
+    """
+    from lifecycle.gate import render_junit, render_markdown
+
+    _workspace, _record, gate, _bench = _gate(workspace_dir, run_ref, bench_files)
+    text = render_markdown(gate)
+    _write_outputs(text, markdown)
+    if junit is not None:
+        from lifecycle.fsutil import atomic_write_text
+
+        atomic_write_text(junit, render_junit(gate))
+        progress(f"junit: {junit}")
+    if as_json:
+        emit_json(gate.to_dict())
+    else:
+        click.echo(text)
+    return EXIT_OK if gate.passed else EXIT_GATE_FAILED
+
+
+@click.command("pin")
+@workspace_option
+@run_option
+@bench_option
+@click.option("--commit", is_flag=True, help="Commit models.lock and the baselines (git).")
+@click.option("--branch", help="Commit on this new branch (implies --commit), for a PR.")
+@click.option("--refresh", is_flag=True, help="Rewrite entries whose pin did not change, too.")
+@json_option
+def pin_command(
+    workspace_dir: Path | None,
+    run_ref: str | None,
+    bench_files: tuple[Path, ...],
+    commit: bool,
+    branch: str | None,
+    refresh: bool,
+    as_json: bool,
+) -> int:
+    """Write models.lock (and baselines/) for the variants of the run that pass the gate.
+
+    A variant that fails the gate is never pinned. Exit codes: 0 every variant pinned or
+    unchanged; 3 some variant failed its gate (the others are still pinned); 2 the repository
+    is mid-merge/rebase, the lockfile has uncommitted edits, or it is not a git repository.
+    """
+    from lifecycle.pin import pin
+    from lifecycle.store import Store
+
+    workspace, record, gate, bench = _gate(workspace_dir, run_ref, bench_files)
+    result = pin(
+        workspace.root,
+        record,
+        gate,
+        Store(workspace.home),
+        bench=bench,
+        commit=commit,
+        branch=branch,
+        refresh=refresh,
+    )
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        rows = [
+            [
+                c.variant,
+                c.status,
+                c.old_digest and c.old_digest[7:19],
+                c.new_digest and c.new_digest[7:19],
+                "; ".join(c.reasons),
+            ]
+            for c in result.changes
+        ]
+        click.echo(table(["variant", "status", "old", "new", "why"], rows))
+        if result.commit:
+            click.echo(f"committed {result.commit[:12]}" + (f" on {branch}" if branch else ""))
+    return EXIT_GATE_FAILED if result.refused else EXIT_OK
+
+
+@click.command("report")
+@workspace_option
+@run_option
+@bench_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for report.html and report.md (default: <workspace>/reports).",
+)
+@json_option
+def report_command(
+    workspace_dir: Path | None,
+    run_ref: str | None,
+    bench_files: tuple[Path, ...],
+    out_dir: Path | None,
+    as_json: bool,
+) -> int:
+    """Write the promotion report: one self-contained HTML file and a Markdown file."""
+    from lifecycle.pin import quant_of
+    from lifecycle.report import build_report, write_report
+    from lifecycle.store import Store
+
+    workspace, record, gate, _bench = _gate(workspace_dir, run_ref, bench_files)
+    store = Store(workspace.home)
+    quants = {
+        str(v.variant.get("name")): quant_of(store, str(v.variant.get("blob_digest")))
+        for v in record.variants
+    }
+    docs = [_read_json(p) for p in bench_files]
+    report = build_report(record.to_dict(), gate, bench=docs, quants=quants)
+    html_path, md_path = write_report(report, out_dir or workspace.root / "reports")
+    document = {"verdict": report.verdict, "html": str(html_path), "markdown": str(md_path)}
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(f"{report.verdict}: {html_path}, {md_path}")
+    return EXIT_OK
+
+
+@click.command("smoke")
+@workspace_option
+@click.option("--commit", is_flag=True, help="Commit the new pins and baselines (git).")
+@click.option("--branch", help="Commit on this new branch (implies --commit), for a PR.")
+@click.option("--offline", is_flag=True, help="Do not check or pull upstream tags.")
+@click.option("--no-bench", is_flag=True, help="Skip the short bench.")
+@click.option("--no-cache", is_flag=True, help="Re-evaluate even when cached results match.")
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where report.html and report.md go (default: <workspace>/reports).",
+)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
+@json_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+def smoke_command(
+    workspace_dir: Path | None,
+    commit: bool,
+    branch: str | None,
+    offline: bool,
+    no_bench: bool,
+    no_cache: bool,
+    report_dir: Path | None,
+    threads: int | None,
+    as_json: bool,
+    quiet: bool,
+) -> int:
+    """The weekly job: check tags, pull what moved, eval, bench, gate, pin, report.
+
+    Results are cached by variant id + golden-set digests + engine build, so an unchanged
+    workspace finishes fast. Exit code: the gate's (0 pass, 3 fail); 4 is never used here,
+    an upstream change is pulled and tested instead.
+    """
+    from lifecycle.config import load_workspace
+    from lifecycle.gate import render_markdown
+    from lifecycle.pipeline import SmokeOptions, render_summary, run_smoke
+
+    workspace = load_workspace(workspace_dir)
+    options = SmokeOptions(
+        offline=offline,
+        bench=not no_bench,
+        use_cache=not no_cache,
+        commit=commit,
+        branch=branch,
+        report_dir=report_dir,
+        threads=threads,
+    )
+    result = run_smoke(workspace, options, progress=None if quiet else progress)
+    _write_outputs(render_markdown(result.gate), None)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(render_summary(result))
+    return result.exit_code
+
+
+@click.command("check-lock")
+@workspace_option
+@json_option
+def check_lock_command(workspace_dir: Path | None, as_json: bool) -> int:
+    """Check the local store against models.lock: every pinned blob present and intact.
+
+    Exit 1 when a pinned blob is missing or corrupt, or a pinned tag now names another blob.
+    """
+    from lifecycle.config import load_workspace
+    from lifecycle.pin import verify_lock
+    from lifecycle.store import Store
+
+    workspace = load_workspace(workspace_dir)
+    checks = verify_lock(workspace.root, Store(workspace.home))
+    ok = all(c.status == "ok" for c in checks)
+    if as_json:
+        emit_json({"ok": ok, "variants": [c.to_dict() for c in checks]})
+    else:
+        rows = [[c.variant, c.status, c.digest, c.detail] for c in checks]
+        click.echo(table(["variant", "status", "digest", "detail"], rows))
+        click.echo(f"{len(checks)} pin(s), " + ("all ok" if ok else "PROBLEMS FOUND"))
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _gate(
+    workspace_dir: Path | None, run_ref: str | None, bench_files: tuple[Path, ...]
+) -> tuple[Workspace, RunRecord, GateResult, dict[str, dict[str, Any]]]:
+    from lifecycle.config import load_workspace
+    from lifecycle.gate import bench_by_variant, load_baselines, load_gate_settings, run_gate
+
+    workspace = load_workspace(workspace_dir)
+    settings = load_gate_settings(workspace.config_path)
+    record = load_run(workspace, run_ref)
+    bench = bench_by_variant([_read_json(p) for p in bench_files])
+    gate = run_gate(record, load_baselines(workspace.root), settings, bench=bench)
+    return workspace, record, gate, bench
+
+
+def load_run(workspace: Workspace, run_ref: str | None) -> RunRecord:
+    """A run record by path or run id; the workspace's latest run by default."""
+    from lifecycle.results import RunRecord
+
+    if run_ref is None:
+        path = workspace.runs_dir / "latest.json"
+    elif Path(run_ref).is_file():
+        path = Path(run_ref)
+    else:
+        path = workspace.runs_dir / run_ref / "run.json"
+    if not path.is_file():
+        raise UsageError(f"no run record at {path} (run `lifecycle eval` first)")
+    try:
+        return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"invalid run record: {exc}", path=path) from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read JSON: {exc}", path=path) from None
+    if not isinstance(data, dict):
+        raise UsageError("expected a JSON object", path=path)
+    return data
+
+
+def _write_outputs(markdown: str, path: Path | None) -> None:
+    """The Markdown summary to ``path`` and appended to ``$GITHUB_STEP_SUMMARY`` when set."""
+    if path is not None:
+        from lifecycle.fsutil import atomic_write_text
+
+        atomic_write_text(path, markdown)
+    summary = os.environ.get(ENV_STEP_SUMMARY)
+    if summary:
+        with open(summary, "a", encoding="utf-8") as out:
+            out.write(markdown + "\n")

@@ -1,0 +1,405 @@
+"""The weekly smoke: pull → build → eval → bench → gate → pin → report, in one call.
+
+1. Check every tracked tag (the Modelfiles' FROM tags) against what ``models.lock`` pins, and
+   pull the tags that moved (skipped with ``offline``).
+2. Resolve the variants (their ids hash weights + Modelfile).
+3. Eval, reusing cached results: a variant's results are cached under
+   ``.lifecycle/cache/eval-<key>.json`` with ``key`` a hash of the variant id, each suite's
+   golden-set, schema and suite-file digests, the engine name and build, and the engine
+   settings. A changed digest always re-evaluates (unlike a cache keyed by tag name); a model
+   with any variant missing from the cache is evaluated whole.
+4. A short bench (pp64/tg16, two repetitions, at the variant's ``num_ctx``), cached by variant
+   id + engine build + settings; skipped cleanly when the engine cannot bench.
+5. Gate against the committed baselines, pin what passed (optionally committing on a branch),
+   and write the report. The result's exit code is the gate's (0 or 3).
+
+The quant comparison is the run itself: variants of one model side by side in the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lifecycle.config import Workspace
+from lifecycle.errors import EXIT_GATE_FAILED, EXIT_OK, LifecycleError
+from lifecycle.fsutil import atomic_write_text
+from lifecycle.gate import (
+    GateResult,
+    bench_by_variant,
+    load_baselines,
+    load_gate_settings,
+    run_gate,
+)
+from lifecycle.pin import LOCK_FILE, PinResult, locked_manifest, pin, read_lock
+from lifecycle.results import CaseResult, RunRecord, SuiteSummary, VariantRun, overall
+from lifecycle.store import Store
+
+Progress = Callable[[str], None]
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SmokeOptions:
+    """How the smoke runs; the defaults are the weekly job's."""
+
+    offline: bool = False  # do not check or pull upstream tags
+    bench: bool = True
+    use_cache: bool = True
+    commit: bool = False
+    branch: str | None = None  # implies commit
+    report_dir: Path | None = None  # default: <workspace>/reports
+    threads: int | None = None
+
+
+@dataclass
+class SmokeResult:
+    """What one smoke did, step by step."""
+
+    upstream: list[dict[str, Any]]
+    pulled: list[str]
+    evaluated: list[str]  # variants evaluated now
+    cached: list[str]  # variants whose results came from the cache
+    bench: list[dict[str, Any]]
+    bench_skipped: str | None
+    record: RunRecord
+    run_path: Path
+    gate: GateResult
+    pins: PinResult
+    report: dict[str, str]
+    seconds: float
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.gate.passed else EXIT_GATE_FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.gate.passed,
+            "exit_code": self.exit_code,
+            "upstream": self.upstream,
+            "pulled": self.pulled,
+            "evaluated": self.evaluated,
+            "cached": self.cached,
+            "bench_skipped": self.bench_skipped,
+            "run_id": self.record.run_id,
+            "run": str(self.run_path),
+            "summary": self.record.summary,
+            "gate": self.gate.to_dict(),
+            "pins": self.pins.to_dict(),
+            "report": self.report,
+            "seconds": round(self.seconds, 3),
+            "steps": {k: round(v, 3) for k, v in self.steps.items()},
+        }
+
+
+def run_smoke(
+    workspace: Workspace,
+    options: SmokeOptions | None = None,
+    *,
+    store: Store | None = None,
+    progress: Progress | None = None,
+) -> SmokeResult:
+    """Run the whole smoke on ``workspace``; see the module docstring."""
+    from lifecycle.engines import get_engine
+    from lifecycle.gate import baseline_path
+    from lifecycle.golden import load_suites
+    from lifecycle.pin import check_repository
+    from lifecycle.report import build_report, write_report
+    from lifecycle.runner import EvalOptions, run_eval, save_run
+    from lifecycle.variants import resolve_variants
+
+    options = options or SmokeOptions()
+    store = store or Store(workspace.home)
+    say = progress or (lambda _msg: None)
+    root = workspace.root
+    started = time.perf_counter()
+    steps: dict[str, float] = {}
+    settings = load_gate_settings(workspace.config_path)  # a config typo fails first
+    commit = options.commit or options.branch is not None
+    if commit:  # refuse a dirty lock or a mid-merge repository before any work
+        check_repository(
+            root, [root / LOCK_FILE, *(baseline_path(root, m) for m in workspace.models)]
+        )
+
+    mark = time.perf_counter()
+    upstream, pulled = ([], []) if options.offline else _pull_moved(workspace, store, say)
+    steps["upstream"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    variants = resolve_variants(workspace, store)
+    engine_info = get_engine(workspace.engine.name).info()
+    keys: dict[str, str] = {}
+    for variant in variants:
+        suites = load_suites(workspace.evals_dir, list(workspace.models[variant.model].suites))
+        keys[variant.name] = _eval_key(variant.id, suites, engine_info, workspace, options)
+    cache_dir = root / ".lifecycle" / "cache"
+    slices: dict[str, dict[str, Any]] = {}
+    if options.use_cache:
+        for name, key in keys.items():
+            cached = _read_json(cache_dir / f"eval-{key}.json")
+            if cached is not None and cached.get("cache_version") == CACHE_VERSION:
+                slices[name] = cached
+    stale_models = sorted({v.model for v in variants if v.name not in slices})
+    cached_names = [v.name for v in variants if v.model not in stale_models]
+    fresh: RunRecord | None = None
+    if stale_models:
+        say(f"eval: {', '.join(stale_models)} (cached: {', '.join(cached_names) or 'none'})")
+        fresh = run_eval(
+            workspace,
+            EvalOptions(models=stale_models, threads=options.threads),
+            store=store,
+            progress=say,
+        )
+        for name in {v.variant["name"] for v in fresh.variants}:
+            piece = _slice(fresh, name)
+            slices[name] = piece
+            if name in keys:
+                atomic_write_text(cache_dir / f"eval-{keys[name]}.json", json.dumps(piece) + "\n")
+    else:
+        say(f"eval: every variant cached ({', '.join(cached_names)})")
+    record = _combine([slices[v.name] for v in variants], fresh, [keys[v.name] for v in variants])
+    run_path = save_run(record, workspace.runs_dir)
+    steps["eval"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    bench_docs: list[dict[str, Any]] = []
+    bench_skipped = None if options.bench else "disabled (--no-bench)"
+    if options.bench:
+        try:
+            for variant in variants:
+                bench_docs.append(_bench(variant, workspace, engine_info, cache_dir, options, say))
+        except LifecycleError as exc:
+            bench_skipped = f"bench failed, skipped: {exc}"
+            bench_docs = []
+            say(bench_skipped)
+    steps["bench"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    figures = bench_by_variant(bench_docs)
+    gate = run_gate(record, load_baselines(root), settings, bench=figures)
+    pins = pin(root, record, gate, store, bench=figures, commit=commit, branch=options.branch)
+    steps["gate_pin"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    from lifecycle.pin import quant_of
+
+    quants = {v.name: quant_of(store, v.blob_digest) for v in variants}
+    report = build_report(
+        record.to_dict(), gate, pins=pins.to_dict(), bench=bench_docs, quants=quants
+    )
+    html_path, md_path = write_report(report, options.report_dir or root / "reports")
+    steps["report"] = time.perf_counter() - mark
+    return SmokeResult(
+        upstream=upstream,
+        pulled=pulled,
+        evaluated=[v.name for v in variants if v.name not in cached_names],
+        cached=cached_names,
+        bench=bench_docs,
+        bench_skipped=bench_skipped,
+        record=record,
+        run_path=run_path,
+        gate=gate,
+        pins=pins,
+        report={"html": str(html_path), "markdown": str(md_path)},
+        seconds=time.perf_counter() - started,
+        steps=steps,
+    )
+
+
+def render_summary(result: SmokeResult) -> str:
+    """The one summary the smoke prints at the end."""
+    lines = []
+    moved = [u for u in result.upstream if u["status"] != "unchanged"]
+    lines.append(
+        f"upstream: {len(result.upstream)} tag(s) checked, {len(moved)} moved"
+        + (f", pulled {', '.join(result.pulled)}" if result.pulled else "")
+    )
+    lines.append(
+        f"eval: {len(result.evaluated)} variant(s) evaluated, {len(result.cached)} from cache; "
+        f"{result.record.summary.get('passed')}/{result.record.summary.get('cases')} cases passed"
+    )
+    lines.append("bench: " + (result.bench_skipped or f"{len(result.bench)} variant(s) measured"))
+    for v in result.gate.variants:
+        state = "pass" if v.passed else "FAIL: " + "; ".join(v.failures)
+        lines.append(f"gate {v.variant}: {state}")
+    lines.append(f"regressions: {len(result.gate.regressions)}")
+    for c in result.pins.changes:
+        detail = f" ({'; '.join(c.reasons)})" if c.reasons else ""
+        lines.append(f"pin {c.variant}: {c.status}{detail}")
+    if result.pins.commit:
+        on = f" on {result.pins.branch}" if result.pins.branch else ""
+        lines.append(f"commit: {result.pins.commit[:12]}{on}")
+    lines.append(f"report: {result.report['html']}")
+    lines.append(f"verdict: {'PASS' if result.gate.passed else 'FAIL'} in {result.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+def _pull_moved(
+    workspace: Workspace, store: Store, say: Progress
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Check tracked tags against the lock (or the store) and pull those that moved."""
+    from lifecycle import sources
+
+    lock = read_lock(workspace.root / LOCK_FILE)
+    pinned = {e.get("tag"): e for e in lock["variants"].values() if e.get("tag")}
+    changes, pulled = [], []
+    for tag in sources.tracked_tags(workspace):
+        key = str(sources.canonical(tag))
+        baseline = locked_manifest(pinned[key]) if key in pinned else None
+        change = sources.check(store, tag, baseline=baseline)
+        changes.append(change.to_dict())
+        current = store.read_manifest(sources.canonical(tag))
+        have = (
+            current is not None and current.digest == change.new_digest and store.has_all(current)
+        )
+        if change.changed and not have:
+            say(f"pull {key}: {change.status} ({change.new_digest})")
+            sources.pull(store, tag)
+            pulled.append(key)
+        else:
+            say(f"upstream {key}: {change.status}")
+    return changes, pulled
+
+
+def _eval_key(
+    variant_id: str,
+    suites: list[Any],
+    engine_info: Any,
+    workspace: Workspace,
+    options: SmokeOptions,
+) -> str:
+    parts = {
+        "cache_version": CACHE_VERSION,
+        "variant_id": variant_id,
+        "suites": [
+            {
+                "name": s.name,
+                "golden": s.golden_digest,
+                "schema": s.schema_digest,
+                "suite_file": _file_digest(s.path),
+            }
+            for s in suites
+        ],
+        "engine": [engine_info.name, engine_info.version],
+        "settings": [
+            options.threads or workspace.engine.threads,
+            workspace.engine.batch_size,
+            workspace.engine.seed,
+            workspace.engine.gpu_layers,
+        ],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _bench(
+    variant: Any,
+    workspace: Workspace,
+    engine_info: Any,
+    cache_dir: Path,
+    options: SmokeOptions,
+    say: Progress,
+) -> dict[str, Any]:
+    from lifecycle.bench import BenchOptions, run_bench
+
+    params = variant.modelfile.parameters
+    bench_options = BenchOptions(
+        n_prompt=64,
+        n_gen=16,
+        repetitions=2,
+        n_ctx=int(variant.parameter("num_ctx")),
+        n_threads=options.threads or int(params.get("num_thread", workspace.engine.threads)),
+        n_batch=int(params.get("num_batch", workspace.engine.batch_size)),
+        n_gpu_layers=int(params.get("num_gpu", workspace.engine.gpu_layers)),
+        engine=workspace.engine.name,
+        bandwidth=False,
+        timeout_s=600.0,
+    )
+    key_parts = [CACHE_VERSION, variant.id, engine_info.version, bench_options.to_dict()]
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_dir / f"bench-{key}.json"
+    if options.use_cache and (cached := _read_json(path)) is not None:
+        say(f"bench {variant.name}: cached")
+        return cached
+    say(f"bench {variant.name}: pp64 tg16 x2 at num_ctx {bench_options.n_ctx}")
+    result = run_bench(variant.blob_path, bench_options, variant=variant.to_dict(), progress=say)
+    document = result.to_dict()
+    if not any(p.ok for p in result.points):
+        raise LifecycleError(f"{variant.name}: {result.points[0].error}")
+    atomic_write_text(path, json.dumps(document) + "\n")
+    return document
+
+
+def _slice(record: RunRecord, name: str) -> dict[str, Any]:
+    """One variant's part of a run record, as cached."""
+    run = next(v for v in record.variants if v.variant.get("name") == name)
+    suites = {c.suite for c in record.cases if c.variant == name}
+    return {
+        "cache_version": CACHE_VERSION,
+        "run_id": record.run_id,
+        "variant": run.to_dict(),
+        "environment": record.environment,
+        "golden_sets": {s: d for s, d in record.golden_sets.items() if s in suites},
+        "summaries": [s.to_dict() for s in record.summaries if s.variant == name],
+        "cases": [c.to_dict() for c in record.cases if c.variant == name],
+    }
+
+
+def _combine(pieces: list[dict[str, Any]], fresh: RunRecord | None, keys: list[str]) -> RunRecord:
+    """One run record from per-variant slices (cached or fresh), in workspace order."""
+    variants = [VariantRun.from_dict(p["variant"]) for p in pieces]
+    summaries = [SuiteSummary.from_dict(s) for p in pieces for s in p["summaries"]]
+    cases = [CaseResult.from_dict(c) for p in pieces for c in p["cases"]]
+    environment = dict(fresh.environment if fresh else pieces[0]["environment"])
+    threads: dict[str, Any] = {}
+    blobs: dict[str, Any] = {}
+    golden: dict[str, Any] = {}
+    for p in pieces:
+        name = p["variant"]["variant"]["name"]
+        env = p["environment"]
+        threads[name] = (env.get("threads") or {}).get(name)
+        blobs[name] = (env.get("blobs") or {}).get(name)
+        golden.update(p["golden_sets"])
+    environment["threads"], environment["blobs"] = threads, blobs
+    if fresh is not None and len(pieces) == len(fresh.variants):
+        run_id = fresh.run_id
+    else:
+        # All (or part) from the cache: a run id derived from the cache keys, so an unchanged
+        # workspace gives the same run twice.
+        digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:8]
+        run_id = f"{fresh.run_id}+cache" if fresh else f"cached-{digest}"
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    load_ms = sum(v.load_ms or 0.0 for v in variants)
+    return RunRecord(
+        run_id=run_id,
+        started_at=fresh.started_at if fresh else now,
+        finished_at=fresh.finished_at if fresh else now,
+        environment=environment,
+        golden_sets=golden,
+        variants=variants,
+        summaries=summaries,
+        cases=cases,
+        summary=overall(summaries, cases, load_ms),
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _file_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()

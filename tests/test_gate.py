@@ -1,0 +1,195 @@
+"""The regression gate: baselines vs runs, thresholds, environment changes, JUnit, the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import pytest
+from _promote import make_record, pass_schema_cases, schema_only
+
+from lifecycle.errors import ConfigError
+from lifecycle.gate import (
+    GateSettings,
+    baseline_entry,
+    load_gate_settings,
+    render_junit,
+    render_markdown,
+    run_gate,
+)
+from lifecycle.results import RunRecord
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+def baselines_of(record: RunRecord, bench: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        v.variant["name"]: baseline_entry(record, v.variant["name"], bench) for v in record.variants
+    }
+
+
+def test_identical_run_passes() -> None:
+    record = make_record({"a": True, "b": False})
+    result = run_gate(record, baselines_of(record))
+    assert result.passed and not result.regressions and not result.environment_changes
+    names = {c.name for c in result.checks}
+    assert {"threshold", "pass_rate", "json_valid_rate", "schema_valid_rate"} <= names
+    assert "generation_tokens_per_s" in names
+
+
+def test_no_baseline_is_a_first_pin() -> None:
+    result = run_gate(make_record({"a": True}), {})
+    assert result.passed
+    assert result.variants[0].has_baseline is False
+    assert any(c.name == "baseline" and c.status == "skip" for c in result.checks)
+
+
+def test_regression_fails_and_names_case_with_diff() -> None:
+    base = make_record({"a": True, "b": True})
+    now = make_record({"a": True, "b": False}, golden_digest="sha256:" + "9" * 64)
+    result = run_gate(now, baselines_of(base), GateSettings(max_pass_rate_drop=1.0))
+    assert not result.passed
+    [reg] = result.regressions
+    assert (reg.variant, reg.suite, reg.mode, reg.case) == ("tiny", "triage", "schema", "b")
+    assert reg.diff and "category" in reg.diff
+    assert reg.causes == ["golden set"]
+    doc = result.to_dict()
+    assert doc["passed"] is False and doc["regressions"][0]["case"] == "b"
+    assert "passed in the baseline" in doc["variants"][0]["failures"][0]
+    text = render_markdown(result)
+    assert "FAIL" in text and "`b`" in text
+
+
+def test_rate_drop_within_threshold_passes_but_regression_still_fails() -> None:
+    base = make_record({"a": True, "b": True, "c": True, "d": True})
+    now = make_record({"a": True, "b": True, "c": True, "d": False})
+    loose = GateSettings(max_pass_rate_drop=0.3, max_schema_valid_drop=0.3)
+    result = run_gate(now, baselines_of(base), loose)
+    assert [c.status for c in result.checks if c.name == "pass_rate"] == ["pass"]
+    assert not result.passed  # the case that regressed
+    tolerant = GateSettings(max_pass_rate_drop=0.3, fail_on_regression=False)
+    assert run_gate(now, baselines_of(base), tolerant).passed
+    strict = run_gate(now, baselines_of(base), GateSettings(fail_on_regression=False))
+    assert [c.status for c in strict.checks if c.name == "pass_rate"] == ["fail"]
+
+
+def test_threshold_not_met_fails_without_baseline() -> None:
+    result = run_gate(make_record({"a": False}, threshold=0.5), {})
+    assert not result.passed
+    assert "threshold" in result.variants[0].failures[0]
+
+
+def test_speed_drop_fails_and_hardware_change_skips() -> None:
+    base = make_record({"a": True}, tokens_per_s=100.0)
+    slow = make_record({"a": True}, tokens_per_s=50.0)
+    result = run_gate(slow, baselines_of(base), GateSettings(max_tokens_per_s_drop=0.3))
+    [check] = [c for c in result.checks if c.name == "generation_tokens_per_s"]
+    assert check.status == "fail" and check.baseline == 100.0 and check.current == 50.0
+    assert not result.passed
+    # Another machine: not comparable, reported as an environment change, not a regression.
+    moved = make_record({"a": True}, tokens_per_s=50.0, cpu="Other CPU")
+    result = run_gate(moved, baselines_of(base))
+    assert result.passed
+    [check] = [c for c in result.checks if c.name == "generation_tokens_per_s"]
+    assert check.status == "skip" and check.cause == "environment"
+    assert result.environment_changes[0]["changes"][0]["key"] == "cpu"
+
+
+def test_engine_upgrade_slowdown_is_attributed_to_environment() -> None:
+    base = make_record({"a": True}, tokens_per_s=100.0)
+    now = make_record({"a": True}, tokens_per_s=40.0, engine_version="llama-cpp-python 0.4.0")
+    result = run_gate(now, baselines_of(base))
+    assert not result.passed
+    [check] = [c for c in result.checks if c.name == "generation_tokens_per_s"]
+    assert check.cause == "environment"
+    assert "Environment changes" in render_markdown(result)
+
+
+def test_memory_growth_from_bench_figures() -> None:
+    record = make_record({"a": True})
+    base = baselines_of(record, {"peak_rss_bytes": 100 << 20, "tg_tokens_per_s": 50.0})
+    bigger = {"tiny": {"peak_rss_bytes": 150 << 20, "tg_tokens_per_s": 50.0}}
+    result = run_gate(record, base, GateSettings(max_memory_growth=0.2), bench=bigger)
+    [check] = [c for c in result.checks if c.name == "peak_rss_bytes"]
+    assert check.status == "fail" and "growth" in check.message
+    same = {"tiny": {"peak_rss_bytes": 110 << 20, "tg_tokens_per_s": 49.0}}
+    assert run_gate(record, base, GateSettings(max_memory_growth=0.2), bench=same).passed
+    # Bench figures on one side only: skipped, never a failure.
+    assert run_gate(record, baselines_of(record)).passed
+
+
+def test_junit_one_testcase_per_case() -> None:
+    base = make_record({"a": True, "b": True, "c": False})
+    now = make_record({"a": True, "b": False, "c": False})
+    result = run_gate(now, baselines_of(base), GateSettings(max_pass_rate_drop=1.0))
+    root = ET.fromstring(render_junit(result))
+    cases = root.find("testsuite[@name='tiny.triage']")
+    assert cases is not None and cases.get("tests") == "3" and cases.get("failures") == "1"
+    by_name = {tc.get("name"): tc for tc in cases.iter("testcase")}
+    assert set(by_name) == {"schema/a", "schema/b", "schema/c"}
+    assert by_name["schema/b"].find("failure") is not None
+    assert by_name["schema/c"].find("skipped") is not None  # failed in the baseline too
+    assert by_name["schema/a"].find("failure") is None
+
+
+@pytest.mark.parametrize(
+    ("toml", "field", "message"),
+    [
+        ("[gate]\nmax_pass_rate_drop = 2\n", "gate.max_pass_rate_drop", "between 0 and 1"),
+        ('[gate]\nmax_memory_growth = "a"\n', "gate.max_memory_growth", "must be a number"),
+        ("[gate]\nfail_on_regression = 1\n", "gate.fail_on_regression", "true or false"),
+        ("[gate]\nmax_speed_drop = 0.1\n", "gate.max_speed_drop", "unknown key"),
+        ("gate = 3\n", "gate", "must be a table"),
+    ],
+)
+def test_gate_settings_errors_name_the_field(
+    tmp_path: Path, toml: str, field: str, message: str
+) -> None:
+    path = tmp_path / "lifecycle.toml"
+    path.write_text(toml, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_gate_settings(path)
+    assert f"lifecycle.toml → {field}:" in str(info.value) and message in str(info.value)
+
+
+def test_gate_settings_read(tmp_path: Path) -> None:
+    path = tmp_path / "lifecycle.toml"
+    path.write_text("[gate]\nmax_tokens_per_s_drop = 0.5\nmax_memory_growth = 1\n", "utf-8")
+    settings = load_gate_settings(path)
+    assert settings.max_tokens_per_s_drop == 0.5 and settings.max_memory_growth == 1.0
+    assert settings.max_pass_rate_drop == 0.0
+
+
+def test_gate_cli_on_real_runs(
+    tiny_workspace: Path, run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema_only(tiny_workspace)
+    pass_schema_cases(tiny_workspace)
+    ws = str(tiny_workspace)
+    code, _, err = run_cli("gate", "-C", ws)
+    assert code == 2 and "lifecycle eval" in err  # no run yet
+    assert run_cli("eval", "-C", ws, "-q")[0] == 0
+    assert run_cli("pin", "-C", ws)[0] == 0
+
+    summary = tmp_path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    junit = tmp_path / "junit.xml"
+    code, out, _ = run_cli("gate", "-C", ws, "--json", "--junit", str(junit))
+    doc = json.loads(out)
+    assert code == 0 and doc["passed"] is True and doc["regressions"] == []
+    assert {"passed", "regressions", "checks"} <= set(doc)
+    assert len(ET.parse(junit).getroot().findall(".//testsuite[@name='tiny.triage']/testcase")) == 4
+    assert "lifecycle gate: PASS" in summary.read_text(encoding="utf-8")
+
+
+def test_gate_cli_reads_gate_table(tiny_workspace: Path, run_cli: Run) -> None:
+    from lifecycle.runner import save_run
+
+    save_run(make_record({"a": True}), tiny_workspace / ".lifecycle" / "runs")
+    config = tiny_workspace / "lifecycle.toml"
+    config.write_text(config.read_text() + "\n[gate]\nmax_pass_rate_drop = 2\n", "utf-8")
+    code, _, err = run_cli("gate", "-C", str(tiny_workspace))
+    assert code == 2 and "lifecycle.toml → gate.max_pass_rate_drop: must be between 0 and 1" in err
