@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from lifecycle.config import Workspace, read_toml
-from lifecycle.errors import ConfigError, EngineError, LifecycleError, UsageError
+from lifecycle.errors import ConfigError, EngineError, UsageError
 
 SCHEMA_VERSION = 1
 SCORE_MODES = ("all", "second-half")
@@ -424,7 +424,8 @@ def resolve_subjects(
         if name in known:
             from lifecycle.variants import resolve_variants
 
-            for variant in resolve_variants(workspace, store, [name]):  # type: ignore[arg-type]
+            assert workspace is not None  # names are only known from a workspace
+            for variant in resolve_variants(workspace, store, [name]):
                 subjects.append(
                     Subject(
                         variant.name, "variant", variant.blob_path, variant.blob_digest, variant
@@ -510,26 +511,22 @@ def score_reference(
     _, n_vocab, _ = model.text_tokens("")
     ref = ReferenceScores(tokens=tokens, n_vocab=n_vocab)
     k = min(top_k, n_vocab)
-    for chunk, logits in _scored_chunks(model, tokens, n_ctx, score, block):
-        targets = np.asarray(chunk["targets"])
-        ids_parts, logp_parts, rest_parts, top_parts, target_parts = [], [], [], [], []
-        for rows, row_targets in _row_groups(logits, targets):
-            lse = _logsumexp(rows)
-            if k < n_vocab:
-                ids = np.argpartition(rows, n_vocab - k, axis=1)[:, n_vocab - k :]
-            else:
-                ids = np.broadcast_to(np.arange(n_vocab), rows.shape).copy()
-            logp = np.take_along_axis(rows, ids, axis=1).astype(np.float64) - lse[:, None]
-            ids_parts.append(ids.astype(np.int32))
-            logp_parts.append(logp)
-            rest_parts.append(np.clip(1.0 - np.exp(logp).sum(axis=1), 0.0, 1.0))
-            top_parts.append(np.argmax(rows, axis=1))
-            target_parts.append(_gather(rows, row_targets) - lse)
-        ref.top_ids.append(np.concatenate(ids_parts))
-        ref.top_logp.append(np.concatenate(logp_parts))
-        ref.rest.append(np.concatenate(rest_parts))
-        ref.argmax.append(np.concatenate(top_parts))
-        ref.target_logp.append(np.concatenate(target_parts))
+    parts: dict[str, list[np.ndarray]] = {}
+    for _index, rows, targets, last in _scored_rows(model, tokens, n_ctx, score, block):
+        lse = _logsumexp(rows)
+        ids = _top_ids(rows, k)
+        logp = np.take_along_axis(rows, ids, axis=1).astype(np.float64) - lse[:, None]
+        parts.setdefault("ids", []).append(ids.astype(np.int32))
+        parts.setdefault("logp", []).append(logp)
+        parts.setdefault("rest", []).append(np.clip(1.0 - np.exp(logp).sum(axis=1), 0.0, 1.0))
+        parts.setdefault("top", []).append(np.argmax(rows, axis=1))
+        parts.setdefault("target", []).append(_gather(rows, targets) - lse)
+        if last:  # the chunk is complete: keep it as one array per quantity
+            ref.top_ids.append(np.concatenate(parts.pop("ids")))
+            ref.top_logp.append(np.concatenate(parts.pop("logp")))
+            ref.rest.append(np.concatenate(parts.pop("rest")))
+            ref.argmax.append(np.concatenate(parts.pop("top")))
+            ref.target_logp.append(np.concatenate(parts.pop("target")))
     return ref
 
 
@@ -538,33 +535,33 @@ def score_against(
 ) -> PositionStats:
     """One pass of a candidate model, compared position by position with the reference."""
     stats = PositionStats()
-    chunks = _scored_chunks(model, ref.tokens, n_ctx, score, block)
-    for index, (chunk, logits) in enumerate(chunks):
-        targets = np.asarray(chunk["targets"])
-        done = 0
-        kld_parts, nll_parts, same_parts, dp_parts = [], [], [], []
-        for rows, row_targets in _row_groups(logits, targets):
-            sl = slice(done, done + len(rows))
-            done += len(rows)
-            lse = _logsumexp(rows)
-            ids = ref.top_ids[index][sl]
-            logp = ref.top_logp[index][sl]
-            logq = np.take_along_axis(rows, ids, axis=1).astype(np.float64) - lse[:, None]
-            rest_p = ref.rest[index][sl]
-            rest_q = np.clip(1.0 - np.exp(logq).sum(axis=1), 1e-300, 1.0)
-            kld = (np.exp(logp) * (logp - logq)).sum(axis=1)
-            tail = rest_p > 0
-            kld[tail] += rest_p[tail] * (np.log(rest_p[tail]) - np.log(rest_q[tail]))
-            target_logq = _gather(rows, row_targets) - lse
-            kld_parts.append(kld)
-            nll_parts.append(-target_logq)
-            same_parts.append(np.argmax(rows, axis=1) == ref.argmax[index][sl])
-            dp_parts.append(np.exp(target_logq) - np.exp(ref.target_logp[index][sl]))
-        stats.kld.append(np.concatenate(kld_parts))
-        stats.nll.append(np.concatenate(nll_parts))
-        stats.nll_reference.append(-ref.target_logp[index])
-        stats.same_top.append(np.concatenate(same_parts))
-        stats.dp.append(np.concatenate(dp_parts))
+    parts: dict[str, list[np.ndarray]] = {"kld": [], "nll": [], "same": [], "dp": []}
+    done = 0
+    for index, rows, targets, last in _scored_rows(model, ref.tokens, n_ctx, score, block):
+        sl = slice(done, done + len(rows))
+        done += len(rows)
+        lse = _logsumexp(rows)
+        ids = ref.top_ids[index][sl]
+        logp = ref.top_logp[index][sl]
+        logq = np.take_along_axis(rows, ids, axis=1).astype(np.float64) - lse[:, None]
+        rest_p = ref.rest[index][sl]
+        rest_q = np.clip(1.0 - np.exp(logq).sum(axis=1), 1e-300, 1.0)
+        kld = (np.exp(logp) * (logp - logq)).sum(axis=1)
+        tail = rest_p > 0
+        kld[tail] += rest_p[tail] * (np.log(rest_p[tail]) - np.log(rest_q[tail]))
+        target_logq = _gather(rows, targets) - lse
+        parts["kld"].append(kld)
+        parts["nll"].append(-target_logq)
+        parts["same"].append(np.argmax(rows, axis=1) == ref.argmax[index][sl])
+        parts["dp"].append(np.exp(target_logq) - np.exp(ref.target_logp[index][sl]))
+        if last:
+            stats.kld.append(np.concatenate(parts["kld"]))
+            stats.nll.append(np.concatenate(parts["nll"]))
+            stats.nll_reference.append(-ref.target_logp[index])
+            stats.same_top.append(np.concatenate(parts["same"]))
+            stats.dp.append(np.concatenate(parts["dp"]))
+            parts = {key: [] for key in parts}
+            done = 0
     return stats
 
 
@@ -573,28 +570,44 @@ def logits_block(n_vocab: int, n_ctx: int) -> int:
     return max(1, min(n_ctx, LOGITS_BLOCK_BYTES // (4 * n_vocab)))
 
 
-def _scored_chunks(model: Any, tokens: list[int], n_ctx: int, score: str, block: int) -> Any:
-    """Yield (chunk info, logits of its scored positions) for each chunk, one chunk at a time.
+def _scored_rows(model: Any, tokens: list[int], n_ctx: int, score: str, block: int) -> Any:
+    """Yield ``(chunk index, logits rows, their target tokens, last of the chunk?)``.
 
-    Position ``j`` of a chunk predicts token ``j + 1``; ``all`` scores ``0 .. n_ctx-2``,
-    ``second-half`` scores ``n_ctx/2 .. n_ctx-2`` like llama-perplexity.
+    Rows arrive a few at a time (at most REDUCE_ROWS), so no more than one decode block of
+    logits is alive. Position ``j`` of a chunk predicts token ``j + 1``; ``all`` scores
+    ``0 .. n_ctx-2``, ``second-half`` scores ``n_ctx/2 .. n_ctx-2`` like llama-perplexity.
     """
     first = 0 if score == "all" else n_ctx // 2
-    for start in range(0, len(tokens), n_ctx):
+    for index, start in enumerate(range(0, len(tokens), n_ctx)):
         chunk = tokens[start : start + n_ctx]
-        parts = []
         pos = 0
         for logits in model.chunk_logits(chunk, block):
             lo, hi = max(first, pos), min(pos + len(logits), n_ctx - 1)
-            if hi > lo:
-                parts.append(logits[lo - pos : hi - pos])
+            for row in range(lo, hi, REDUCE_ROWS):
+                end = min(row + REDUCE_ROWS, hi)
+                targets = np.asarray(chunk[row + 1 : end + 1])
+                yield index, logits[row - pos : end - pos], targets, end == n_ctx - 1
             pos += len(logits)
-        yield {"targets": chunk[first + 1 : n_ctx]}, np.concatenate(parts)
 
 
-def _row_groups(logits: np.ndarray, targets: np.ndarray) -> Any:
-    for lo in range(0, len(logits), REDUCE_ROWS):
-        yield logits[lo : lo + REDUCE_ROWS], targets[lo : lo + REDUCE_ROWS]
+def _top_ids(rows: np.ndarray, k: int) -> np.ndarray:
+    """Ids of each row's ``k`` largest logits (unordered).
+
+    A full partition of a 262k vocabulary costs milliseconds per row; the top ``k`` almost
+    always lie within a few nats of the maximum, so partition only those candidates and fall
+    back to the whole row when there are fewer than ``k`` of them.
+    """
+    n_vocab = rows.shape[1]
+    if k >= n_vocab:
+        return np.broadcast_to(np.arange(n_vocab), rows.shape).copy()
+    out = np.empty((len(rows), k), dtype=np.int64)
+    for i, row in enumerate(rows):
+        near = np.flatnonzero(row >= row.max() - 10.0)
+        if len(near) < k:
+            out[i] = np.argpartition(row, n_vocab - k)[n_vocab - k :]
+        else:
+            out[i] = near[np.argpartition(row[near], len(near) - k)[len(near) - k :]]
+    return out
 
 
 def _logsumexp(rows: np.ndarray) -> np.ndarray:
@@ -1107,7 +1120,6 @@ def _short(text: str, width: int = 90) -> str:
 
 __all__ = [
     "CompareOptions",
-    "LifecycleError",
     "PositionStats",
     "ReferenceScores",
     "Thresholds",

@@ -43,7 +43,11 @@ class CaseResult:
     prompt_ms: float
     eval_tokens: int
     generation_ms: float
-    finish_reason: str
+    finish_reason: str  # "stop", "length" (hit max_tokens) or "error" (engine failed)
+    schema_enforced: bool | None = None  # False: a server returned output off the schema
+    # The group's wall time divided by its cases: with concurrency, throughput is
+    # cases / sum(wall_share_ms), while latency_ms is each request's own time.
+    wall_share_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +78,10 @@ class SuiteSummary:
     prompt_tokens: int
     completion_tokens: int
     truncated: int  # outputs that hit max_tokens
+    errors: int = 0  # cases the engine failed on (crash, timeout)
+    concurrency: int = 1
+    cases_per_s: float | None = None  # throughput under that concurrency
+    completion_tokens_per_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,11 +221,18 @@ def merge_runs(records: list[RunRecord]) -> RunRecord:
 
 
 def summarise(
-    cases: list[CaseResult], *, variant: str, suite: str, mode: str, threshold: float | None
+    cases: list[CaseResult],
+    *,
+    variant: str,
+    suite: str,
+    mode: str,
+    threshold: float | None,
+    concurrency: int = 1,
 ) -> SuiteSummary:
     """Aggregate case results; token rates come from the engine's own timings."""
     n = len(cases)
     passed = sum(c.passed for c in cases)
+    wall_s = sum(c.wall_share_ms for c in cases) / 1000.0
     prompt_ms = sum(c.prompt_ms for c in cases)
     gen_ms = sum(c.generation_ms for c in cases)
     prompt_evaluated = sum(c.prompt_eval_tokens for c in cases)
@@ -241,6 +256,12 @@ def summarise(
         prompt_tokens=sum(c.prompt_tokens for c in cases),
         completion_tokens=sum(c.completion_tokens for c in cases),
         truncated=sum(c.finish_reason == "length" for c in cases),
+        errors=sum(c.finish_reason == "error" for c in cases),
+        concurrency=concurrency,
+        cases_per_s=round(n / wall_s, 3) if wall_s > 0 else None,
+        completion_tokens_per_s=(
+            round(sum(c.completion_tokens for c in cases) / wall_s, 2) if wall_s > 0 else None
+        ),
     )
 
 

@@ -12,16 +12,26 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lifecycle import __version__
 from lifecycle import gguf as gguf_reader
+from lifecycle import modelfile as mf
 from lifecycle.config import Workspace
-from lifecycle.engines import GenerationRequest, LoadedModel, LoadOptions, get_engine
-from lifecycle.errors import UsageError
+from lifecycle.engines import (
+    CaseTimeout,
+    EngineCrashed,
+    Generation,
+    GenerationRequest,
+    LoadedModel,
+    LoadOptions,
+    generate_many,
+    get_engine,
+)
+from lifecycle.errors import EngineError, GoldenSetError, UsageError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.golden import MODES, GoldenCase, Suite, load_suites, score_output
 from lifecycle.lint import lint_variant
@@ -52,6 +62,9 @@ class EvalOptions:
     threads: int | None = None
     limit: int | None = None  # first N cases of each suite, for quick checks
     shard: tuple[int, int] | None = None  # (i, n): run every n-th work item from the i-th
+    concurrency: int = 1  # cases in flight at once (HTTP engines only)
+    timeout_s: float | None = None  # wall-clock limit per case (None: the engine default)
+    engine_settings: dict[str, Any] = field(default_factory=dict)  # e.g. base_url, host
 
     def __post_init__(self) -> None:
         if self.shard is not None:
@@ -84,7 +97,7 @@ def run_eval(
 
     started = _now()
     plans = _plan(workspace, store, options, say)
-    engine = get_engine(options.engine or workspace.engine.name)
+    engine = get_engine(options.engine or workspace.engine.name, **options.engine_settings)
     engine_info = engine.info()
 
     variant_runs: list[VariantRun] = []
@@ -102,7 +115,14 @@ def run_eval(
             continue
         load_options = _load_options(workspace, variant, options)
         say(f"loading {variant.name} ({variant.blob_digest[:19]}, num_ctx {load_options.n_ctx})")
-        model = engine.load(variant.blob_path, load_options)
+        try:
+            model = engine.load(variant.blob_path, load_options)
+        except EngineError as exc:
+            # One variant that cannot load (or crashes the engine loading) must not take the
+            # rest of the run down with it; the run records why and `eval` exits 1.
+            say(f"error: {variant.name}: {exc}")
+            variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=None, error=str(exc)))
+            continue
         threads_used[variant.name] = int(getattr(model, "n_threads", load_options.n_threads))
         total_load_ms += model.load_ms
         try:
@@ -114,19 +134,9 @@ def run_eval(
                 ]
                 if not selected:
                     continue
-                if mode == "schema":
-                    model.check_schema(suite.schema)
-                results = []
-                for index, case in enumerate(selected, start=1):
-                    result = _run_case(
-                        model, variant, suite, mode, case, plan.chat_template, load_options.seed
-                    )
-                    results.append(result)
-                    mark = "pass" if result.passed else "FAIL"
-                    say(
-                        f"[{variant.name} {suite.name}/{mode} {index}/{len(selected)}] "
-                        f"{case.id}: {mark} ({result.latency_ms:.0f} ms) {result.reason}"
-                    )
+                results = _run_group(
+                    model, variant, suite, mode, selected, plan, options, say, load_options.seed
+                )
                 cases.extend(results)
                 summaries.append(
                     summarise(
@@ -135,6 +145,7 @@ def run_eval(
                         suite=suite.name,
                         mode=mode,
                         threshold=suite.thresholds.get(mode),
+                        concurrency=options.concurrency,
                     )
                 )
         finally:
@@ -245,18 +256,64 @@ def _load_options(workspace: Workspace, variant: Variant, options: EvalOptions) 
         n_gpu_layers=setting("num_gpu", workspace.engine.gpu_layers),
         seed=setting("seed", workspace.engine.seed),
         use_mmap=bool(params.get("use_mmap", True)),
+        modelfile=mf.serialise(variant.modelfile),
+        model_name=variant.name,
     )
 
 
-def _run_case(
+def _run_group(
     model: LoadedModel,
+    variant: Variant,
+    suite: Suite,
+    mode: str,
+    cases: list[GoldenCase],
+    plan: _Plan,
+    options: EvalOptions,
+    say: Progress,
+    seed: int,
+) -> list[CaseResult]:
+    """Run one (suite, mode) group of cases; engine failures become failed cases."""
+    if mode == "schema":
+        try:
+            model.check_schema(suite.schema)
+        except GoldenSetError:
+            raise
+        except EngineError as exc:  # e.g. a server that ignores JSON Schemas
+            return [_failed(variant, suite, mode, c, f"schema not enforced: {exc}") for c in cases]
+    requests = [_request(variant, suite, mode, c, plan.chat_template, seed, options) for c in cases]
+    started = time.perf_counter()
+    if options.concurrency > 1 and getattr(model, "concurrent", False):
+        outcomes = generate_many(model, requests, concurrency=options.concurrency)
+    else:
+        # One at a time, in file order: the shared prompt prefix stays in the KV cache.
+        outcomes = []
+        for request in requests:
+            outcomes += generate_many(model, [request])
+    wall_s = time.perf_counter() - started
+    results = []
+    for index, (case, outcome) in enumerate(zip(cases, outcomes, strict=True), start=1):
+        if isinstance(outcome, EngineError):
+            result = _failed(variant, suite, mode, case, _engine_failure(outcome))
+        else:
+            result = _scored(variant, suite, mode, case, outcome, wall_s / len(cases))
+        results.append(result)
+        mark = "pass" if result.passed else "FAIL"
+        say(
+            f"[{variant.name} {suite.name}/{mode} {index}/{len(cases)}] "
+            f"{case.id}: {mark} ({result.latency_ms:.0f} ms) {result.reason}"
+        )
+    return results
+
+
+def _request(
     variant: Variant,
     suite: Suite,
     mode: str,
     case: GoldenCase,
     chat_template: str | None,
     seed: int,
-) -> CaseResult:
+    options: EvalOptions,
+) -> GenerationRequest:
     prompt = render_prompt(
         variant.modelfile,
         case.messages,
@@ -266,7 +323,7 @@ def _run_case(
     stop = variant.modelfile.parameters.get("stop", [])
     num_predict = variant.int_parameter("num_predict")
     max_tokens = min(suite.max_tokens, num_predict) if num_predict > 0 else suite.max_tokens
-    request = GenerationRequest(
+    return GenerationRequest(
         prompt=prompt,
         max_tokens=max_tokens,
         stop=tuple(stop) if isinstance(stop, list) else (),
@@ -277,8 +334,20 @@ def _run_case(
         min_p=variant.float_parameter("min_p"),
         repeat_penalty=variant.float_parameter("repeat_penalty"),
         json_schema=suite.schema if mode == "schema" else None,
+        # Engines that render templates themselves (ollama, openai) get the conversation.
+        messages=tuple(case.messages),
+        timeout_s=options.timeout_s,
     )
-    generation = model.generate(request)
+
+
+def _scored(
+    variant: Variant,
+    suite: Suite,
+    mode: str,
+    case: GoldenCase,
+    generation: Generation,
+    wall_share_s: float,
+) -> CaseResult:
     score = score_output(suite, case, generation.text)
     return CaseResult(
         variant=variant.name,
@@ -304,7 +373,46 @@ def _run_case(
         eval_tokens=generation.eval_tokens,
         generation_ms=round(generation.generation_ms, 3),
         finish_reason=generation.finish_reason,
+        schema_enforced=generation.schema_enforced,
+        wall_share_ms=round(wall_share_s * 1000.0, 2),
     )
+
+
+def _failed(variant: Variant, suite: Suite, mode: str, case: GoldenCase, reason: str) -> CaseResult:
+    """A case the engine could not answer (crash, timeout, refused schema): failed, no output."""
+    return CaseResult(
+        variant=variant.name,
+        suite=suite.name,
+        mode=mode,
+        id=case.id,
+        passed=False,
+        reason=reason,
+        output="",
+        parsed=None,
+        expected=dict(case.expected),
+        json_valid=False,
+        schema_valid=False,
+        fields_matched=False,
+        schema_error=None,
+        mismatches=[],
+        diff=None,
+        latency_ms=0.0,
+        prompt_tokens=0,
+        completion_tokens=0,
+        prompt_eval_tokens=0,
+        prompt_ms=0.0,
+        eval_tokens=0,
+        generation_ms=0.0,
+        finish_reason="error",
+    )
+
+
+def _engine_failure(error: EngineError) -> str:
+    if isinstance(error, EngineCrashed):
+        return f"engine crashed ({error.signal or 'unknown signal'}): {error.message}"
+    if isinstance(error, CaseTimeout):
+        return f"timed out after {error.timeout_s:g} s"
+    return f"engine error: {error}"
 
 
 def _run_id(finished: str, environment: dict[str, Any], golden: dict[str, Any]) -> str:

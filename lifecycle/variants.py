@@ -124,7 +124,7 @@ def expand_variants(workspace: Workspace, store: Store, settings: ModelSettings)
     """One model's variants: its quant levels × the cartesian product of its PARAMETER axes."""
     modelfile = mf.parse_file(settings.modelfile)
     source, manifest = _resolve_from(workspace, store, settings, modelfile)
-    base_type = (read_gguf(store.blob_path(manifest.digest)).file_type or "unknown").upper()
+    base_type = (read_gguf(store.model_path(manifest)).file_type or "unknown").upper()
     axes = _validated_axes(workspace, settings)
     variants = []
     for quant in settings.quants or (base_type,):
@@ -159,7 +159,8 @@ def expand_variants(workspace: Workspace, store: Store, settings: ModelSettings)
                     modelfile_path=settings.modelfile,
                     modelfile=resolved,
                     source=source,
-                    blob_path=store.blob_path(quant_manifest.digest),
+                    # Split GGUFs load from a folder of links with their upstream names.
+                    blob_path=store.model_path(quant_manifest),
                     manifest=quant_manifest,
                     quant=quant.upper(),
                     overrides=overrides,

@@ -26,9 +26,8 @@ from lifecycle.engines import CaseTimeout, GenerationRequest, LoadOptions, gener
 from lifecycle.engines.openai import OpenAIEngine, OpenAIModel, SchemaNotEnforced, _with_v1
 from lifecycle.errors import EngineError, UsageError
 
-pytest.importorskip("uvicorn", reason="llama-cpp-python[server] extras are not installed")
-pytest.importorskip("fastapi", reason="llama-cpp-python[server] extras are not installed")
-pytest.importorskip("sse_starlette", reason="llama-cpp-python[server] extras are not installed")
+for _extra in ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings"):
+    pytest.importorskip(_extra, reason="llama-cpp-python[server] extras are not installed")
 
 GEMMA_TEMPLATE = (
     "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}"

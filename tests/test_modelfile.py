@@ -385,7 +385,7 @@ def test_workspace_example_modelfile() -> None:
         "temperature": 0.0,
         "seed": 42,
         "num_ctx": 2048,
-        "num_predict": 48,
+        "num_predict": 32,
         "stop": ["<end_of_turn>", "<start_of_turn>"],
     }
     assert [msg.role for msg in m.messages] == ["user", "assistant"] * 6

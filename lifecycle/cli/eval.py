@@ -9,7 +9,7 @@ import click
 
 from lifecycle.cli._output import emit_json, progress, table
 from lifecycle.config import ENV_WORKSPACE
-from lifecycle.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
+from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from lifecycle.results import RunRecord
@@ -37,7 +37,21 @@ workspace_option = click.option(
     type=click.Choice(["free", "schema"]),
     help="Output mode(s) to run (default: the suite's).",
 )
-@click.option("--engine", help="Engine name (default: lifecycle.toml's).")
+@click.option(
+    "--engine",
+    help="Engine: llama-cpp, llama-cpp-isolated (worker process), ollama, openai "
+    "(default: lifecycle.toml's).",
+)
+@click.option("--base-url", help="openai engine: the server's base URL (…/v1).")
+@click.option("--host", help="ollama engine: the daemon URL (default $OLLAMA_HOST or :11434).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Cases in flight at once (HTTP engines).",
+)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.001), help="Seconds per case.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
 @click.option("--limit", type=click.IntRange(min=1), help="Run only the first N cases per suite.")
 @click.option(
@@ -53,6 +67,10 @@ def eval_command(
     suites: tuple[str, ...],
     modes: tuple[str, ...],
     engine: str | None,
+    base_url: str | None,
+    host: str | None,
+    concurrency: int,
+    timeout_s: float | None,
     threads: int | None,
     limit: int | None,
     shard: str | None,
@@ -62,7 +80,8 @@ def eval_command(
     """Run golden-set JSON evals and report per case and in summary.
 
     Exit codes: 0 every suite met its threshold; 3 a pass rate is under its threshold;
-    2 usage or config error; 1 the tool failed (model missing or corrupt, engine error).
+    2 usage or config error; 1 the tool failed (model missing or corrupt, a variant the engine
+    could not load; the other variants still run).
     """
     from lifecycle.config import load_workspace
     from lifecycle.runner import EvalOptions, run_eval
@@ -76,6 +95,9 @@ def eval_command(
         threads=threads,
         limit=limit,
         shard=_parse_shard(shard) if shard else None,
+        concurrency=concurrency,
+        timeout_s=timeout_s,
+        engine_settings={"base_url": base_url, "host": host},
     )
     record = run_eval(workspace, options, progress=None if quiet else progress)
     return _save_and_report(record, workspace.runs_dir, as_json)
@@ -120,6 +142,8 @@ def _save_and_report(record: RunRecord, runs_dir: Path, as_json: bool) -> int:
     else:
         click.echo(render_run(record.to_dict()))
     progress(f"run record: {path}")
+    if any(v.error for v in record.variants):
+        return EXIT_FAILURE  # a variant could not be run at all: the tool failed for it
     return EXIT_OK if record.passed else EXIT_GATE_FAILED
 
 
