@@ -38,8 +38,11 @@ with ``r = 1 − Σ_top-k p_i`` and ``q_rest`` the candidate's mass outside the 
 ``k``. By the log-sum inequality this is a lower bound of the full KLD, equal to it when the
 reference puts no mass outside its top ``k``; self-comparison gives exactly 0. (llama-
 perplexity approximates too: it stores log-probs as 16-bit integers and drops tokens with a
-reference log-prob under −16.) The test suite measures the gap against a full-logit numpy
-computation; ``top_k`` trades memory for exactness.
+reference log-prob under −16.) The test suite checks it against a full-logit numpy
+computation. Measured on the example model (Gemma 3 270M, 262k vocabulary, Q4_0 against
+Q4_K_M, one 512-token chunk), mean KLD by ``k``: 32 → 0.262, 128 → 0.310, 1024 → 0.352,
+4096 → 0.363; hence the default ``k = 1024`` (about 3% low on that pair; 12 bytes per kept
+entry, ~50 MB for the packaged text). Same-top-p, RMS Δp and PPLs do not depend on ``k``.
 """
 
 from __future__ import annotations
@@ -256,7 +259,7 @@ def compare(
     settings = read_compare_settings(workspace) if workspace else {}
     thresholds = options.thresholds or settings.get("thresholds") or Thresholds()
     n_ctx = options.n_ctx or settings.get("ctx") or 512
-    top_k = options.top_k or settings.get("top_k") or 128
+    top_k = options.top_k or settings.get("top_k") or 1024
     chunks = options.chunks or settings.get("chunks")
     if n_ctx < 8:
         raise UsageError(f"--ctx {n_ctx} is too small to score (at least 8 tokens)")

@@ -53,8 +53,16 @@ def test_example_workspace_eval_end_to_end(example_workspace: Path, run_cli: Run
     assert doc["environment"]["blobs"]["harbor-triage:q4_k_m-ctx2048"] == GEMMA_SHA256
     schema = [s for s in doc["summaries"] if s["mode"] == "schema"]
     assert all(s["json_valid_rate"] == 1.0 for s in schema)
-    # The model classifies for real: better than always answering one category (21/60 max).
-    assert all(s["passed"] > 21 for s in schema), [s["passed"] for s in schema]
+    # The shipped quant classifies for real: better than always answering the biggest
+    # category (21 of 60 tickets); the requantized Q4_0 is allowed to be worse — that is
+    # what the comparison is for.
+    shipped = [s for s in schema if ":q4_k_m" in s["variant"]]
+    assert all(s["passed"] > 21 for s in shipped), [s["passed"] for s in shipped]
+    # num_ctx does not change what the model says when every prompt fits.
+    by_variant = {(c["variant"], c["mode"], c["id"]): c["output"] for c in cases}
+    for (variant, mode, case_id), output in by_variant.items():
+        if variant.endswith("-ctx1024"):
+            assert output == by_variant[(variant[: -len("1024")] + "2048", mode, case_id)]
     print(json.dumps(doc["summary"], indent=2))
     for s in doc["summaries"]:
         print(s["variant"], s["mode"], f"{s['passed']}/{s['cases']}", s["generation_tokens_per_s"])

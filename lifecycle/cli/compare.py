@@ -30,7 +30,7 @@ from lifecycle.errors import EXIT_OK, UsageError
     show_default=True,
     help="Positions scored per chunk; second-half is llama-perplexity's choice.",
 )
-@click.option("--top-k", type=click.IntRange(min=1), help="Reference log-probs kept (128).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Reference log-probs kept (1024).")
 @click.option("--suite", "-s", "suites", multiple=True, help="Golden suite(s) to run.")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["free", "schema"]))
 @click.option("--limit", type=click.IntRange(min=1), help="First N cases per suite.")
