@@ -35,15 +35,19 @@ def main() -> int:
     parser.add_argument("--workspace", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--limit", type=int, default=None, help="first N cases per suite")
     parser.add_argument("--repeat", type=int, default=3, help="alternating rounds per side")
+    parser.add_argument("--modes", default="free,schema", help="output modes to run")
     args = parser.parse_args()
 
     workspace = load_workspace(args.workspace)
     store = Store(workspace.home)
-    variant = resolve_variants(workspace, store)[0]
+    variant = resolve_variants(workspace, store)[0]  # the first variant of the first model
     settings = workspace.models[variant.model]
     suite = load_suites(workspace.evals_dir, list(settings.suites))[0]
     cases = list(suite.cases[: args.limit] if args.limit else suite.cases)
-    options = EvalOptions(models=[variant.model], suites=[suite.name], limit=args.limit)
+    modes = args.modes.split(",")
+    options = EvalOptions(
+        models=[variant.name], suites=[suite.name], modes=modes, limit=args.limit
+    )
 
     params = variant.modelfile.parameters
     threads = int(params.get("num_thread") or workspace.engine.threads or 2)
@@ -76,7 +80,7 @@ def main() -> int:
         )
         grammar = LlamaGrammar.from_json_schema(json.dumps(suite.schema), verbose=False)
         tokens = 0
-        for mode in suite.modes:
+        for mode in modes:
             for prompt in prompts:
                 out = llm.create_completion(
                     prompt=prompt, grammar=grammar if mode == "schema" else None, **sampling
@@ -103,8 +107,9 @@ def main() -> int:
             file=sys.stderr,
         )
     ratio = statistics.median(harness_times) / statistics.median(bare_times)
-    n = len(cases) * len(suite.modes)
-    print(f"generations per side per round: {n} ({len(cases)} cases x {len(suite.modes)} modes)")
+    n = len(cases) * len(modes)
+    print(f"variant: {variant.name}; modes: {', '.join(modes)}")
+    print(f"generations per side per round: {n} ({len(cases)} cases x {len(modes)} modes)")
     print(f"lifecycle eval median: {statistics.median(harness_times):.2f} s")
     print(f"bare loop median:      {statistics.median(bare_times):.2f} s")
     print(f"overhead ratio:        {ratio:.3f} (target <= 1.05)")

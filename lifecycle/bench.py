@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lifecycle.engines.llama_cpp import physical_cores
 from lifecycle.errors import EngineError, UsageError
 from lifecycle.results import percentile
 
@@ -231,7 +232,7 @@ def run_bench(
     started = _now()
     engine = get_engine(options.engine)
     engine_info = engine.info()
-    threads = options.n_threads or _physical_cores()
+    threads = options.n_threads or physical_cores()
     contexts = list(options.contexts) if options.contexts else [options.n_ctx]
     if options.contexts is None and _needed(options, options.depth or 0) > options.n_ctx:
         raise UsageError(
@@ -766,12 +767,6 @@ def _peak_rss() -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if platform.system() == "Darwin" else peak * 1024)  # Linux reports KiB
-
-
-def _physical_cores() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def _mean(values: Sequence[float]) -> float:

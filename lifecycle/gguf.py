@@ -38,6 +38,7 @@ The checks follow llama.cpp (``ggml/src/gguf.cpp``, ``gguf_init_from_reader``):
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import struct
@@ -160,8 +161,28 @@ def read_gguf(path: str | Path, *, max_array_len: int | None = DEFAULT_MAX_ARRAY
     Reads the header in growing chunks (never the tensor data) plus ``os.stat`` for the size.
     ``max_array_len`` bounds which metadata arrays are kept in full (``None``: keep all).
     Raises :class:`ModelError` for a missing, unreadable, truncated or malformed file.
+    Results are remembered per (path, size, mtime) within the process: store blobs never
+    change, and a run reads each one's header from several places.
     """
     file_path = Path(path)
+    try:
+        stat = os.stat(file_path)
+    except FileNotFoundError:
+        raise ModelError("model file not found", path=file_path) from None
+    except OSError as exc:
+        raise ModelError(f"cannot read model file: {exc.strerror or exc}", path=file_path) from None
+    key = (str(file_path), stat.st_size, stat.st_mtime_ns, max_array_len)
+    cached = _HEADERS.get(key)
+    if cached is None:
+        cached = _read_gguf_file(file_path, max_array_len)
+        _HEADERS[key] = cached
+    return copy.deepcopy(cached)
+
+
+_HEADERS: dict[tuple[str, int, int, int | None], GGUFInfo] = {}
+
+
+def _read_gguf_file(file_path: Path, max_array_len: int | None) -> GGUFInfo:
     try:
         size = os.stat(file_path).st_size
         with open(file_path, "rb") as handle:
@@ -218,7 +239,8 @@ def read_gguf_bytes(
 _MAGIC = b"GGUF"
 _SUPPORTED_VERSIONS = (2, 3)
 _FIXED_HEADER = 24  # magic, version, tensor count, kv count
-_FIRST_CHUNK = 1 << 20
+_FIRST_CHUNK = 8 << 20  # most headers (a 262k vocabulary is ~6.5 MB) fit in one read
+_U64 = struct.Struct("<Q")
 _DEFAULT_ALIGNMENT = 32
 _ALIGNMENT_KEY = "general.alignment"
 _MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -459,10 +481,32 @@ def _read_array(cur: _Cursor, key: str, max_array_len: int | None) -> Any:
 
 
 def _read_string_items(cur: _Cursor, key: str, n: int, keep: bool) -> list[str] | None:
-    """Walk ``n`` strings (validating each length); return them only when ``keep``."""
+    """Walk ``n`` strings (validating each length); return them only when ``keep``.
+
+    A vocabulary is hundreds of thousands of strings, so the common case runs as one tight
+    loop over the buffer; the first string that is not plainly inside it (too long, past the
+    end of the buffer or the file) is re-read by the careful per-item path below, which
+    raises the precise error or asks for more bytes.
+    """
     base_tail = cur.tail
     items: list[str] = []
+    buf, pos = cur.buf, cur.pos
+    limit = len(buf) if cur.total is None else min(len(buf), cur.total)
+    unpack = _U64.unpack_from
+    start = 0
     for j in range(n):
+        if pos + 8 > limit:
+            break
+        (length,) = unpack(buf, pos)
+        end = pos + 8 + length
+        if length > _MAX_STRING or end > limit:
+            break
+        if keep:
+            items.append(buf[pos + 8 : end].decode("utf-8", errors="replace"))
+        pos = end
+        start = j + 1
+    cur.pos = pos
+    for j in range(start, n):
         cur.tail = base_tail + (n - j - 1) * _MIN_STRING_BYTES
         raw = cur.string_bytes(f"item {j} of array {key!r}")
         if keep:

@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import json
 import os
-import platform
 import random
 import re
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
+import psutil
 from llama_cpp import Llama
 from llama_cpp._internals import LlamaSampler
 from llama_cpp.llama_grammar import json_schema_to_gbnf
@@ -38,6 +38,7 @@ from lifecycle.engines.base import (
     LoadOptions,
 )
 from lifecycle.errors import EngineError, GoldenSetError
+from lifecycle.fsutil import quiet_stderr
 
 
 class LlamaCppEngine:
@@ -85,10 +86,10 @@ class LlamaCppModel:
 
     def __init__(self, model_path: Path, options: LoadOptions) -> None:
         self.options = options
-        threads = options.n_threads or _physical_cores()
+        threads = options.n_threads or physical_cores()
         start = time.perf_counter()
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 self._llm = Llama(
                     model_path=str(model_path),
                     n_ctx=options.n_ctx,
@@ -365,7 +366,7 @@ class LlamaCppModel:
         # llama-cpp-python only parses the grammar lazily inside the sampler, where a failure
         # yields a NULL sampler; compile it here so a bad grammar is an error up front.
         vocab = self._llm._model.vocab
-        with _quiet_stderr():
+        with quiet_stderr():
             sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
         if not sampler:
             raise GoldenSetError("llama.cpp rejected the grammar compiled from the JSON Schema")
@@ -412,30 +413,9 @@ class LlamaCppModel:
             self.clear()
 
 
-def _physical_cores() -> int:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Any:
-    """Silence llama.cpp's C-level logging on fd 2 unless LIFECYCLE_DEBUG is set."""
-    if os.environ.get("LIFECYCLE_DEBUG") or platform.system() == "Windows":
-        yield
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+def physical_cores() -> int:
+    """Physical CPU cores: llama.cpp's default thread count and the one runs record."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
