@@ -327,7 +327,7 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
     n_ctx, depth, threads = int(spec["n_ctx"]), int(spec["depth"]), int(spec["n_threads"])
     process = psutil.Process()
     engine = get_engine(opts.engine)  # imports the engine's libraries before the baseline
-    _reset_peak_rss()
+    reset_peak_rss()
     memory: dict[str, Any] = {"rss_before_load_bytes": process.memory_info().rss}
     load = getattr(engine, "load_measured", engine.load)
     load_options = LoadOptions(
@@ -348,7 +348,7 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
             if n_tokens > 0:
                 rows.append(_run_test(model, kind, n_tokens, depth, opts, info, buffers, threads))
         memory["rss_end_bytes"] = process.memory_info().rss
-        memory["peak_rss_bytes"] = _peak_rss()
+        memory["peak_rss_bytes"] = peak_rss()
         memory.update(_buffer_figures(buffers, info))
         memory.update(gpu_memory(os.getpid()))
         memory["rss_growth_bytes"] = memory["rss_end_bytes"] - memory["rss_after_load_bytes"]
@@ -749,13 +749,13 @@ def _available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
     """Start the peak-RSS high-water mark afresh (Linux >= 4.0; elsewhere a no-op)."""
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     """The process's peak RSS: VmHWM on Linux (resettable), else ``ru_maxrss``."""
     try:
         for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():

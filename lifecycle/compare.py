@@ -47,7 +47,6 @@ entry, ~50 MB for the packaged text). Same-top-p, RMS Δp and PPLs do not depend
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.resources
 import json
@@ -61,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from lifecycle.bench import peak_rss, reset_peak_rss
 from lifecycle.config import Workspace, read_toml
 from lifecycle.errors import ConfigError, EngineError, UsageError
 
@@ -672,7 +672,7 @@ def _token_pass(
             continue
         say(f"scoring the reference text with {subject.name}")
         rss_before = _rss()
-        _reset_peak_rss()
+        reset_peak_rss()
         started = time.perf_counter()
         # The block size needs the vocabulary size before the load; the header has it.
         vocab_size = _gguf_summary(subject.path)["vocab_size"] or 262_144
@@ -712,8 +712,8 @@ def _token_pass(
             model.close()
         entry["cost"]["load_ms"] = round(load_ms, 2)
         entry["cost"]["token_pass_s"] = round(time.perf_counter() - started, 3)
-        entry["cost"]["peak_rss_bytes"] = _peak_rss()
-        entry["cost"]["model_rss_bytes"] = max(0, _peak_rss() - rss_before)
+        entry["cost"]["peak_rss_bytes"] = peak_rss()
+        entry["cost"]["model_rss_bytes"] = max(0, peak_rss() - rss_before)
     settings["scored_positions"] = sum(len(a) for a in ref_scores.argmax) if ref_scores else 0
     return settings
 
@@ -766,27 +766,6 @@ def _rss() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
-
-
-def _reset_peak_rss() -> None:
-    """Restart the peak-RSS high-water mark (Linux >= 4.0; a no-op elsewhere)."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
-
-
-def _peak_rss() -> int:
-    """Peak RSS since the last reset: VmHWM on Linux, else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 # --- task quality ------------------------------------------------------------------------------
