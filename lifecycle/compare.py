@@ -54,7 +54,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,7 @@ import numpy as np
 from lifecycle.bench import peak_rss, reset_peak_rss
 from lifecycle.config import Workspace, read_toml
 from lifecycle.errors import ConfigError, EngineError, UsageError
+from lifecycle.store import now
 
 SCHEMA_VERSION = 1
 SCORE_MODES = ("all", "second-half")
@@ -315,7 +315,7 @@ def compare(
         entry["checks"] = _checks(entry, thresholds, measured)
         entry["within_thresholds"] = all(c["ok"] for c in entry["checks"])
     verdict = _verdict(list(entries.values()), reference.name)
-    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = now()
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "kind": "compare",

@@ -34,7 +34,6 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from lifecycle.gate import (
 )
 from lifecycle.results import RunRecord
 from lifecycle.store import Manifest, Part, Store
+from lifecycle.store import now as utc_now
 
 LOCK_FILE = "models.lock"
 LOCK_VERSION = 1
@@ -174,7 +174,7 @@ def pin(
     entries: dict[str, Any] = dict(lock["variants"])
     baselines: dict[str, dict[str, Any]] = {}
     changes: list[PinChange] = []
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = utc_now()
 
     for run in record.variants:
         name = str(run.variant.get("name"))

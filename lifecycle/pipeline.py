@@ -23,7 +23,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from lifecycle.gate import (
 from lifecycle.pin import LOCK_FILE, PinResult, locked_manifest, pin, read_lock
 from lifecycle.results import CaseResult, RunRecord, SuiteSummary, VariantRun, overall
 from lifecycle.store import Store
+from lifecycle.store import now as utc_now
 
 Progress = Callable[[str], None]
 CACHE_VERSION = 1
@@ -378,7 +378,7 @@ def _combine(pieces: list[dict[str, Any]], fresh: RunRecord | None, keys: list[s
         # workspace gives the same run twice.
         digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:8]
         run_id = f"{fresh.run_id}+cache" if fresh else f"cached-{digest}"
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = utc_now()
     load_ms = sum(v.load_ms or 0.0 for v in variants)
     return RunRecord(
         run_id=run_id,

@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from lifecycle.results import (
     overall,
     summarise,
 )
-from lifecycle.store import Store
+from lifecycle.store import Store, now
 from lifecycle.variants import Variant, resolve_variants
 
 Progress = Callable[[str], None]
@@ -95,7 +94,7 @@ def run_eval(
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
 
-    started = _now()
+    started = now()
     plans = _plan(workspace, store, options, say)
     engine = get_engine(options.engine or workspace.engine.name, **options.engine_settings)
     engine_info = engine.info()
@@ -170,7 +169,7 @@ def run_eval(
         for p in plans
         for s in p.suites
     }
-    finished = _now()
+    finished = now()
     run_id = _run_id(finished, environment, golden_sets)
     return RunRecord(
         run_id=run_id,
@@ -281,27 +280,33 @@ def _run_group(
         except EngineError as exc:  # e.g. a server that ignores JSON Schemas
             return [_failed(variant, suite, mode, c, f"schema not enforced: {exc}") for c in cases]
     requests = [_request(variant, suite, mode, c, plan.chat_template, seed, options) for c in cases]
-    started = time.perf_counter()
-    if options.concurrency > 1 and getattr(model, "concurrent", False):
-        outcomes = generate_many(model, requests, concurrency=options.concurrency)
-    else:
-        # One at a time, in file order: the shared prompt prefix stays in the KV cache.
-        outcomes = []
-        for request in requests:
-            outcomes += generate_many(model, [request])
-    wall_s = time.perf_counter() - started
-    results = []
-    for index, (case, outcome) in enumerate(zip(cases, outcomes, strict=True), start=1):
+    results: list[CaseResult] = []
+
+    def record(case: GoldenCase, outcome: Generation | EngineError, wall_share_s: float) -> None:
         if isinstance(outcome, EngineError):
             result = _failed(variant, suite, mode, case, _engine_failure(outcome))
         else:
-            result = _scored(variant, suite, mode, case, outcome, wall_s / len(cases))
+            result = _scored(variant, suite, mode, case, outcome, wall_share_s)
         results.append(result)
         mark = "pass" if result.passed else "FAIL"
         say(
-            f"[{variant.name} {suite.name}/{mode} {index}/{len(cases)}] "
+            f"[{variant.name} {suite.name}/{mode} {len(results)}/{len(cases)}] "
             f"{case.id}: {mark} ({result.latency_ms:.0f} ms) {result.reason}"
         )
+
+    if options.concurrency > 1 and getattr(model, "concurrent", False):
+        started = time.perf_counter()
+        outcomes = generate_many(model, requests, concurrency=options.concurrency)
+        share = (time.perf_counter() - started) / len(cases)
+        for case, outcome in zip(cases, outcomes, strict=True):
+            record(case, outcome, share)
+    else:
+        # One at a time, in file order: the shared prompt prefix stays in the KV cache, and
+        # each verdict is reported as soon as it is known.
+        for case, request in zip(cases, requests, strict=True):
+            started = time.perf_counter()
+            (outcome,) = generate_many(model, [request])
+            record(case, outcome, time.perf_counter() - started)
     return results
 
 
@@ -419,7 +424,3 @@ def _run_id(finished: str, environment: dict[str, Any], golden: dict[str, Any]) 
     stamp = finished.replace("-", "").replace(":", "")
     salt = json.dumps([environment.get("blobs"), golden, time.time_ns()], sort_keys=True)
     return f"{stamp}-{hashlib.sha256(salt.encode()).hexdigest()[:8]}"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

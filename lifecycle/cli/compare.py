@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
+from lifecycle.cli._options import workspace_option
 from lifecycle.cli._output import emit_json, progress, table
-from lifecycle.cli.eval import workspace_option
 from lifecycle.errors import EXIT_OK, UsageError
 
 

@@ -7,21 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from lifecycle.cli._options import workspace_option
 from lifecycle.cli._output import emit_json, progress, table
-from lifecycle.config import ENV_WORKSPACE
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from lifecycle.results import RunRecord
-
-workspace_option = click.option(
-    "--workspace",
-    "-C",
-    "workspace_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=ENV_WORKSPACE,
-    help=f"Workspace directory (default: nearest lifecycle.toml upwards; env {ENV_WORKSPACE}).",
-)
 
 
 @click.command("eval")

@@ -8,11 +8,9 @@ from typing import Any
 
 import click
 
+from lifecycle.cli._options import json_option, workspace_option
 from lifecycle.cli._output import emit_json, progress, table
-from lifecycle.cli.eval import workspace_option
 from lifecycle.errors import EXIT_OK, UsageError
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
 
 @click.command("modelfile")

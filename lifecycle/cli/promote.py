@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from lifecycle.cli._options import json_option, workspace_option
 from lifecycle.cli._output import emit_json, progress, table
-from lifecycle.cli.eval import workspace_option
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 ENV_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 run_option = click.option(
     "--run",
     "run_ref",

@@ -9,15 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from lifecycle.cli._options import json_option, workspace_option
 from lifecycle.cli._output import emit_json, is_tty, progress, table
-from lifecycle.cli.eval import workspace_option
 from lifecycle.config import ENV_NO_PROGRESS
 from lifecycle.errors import EXIT_FAILURE, EXIT_OK, EXIT_UPSTREAM_CHANGED, UsageError
 
 if TYPE_CHECKING:
     from lifecycle.store import Manifest, Store, Tag
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
 @click.command("pull")
@@ -87,13 +85,7 @@ def list_command(as_json: bool) -> int:
     is_flag=True,
     help="TAG is a variant or model of the workspace: print its resolved Modelfile.",
 )
-@click.option(
-    "--workspace",
-    "-C",
-    "workspace_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Workspace directory, for --modelfile.",
-)
+@workspace_option
 @json_option
 def show_command(
     tag: str, tensors: bool, as_modelfile: bool, workspace_dir: Path | None, as_json: bool
