@@ -8,8 +8,15 @@
 - ``GET /cdn/{sha256}``: the bytes, honouring ``Range: bytes=a-[b]`` with 206.
 
 Knobs for bad-server tests: ``ignore_range``, ``truncate_next`` (cut the next body after N
-bytes, with the full Content-Length announced) and ``corrupt`` (serve other bytes for a sha).
-Every request is logged as ``(method, path, Range header)``.
+bytes, with the full Content-Length announced), ``corrupt`` (serve other bytes for a sha) and
+``fail`` (answer the next API/resolve requests with these statuses, e.g. ``(503, "1")`` with a
+``Retry-After``). Every request is logged as ``(method, path, Range header)``, and its
+``Authorization`` header in ``authorizations``.
+
+Access control like the hub's: ``tokens`` are the valid tokens; a repo in ``private`` is read
+only with its token (401 ``RepoNotFound`` without one, 404 with another); a repo in ``gated``
+only with a granted token (401 ``GatedRepo`` without a token, 403 with an ungranted one); an
+unknown token is a 401 "Invalid credentials in Authorization header".
 """
 
 from __future__ import annotations
@@ -40,6 +47,11 @@ class Hub:
     truncate_next: int | None = None
     corrupt: dict[str, bytes] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
+    tokens: set[str] = field(default_factory=set)
+    private: dict[str, str] = field(default_factory=dict)  # repo -> the token that can read it
+    gated: dict[str, set[str]] = field(default_factory=dict)  # repo -> tokens granted access
+    fail: list[tuple[int, str | None]] = field(default_factory=list)  # (status, Retry-After)
 
     def publish(self, repo_id: str, files: dict[str, bytes], branch: str = "main") -> str:
         """Commit ``files`` (the whole tree) to ``branch``; return the new commit sha."""
@@ -96,7 +108,14 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
         def _route(self, body: bool) -> None:
             path = unquote(urlsplit(self.path).path)
             hub.requests.append((self.command, path, self.headers.get("Range")))
-            if m := _API.match(path):
+            hub.authorizations.append(self.headers.get("Authorization"))
+            repo = (m := _API.match(path) or _RESOLVE.match(path)) and m["repo"]
+            if repo and hub.fail:
+                status, retry_after = hub.fail.pop(0)
+                self._send(status, b"busy", {"Retry-After": retry_after} if retry_after else {})
+            elif repo and not self._allowed(repo):
+                return
+            elif m := _API.match(path):
                 self._model_info(m["repo"], m["rev"] or "main")
             elif m := _RESOLVE.match(path):
                 self._resolve(m["repo"], m["rev"], m["path"])
@@ -104,6 +123,23 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 self._bytes(hub.corrupt.get(m["sha"], hub.blobs[m["sha"]]), body)
             else:
                 self._error(404, "EntryNotFound", "not found")
+
+        def _allowed(self, repo_id: str) -> bool:
+            """Answer the hub's auth errors for ``repo_id``; True when the request may go on."""
+            header = self.headers.get("Authorization") or ""
+            token = header.removeprefix("Bearer ") if header.startswith("Bearer ") else None
+            if token is not None and hub.tokens and token not in hub.tokens:
+                message = "Invalid credentials in Authorization header"
+                self._send(401, b"{}", {"X-Error-Message": message})
+                return False
+            if repo_id in hub.private and token != hub.private[repo_id]:
+                self._error(401 if token is None else 404, "RepoNotFound", "Repository not found")
+                return False
+            if repo_id in hub.gated and token not in hub.gated[repo_id]:
+                message = "Access to this model is restricted: you must be authenticated"
+                self._error(401 if token is None else 403, "GatedRepo", message)
+                return False
+            return True
 
         def _commit(self, repo_id: str, rev: str) -> tuple[str, dict[str, bytes]] | None:
             repo = hub.repos.get(repo_id)

@@ -108,20 +108,27 @@ class Registry:
 
 
 @contextmanager
-def start_registry(workdir: Path) -> Iterator[Registry]:
-    """Run ``docker-registry serve`` on a free loopback port until the block ends."""
+def start_registry(
+    workdir: Path, *, auth: str = "", storage: Path | None = None
+) -> Iterator[Registry]:
+    """Run ``docker-registry serve`` on a free loopback port until the block ends.
+
+    ``auth`` is the config's ``auth:`` section (YAML, indented under it), e.g. a ``token`` or
+    ``htpasswd`` block; ``storage`` shares another registry's files, so an open registry can
+    seed what a protected one serves.
+    """
     binary = registry_binary()
     if binary is None:
         raise RuntimeError(f"{BINARY} is not installed (apt-get install docker-registry)")
     port = _free_port()
-    storage = workdir / "storage"
+    storage = storage or workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.yml"
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n",
+        f"http:\n  addr: 127.0.0.1:{port}\n" + (f"auth:\n{auth}" if auth else ""),
         encoding="utf-8",
     )
     log = (workdir / "registry.log").open("wb")
@@ -148,6 +155,11 @@ def _wait_ready(registry: Registry, process: subprocess.Popen[bytes], log: Path)
         try:
             with urllib.request.urlopen(f"{registry.url}/v2/", timeout=1):
                 return
+        except urllib.error.HTTPError as exc:  # 401: a protected registry, up and answering
+            exc.close()
+            if exc.code == 401:
+                return
+            time.sleep(0.05)
         except (urllib.error.URLError, OSError):
             time.sleep(0.05)
     raise RuntimeError(f"{BINARY} did not answer on {registry.url} within 20 s")

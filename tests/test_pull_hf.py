@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from _pull_fixtures import (  # noqa: F401  (fixtures)
@@ -132,7 +135,9 @@ def test_truncated_transfer_then_resume(
     store: Store,  # noqa: F811
     tiny_bytes: bytes,  # noqa: F811
     other_tiny_bytes: bytes,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("LIFECYCLE_RETRY_ATTEMPTS", "1")  # no retries: the next pull resumes
     publish_quants(hub, tiny_bytes, other_tiny_bytes)
     tag = parse_tag(f"hf:{REPO}:Q4_K_M")
     hub.truncate_next = 1_000_000
@@ -151,7 +156,9 @@ def test_server_that_ignores_range(
     store: Store,  # noqa: F811
     tiny_bytes: bytes,  # noqa: F811
     other_tiny_bytes: bytes,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("LIFECYCLE_RETRY_ATTEMPTS", "1")
     publish_quants(hub, tiny_bytes, other_tiny_bytes)
     tag = parse_tag(f"hf:{REPO}:Q4_K_M")
     hub.truncate_next = 700_000
@@ -191,7 +198,8 @@ def test_missing_repo_revision_and_quant(
 ) -> None:
     hub.publish(REPO, {"tiny-Q8_0.gguf": b"GGUF"})
     cases = {
-        "hf:acme/nothing:Q4_K_M": f"repository acme/nothing not found on {hub.url}",
+        "hf:acme/nothing:Q4_K_M": f"repository acme/nothing not found on {hub.url}, or it is "
+        "private: set HF_TOKEN (or run `hf auth login`) with a token that can read it",
         f"hf:{REPO}:Q4_K_M@v9": f"revision v9 not found in {REPO}",
         f"hf:{REPO}:Q4_K_M": "no GGUF file for quant Q4_K_M (GGUF files: tiny-Q8_0.gguf)",
     }
@@ -230,3 +238,110 @@ def test_show_rejects_a_malformed_remote_header(
 
     with pytest.raises(ModelError, match="unsupported GGUF version"):
         hf.read_header(parse_tag(f"hf:{REPO}:Q4_0"))
+
+
+@pytest.fixture
+def no_hf_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No token from the environment or a saved login; returns where a login would save one."""
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    saved = tmp_path / "hf-home" / "token"
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(saved))
+    monkeypatch.setenv("LIFECYCLE_RETRY_BASE", "0.01")
+    return saved
+
+
+def test_private_repo_with_hf_token_or_saved_login(
+    hub: Hub,  # noqa: F811
+    store: Store,  # noqa: F811
+    tiny_bytes: bytes,  # noqa: F811
+    other_tiny_bytes: bytes,  # noqa: F811
+    no_hf_token: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_cli: Callable[..., tuple[int, str, str]],
+) -> None:
+    token = "hf_" + secrets.token_hex(16)
+    hub.tokens.add(token)
+    hub.private[REPO] = token
+    publish_quants(hub, tiny_bytes, other_tiny_bytes)
+    text = f"hf:{REPO}:Q4_K_M"
+
+    code, out, err = run_cli("pull", text)
+    assert (code, out) == (1, "")
+    assert err.strip().splitlines()[1:] == [
+        f"error: {text}: repository {REPO} not found on {hub.url}, or it is private: set "
+        "HF_TOKEN (or run `hf auth login`) with a token that can read it"
+    ]
+
+    monkeypatch.setenv("HF_TOKEN", token)
+    code, out, err = run_cli("pull", text, "--json")
+    assert code == 0, err
+    assert f"Bearer {token}" in hub.authorizations  # huggingface_hub sent it, not our code
+    assert token not in out + err
+
+    # The token `hf auth login` saves is used the same way (huggingface_hub reads it).
+    monkeypatch.delenv("HF_TOKEN")
+    no_hf_token.parent.mkdir(parents=True)
+    no_hf_token.write_text(token, encoding="utf-8")
+    store.remove(parse_tag(text))
+    code, _, err = run_cli("pull", text)
+    assert code == 0, err
+
+
+def test_gated_repo_and_bad_tokens_are_one_line_errors(
+    hub: Hub,  # noqa: F811
+    tiny_bytes: bytes,  # noqa: F811
+    other_tiny_bytes: bytes,  # noqa: F811
+    no_hf_token: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_cli: Callable[..., tuple[int, str, str]],
+) -> None:
+    granted, ungranted = "hf_" + secrets.token_hex(16), "hf_" + secrets.token_hex(16)
+    hub.tokens |= {granted, ungranted}
+    hub.gated[REPO] = {granted}
+    publish_quants(hub, tiny_bytes, other_tiny_bytes)
+    text = f"hf:{REPO}:Q4_K_M"
+    gated = (
+        f"error: {text}: {REPO} is a gated repository: accept its conditions at "
+        f"{hub.url}/{REPO}, then set HF_TOKEN (or run `hf auth login`) with a token of the "
+        "account that was granted access"
+    )
+    outputs = []
+    for token, expected in (
+        (None, gated),
+        (ungranted, gated),
+        (
+            "hf_" + secrets.token_hex(16),
+            f"error: {text}: {hub.url} rejected the token from HF_TOKEN (HTTP 401: invalid or "
+            "expired); set HF_TOKEN (or run `hf auth login`) with a token that is valid",
+        ),
+    ):
+        if token:
+            monkeypatch.setenv("HF_TOKEN", token)
+        code, out, err = run_cli("pull", text)
+        assert (code, err.strip().splitlines()[1:]) == (1, [expected])
+        outputs += [out, err, token or ""]
+    monkeypatch.setenv("HF_TOKEN", granted)
+    assert run_cli("pull", text)[0] == 0
+    for token in (granted, ungranted):
+        assert not any(token in text for text in outputs[:2] + outputs[3:5])
+
+
+def test_hub_503_and_429_are_retried_and_a_cut_resumes_in_one_pull(
+    hub: Hub,  # noqa: F811
+    store: Store,  # noqa: F811
+    tiny_bytes: bytes,  # noqa: F811
+    other_tiny_bytes: bytes,  # noqa: F811
+    no_hf_token: Path,
+) -> None:
+    publish_quants(hub, tiny_bytes, other_tiny_bytes)
+    hub.fail = [(503, None), (503, None), (429, "1")]
+    hub.truncate_next = 1_000_000
+    started = time.monotonic()
+    manifest = sources.pull(store, parse_tag(f"hf:{REPO}:Q4_K_M"))
+    assert time.monotonic() - started >= 0.95  # the Retry-After of the 429
+    assert store.blob_path(manifest.digest).read_bytes() == tiny_bytes
+    assert hub.cdn_requests() == [None, "bytes=1000000-"]
+    assert hub.fail == []

@@ -1,4 +1,4 @@
-"""``lifecycle pull | list | show | rm | verify``: the model store from the command line."""
+"""``lifecycle pull | push | list | show | rm | verify``: the model store from the command line."""
 
 from __future__ import annotations
 
@@ -26,20 +26,37 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Compare upstream revisions with the store, download nothing; exit 4 on a change.",
 )
+@click.option(
+    "--mirror",
+    metavar="oci://HOST/NAMESPACE",
+    help="Pull the models pinned in models.lock from this mirror, by their pinned digests.",
+)
 @workspace_option
 @json_option
 def pull_command(
-    tags: tuple[str, ...], all_tags: bool, check: bool, workspace_dir: Path | None, as_json: bool
+    tags: tuple[str, ...],
+    all_tags: bool,
+    check: bool,
+    mirror: str | None,
+    workspace_dir: Path | None,
+    as_json: bool,
 ) -> int:
     """Pull model TAGs into the store (hf:, ollama:, oci://, pypi:, file:).
 
     With --check (and no TAG, every tracked tag): exit 4 when an upstream tag moved, 0 when
-    nothing did. Progress goes to stderr; bars are off with --json, off when stderr is not a
-    terminal, and off with LIFECYCLE_NO_PROGRESS=1.
+    nothing did. With --mirror, the pinned models of models.lock (or the pinned TAGs named) come
+    from a mirror written by `lifecycle push --lock`; digests are checked against the lock.
+    Progress goes to stderr; bars are off with --json, off when stderr is not a terminal, and
+    off with LIFECYCLE_NO_PROGRESS=1. Registry credentials: LIFECYCLE_REGISTRY_HOST,
+    LIFECYCLE_REGISTRY_USERNAME, LIFECYCLE_REGISTRY_PASSWORD, or the Docker config.
     """
     from lifecycle import sources
 
     store = _store()
+    if mirror is not None:
+        if check or all_tags:
+            raise UsageError("--mirror pulls what models.lock pins: no --check or --all with it")
+        return _pull_from_mirror(store, mirror, tags, workspace_dir, as_json)
     selected = _select_tags(tags, all_tags or (check and not tags), workspace_dir)
     if check:
         changes = [sources.check(store, tag) for tag in selected]
@@ -61,6 +78,64 @@ def pull_command(
         emit_json({"pulled": [m.to_dict() for m in manifests]})
     else:
         click.echo(render_manifests(manifests))
+    return EXIT_OK
+
+
+@click.command("push")
+@click.argument("arguments", nargs=-1, metavar="[TAG] DESTINATION")
+@click.option(
+    "--lock",
+    "from_lock",
+    is_flag=True,
+    help="Push every model pinned in models.lock; DESTINATION is a mirror oci://HOST/NAMESPACE.",
+)
+@workspace_option
+@json_option
+def push_command(
+    arguments: tuple[str, ...], from_lock: bool, workspace_dir: Path | None, as_json: bool
+) -> int:
+    """Push a stored model TAG to DESTINATION (oci://host[:port]/namespace/name:tag).
+
+    The model is written as Ollama writes one (GGUF layer, Modelfile layers, config, manifest),
+    so Ollama and `lifecycle pull` can both pull it. With --lock, every model pinned in the
+    workspace's models.lock goes to the mirror DESTINATION under a name made from its tag and
+    digest, which is where `lifecycle pull --mirror DESTINATION` looks for it.
+    """
+    from lifecycle.sources import canonical, mirror
+    from lifecycle.store import parse_tag
+
+    store = _store()
+    if from_lock:
+        if len(arguments) != 1:
+            raise UsageError("push --lock takes one DESTINATION: the mirror oci://host/namespace")
+        mirror.parse_mirror(arguments[0])
+        jobs = [
+            (m, mirror.mirror_tag(arguments[0], m.tag, m.digest))
+            for m in _locked_manifests(workspace_dir, ())
+        ]
+    else:
+        if len(arguments) != 2:
+            raise UsageError("push takes TAG DESTINATION (or --lock DESTINATION)")
+        tag, destination = canonical(parse_tag(arguments[0])), parse_tag(arguments[1])
+        if destination.scheme != "oci":
+            raise UsageError(f"push destination {destination} must be an oci:// tag")
+        manifest = store.read_manifest(tag)
+        if manifest is None or not store.has_all(manifest):
+            raise UsageError(f"{tag} is not in the store (run: lifecycle pull {tag})")
+        jobs = [(manifest, destination)]
+    bars = _Bars(enabled=not as_json and is_tty() and not os.environ.get(ENV_NO_PROGRESS))
+    pushed = []
+    try:
+        for manifest, destination in jobs:
+            progress(f"pushing {manifest.tag} to {destination}")
+            pushed.append(mirror.push(store, manifest, destination, progress=bars))
+    finally:
+        bars.close()
+    if as_json:
+        emit_json({"pushed": [p.to_dict() for p in pushed]})
+    else:
+        rows = [[p.tag, p.destination, p.digest[7:19], p.size, p.uploaded] for p in pushed]
+        click.echo(table(["tag", "destination", "digest", "size", "uploaded"], rows))
     return EXIT_OK
 
 
@@ -235,6 +310,51 @@ def _store() -> Store:
     from lifecycle.store import Store
 
     return Store(lifecycle_home())
+
+
+def _pull_from_mirror(
+    store: Store, base: str, tags: tuple[str, ...], workspace_dir: Path | None, as_json: bool
+) -> int:
+    from lifecycle.sources import mirror
+
+    mirror.parse_mirror(base)
+    bars = _Bars(enabled=not as_json and is_tty() and not os.environ.get(ENV_NO_PROGRESS))
+    manifests = []
+    try:
+        for locked in _locked_manifests(workspace_dir, tags):
+            progress(f"pulling {locked.tag} from {base} ({locked.digest})")
+            manifests.append(mirror.pull_locked(store, base, locked, progress=bars))
+    finally:
+        bars.close()
+    if as_json:
+        emit_json({"pulled": [m.to_dict() for m in manifests]})
+    else:
+        click.echo(render_manifests(manifests))
+    return EXIT_OK
+
+
+def _locked_manifests(workspace_dir: Path | None, tags: tuple[str, ...]) -> list[Manifest]:
+    """The distinct models models.lock pins (optionally only ``tags``), one per tag+digest."""
+    from lifecycle.config import load_workspace
+    from lifecycle.pin import LOCK_FILE, locked_manifest, read_lock
+    from lifecycle.sources import canonical
+    from lifecycle.store import parse_tag
+
+    root = load_workspace(workspace_dir).root
+    lock = read_lock(root / LOCK_FILE)
+    found: dict[tuple[str, str], Manifest] = {}
+    for _name, entry in sorted(lock["variants"].items()):
+        manifest = locked_manifest(entry)
+        if manifest is not None and not manifest.tag.startswith("file:"):
+            found.setdefault((manifest.tag, manifest.digest), manifest)
+    wanted = {str(canonical(parse_tag(t))) for t in tags}
+    missing = wanted - {tag for tag, _ in found}
+    if missing:
+        raise UsageError(f"not pinned in {LOCK_FILE}: {', '.join(sorted(missing))}")
+    selected = [m for (tag, _), m in found.items() if not wanted or tag in wanted]
+    if not selected:
+        raise UsageError(f"{LOCK_FILE} pins no registry, hub or package model")
+    return selected
 
 
 def _select_tags(tags: tuple[str, ...], tracked: bool, workspace_dir: Path | None) -> list[Tag]:

@@ -8,6 +8,11 @@ is read per call, so a hub mirror (or the tests' stand-in) can be chosen at run 
 
 A quant picks files case-insensitively by a name component (``Q4_K`` does not match
 ``Q4_K_M``); the shards of a split GGUF (``-00001-of-00003.gguf``) are one model.
+
+Auth is huggingface_hub's own: ``HF_TOKEN``, else the token ``hf auth login`` saved; nothing
+here reads or sends a token itself. A private or gated repository the token cannot read becomes
+a one-line error naming the repository and what to do. Requests are retried like registry
+requests (:mod:`lifecycle.sources.retry`), and a download cut mid-way resumes in the same pull.
 """
 
 from __future__ import annotations
@@ -15,13 +20,21 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from lifecycle.errors import StoreError
 from lifecycle.gguf import GGUFInfo
 from lifecycle.sources import Upstream, read_remote_header
-from lifecycle.store import Manifest, Part, ProgressFn, Store, Tag, TransferError, now
+from lifecycle.sources.retry import (
+    RETRY_STATUSES,
+    RetryPolicy,
+    Transient,
+    parse_retry_after,
+    retrying,
+)
+from lifecycle.store import Manifest, Part, ProgressFn, Store, Tag, now
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
@@ -58,10 +71,14 @@ def resolve(tag: Tag) -> Upstream:
     from huggingface_hub import HfApi
 
     ref = HFRef.parse(tag.reference)
-    with _hub_errors(tag):
-        info = HfApi(endpoint=endpoint()).model_info(
-            ref.repo_id, revision=ref.revision, files_metadata=True
-        )
+
+    def ask() -> Any:
+        with _hub_errors(tag):
+            return HfApi(endpoint=endpoint()).model_info(
+                ref.repo_id, revision=ref.revision, files_metadata=True
+            )
+
+    info = retrying(ask)
     if not info.sha:
         raise StoreError(f"{tag}: the hub did not say which commit {ref.revision or 'main'} is")
     siblings = {s.rfilename: s for s in info.siblings or []}
@@ -147,53 +164,144 @@ def _file_url(repo_id: str, filename: str, commit: str) -> str:
     return hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint())
 
 
-def _range_fetch(url: str, tag: Tag):  # type: ignore[no-untyped-def]
-    """A :data:`~lifecycle.store.RangeFetch` over huggingface_hub's HTTP session."""
+Fetch = Any  # a RangeFetch that also takes an ``end`` (header reads)
+
+
+def _range_fetch(url: str, tag: Tag) -> Fetch:
+    """A :data:`~lifecycle.store.RangeFetch` over huggingface_hub's HTTP session.
+
+    A connection cut mid-body is resumed within the transfer (Range from the first byte not
+    yet delivered) while the retry policy allows, as for registry blobs.
+    """
 
     @contextmanager
     def fetch(start: int, end: int | None = None) -> Iterator[tuple[int, Iterator[bytes]]]:
         import httpx2
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-        headers = build_hf_headers()
-        if start or end is not None:
-            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        with _hub_errors(tag), get_session().stream("GET", url, headers=headers) as response:
-            hf_raise_for_status(response)
-            served = response.headers.get("Content-Range", "")
-            served_from = (
-                start if response.status_code == 206 and served.startswith(f"bytes {start}-") else 0
-            )
+        streak = RetryPolicy.from_env().streak()
+        with ExitStack() as stack:
+
+            def open_at(position: int) -> tuple[Any, int]:
+                response = retrying(lambda: _open_stream(url, tag, position, end))
+                stack.callback(response.close)
+                served = response.headers.get("Content-Range", "")
+                partial = response.status_code == 206 and served.startswith(f"bytes {position}-")
+                return response, (position if partial else 0)
+
+            response, served_from = open_at(start)
 
             def chunks() -> Iterator[bytes]:
-                try:
-                    # No chunk_size: httpx would hold back a partial chunk, lost if the link drops.
-                    yield from response.iter_bytes()
-                except httpx2.HTTPError as exc:
-                    raise TransferError(f"connection to {endpoint()} failed: {exc}") from None
+                nonlocal response
+                position, skip = served_from, 0
+                # No chunk_size: httpx would hold back a partial chunk, lost if the link drops.
+                blocks = response.iter_bytes()
+                while True:
+                    try:
+                        block = next(blocks, None)
+                    except httpx2.HTTPError as exc:
+                        streak.wait_or_raise(Transient(f"connection to {endpoint()} failed: {exc}"))
+                        response.close()
+                        response, restarted = open_at(position)
+                        blocks, skip = response.iter_bytes(), position - restarted
+                        continue
+                    if block is None:
+                        return
+                    if streak.failures:
+                        streak.reset()
+                    if skip:
+                        dropped = min(skip, len(block))
+                        skip, block = skip - dropped, block[dropped:]
+                    if block:
+                        position += len(block)
+                        yield block
 
             yield served_from, chunks()
 
     return fetch
 
 
+def _open_stream(url: str, tag: Tag, start: int, end: int | None) -> Any:
+    """One streamed GET of ``url`` from ``start``; the hub's errors as ours (retryable ones too)."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    headers = build_hf_headers()
+    if start or end is not None:
+        headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+    with _hub_errors(tag):
+        session = get_session()
+        response = session.send(session.build_request("GET", url, headers=headers), stream=True)
+        try:
+            hf_raise_for_status(response)
+        except BaseException:
+            response.close()
+            raise
+    return response
+
+
 @contextmanager
 def _hub_errors(tag: Tag) -> Iterator[None]:
-    """huggingface_hub's and httpx2's errors as one-line StoreErrors naming the tag."""
+    """huggingface_hub's and httpx2's errors as one-line StoreErrors naming the tag and the fix.
+
+    The hub answers 401 for a private repo without a token (and for a missing one), 401 or
+    403 with ``X-Error-Code: GatedRepo`` for a gated repo the account has not been granted, and
+    401 "Invalid credentials" for a bad token; 429 and 5xx become :class:`Transient`.
+    """
     import httpx2
     from huggingface_hub import errors
 
     ref = HFRef.parse(tag.reference)
+    where = f"{endpoint()}/{ref.repo_id}"
     try:
         yield
+    except errors.GatedRepoError:
+        raise StoreError(
+            f"{tag}: {ref.repo_id} is a gated repository: accept its conditions at {where}, "
+            f"then {_token_advice('of the account that was granted access')}"
+        ) from None
     except errors.RepositoryNotFoundError:
-        raise StoreError(f"{tag}: repository {ref.repo_id} not found on {endpoint()}") from None
+        if _token_source() is None:
+            raise StoreError(
+                f"{tag}: repository {ref.repo_id} not found on {endpoint()}, or it is private: "
+                f"{_token_advice('that can read it')}"
+            ) from None
+        raise StoreError(
+            f"{tag}: repository {ref.repo_id} not found on {endpoint()}, or the token from "
+            f"{_token_source()} cannot read it"
+        ) from None
     except errors.RevisionNotFoundError:
         raise StoreError(f"{tag}: revision {ref.revision} not found in {ref.repo_id}") from None
     except errors.HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in RETRY_STATUSES:
+            retry_after = parse_retry_after(exc.response.headers.get("Retry-After"))
+            raise Transient(f"{tag}: hub answered HTTP {status}", retry_after=retry_after) from None
+        if status == 401:
+            raise StoreError(
+                f"{tag}: {endpoint()} rejected the token from {_token_source() or 'nowhere'} "
+                f"(HTTP 401: invalid or expired); {_token_advice('that is valid')}"
+            ) from None
+        if status == 403:
+            raise StoreError(
+                f"{tag}: the token from {_token_source()} may not read {ref.repo_id} (HTTP 403); "
+                "give it read access to the repository"
+            ) from None
         raise StoreError(f"{tag}: hub request failed: {str(exc).splitlines()[0]}") from None
     except httpx2.HTTPError as exc:
-        raise TransferError(f"{tag}: cannot reach {endpoint()}: {exc}") from None
+        raise Transient(f"{tag}: cannot reach {endpoint()}: {exc}") from None
+
+
+def _token_source() -> str | None:
+    """Where huggingface_hub takes its token from (never the token): a variable or the login."""
+    from huggingface_hub import get_token
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if os.environ.get(name):
+            return name
+    return "the saved login (hf auth login)" if get_token() else None
+
+
+def _token_advice(which: str) -> str:
+    return f"set HF_TOKEN (or run `hf auth login`) with a token {which}"
 
 
 def _slice(chunks: Iterator[bytes], skip: int, length: int) -> bytes:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +26,8 @@ from lifecycle.errors import ModelfileError, StoreError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gguf import GGUFInfo
 from lifecycle.sources import Upstream, read_remote_header
+from lifecycle.sources.distribution import client_for, repository_scope
+from lifecycle.sources.retry import RetryPolicy, Transient
 from lifecycle.store import (
     Manifest,
     Part,
@@ -52,7 +52,6 @@ _ACCEPT = ", ".join(
 )
 _SMALL_LAYERS = ("template", "system", "params", "messages", "license")
 _CHUNK = 1024 * 1024
-_TIMEOUT = 60.0
 
 Fetch = Callable[..., AbstractContextManager[tuple[int, Iterator[bytes]]]]
 
@@ -80,6 +79,10 @@ class OCIRef:
     def url(self, kind: str, name: str) -> str:
         return f"{self.registry}/v2/{self.repository}/{kind}/{name}"
 
+    def scope(self, *actions: str) -> str:
+        """The token scope for ``actions`` (default: pull) on this repository."""
+        return repository_scope(self.repository, *actions)
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -90,23 +93,23 @@ class Layer:
 
 def resolve(tag: Tag) -> Upstream:
     """The manifest's digest (the revision) and the model layer, from one small GET."""
-    upstream, _ = _resolve(tag)
+    upstream, _ = resolve_layers(tag)
     return upstream
 
 
 def pull(store: Store, tag: Tag, progress: ProgressFn | None = None) -> Manifest:
     """Pull the model layer into the store and save the Modelfile the other layers make."""
     ref = OCIRef.from_tag(tag)
-    upstream, layers = _resolve(tag)
+    upstream, layers = resolve_layers(tag)
     model = upstream.parts[0]
     store.fetch_blob(
         model.digest,
         model.size,
-        _blob_fetch(ref, model.digest, tag),
+        blob_fetch(ref, model.digest, tag),
         label=f"{tag} model",
         progress=progress,
     )
-    modelfile = modelfile_text(tag, layers, lambda layer: _small_blob(ref, layer, tag))
+    modelfile = modelfile_text(tag, layers, lambda layer: small_blob(ref, layer, tag))
     manifest = upstream.manifest(now())
     store.write_manifest(manifest)
     atomic_write_text(store.modelfile_path(tag), modelfile)
@@ -116,9 +119,9 @@ def pull(store: Store, tag: Tag, progress: ProgressFn | None = None) -> Manifest
 def read_header(tag: Tag) -> tuple[GGUFInfo, Upstream]:
     """The GGUF summary of the model layer from range requests, before any download."""
     ref = OCIRef.from_tag(tag)
-    upstream, _ = _resolve(tag)
+    upstream, _ = resolve_layers(tag)
     model = upstream.parts[0]
-    fetch = _blob_fetch(ref, model.digest, tag)
+    fetch = blob_fetch(ref, model.digest, tag)
 
     def read_range(start: int, end: int) -> bytes:
         with fetch(start, end) as (served_from, chunks):
@@ -154,7 +157,7 @@ def modelfile_text(tag: Tag, layers: list[Layer], read: Callable[[Layer], bytes]
         raise StoreError(f"{tag}: the registry's layers do not make a Modelfile: {exc}") from None
 
 
-def _resolve(tag: Tag) -> tuple[Upstream, list[Layer]]:
+def resolve_layers(tag: Tag) -> tuple[Upstream, list[Layer]]:
     ref = OCIRef.from_tag(tag)
     url = ref.url("manifests", ref.reference)
     body, headers = _get_small(url, MAX_MANIFEST_BYTES, tag, "manifest", accept=_ACCEPT)
@@ -193,7 +196,7 @@ def _layers(manifest: Any, tag: Tag) -> list[Layer]:
     return layers
 
 
-def _small_blob(ref: OCIRef, layer: Layer, tag: Tag) -> bytes:
+def small_blob(ref: OCIRef, layer: Layer, tag: Tag) -> bytes:
     what = f"{layer.media_type} layer"
     if layer.size > MAX_SMALL_LAYER_BYTES:
         raise StoreError(f"{tag}: {what} is {layer.size} bytes (limit {MAX_SMALL_LAYER_BYTES})")
@@ -208,56 +211,91 @@ def _get_small(
     url: str, limit: int, tag: Tag, what: str, *, accept: str | None = None
 ) -> tuple[bytes, http.client.HTTPMessage]:
     """GET a small document, refusing to read more than ``limit`` bytes of it."""
-    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
-    with _open(request, tag, what) as response:
+    ref = OCIRef.from_tag(tag)
+    headers = {"Accept": accept} if accept else {}
+    client = client_for(ref.registry)
+    with client.request(
+        "GET", url, scope=ref.scope(), label=str(tag), what=what, headers=headers
+    ) as response:
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise StoreError(f"{tag}: {what} is {length} bytes (limit {limit})")
-        body = response.read(limit + 1)
+        try:
+            body = response.read(limit + 1)
+        except (http.client.HTTPException, OSError) as exc:
+            raise TransferError(f"{tag}: connection to {ref.registry} failed: {exc}") from None
         if len(body) > limit:
             raise StoreError(f"{tag}: {what} is larger than {limit} bytes")
         return body, response.headers
 
 
-def _blob_fetch(ref: OCIRef, digest: str, tag: Tag) -> Fetch:
-    """A :data:`~lifecycle.store.RangeFetch` for one blob (``end`` bounds a header read)."""
+def blob_fetch(ref: OCIRef, digest: str, tag: Tag) -> Fetch:
+    """A :data:`~lifecycle.store.RangeFetch` for one blob (``end`` bounds a header read).
+
+    A connection cut mid-body is resumed within the same transfer: the blob is asked for again
+    from the first byte not yet delivered (the store never sees the cut), as long as the retry
+    policy allows; a server that then ignores the Range has the delivered bytes skipped.
+    """
+    client = client_for(ref.registry)
+    url = ref.url("blobs", digest)
 
     @contextmanager
     def fetch(start: int, end: int | None = None) -> Iterator[tuple[int, Iterator[bytes]]]:
-        request = urllib.request.Request(ref.url("blobs", digest))
-        if start or end is not None:
-            request.add_header("Range", f"bytes={start}-{'' if end is None else end - 1}")
-        with _open(request, tag, f"blob {digest}") as response:
-            served = response.headers.get("Content-Range", "")
-            partial = response.status == 206 and served.startswith(f"bytes {start}-")
+        streak = RetryPolicy.from_env().streak()
+        with ExitStack() as stack:
+
+            def open_at(position: int) -> tuple[Any, int]:
+                headers = {}
+                if position or end is not None:
+                    last = "" if end is None else end - 1
+                    headers["Range"] = f"bytes={position}-{last}"
+                response = stack.enter_context(
+                    client.request(
+                        "GET",
+                        url,
+                        scope=ref.scope(),
+                        label=str(tag),
+                        what=f"blob {digest}",
+                        headers=headers,
+                    )
+                )
+                served = response.headers.get("Content-Range", "")
+                partial = response.status == 206 and served.startswith(f"bytes {position}-")
+                return response, (position if partial else 0)
+
+            response, served_from = open_at(start)
 
             def chunks() -> Iterator[bytes]:
-                try:
-                    while block := response.read(_CHUNK):
-                        yield block
-                except (http.client.HTTPException, OSError) as exc:
-                    raise TransferError(f"connection to {ref.registry} failed: {exc}") from None
+                nonlocal response
+                position, skip = served_from, 0  # next byte's offset; bytes to drop first
+                while True:
+                    try:
+                        block = response.read(_CHUNK)
+                        if not block and (response.length or 0) > 0:
+                            # http.client ends a body cut short with b"" rather than an error.
+                            raise http.client.IncompleteRead(b"", response.length)
+                    except (http.client.HTTPException, OSError) as exc:
+                        message = f"connection to {ref.registry} failed: {exc}"
+                        streak.wait_or_raise(Transient(message))
+                        response.close()
+                        response, restarted = open_at(position)
+                        skip = position - restarted
+                        continue
+                    if not block:
+                        return
+                    if streak.failures:
+                        streak.reset()
+                    if skip:
+                        dropped = min(skip, len(block))
+                        skip, block = skip - dropped, block[dropped:]
+                        if not block:
+                            continue
+                    position += len(block)
+                    yield block
 
-            yield (start if partial else 0), chunks()
+            yield served_from, chunks()
 
     return fetch
-
-
-@contextmanager
-def _open(request: urllib.request.Request, tag: Tag, what: str) -> Iterator[Any]:
-    """urlopen with the registry's errors as one-line StoreErrors naming the tag."""
-    try:
-        response = urllib.request.urlopen(request, timeout=_TIMEOUT)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        if exc.code == 404:
-            raise StoreError(f"{tag}: {what} not found in the registry (HTTP 404)") from None
-        raise StoreError(f"{tag}: registry answered HTTP {exc.code} for {what}") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TransferError(f"{tag}: cannot reach the registry: {reason}") from None
-    with response:
-        yield response
 
 
 def _text(data: bytes, tag: Tag, what: str) -> str:
