@@ -17,10 +17,26 @@ Memory per point: RSS before load, after load, at the end and at peak (``ru_maxr
 buffers llama.cpp allocated (weights, KV cache, compute, output, from its load log); VRAM used
 by the process through NVML on CUDA machines (``null`` with a reason elsewhere).
 
+Where a point ran is read from llama.cpp's own buffer log, not from what was asked: each row
+carries ``backend`` ("CPU", "CUDA0", "CPU+CUDA0") from the devices its weights, KV cache and
+compute buffers were allocated on, and a row asked to run on the CPU (``n_gpu_layers`` 0) that
+allocated GPU buffers or held VRAM is flagged (``backend_note`` and a point warning).
+
 The physical limit: generating a token reads every weight once, so tg speed is bounded by
-memory bandwidth / bytes per token. The machine's sustained read bandwidth is measured once
-(numpy reductions over a buffer larger than the caches, one thread per engine thread) and cached
-under ``LIFECYCLE_HOME/bench``; each tg row reports its speed as a fraction of that bound.
+memory bandwidth / bytes per token. For rows whose weights and KV cache are in host RAM, the
+read bandwidth is probed the way a decode step reads: the same number of threads, each
+re-reading its own slice of a buffer the size of what one token reads (so caches help the probe
+exactly as they help the decode), SIMD max-reductions (not the compute-bound float sum), best
+of several passes. Beyond the caches the size no longer matters, so one figure measured over a
+buffer of at least four times the last-level cache serves every larger working set. Figures are
+cached under ``LIFECYCLE_HOME/bench``. Rows whose weights or KV cache live on a GPU are never
+bounded by host RAM: their bound is null with the reason unless a GPU bandwidth figure is given
+(``gpu_bandwidth_bytes_per_s``). A row that ran faster than its bound gets no fraction (the
+ratio is kept in ``bandwidth_ratio`` and the reason in ``bandwidth_note``).
+
+When a point's KV cache or compute buffers live on a GPU, its RSS says nothing about them:
+RSS comparisons are null with the reason, and a context sweep compares the estimate's growth
+with the VRAM growth NVML measured instead.
 """
 
 from __future__ import annotations
@@ -34,8 +50,9 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,10 +68,15 @@ __all__ = [
     "BenchResult",
     "ContextPoint",
     "SpeedRow",
+    "bandwidth_bound",
+    "buffer_placement",
     "eval_latency",
+    "ggml_devices",
     "gpu_memory",
+    "gpu_unavailable_reason",
     "measure_bandwidth",
     "measure_point",
+    "rss_comparison",
     "run_bench",
 ]
 
@@ -83,7 +105,8 @@ class BenchOptions:
     timeout_s: float = 1800.0  # per context point
     address_space_limit_bytes: int | None = None  # RLIMIT_AS for each point's process
     bandwidth: bool = True  # measure (or reuse) the memory bandwidth
-    bandwidth_buffer_bytes: int = 256 * 1024 * 1024
+    bandwidth_buffer_bytes: int = 256 * 1024 * 1024  # at least; 4x the last-level cache
+    gpu_bandwidth_bytes_per_s: float | None = None  # a known GPU figure bounds GPU rows
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -117,7 +140,12 @@ class SpeedRow:
     samples_ts: list[float]
     wall_avg_ts: float  # the same runs timed by the wall clock around the decode calls
     bandwidth_bound_ts: float | None = None  # tg only: bandwidth / bytes read per token
-    bandwidth_fraction: float | None = None  # avg_ts / bandwidth_bound_ts
+    bandwidth_fraction: float | None = None  # avg_ts / bandwidth_bound_ts, only when <= 1
+    backend: str | None = None  # where it ran, from llama.cpp's buffers: CPU, CUDA0, CPU+CUDA0
+    backend_note: str | None = None  # set when that is not what n_gpu_layers asked for
+    bandwidth_bytes_per_s: int | None = None  # the figure the bound used
+    bandwidth_ratio: float | None = None  # avg_ts / bound, whatever its value
+    bandwidth_note: str | None = None  # why there is no bound or no fraction
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,6 +170,10 @@ class ContextPoint:
     estimate: dict[str, Any] | None  # lifecycle.estimate for the same settings
     estimate_error_pct: float | None  # (estimate - llama.cpp's allocation) / allocation
     estimate_rss_error_pct: float | None  # (estimate - peak RSS growth over load) / growth
+    backend: str | None = None  # as on its rows
+    placement: dict[str, Any] | None = None  # buffer_placement() of llama.cpp's buffers
+    estimate_rss_reason: str | None = None  # why there is no RSS comparison
+    estimate_note: str | None = None  # what estimate_error_pct compares on this point
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -239,15 +271,30 @@ def run_bench(
             f"-p {options.n_prompt} / -n {options.n_gen} with --depth {options.depth or 0} "
             f"do not fit in num_ctx {options.n_ctx}"
         )
+    inventory = ggml_devices()
+    nvml = gpu_memory(None)
     if options.gpu:
-        _require_gpu(engine_info.details)
+        reason = gpu_unavailable_reason(
+            bool(engine_info.details.get("gpu_offload")), inventory, nvml
+        )
+        if reason:
+            raise UsageError(f"--gpu was asked for, but {reason}")
 
     bandwidth = None
+    probe: Callable[[int], dict[str, Any]] | None = None
     if options.bandwidth:
         say("measuring memory bandwidth (cached per machine)")
         bandwidth = measure_bandwidth(
             threads, home=home, buffer_bytes=options.bandwidth_buffer_bytes
         )
+
+        def probe(working_set: int) -> dict[str, Any]:
+            return measure_bandwidth(
+                threads,
+                home=home,
+                buffer_bytes=options.bandwidth_buffer_bytes,
+                working_set_bytes=working_set,
+            )
 
     points = []
     for n_ctx in contexts:
@@ -281,9 +328,12 @@ def run_bench(
             "options": options.to_dict(),
         }
         point = _run_point_process(spec, options)
-        point = _finish_point(point, estimate.to_dict(), warnings, bandwidth, info)
+        point = _finish_point(point, estimate.to_dict(), warnings, probe, options)
         points.append(point)
-        say(f"ctx {n_ctx}: " + ("ok" if point.ok else f"FAILED: {point.error}"))
+        where = f" on {point.backend}" if point.backend else ""
+        say(f"ctx {n_ctx}: " + (f"ok{where}" if point.ok else f"FAILED: {point.error}"))
+        for warning in point.warnings:
+            say(f"ctx {n_ctx}: warning: {warning}")
 
     environment = {
         "tool": "lifecycle",
@@ -293,7 +343,7 @@ def run_bench(
         "n_threads": threads,
         "n_batch": options.n_batch,
         "n_gpu_layers": options.n_gpu_layers,
-        "gpu": gpu_memory(None).get("gpu"),
+        **_gpu_environment(inventory, nvml),
         **host_environment(),
     }
     latency = None
@@ -350,21 +400,26 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
         memory["rss_end_bytes"] = process.memory_info().rss
         memory["peak_rss_bytes"] = peak_rss()
         memory.update(_buffer_figures(buffers, info))
-        memory.update(gpu_memory(os.getpid()))
+        memory.update(vram_figures(gpu_memory(os.getpid()), ggml_devices()))
         memory["rss_growth_bytes"] = memory["rss_end_bytes"] - memory["rss_after_load_bytes"]
         memory["model_rss_bytes"] = memory["peak_rss_bytes"] - memory["rss_before_load_bytes"]
+        place = buffer_placement(getattr(buffers, "devices", None))
+        note = backend_mismatch(opts.n_gpu_layers, place, memory.get("vram_used_bytes"))
+        rows = [_relabel(row, place["backend"], note) for row in rows]
         return ContextPoint(
             n_ctx=n_ctx,
             n_depth=depth,
             ok=True,
             error=None,
-            warnings=[],
+            warnings=[note] if note else [],
             load_ms=round(float(model.load_ms), 2),
             rows=rows,
             memory=memory,
             estimate=None,
             estimate_error_pct=None,
             estimate_rss_error_pct=None,
+            backend=place["backend"],
+            placement=place,
         ).to_dict()
     except EngineError as exc:
         return _failed(n_ctx, depth, str(exc), None).to_dict()
@@ -440,15 +495,32 @@ def gpu_memory(pid: int | None) -> dict[str, Any]:
         pynvml.nvmlShutdown()
 
 
-def measure_bandwidth(
-    threads: int, *, home: Path | None = None, buffer_bytes: int = 256 * 1024 * 1024
-) -> dict[str, Any]:
-    """Sustained memory read bandwidth with ``threads`` readers, cached per machine.
+_PROBE_METHOD = (
+    "numpy float32 max-reduction (SIMD), one slice per thread re-read in place, "
+    "best of 7 timed passes after a warm-up"
+)
+_PROBE_VERSION = 2  # part of the cache key: figures of the old float-sum probe are not reused
 
-    Sums a float32 buffer (larger than the CPU caches) split among ``threads`` threads
-    (numpy releases the GIL in reductions); the best of several passes is kept. The result is
-    cached in ``<home>/bench/bandwidth.json`` under a key of CPU model, cores, RAM and threads,
-    so later runs on the same machine reuse it (``cached: true``).
+
+def measure_bandwidth(
+    threads: int,
+    *,
+    home: Path | None = None,
+    buffer_bytes: int = 256 * 1024 * 1024,
+    working_set_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Sustained read bandwidth with ``threads`` readers, cached per machine.
+
+    Without ``working_set_bytes``: the main-memory figure, over a buffer of at least
+    ``buffer_bytes`` and four times the last-level cache. With it: the bandwidth a decode
+    step reading that many bytes per token can use, i.e. the same threads re-reading a buffer
+    of that size (rounded up to a quarter octave), where the caches help as they help the
+    decode; working sets at least as large as the main-memory buffer get the main-memory
+    figure. Each thread max-reduces its own slice (numpy releases the GIL; the float sum the
+    first probe used is compute-bound at about 12 GB/s per thread and read low), repeated
+    inside the thread so that a pass lasts milliseconds, not the thread pool's dispatch time.
+    The result is cached in ``<home>/bench/bandwidth.json`` under a key of probe version,
+    CPU model, cores, RAM, threads and buffer size (``cached: true`` when reused).
     """
     import numpy as np
 
@@ -456,8 +528,15 @@ def measure_bandwidth(
     from lifecycle.fsutil import atomic_write_text
     from lifecycle.results import host_environment
 
+    threads = max(1, int(threads))
+    llc = last_level_cache_bytes()
+    main_buffer = max(int(buffer_bytes), 4 * (llc or 0), threads * 4096)
+    size = main_buffer
+    if working_set_bytes is not None and 0 < working_set_bytes < main_buffer:
+        size = _quarter_octave(max(int(working_set_bytes), threads * 4096))
     host = host_environment()
-    key_source = f"{host['cpu']}|{host['cpu_count_logical']}|{host['ram_bytes']}|{threads}"
+    machine = f"{host['cpu']}|{host['cpu_count_logical']}|{host['ram_bytes']}|{threads}"
+    key_source = f"v{_PROBE_VERSION}|{machine}|{size}"
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     cache = (home or lifecycle_home()) / "bench" / "bandwidth.json"
     try:
@@ -469,27 +548,397 @@ def measure_bandwidth(
 
     from concurrent.futures import ThreadPoolExecutor
 
-    buffer = np.ones(max(buffer_bytes // 4, threads * 1024), dtype=np.float32)
+    buffer = np.ones(max(size // 4, threads * 1024), dtype=np.float32)
     chunks = np.array_split(buffer, threads)
+    repeats = max(1, (64 * 1024 * 1024) // max(buffer.nbytes, 1))  # >= 64 MiB read per pass
+    barrier = threading.Barrier(threads)
+
+    def read(chunk: Any) -> None:
+        barrier.wait()
+        for _ in range(repeats):
+            np.maximum.reduce(chunk)
+
     best = math.inf
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for _ in range(5):
+        for attempt in range(8):  # the first pass warms pages, caches and threads up
             start = time.perf_counter()
-            list(pool.map(np.add.reduce, chunks))
-            best = min(best, time.perf_counter() - start)
+            list(pool.map(read, chunks))
+            elapsed = time.perf_counter() - start
+            if attempt:
+                best = min(best, elapsed)
     entry = {
-        "read_bytes_per_s": int(buffer.nbytes / best),
+        "read_bytes_per_s": int(buffer.nbytes * repeats / best),
         "threads": threads,
         "buffer_bytes": int(buffer.nbytes),
-        "method": "numpy float32 sum, one slice per thread, best of 5",
+        "main_memory": size >= main_buffer,
+        "llc_bytes": llc,
+        "method": _PROBE_METHOD,
         "measured_at": _now(),
-        "machine": key_source,
+        "machine": machine,
     }
     entries = entries if isinstance(entries, dict) else {}
     entries[key] = entry
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps(entries, indent=2, sort_keys=True) + "\n")
     return {**entry, "cached": False}
+
+
+def last_level_cache_bytes() -> int | None:
+    """The machine's last-level CPU cache, summed over its instances (Linux sysfs; else None).
+
+    On a many-chiplet CPU each chiplet has its own L3; their sum is what a multi-threaded
+    decode can keep in cache, which is why a model smaller than it can beat RAM bandwidth.
+    """
+    seen: dict[tuple[int, str], int] = {}
+    root = Path("/sys/devices/system/cpu")
+    for index in root.glob("cpu[0-9]*/cache/index[0-9]*"):
+        try:
+            level = int((index / "level").read_text().strip())
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            text = (index / "size").read_text().strip().upper()
+            shared = (index / "shared_cpu_list").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+        try:
+            size = int(text.rstrip("KMG")) * scale
+        except ValueError:
+            continue
+        seen[(level, shared)] = size
+    if not seen:
+        return None
+    top = max(level for level, _ in seen)
+    return sum(size for (level, _), size in seen.items() if level == top)
+
+
+def _quarter_octave(n: int) -> int:
+    """``n`` rounded up to the next 2**(k/4) MiB step (coarse buckets for the probe cache)."""
+    mib = max(n / (1024 * 1024), 1.0)
+    step = math.ceil(math.log2(mib) * 4 - 1e-9)
+    return int(math.ceil(2 ** (step / 4) * 1024 * 1024 / 4096) * 4096)
+
+
+# --- where a point ran: llama.cpp's buffers, its devices, NVML ---------------------------
+
+# Buffer types that live in host memory though their name does not start with "CPU".
+_HOST_BUFFER_TYPES = ("AMX", "BLAS")
+# Backend registries that are not GPUs (a GPU registry with no device means none answered).
+_NON_GPU_BACKENDS = ("CPU", "BLAS", "RPC", "AMX", "zDNN", "ZenDNN")
+
+
+def is_host_buffer(name: str) -> bool:
+    """Whether a llama.cpp buffer (``"CPU_Mapped model"``, ``"CUDA_Host output"``) is host RAM."""
+    device = name.split()[0] if name.split() else name
+    return device.startswith("CPU") or device.endswith("_Host") or device in _HOST_BUFFER_TYPES
+
+
+def buffer_placement(devices: Mapping[str, int] | None) -> dict[str, Any]:
+    """Where llama.cpp put a context's buffers, from its load log (``LlamaBuffers.devices``).
+
+    ``devices`` maps ``"<buffer type> <kind>"`` (kinds: model, KV, compute, output) to bytes.
+    Returns ``backend`` ("CPU"; the GPU devices, e.g. "CUDA0", when the weights and the KV
+    cache are all there; "CPU+CUDA0" when split), ``offload`` ("none"; "full"; "partial":
+    layers split; "ops": only compute buffers on a GPU, i.e. llama.cpp ran host-resident
+    weights' ops on the GPU), the GPU devices and the bytes on them by kind. ``backend`` is
+    None when the buffers are unknown.
+    """
+    if devices is None:
+        return {
+            "backend": None,
+            "offload": None,
+            "gpu_devices": [],
+            "gpu_bytes": {},
+            "host_bytes": {},
+            "gpu_buffer_bytes": None,
+        }
+    gpu: dict[str, int] = {}
+    host: dict[str, int] = {}
+    names: set[str] = set()
+    for name, size in devices.items():
+        parts = name.split()
+        kind = parts[-1] if len(parts) > 1 else "other"
+        if size <= 0:
+            continue
+        if is_host_buffer(name):
+            host[kind] = host.get(kind, 0) + int(size)
+        else:
+            gpu[kind] = gpu.get(kind, 0) + int(size)
+            names.add(parts[0])
+    gpu_devices = sorted(names)
+    if not gpu_devices:
+        offload, backend = "none", "CPU"
+    elif gpu.get("model") and not host.get("KV") and gpu.get("KV"):
+        offload, backend = "full", "+".join(gpu_devices)
+    elif gpu.get("model") or gpu.get("KV"):
+        offload, backend = "partial", "+".join(["CPU", *gpu_devices])
+    else:
+        offload, backend = "ops", "+".join(["CPU", *gpu_devices])
+    return {
+        "backend": backend,
+        "offload": offload,
+        "gpu_devices": gpu_devices,
+        "gpu_bytes": gpu,
+        "host_bytes": host,
+        "gpu_buffer_bytes": sum(gpu.values()),
+    }
+
+
+def backend_mismatch(
+    n_gpu_layers: int, placement: Mapping[str, Any], vram_used_bytes: int | None
+) -> str | None:
+    """Why a point did not run where ``n_gpu_layers`` said it would, or None when it did."""
+    offload = placement.get("offload")
+    if n_gpu_layers == 0:
+        if offload not in (None, "none"):
+            kinds = ", ".join(
+                f"{kind} {_mib(size)}" for kind, size in sorted(placement["gpu_bytes"].items())
+            )
+            return (
+                f"n_gpu_layers 0 asked for the CPU, but llama.cpp allocated buffers on "
+                f"{'+'.join(placement['gpu_devices'])} ({kinds}): this row ran partly on the GPU"
+            )
+        if vram_used_bytes:
+            return (
+                f"n_gpu_layers 0 asked for the CPU and llama.cpp allocated no GPU buffer, but "
+                f"the process held {_mib(vram_used_bytes)} of VRAM (a GPU context)"
+            )
+        return None
+    if offload == "none":
+        return (
+            f"n_gpu_layers {n_gpu_layers} asked for GPU offload, but llama.cpp allocated "
+            "every buffer in host memory: this row ran on the CPU"
+        )
+    return None
+
+
+def _relabel(row: SpeedRow, backend: str | None, note: str | None) -> SpeedRow:
+    data = row.to_dict()
+    data["backend"], data["backend_note"] = backend, note
+    return SpeedRow.from_dict(data)
+
+
+def ggml_devices() -> dict[str, Any]:
+    """The backends compiled into llama.cpp and the devices they answered with.
+
+    llama-cpp-python 0.3.36 binds no ggml device API, so this calls ``libggml`` through ctypes
+    (``ggml_backend_reg_*``, ``ggml_backend_dev_*``; device types: 0 CPU, 1 GPU, 2 IGPU,
+    3 ACCEL). Returns ``backends`` (registry name -> device count), ``devices`` (name,
+    description, type, memory) and ``reason`` (why it could not be read, else None).
+    """
+    import ctypes
+
+    empty: dict[str, Any] = {"backends": {}, "devices": [], "reason": None}
+    try:
+        import llama_cpp
+
+        llama_cpp.llama_supports_gpu_offload()  # loads dynamic backends when the build has them
+        from llama_cpp import _ggml
+
+        lib = _ggml.libggml
+        lib.ggml_backend_reg_count.restype = ctypes.c_size_t
+        lib.ggml_backend_reg_get.restype = ctypes.c_void_p
+        lib.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_reg_name.restype = ctypes.c_char_p
+        lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+            getattr(lib, name).restype = ctypes.c_char_p
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_type.restype = ctypes.c_int
+        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        size_p = ctypes.POINTER(ctypes.c_size_t)
+        lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+        lib.ggml_backend_dev_memory.restype = None
+        backends = {}
+        for i in range(int(lib.ggml_backend_reg_count())):
+            reg = lib.ggml_backend_reg_get(i)
+            backends[(lib.ggml_backend_reg_name(reg) or b"?").decode()] = int(
+                lib.ggml_backend_reg_dev_count(reg)
+            )
+        devices = []
+        types = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL"}
+        for i in range(int(lib.ggml_backend_dev_count())):
+            dev = lib.ggml_backend_dev_get(i)
+            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+            lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+            devices.append(
+                {
+                    "name": (lib.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
+                    "description": (lib.ggml_backend_dev_description(dev) or b"").decode(
+                        errors="replace"
+                    ),
+                    "type": types.get(int(lib.ggml_backend_dev_type(dev)), "OTHER"),
+                    "memory_total_bytes": int(total.value),
+                    "memory_free_bytes": int(free.value),
+                }
+            )
+        return {"backends": backends, "devices": devices, "reason": None}
+    except Exception as exc:  # a build without these symbols, or no llama_cpp at all
+        return {**empty, "reason": f"llama.cpp's device list could not be read: {exc}"}
+
+
+def _gpu_backends(inventory: Mapping[str, Any]) -> list[str]:
+    return sorted(b for b in inventory.get("backends", {}) if b not in _NON_GPU_BACKENDS)
+
+
+def _gpu_device_names(inventory: Mapping[str, Any]) -> list[str]:
+    return [d["name"] for d in inventory.get("devices", []) if d.get("type") in ("GPU", "IGPU")]
+
+
+def gpu_unavailable_reason(
+    gpu_offload: bool, inventory: Mapping[str, Any], nvml: Mapping[str, Any]
+) -> str | None:
+    """Why ``--gpu`` cannot run here, telling a build without a GPU backend from a GPU backend
+    with no device (e.g. ``CUDA_VISIBLE_DEVICES=""``); None when a GPU device answered.
+
+    ``gpu_offload`` is ``llama_supports_gpu_offload()``, which is false in both cases (it asks
+    for a GPU *device*); ``inventory`` is :func:`ggml_devices`, ``nvml`` :func:`gpu_memory`.
+    """
+    if _gpu_device_names(inventory):
+        return None
+    backends = _gpu_backends(inventory)
+    if inventory.get("reason") and not backends:
+        if gpu_offload:
+            return None
+        return f"llama.cpp reports no GPU offload ({inventory['reason']})"
+    if backends:
+        seen = f"; NVML sees {nvml['gpu']}" if nvml.get("gpu") else ""
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        why = (
+            f" (CUDA_VISIBLE_DEVICES={hidden!r} hides them)"
+            if hidden is not None and "CUDA" in backends
+            else ""
+        )
+        return (
+            f"no GPU device answered: this llama.cpp build has the {', '.join(backends)} "
+            f"backend, which reports 0 devices{why}{seen}"
+        )
+    return (
+        "this llama.cpp build has no GPU backend "
+        "(reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_CUDA=on)"
+    )
+
+
+def _gpu_environment(inventory: Mapping[str, Any], nvml: Mapping[str, Any]) -> dict[str, Any]:
+    """The run environment's GPU fields: the GPU is named only when llama.cpp can use one."""
+    devices = [d for d in inventory.get("devices", []) if d.get("type") in ("GPU", "IGPU")]
+    reason = None
+    if not devices:
+        reason = gpu_unavailable_reason(False, inventory, nvml)
+    return {
+        "gpu": (nvml.get("gpu") or ", ".join(d["description"] for d in devices))
+        if devices
+        else None,
+        "gpu_offload": bool(devices),
+        "gpu_devices": devices,
+        "gpu_backends": _gpu_backends(inventory),
+        "gpu_reason": reason,
+    }
+
+
+def vram_figures(nvml: Mapping[str, Any], inventory: Mapping[str, Any]) -> dict[str, Any]:
+    """A point's VRAM fields: NVML's figures when llama.cpp had a GPU device, else null ones
+    with the reason (NVML ignores ``CUDA_VISIBLE_DEVICES`` and would name a hidden GPU)."""
+    if nvml.get("gpu") is None or _gpu_device_names(inventory) or inventory.get("reason"):
+        return dict(nvml)
+    return {
+        "vram_used_bytes": None,
+        "vram_total_bytes": None,
+        "gpu": None,
+        "vram_reason": f"llama.cpp had no GPU device (NVML sees {nvml['gpu']}, hidden from it)",
+    }
+
+
+def bandwidth_bound(
+    per_token_bytes: int,
+    avg_ts: float,
+    offload: str | None,
+    n_gpu_layers: int,
+    host: Mapping[str, Any] | None,
+    gpu_bytes_per_s: float | None,
+) -> dict[str, Any]:
+    """The tg bound of one row and its speed against it.
+
+    ``offload`` is :func:`buffer_placement`'s (None: unknown, then ``n_gpu_layers`` decides);
+    ``host`` the host-memory figure (:func:`measure_bandwidth`) for ``per_token_bytes``.
+    Returns ``bandwidth_bound_ts``, ``bandwidth_fraction`` (only when <= 1),
+    ``bandwidth_ratio``, ``bandwidth_bytes_per_s`` and ``bandwidth_note`` (the reason when a
+    bound or a fraction is missing).
+    """
+    out: dict[str, Any] = {
+        "bandwidth_bound_ts": None,
+        "bandwidth_fraction": None,
+        "bandwidth_ratio": None,
+        "bandwidth_bytes_per_s": None,
+        "bandwidth_note": None,
+    }
+    if offload is None:
+        offload = "none" if n_gpu_layers == 0 else "unknown"
+    figure: float | None
+    if offload == "none":
+        figure = float(host["read_bytes_per_s"]) if host else None
+        if figure is None:
+            out["bandwidth_note"] = "host memory bandwidth not measured"
+            return out
+        source = "host memory"
+    elif offload == "full":
+        if not gpu_bytes_per_s:
+            out["bandwidth_note"] = (
+                "weights and KV cache are on the GPU: host RAM bandwidth does not bound this "
+                "row, and no GPU memory bandwidth figure is known"
+            )
+            return out
+        figure, source = float(gpu_bytes_per_s), "GPU memory (given)"
+    else:
+        what = {
+            "partial": "layers split between host RAM and the GPU",
+            "ops": "weights in host RAM but ops offloaded to the GPU",
+            "unknown": "where llama.cpp put the buffers is unknown",
+        }.get(offload, offload)
+        out["bandwidth_note"] = f"{what}: no single memory bandwidth bounds this row"
+        return out
+    if per_token_bytes <= 0 or figure <= 0:
+        out["bandwidth_note"] = "no bytes per token to bound"
+        return out
+    bound = figure / per_token_bytes
+    ratio = avg_ts / bound
+    out.update(
+        bandwidth_bound_ts=round(bound, 3),
+        bandwidth_ratio=round(ratio, 4),
+        bandwidth_bytes_per_s=int(figure),
+    )
+    if ratio <= 1.0:
+        out["bandwidth_fraction"] = round(ratio, 4)
+    else:
+        out["bandwidth_note"] = (
+            f"ran at {ratio:.2f}x the {source} bound: the bandwidth figure "
+            f"({figure / 1e9:.1f} GB/s) is below what this decode used, so the fraction means "
+            "nothing; re-measure the bandwidth on a quiet machine"
+        )
+    return out
+
+
+def rss_comparison(placement: Mapping[str, Any] | None) -> str | None:
+    """Why RSS cannot be compared with the estimate for a point (None: it can).
+
+    RSS is host memory; when the KV cache or the compute buffers live on a GPU, the growth the
+    estimate predicts happens in VRAM and RSS barely moves (or shrinks).
+    """
+    if not placement or placement.get("offload") in (None, "none"):
+        return None
+    kinds = sorted(k for k in placement.get("gpu_bytes", {}) if k in ("KV", "compute"))
+    if not kinds:
+        return None
+    where = "+".join(placement.get("gpu_devices", [])) or "the GPU"
+    return (
+        f"{' and '.join(kinds)} buffers are on {where}: RSS does not hold them, "
+        "so it is not compared with the estimate (VRAM is)"
+    )
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -648,16 +1097,29 @@ def _finish_point(
     point: ContextPoint,
     estimate: dict[str, Any],
     warnings: list[str],
-    bandwidth: dict[str, Any] | None,
-    gguf_info: Any,
+    probe: Callable[[int], dict[str, Any]] | None,
+    options: BenchOptions,
 ) -> ContextPoint:
     memory = point.memory
+    placement = point.placement
     allocated = memory.get("allocated_bytes")
     error_pct = _error_pct(estimate["total_bytes"], allocated)
-    rss_pct = _error_pct(estimate["total_bytes"], memory.get("model_rss_bytes"))
+    estimate_note = None
+    if placement and placement.get("offload") not in (None, "none"):
+        estimate_note = (
+            "the estimate models the CPU backend; with buffers on "
+            f"{'+'.join(placement['gpu_devices'])} llama.cpp also reserves compute buffers per "
+            "device, so the allocation can exceed it"
+        )
+    rss_reason = rss_comparison(placement) if point.ok else None
+    rss_pct = None
+    if point.ok and rss_reason is None:
+        rss_pct = _error_pct(estimate["total_bytes"], memory.get("model_rss_bytes"))
+        if rss_pct is None:
+            rss_reason = "RSS did not grow over the load"
     rows = point.rows
-    if bandwidth:
-        rows = [_with_bound(row, bandwidth, estimate, gguf_info) for row in rows]
+    if probe is not None or options.gpu_bandwidth_bytes_per_s:
+        rows = [_with_bound(row, probe, estimate, placement, options) for row in rows]
     return ContextPoint(
         n_ctx=point.n_ctx,
         n_depth=point.n_depth,
@@ -669,14 +1131,22 @@ def _finish_point(
         memory=memory,
         estimate=estimate,
         estimate_error_pct=error_pct if point.ok else None,
-        estimate_rss_error_pct=rss_pct if point.ok else None,
+        estimate_rss_error_pct=rss_pct,
+        backend=point.backend,
+        placement=placement,
+        estimate_rss_reason=rss_reason,
+        estimate_note=estimate_note,
     )
 
 
 def _with_bound(
-    row: SpeedRow, bandwidth: dict[str, Any], estimate: dict[str, Any], gguf_info: Any
+    row: SpeedRow,
+    probe: Callable[[int], dict[str, Any]] | None,
+    estimate: dict[str, Any],
+    placement: dict[str, Any] | None,
+    options: BenchOptions,
 ) -> SpeedRow:
-    """tg rows: speed as a fraction of bandwidth / bytes read per token.
+    """tg rows: speed against the memory bandwidth / bytes read per token.
 
     A token reads every weight once plus the KV cache it attends to: ``depth`` tokens' K and V
     on full-attention layers (sliding-window layers read at most their window, ignored here).
@@ -684,15 +1154,21 @@ def _with_bound(
     if row.n_gen == 0:
         return row
     per_token = row.model_size + row.n_depth * int(estimate["kv_bytes_per_token"])
-    bound = bandwidth["read_bytes_per_s"] / per_token
-    fields_ = row.to_dict()
-    fields_["bandwidth_bound_ts"] = round(bound, 3)
-    fields_["bandwidth_fraction"] = round(row.avg_ts / bound, 4) if bound else None
-    return SpeedRow.from_dict(fields_)
+    offload = placement.get("offload") if placement else None
+    host_side = offload == "none" or (offload is None and row.n_gpu_layers == 0)
+    host = probe(per_token) if probe is not None and host_side else None
+    figures = bandwidth_bound(
+        per_token, row.avg_ts, offload, row.n_gpu_layers, host, options.gpu_bandwidth_bytes_per_s
+    )
+    return SpeedRow.from_dict({**row.to_dict(), **figures})
 
 
 def _scaling(points: list[ContextPoint]) -> dict[str, Any] | None:
-    """How memory grew from the smallest to the largest measured context, vs the estimate."""
+    """How memory grew from the smallest to the largest measured context, vs the estimate.
+
+    Peak RSS is compared only when both points kept their KV cache and compute buffers in host
+    memory; otherwise the VRAM growth NVML measured is (``rss_reason`` says why).
+    """
     done = sorted((p for p in points if p.ok and p.estimate), key=lambda p: p.n_ctx)
     if len(done) < 2:
         return None
@@ -705,15 +1181,32 @@ def _scaling(points: list[ContextPoint]) -> dict[str, Any] | None:
 
     est = last.estimate["total_bytes"] - first.estimate["total_bytes"]
     allocated = _diff(growth(last, "allocated_bytes"), growth(first, "allocated_bytes"))
-    rss = _diff(growth(last, "peak_rss_bytes"), growth(first, "peak_rss_bytes"))
+    reason = rss_comparison(last.placement) or rss_comparison(first.placement)
+    rss = vram = None
+    vram_reason = None
+    if reason is None:
+        rss = _diff(growth(last, "peak_rss_bytes"), growth(first, "peak_rss_bytes"))
+        if rss is not None and rss <= 0:
+            reason, rss = "peak RSS did not grow with the context", None
+        vram_reason = "the KV cache and compute buffers are in host memory"
+    else:
+        vram = _diff(growth(last, "vram_used_bytes"), growth(first, "vram_used_bytes"))
+        if vram is None:
+            vram_reason = last.memory.get("vram_reason") or "VRAM was not measured"
+        elif vram <= 0:
+            vram_reason, vram = "VRAM did not grow with the context", None
     return {
         "from_n_ctx": first.n_ctx,
         "to_n_ctx": last.n_ctx,
         "estimate_growth_bytes": est,
         "allocated_growth_bytes": allocated,
         "peak_rss_growth_bytes": rss,
+        "vram_growth_bytes": vram,
         "estimate_vs_allocated_error_pct": _error_pct(est, allocated),
         "estimate_vs_rss_error_pct": _error_pct(est, rss),
+        "estimate_vs_vram_error_pct": _error_pct(est, vram),
+        "rss_reason": reason,
+        "vram_reason": vram_reason,
     }
 
 
@@ -731,16 +1224,6 @@ def _failed(n_ctx: int, depth: int, reason: str, estimate: dict[str, Any] | None
         estimate_error_pct=None,
         estimate_rss_error_pct=None,
     )
-
-
-def _require_gpu(details: Any) -> None:
-    if not details.get("gpu_offload"):
-        raise UsageError(
-            "--gpu was asked for, but this llama.cpp build has no GPU backend "
-            "(reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_CUDA=on)"
-        )
-    if gpu_memory(None)["gpu"] is None:
-        raise UsageError(f"--gpu was asked for, but {gpu_memory(None)['vram_reason']}")
 
 
 def _available_memory() -> int:
@@ -782,7 +1265,8 @@ def _stdev(values: Sequence[float]) -> float:
 
 
 def _error_pct(estimate: int | None, measured: int | None) -> float | None:
-    if estimate is None or not measured:
+    """(estimate - measured) / measured in percent; None unless both are known and measured > 0."""
+    if estimate is None or measured is None or measured <= 0:
         return None
     return round((estimate - measured) / measured * 100.0, 2)
 

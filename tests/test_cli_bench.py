@@ -31,6 +31,14 @@ def test_bench_json_has_one_row_per_test(run_cli: CliRun, tiny_workspace: Path) 
     assert point["memory"]["kv_cache_bytes"] == point["estimate"]["kv_cache_bytes"]
     assert doc["environment"]["n_threads"] == 1 and doc["environment"]["engine_version"]
     assert doc["variant"]["name"] == "tiny" and doc["latency"] is None
+    # Each row says where it ran (llama.cpp's buffers); the JSON names a GPU only when
+    # llama.cpp has a GPU device to use.
+    env = doc["environment"]
+    assert (env["gpu"] is not None) == env["gpu_offload"]
+    for row in doc["rows"]:
+        assert row["backend"] and row["n_gpu_layers"] == 0
+        assert (row["backend"] == "CPU") or row["backend_note"]
+    assert point["placement"]["backend"] == doc["rows"][0]["backend"]
 
 
 def test_bench_table_sweep_chart_and_eval_latency(run_cli: CliRun, tiny_workspace: Path) -> None:
@@ -70,13 +78,41 @@ def test_model_that_fails_to_load_exits_1(run_cli: CliRun, tiny_workspace: Path)
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
 
 
-def test_gpu_without_gpu_is_a_clear_usage_error(run_cli: CliRun, tiny_workspace: Path) -> None:
-    import llama_cpp
+def test_gpu_without_gpu_is_a_clear_usage_error(
+    run_cli: CliRun, tiny_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No GPU for llama.cpp: on a CPU build, the build has no GPU backend; on a GPU build with
+    the devices hidden, the backend is named and no device answered (never "no backend")."""
+    from lifecycle.bench import ggml_devices
 
-    if llama_cpp.llama_supports_gpu_offload():
-        pytest.skip("this llama.cpp build has a GPU backend")
+    inventory = ggml_devices()
+    if any(d["type"] in ("GPU", "IGPU") for d in inventory["devices"]):
+        pytest.skip("llama.cpp has a GPU device here (benchmarks/gpu_check.py hides it)")
     code, _, err = run_cli("bench", "-C", str(tiny_workspace), "tiny", "--gpu", *FAST)
-    assert code == 2 and "--gpu" in err and "GPU backend" in err
+    assert code == 2 and "--gpu" in err
+    gpu_backends = [b for b in inventory["backends"] if b not in ("CPU", "BLAS", "RPC")]
+    if gpu_backends:
+        assert "no GPU device answered" in err and gpu_backends[0] in err
+    else:
+        assert "no GPU backend" in err and "GGML_CUDA=on" in err
+
+
+def test_bench_table_labels_rows_and_explains_the_bound(
+    run_cli: CliRun, tiny_workspace: Path
+) -> None:
+    fast = tuple(a for a in FAST if a != "--no-bandwidth")
+    code, out, err = run_cli("bench", "-C", str(tiny_workspace), "tiny", *fast)
+    assert code == 0, err
+    header = out.splitlines()[0]
+    assert "backend" in header and "of bw bound" in header
+    tg = next(line for line in out.splitlines() if " tg2 " in f" {line} ")
+    assert " CPU " in f" {tg} " or "note:" in out
+    # A fraction is printed only when it is one; otherwise "n/a" and a note says why.
+    cell = tg.rstrip().split()[-1]
+    assert cell.endswith("%") or "n/a" in tg
+    if "n/a" in tg:
+        assert "note: tg2:" in out
+    assert "memory bandwidth:" in out
 
 
 def test_estimate_file_table_and_json(run_cli: CliRun, tiny_model: Path) -> None:

@@ -12,8 +12,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from tinymodel import _vocabulary
 
+try:  # the tiny-model writer is moving into the package (lifecycle doctor's canary uses it)
+    from lifecycle.tinymodel import _vocabulary
+except ImportError:  # pragma: no cover - before that move
+    from tinymodel import _vocabulary  # type: ignore[attr-defined,no-redef]
+
+from lifecycle.bench import buffer_placement
 from lifecycle.engines import LoadOptions
 from lifecycle.engines.llama_cpp import LlamaCppEngine
 from lifecycle.errors import UsageError
@@ -113,8 +118,11 @@ def test_kv_cache_matches_llama_cpp_for_llama(tiny_model: Path, n_ctx: int) -> N
 def test_compute_buffer_close_to_llama_cpp(tiny_model: Path, n_ctx: int, n_batch: int) -> None:
     estimate = estimate_file(tiny_model, n_ctx, n_batch=n_batch)
     buffers = measured(tiny_model, n_ctx, n_batch)
-    assert estimate.compute_bytes == pytest.approx(buffers.compute_bytes, rel=0.05)
-    allocated = estimate.weights_bytes + buffers.kv_cache_bytes + buffers.compute_bytes
+    # The estimate models the CPU backend's compute buffer: compare it with the host one (on a
+    # CUDA build llama.cpp may reserve a second, GPU compute buffer even at n_gpu_layers 0).
+    host_compute = buffer_placement(buffers.devices)["host_bytes"]["compute"]
+    assert estimate.compute_bytes == pytest.approx(host_compute, rel=0.05)
+    allocated = estimate.weights_bytes + buffers.kv_cache_bytes + host_compute
     assert estimate.total_bytes == pytest.approx(allocated, rel=0.05)
 
 

@@ -53,6 +53,10 @@ class ContextSizes(click.ParamType):
 @click.option("--strict", is_flag=True, help="Fail contexts above the model's trained length.")
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), help="PNG chart path.")
 @click.option("--no-bandwidth", is_flag=True, help="Skip the memory-bandwidth bound.")
+@click.option(
+    "--gpu-bandwidth", "gpu_bandwidth", type=click.FloatRange(min=0, min_open=True),
+    help="The GPU's memory bandwidth in GB/s (e.g. 4800 for an H200): bounds GPU rows.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def bench_command(
@@ -69,6 +73,7 @@ def bench_command(
     strict: bool,
     chart: Path | None,
     no_bandwidth: bool,
+    gpu_bandwidth: float | None,
     as_json: bool,
     quiet: bool,
 ) -> int:
@@ -102,6 +107,7 @@ def bench_command(
         engine=workspace.engine.name,
         strict=strict,
         bandwidth=not no_bandwidth,
+        gpu_bandwidth_bytes_per_s=gpu_bandwidth * 1e9 if gpu_bandwidth else None,
     )
     result = run_bench(
         variant.blob_path,
@@ -212,15 +218,26 @@ def render_bench(result: dict[str, Any]) -> str:
     rows = [
         [
             r["model_type"],
+            r.get("backend") or "?",
+            r["n_gpu_layers"],
             r["n_ctx"],
             r["n_threads"],
             r["test"],
             f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}",
-            None if r["bandwidth_fraction"] is None else f"{r['bandwidth_fraction']:.0%}",
+            _bound_cell(r),
         ]
         for r in result["rows"]
     ]
-    lines = [table(["model", "n_ctx", "threads", "test", "t/s", "of bw bound"], rows), ""]
+    headers = ["model", "backend", "ngl", "n_ctx", "threads", "test", "t/s", "of bw bound"]
+    lines = [table(headers, rows)]
+    notes = sorted(
+        {f"{r['test']}: {r['bandwidth_note']}" for r in result["rows"] if r.get("bandwidth_note")}
+    )
+    notes += sorted(
+        {f"{r['test']}: {r['backend_note']}" for r in result["rows"] if r.get("backend_note")}
+    )
+    lines += [f"note: {n}" for n in notes]
+    lines.append("")
     memory_rows = []
     for point in result["points"]:
         mem, est = point["memory"], point["estimate"] or {}
@@ -252,6 +269,12 @@ def render_bench(result: dict[str, Any]) -> str:
     reasons = {p["memory"].get("vram_reason") for p in result["points"] if p["ok"]}
     for reason in sorted(r for r in reasons if r):
         lines.append(f"VRAM: not measured ({reason})")
+    rss_reasons = {p.get("estimate_rss_reason") for p in result["points"] if p["ok"]}
+    for reason in sorted(r for r in rss_reasons if r):
+        lines.append(f"RSS vs estimate: not applicable ({reason})")
+    scaling = result.get("scaling")
+    if scaling:
+        lines.append(_scaling_line(scaling))
     bandwidth = result.get("bandwidth")
     if bandwidth:
         cached = " (cached)" if bandwidth.get("cached") else ""
@@ -269,8 +292,40 @@ def render_bench(result: dict[str, Any]) -> str:
             f"{latency['ttft_p99_ms']:.0f} ms"
         )
     env = result["environment"]
-    lines.append(f"{env['engine_version']}, {env['cpu']}, threads {env['n_threads']}")
+    gpu = f", GPU {env['gpu']}" if env.get("gpu") else ""
+    lines.append(f"{env['engine_version']}, {env['cpu']}{gpu}, threads {env['n_threads']}")
+    if env.get("gpu_reason") and env.get("gpu_backends"):
+        lines.append(f"GPU: {env['gpu_reason']}")
     return "\n".join(lines)
+
+
+def _bound_cell(row: dict[str, Any]) -> str | None:
+    """The bound column: a fraction only when it is one (<= 100 %); else why not, briefly."""
+    if row.get("bandwidth_fraction") is not None:
+        return f"{row['bandwidth_fraction']:.0%}"
+    if row.get("bandwidth_ratio") is not None:
+        return f"n/a ({row['bandwidth_ratio']:.1f}x, see note)"
+    if row.get("n_gen") and row.get("bandwidth_note"):
+        return "n/a (see note)"
+    return None
+
+
+def _scaling_line(scaling: dict[str, Any]) -> str:
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.1f}%"
+
+    span = f"context {scaling['from_n_ctx']} -> {scaling['to_n_ctx']}"
+    parts = [
+        f"estimate +{_mib(scaling['estimate_growth_bytes'])} MiB",
+        f"vs llama.cpp's buffers {pct(scaling.get('estimate_vs_allocated_error_pct'))}",
+    ]
+    if scaling.get("peak_rss_growth_bytes") is not None:
+        parts.append(f"vs peak RSS {pct(scaling.get('estimate_vs_rss_error_pct'))}")
+    elif scaling.get("rss_reason"):
+        parts.append(f"RSS n/a ({scaling['rss_reason']})")
+    if scaling.get("vram_growth_bytes") is not None:
+        parts.append(f"vs VRAM {pct(scaling.get('estimate_vs_vram_error_pct'))}")
+    return f"{span}: " + ", ".join(parts)
 
 
 def _resolve_target(target: str, workspace_dir: Path | None) -> Path:
