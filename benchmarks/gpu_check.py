@@ -108,7 +108,7 @@ def check_model(
         n_gpu_layers=99,
         gpu=True,
         n_threads=threads,
-        contexts=[1024, 4096],
+        contexts=[1024, 16384],  # KV grows 16x: well above NVML's allocation granularity
         n_prompt=256,
         n_gen=32,
         gpu_bandwidth_bytes_per_s=gpu_bw,
