@@ -420,9 +420,9 @@ def resolve_subjects(
     if workspace is not None:
         known = set(workspace.models)
         for settings in workspace.models.values():
-            from lifecycle.variants import _variant_names
+            from lifecycle.variants import matrix_names
 
-            known.update(_variant_names(settings))
+            known.update(matrix_names(settings))
     for name in names:
         if name in known:
             from lifecycle.variants import resolve_variants

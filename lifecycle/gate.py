@@ -26,6 +26,23 @@ Thresholds live in ``lifecycle.toml``::
     max_tokens_per_s_drop = 0.3    # relative drop allowed, 0..1
     max_memory_growth = 0.2        # relative growth allowed, >= 0
     fail_on_regression = true      # false: regressions are listed but only rates gate
+    fail_on_candidates = false     # true: a refused candidate fails the gate too
+    require_passing_variant = false  # true: fail when no variant of a model passes
+
+Pinned vs candidate: a variant named in ``models.lock`` is production, any other is a
+candidate. The gate fails (exit 3) when a pinned variant regresses or misses a threshold; a
+candidate that does is *refused* (not pinned, reported) unless ``fail_on_candidates``. A
+variant the engine could not run (crash, timeout, load failure) gets no verdict at all: the
+result says the engine failed, and the CLI exits 1.
+
+Same machine: a regression is a case the baseline model passed *on this machine* that the
+current variant fails. When the environment differs from the baseline's (CPU, engine build,
+CPU kernels in use) and the weights and prompt are unchanged, every flip is the
+environment's: reported as such, never a regression. When the variant changed as well, the
+pinned variant evaluated here (``references``) is the baseline for regressions.
+
+Partial runs (``--limit``, ``--mode``, one shard) are gated on the cases they ran: rates are
+compared with the baseline's rates over the same cases, and the result says so.
 """
 
 from __future__ import annotations
@@ -36,7 +53,13 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.config import read_toml
-from lifecycle.errors import ConfigError, UsageError
+from lifecycle.errors import (
+    EXIT_FAILURE,
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    ConfigError,
+    UsageError,
+)
 from lifecycle.results import RunRecord
 
 BASELINE_SCHEMA_VERSION = 1
@@ -45,7 +68,18 @@ BASELINES_DIR = "baselines"
 # Environment keys whose change makes speed and memory incomparable (another machine).
 HARDWARE_KEYS = ("machine", "cpu", "cpu_count_logical", "cpu_count_physical", "ram_bytes")
 # Keys of the engine and its settings: a change here is the environment's, not the model's.
-ENGINE_KEYS = ("engine", "engine_version", "threads", "batch_size", "gpu_layers", "seed")
+ENGINE_KEYS = (
+    "engine",
+    "engine_version",
+    "threads",
+    "batch_size",
+    "gpu_layers",
+    "seed",
+    "extra_bufts",
+)
+# Keys whose change can alter greedy outputs themselves (other kernels, other rounding): with
+# the same weights, a flip across such a change is the environment's, not the model's.
+NUMERIC_KEYS = ("engine", "engine_version", "cpu", "machine", "gpu_layers", "extra_bufts")
 
 
 @dataclass(frozen=True)
@@ -58,6 +92,11 @@ class GateSettings:
     max_tokens_per_s_drop: float = 0.3
     max_memory_growth: float = 0.2
     fail_on_regression: bool = True
+    # A candidate (a variant not in models.lock) that fails is refused and reported; true
+    # makes it fail the gate as well.
+    fail_on_candidates: bool = False
+    # Fail when no variant of a model passes, even if none of them is pinned yet.
+    require_passing_variant: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,10 +154,17 @@ class CaseVerdict:
     reason: str
     output: str
     diff: str | None
+    environment_only: bool = False  # same weights, other environment: never a regression
+    errored: bool = False  # the engine gave no answer
 
     @property
     def regressed(self) -> bool:
-        return self.baseline_passed is True and not self.passed
+        return (
+            self.baseline_passed is True
+            and not self.passed
+            and not self.environment_only
+            and not self.errored
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "regressed": self.regressed}
@@ -135,6 +181,36 @@ class VariantVerdict:
     has_baseline: bool
     baseline_variant_id: str | None
     failures: list[str]
+    pinned: bool = False  # in models.lock: production
+    engine_error: str | None = None  # the engine could not run it: no verdict
+
+    @property
+    def status(self) -> str:
+        """``holds``/``regressed`` for a pinned variant, ``accepted``/``refused`` for a
+        candidate, ``error`` when the engine failed."""
+        if self.engine_error:
+            return "error"
+        if self.pinned:
+            return "holds" if self.passed else "regressed"
+        return "accepted" if self.passed else "refused"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status}
+
+
+@dataclass(frozen=True)
+class EnvironmentFlip:
+    """A case whose verdict changed between the baseline and now with the same weights and
+    prompt: the environment (CPU, engine build) changed it, not the model."""
+
+    variant: str
+    suite: str
+    mode: str
+    case: str
+    baseline_passed: bool
+    passed: bool
+    output: str
+    baseline_output: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,13 +228,54 @@ class GateResult:
     cases: list[CaseVerdict]
     environment_changes: list[dict[str, Any]]
     settings: GateSettings = field(default_factory=GateSettings)
+    environment_flips: list[EnvironmentFlip] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)  # "variant suite/mode: k of n cases"
+    failures: list[str] = field(default_factory=list)  # gate-wide (require_passing_variant)
 
     def verdict(self, variant: str) -> VariantVerdict | None:
         return next((v for v in self.variants if v.variant == variant), None)
 
+    @property
+    def engine_failed(self) -> bool:
+        """Some variant could not be run: the tool failed (exit 1), not the model."""
+        return any(v.engine_error for v in self.variants)
+
+    @property
+    def exit_code(self) -> int:
+        if self.engine_failed:
+            return EXIT_FAILURE
+        return EXIT_OK if self.passed else EXIT_GATE_FAILED
+
+    def headline(self) -> str:
+        """One line a team can act on: "2 pinned variants hold; 2 candidates refused"."""
+        counts: dict[str, int] = {}
+        for v in self.variants:
+            counts[v.status] = counts.get(v.status, 0) + 1
+        words = (
+            ("holds", "pinned variant holds", "pinned variants hold"),
+            ("regressed", "pinned variant regressed", "pinned variants regressed"),
+            ("accepted", "candidate accepted", "candidates accepted"),
+            ("refused", "candidate refused", "candidates refused"),
+            ("error", "variant not run (engine failed)", "variants not run (engine failed)"),
+        )
+        parts = [
+            f"{counts[key]} {one if counts[key] == 1 else many}"
+            for key, one, many in words
+            if counts.get(key)
+        ]
+        if self.environment_flips:
+            parts.append(f"{len(self.environment_flips)} case(s) flipped by the environment")
+        return "; ".join(parts + self.failures) or "nothing to gate"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
+            "exit_code": self.exit_code,
+            "headline": self.headline(),
+            "engine_failed": self.engine_failed,
+            "partial": self.partial,
+            "failures": self.failures,
+            "environment_flips": [f.to_dict() for f in self.environment_flips],
             "run_id": self.run_id,
             "variants": [v.to_dict() for v in self.variants],
             "regressions": [r.to_dict() for r in self.regressions],
@@ -185,7 +302,7 @@ def load_gate_settings(config_path: Path) -> GateSettings:
             raise ConfigError(
                 f"unknown key (expected one of: {hint})", path=config_path, field=where
             )
-        if key == "fail_on_regression":
+        if key in ("fail_on_regression", "fail_on_candidates", "require_passing_variant"):
             if not isinstance(value, bool):
                 raise ConfigError("must be true or false", path=config_path, field=where)
         else:
@@ -310,29 +427,78 @@ def run_gate(
     settings: GateSettings | None = None,
     *,
     bench: dict[str, dict[str, Any]] | None = None,
+    pinned: set[str] | None = None,
+    references: dict[str, list[dict[str, Any]]] | None = None,
 ) -> GateResult:
     """Compare ``record`` with ``baselines`` (from :func:`load_baselines`) under ``settings``.
 
-    ``bench`` holds optional bench figures by variant name (:func:`bench_by_variant`).
+    ``bench`` holds optional bench figures by variant name (:func:`bench_by_variant`);
+    ``pinned`` names the variants in ``models.lock`` (default: those with a baseline, which
+    pin writes together with the lock); ``references`` holds, by variant name, the cases of
+    the pinned variant evaluated in this run's environment (see the module docstring).
     """
     settings = settings or GateSettings()
     bench = bench or {}
+    pinned = set(baselines) if pinned is None else set(pinned)
+    references = references or {}
     verdicts: list[VariantVerdict] = []
     checks: list[Check] = []
     regressions: list[Regression] = []
     verdict_cases: list[CaseVerdict] = []
     env_changes: list[dict[str, Any]] = []
+    flips: list[EnvironmentFlip] = []
+    partial: list[str] = []
 
     for run in record.variants:
         name = str(run.variant.get("name"))
         model = str(run.variant.get("model") or name)
         base = baselines.get(name)
         env_now = variant_environment(record.environment, name)
-        failures: list[str] = []
         variant_checks: list[Check] = []
-        if run.error:
-            variant_checks.append(Check("ran", name, "fail", f"did not run: {run.error}"))
-        for s in (s for s in record.summaries if s.variant == name):
+        summaries = [s for s in record.summaries if s.variant == name]
+        cases = [c for c in record.cases if c.variant == name]
+        engine_error = run.error or _engine_errors(summaries, cases)
+        if engine_error:
+            # No verdict on a model the engine could not run: not a regression, not a refusal.
+            variant_checks.append(Check("ran", name, "error", f"engine failed: {engine_error}"))
+            verdict_cases += [_case_verdict(c, None) for c in cases if c.errored]
+            checks += variant_checks
+            verdicts.append(
+                VariantVerdict(
+                    variant=name,
+                    model=model,
+                    variant_id=str(run.variant.get("id", "")),
+                    passed=False,
+                    has_baseline=base is not None,
+                    baseline_variant_id=(base or {}).get("variant", {}).get("id"),
+                    failures=[f"engine failed: {engine_error}"],
+                    pinned=name in pinned,
+                    engine_error=engine_error,
+                )
+            )
+            continue
+        base_cases_all = (
+            {(c["suite"], c["mode"], c["id"]): c for c in base.get("cases", [])} if base else {}
+        )
+        group_partial = _partial_groups(summaries, cases, base_cases_all, record.shard)
+        partial += [f"{name} {g}: {text}" for g, text in group_partial.items()]
+        for s in summaries:
+            group = f"{s.suite}/{s.mode}"
+            if group in group_partial:
+                variant_checks.append(
+                    Check(
+                        "threshold",
+                        name,
+                        "skip",
+                        f"partial run ({group_partial[group]}): the suite threshold is judged "
+                        "on full runs only",
+                        suite=s.suite,
+                        mode=s.mode,
+                        current=s.pass_rate,
+                        threshold=s.threshold,
+                    )
+                )
+                continue
             ok = s.met_threshold
             variant_checks.append(
                 Check(
@@ -348,14 +514,13 @@ def run_gate(
                     threshold=s.threshold,
                 )
             )
-        cases = [c for c in record.cases if c.variant == name]
         causes: list[str] = []
         if base is not None:
-            base_cases = {(c["suite"], c["mode"], c["id"]): c for c in base.get("cases", [])}
             changes = _environment_changes(base.get("environment") or {}, env_now)
             if changes:
                 env_changes.append({"variant": name, "changes": changes})
-            if base.get("variant", {}).get("id") != run.variant.get("id"):
+            same_weights = base.get("variant", {}).get("id") == run.variant.get("id")
+            if not same_weights:
                 causes.append("model")
             if any(
                 record.golden_sets.get(suite) != digests
@@ -364,9 +529,27 @@ def run_gate(
                 causes.append("golden set")
             if any(c["key"] in ENGINE_KEYS for c in changes):
                 causes.append("environment")
+            numeric_change = any(c["key"] in NUMERIC_KEYS for c in changes)
             hardware_changed = any(c["key"] in HARDWARE_KEYS for c in changes)
+            reference = references.get(name)
+            if numeric_change and reference is not None:
+                # The pinned model, evaluated here: the like-for-like baseline.
+                here = {(c["suite"], c["mode"], c["id"]): c for c in reference}
+                flips += _flips(name, base_cases_all, here)
+                base_cases, compare_rates = here, True
+            elif numeric_change and same_weights:
+                base_cases, compare_rates = {}, False
+            else:
+                base_cases, compare_rates = base_cases_all, True
             for case in cases:
-                old = base_cases.get((case.suite, case.mode, case.id))
+                key = (case.suite, case.mode, case.id)
+                old = base_cases.get(key)
+                if numeric_change and same_weights and reference is None:
+                    stored = base_cases_all.get(key)
+                    if stored is not None and bool(stored["passed"]) != case.passed:
+                        flips.append(_flip(name, stored, case))
+                    verdict_cases.append(_case_verdict(case, stored, environment_flip=True))
+                    continue
                 verdict_cases.append(_case_verdict(case, old))
                 if old and old["passed"] and not case.passed:
                     regressions.append(
@@ -384,7 +567,21 @@ def run_gate(
                             causes=list(causes),
                         )
                     )
-            variant_checks += _rate_checks(record, name, base, settings, causes)
+            if compare_rates:
+                variant_checks += _rate_checks(record, name, settings, causes, base_cases)
+            else:
+                variant_checks.append(
+                    Check(
+                        "rates",
+                        name,
+                        "skip",
+                        "same weights and prompt as the baseline in another environment "
+                        "("
+                        + ", ".join(c["key"] for c in changes if c["key"] in NUMERIC_KEYS)
+                        + "): rate changes are the environment's",
+                        cause="environment",
+                    )
+                )
             variant_checks += _speed_checks(
                 record, name, base, bench.get(name), settings, hardware_changed, causes
             )
@@ -420,10 +617,21 @@ def run_gate(
                 has_baseline=base is not None,
                 baseline_variant_id=(base or {}).get("variant", {}).get("id"),
                 failures=failures,
+                pinned=name in pinned,
             )
         )
+    gate_failures = []
+    if settings.require_passing_variant:
+        for model in sorted({v.model for v in verdicts if not v.engine_error}):
+            if not any(v.passed for v in verdicts if v.model == model):
+                gate_failures.append(f"no variant of {model} passes")
+    blocking = [
+        v
+        for v in verdicts
+        if not v.engine_error and not v.passed and (v.pinned or settings.fail_on_candidates)
+    ]
     return GateResult(
-        passed=bool(verdicts) and all(v.passed for v in verdicts),
+        passed=bool(verdicts) and not blocking and not gate_failures,
         run_id=record.run_id,
         variants=verdicts,
         checks=checks,
@@ -431,21 +639,32 @@ def run_gate(
         cases=verdict_cases,
         environment_changes=env_changes,
         settings=settings,
+        environment_flips=flips,
+        partial=partial,
+        failures=gate_failures,
     )
 
 
 def render_markdown(result: GateResult) -> str:
     """The gate verdict as Markdown fit for a PR comment or ``$GITHUB_STEP_SUMMARY``."""
-    icon = "✅" if result.passed else "❌"
-    lines = [f"## {icon} lifecycle gate: {'PASS' if result.passed else 'FAIL'}", ""]
+    if result.engine_failed:
+        icon, word = "⚠️", "ENGINE FAILED (no verdict)"
+    else:
+        icon, word = ("✅", "PASS") if result.passed else ("❌", "FAIL")
+    lines = [f"## {icon} lifecycle gate: {word}", "", f"**{_md(result.headline())}**", ""]
     lines += [f"Run `{result.run_id}`.", ""]
-    lines += ["| variant | id | baseline | verdict |", "| --- | --- | --- | --- |"]
+    if result.partial:
+        lines += ["Partial run: gated on the cases it ran only —", ""]
+        lines += [f"- {_md(p)}" for p in result.partial]
+        lines.append("")
+    lines += ["| variant | role | id | baseline | verdict |", "| --- | --- | --- | --- | --- |"]
     for v in result.variants:
         base = "none (first pin)"
         if v.has_baseline:
             base = "same" if v.baseline_variant_id == v.variant_id else f"`{v.baseline_variant_id}`"
-        verdict = "pass" if v.passed else "**FAIL**: " + "; ".join(v.failures)
-        lines.append(f"| {_md(v.variant)} | `{v.variant_id}` | {base} | {_md(verdict)} |")
+        verdict = v.status if v.passed else f"**{v.status}**: " + "; ".join(v.failures)
+        role = "pinned" if v.pinned else "candidate"
+        lines.append(f"| {_md(v.variant)} | {role} | `{v.variant_id}` | {base} | {_md(verdict)} |")
     lines.append("")
     failed = [c for c in result.checks if c.status == "fail"]
     if failed:
@@ -474,6 +693,21 @@ def render_markdown(result: GateResult) -> str:
                 "  ```",
                 "  </details>",
             ]
+        lines.append("")
+    if result.environment_flips:
+        lines += [
+            f"### Flipped by the environment alone ({len(result.environment_flips)}; "
+            "not regressions)",
+            "",
+        ]
+        for f in result.environment_flips:
+            was = "pass" if f.baseline_passed else "fail"
+            now = "pass" if f.passed else "fail"
+            lines.append(
+                f"- {_md(f.variant)} {f.suite}/{f.mode} `{f.case}`: {was} → {now} "
+                f"(baseline output `{_md(f.baseline_output.strip()[:80])}`, now "
+                f"`{_md(f.output.strip()[:80])}`)"
+            )
         lines.append("")
     if result.environment_changes:
         lines += ["### Environment changes (not model regressions)", ""]
@@ -506,24 +740,29 @@ def render_junit(result: GateResult) -> str:
         by_suite.setdefault(f"{verdict.variant}.{verdict.suite}", []).append(verdict)
     for suite_name, cases in by_suite.items():
         failures = sum(c.regressed for c in cases)
-        skipped = sum(not c.passed and not c.regressed for c in cases)
+        errors = sum(c.errored for c in cases)
+        skipped = sum(not c.passed and not c.regressed and not c.errored for c in cases)
         suite = ET.SubElement(
             root,
             "testsuite",
             name=suite_name,
             tests=str(len(cases)),
             failures=str(failures),
-            errors="0",
+            errors=str(errors),
             skipped=str(skipped),
         )
         for c in cases:
             tc = ET.SubElement(suite, "testcase", classname=suite_name, name=f"{c.mode}/{c.case}")
             text = f"{c.reason}\noutput: {c.output}" + (f"\n{c.diff}" if c.diff else "")
-            if c.regressed:
+            if c.errored:
+                ET.SubElement(tc, "error", message=_xml_text(f"engine failed: {c.reason}"))
+            elif c.regressed:
                 node = ET.SubElement(tc, "failure", message=f"regression: {c.reason}")
                 node.text = _xml_text(text)
             elif not c.passed:
                 why = "also fails in the baseline" if c.baseline_passed is False else "no baseline"
+                if c.environment_only and c.baseline_passed:
+                    why = "flipped by the environment alone, same weights"
                 ET.SubElement(tc, "skipped", message=_xml_text(f"fails ({why}): {c.reason}"))
     gate_checks = [c for c in result.checks if c.name not in ("regressions",)]
     suite = ET.SubElement(
@@ -538,7 +777,9 @@ def render_junit(result: GateResult) -> str:
     for check in gate_checks:
         name = check.name + (f" {check.suite}/{check.mode}" if check.suite else "")
         tc = ET.SubElement(suite, "testcase", classname=f"gate.{check.variant}", name=name)
-        if check.status == "fail":
+        if check.status == "error":
+            ET.SubElement(tc, "error", message=_xml_text(check.message))
+        elif check.status == "fail":
             ET.SubElement(tc, "failure", message=_xml_text(check.message))
         elif check.status == "skip":
             ET.SubElement(tc, "skipped", message=_xml_text(check.message))
@@ -546,7 +787,9 @@ def render_junit(result: GateResult) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _case_verdict(case: Any, old: dict[str, Any] | None) -> CaseVerdict:
+def _case_verdict(
+    case: Any, old: dict[str, Any] | None, *, environment_flip: bool = False
+) -> CaseVerdict:
     return CaseVerdict(
         variant=case.variant,
         suite=case.suite,
@@ -557,7 +800,77 @@ def _case_verdict(case: Any, old: dict[str, Any] | None) -> CaseVerdict:
         reason=case.reason,
         output=case.output,
         diff=case.diff,
+        environment_only=environment_flip,
+        errored=case.errored,
     )
+
+
+def _engine_errors(summaries: list[Any], cases: list[Any]) -> str | None:
+    """Why the engine could not answer some of a variant's cases (None when it answered all)."""
+    errored = [c for c in cases if c.errored]
+    if not errored:
+        return None
+    return f"{len(errored)} of {len(cases)} case(s) got no answer ({errored[0].reason})"
+
+
+def _partial_groups(
+    summaries: list[Any],
+    cases: list[Any],
+    base_cases: dict[tuple[str, str, str], dict[str, Any]],
+    shard: str | None,
+) -> dict[str, str]:
+    """Groups (suite/mode) this run covered only in part, with "k of n cases"."""
+    out = {}
+    for s in summaries:
+        ran = sum(1 for c in cases if c.suite == s.suite and c.mode == s.mode)
+        known = sum(1 for k in base_cases if k[0] == s.suite and k[1] == s.mode)
+        if shard or (known and ran < known):
+            of = f"{ran} of {known}" if known else f"{ran}"
+            out[f"{s.suite}/{s.mode}"] = f"{of} cases" + (f", shard {shard}" if shard else "")
+    return out
+
+
+def _flip(variant: str, stored: dict[str, Any], case: Any) -> EnvironmentFlip:
+    return EnvironmentFlip(
+        variant=variant,
+        suite=case.suite,
+        mode=case.mode,
+        case=case.id,
+        baseline_passed=bool(stored["passed"]),
+        passed=case.passed,
+        output=case.output,
+        baseline_output=str(stored.get("output", "")),
+    )
+
+
+def _flips(
+    variant: str,
+    stored: dict[tuple[str, str, str], dict[str, Any]],
+    here: dict[tuple[str, str, str], dict[str, Any]],
+) -> list[EnvironmentFlip]:
+    """Cases the pinned model answers differently here than in its baseline's environment."""
+    out = []
+    for key, now in here.items():
+        old = stored.get(key)
+        if old is not None and bool(old["passed"]) != bool(now["passed"]):
+            out.append(
+                EnvironmentFlip(
+                    variant=variant,
+                    suite=key[0],
+                    mode=key[1],
+                    case=key[2],
+                    baseline_passed=bool(old["passed"]),
+                    passed=bool(now["passed"]),
+                    output=str(now.get("output", "")),
+                    baseline_output=str(old.get("output", "")),
+                )
+            )
+    return out
+
+
+def numeric_changes(base: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Environment keys that differ and can change greedy outputs by themselves."""
+    return [c["key"] for c in _environment_changes(base, now) if c["key"] in NUMERIC_KEYS]
 
 
 def _environment_changes(base: dict[str, Any], now: dict[str, Any]) -> list[dict[str, Any]]:
@@ -571,26 +884,39 @@ def _environment_changes(base: dict[str, Any], now: dict[str, Any]) -> list[dict
 def _rate_checks(
     record: RunRecord,
     name: str,
-    base: dict[str, Any],
     settings: GateSettings,
     causes: list[str],
+    base_cases: dict[tuple[str, str, str], dict[str, Any]],
 ) -> list[Check]:
+    """Rates now vs the baseline's, over the cases both have (like with like).
+
+    A case added to the golden set since the baseline is judged by the suite threshold only,
+    and a partial run is compared on the cases it ran.
+    """
     checks = []
-    old = {(s["suite"], s["mode"]): s for s in base.get("summaries", [])}
     limits = (
-        ("pass_rate", settings.max_pass_rate_drop),
-        ("json_valid_rate", settings.max_json_valid_drop),
-        ("schema_valid_rate", settings.max_schema_valid_drop),
+        ("pass_rate", "passed", settings.max_pass_rate_drop),
+        ("json_valid_rate", "json_valid", settings.max_json_valid_drop),
+        ("schema_valid_rate", "schema_valid", settings.max_schema_valid_drop),
     )
     for s in (s for s in record.summaries if s.variant == name):
-        prior = old.get((s.suite, s.mode))
-        if prior is None:
+        ran = [
+            c for c in record.cases if c.variant == name and (c.suite, c.mode) == (s.suite, s.mode)
+        ]
+        common = [
+            (c, base_cases[(c.suite, c.mode, c.id)])
+            for c in ran
+            if (c.suite, c.mode, c.id) in base_cases
+        ]
+        if not common:
             continue
-        for key, limit in limits:
-            was, now = float(prior[key]), float(getattr(s, key))
+        scope = "" if len(common) == len(ran) else f" over the {len(common)} cases both ran"
+        for key, attr, limit in limits:
+            was = sum(bool(old.get(attr)) for _c, old in common) / len(common)
+            now = sum(bool(getattr(c, attr)) for c, _old in common) / len(common)
             drop = round(was - now, 6)
             ok = drop <= limit
-            message = f"{key.replace('_', ' ')} {was:.0%} → {now:.0%}"
+            message = f"{key.replace('_', ' ')} {was:.0%} → {now:.0%}{scope}"
             if not ok:
                 message += f" (drop {drop:.0%} > allowed {limit:.0%})"
             checks.append(
@@ -601,8 +927,8 @@ def _rate_checks(
                     message,
                     suite=s.suite,
                     mode=s.mode,
-                    baseline=was,
-                    current=now,
+                    baseline=round(was, 4),
+                    current=round(now, 4),
                     threshold=limit,
                     cause=None if ok else (", ".join(causes) or None),
                 )

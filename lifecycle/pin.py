@@ -59,7 +59,8 @@ class GitStateError(UsageError):
 
 @dataclass(frozen=True)
 class PinChange:
-    """What happened to one variant's pin: ``new``, ``updated``, ``unchanged`` or ``refused``."""
+    """What happened to one variant's pin: ``new``, ``updated``, ``unchanged``, ``refused``,
+    ``pruned`` (left the variant matrix) or ``skipped`` (the engine could not run it)."""
 
     variant: str
     model: str
@@ -95,6 +96,8 @@ class PinResult:
             "pinned": [c.variant for c in self.changes if c.status in ("new", "updated")],
             "unchanged": [c.variant for c in self.changes if c.status == "unchanged"],
             "refused": [c.variant for c in self.refused],
+            "pruned": [c.variant for c in self.changes if c.status == "pruned"],
+            "skipped": [c.variant for c in self.changes if c.status == "skipped"],
             "written": self.written,
             "commit": self.commit,
             "branch": self.branch,
@@ -161,12 +164,16 @@ def pin(
     commit: bool = False,
     branch: str | None = None,
     refresh: bool = False,
+    keep: set[str] | None = None,
 ) -> PinResult:
     """Pin the variants of ``record`` that passed ``gate``; never one that failed.
 
     Writes ``baselines/<model>.json`` and ``models.lock`` under ``root``. With ``commit`` (or
     a ``branch``, which implies it) the files are committed with gitpython; the repository's
     state is checked before anything is written. ``refresh`` rewrites unchanged entries too.
+    A variant the engine could not run is left as it was (``skipped``). With ``keep`` (the
+    variant names of the workspace's matrices), lock and baseline entries of any other
+    variant are removed (``pruned``).
     """
     bench = bench or {}
     lock_path = root / LOCK_FILE
@@ -183,6 +190,13 @@ def pin(
         verdict = gate.verdict(name)
         old_digest = old.get("blob_sha256") if old else None
         old_id = old.get("variant_id") if old else None
+        if verdict is not None and verdict.engine_error:
+            changes.append(
+                PinChange(
+                    name, model, "skipped", old_digest, None, old_id, None, [verdict.engine_error]
+                )
+            )
+            continue
         if verdict is None or not verdict.passed:
             reasons = verdict.failures if verdict else ["not in the gate result"]
             changes.append(
@@ -206,6 +220,25 @@ def pin(
         variant = baseline_entry(record, name, bench.get(name))
         variant["variant"] = _portable_variant(root, variant["variant"])
         baseline["variants"][name] = variant
+
+    if keep is not None:
+        for name in sorted(set(entries) - keep):
+            old = entries.pop(name)
+            model = str(old.get("model") or name.split(":")[0])
+            changes.append(
+                PinChange(
+                    name,
+                    model,
+                    "pruned",
+                    old.get("blob_sha256"),
+                    None,
+                    old.get("variant_id"),
+                    None,
+                    ["no longer in the variant matrix"],
+                )
+            )
+            baseline = baselines.setdefault(model, _read_baseline(root, model))
+            baseline["variants"].pop(name, None)
 
     written: list[Path] = [baseline_path(root, model) for model in sorted(baselines)]
     if baselines:
@@ -312,7 +345,10 @@ def verify_lock(root: Path, store: Store) -> list[LockCheck]:
 def commit_message(changes: list[PinChange]) -> str:
     """Subject plus one line per pinned variant: old → new digest."""
     pinned = [c for c in changes if c.status in ("new", "updated")]
+    pruned = [c for c in changes if c.status == "pruned"]
     subject = "Pin " + ", ".join(c.variant for c in pinned) if pinned else "Pin models"
+    if pruned and not pinned:
+        subject = "Unpin " + ", ".join(c.variant for c in pruned)
     lines = [subject[:72], ""]
     for c in pinned:
         if c.status == "new":
@@ -325,6 +361,9 @@ def commit_message(changes: list[PinChange]) -> str:
     refused = [c for c in changes if c.status == "refused"]
     for c in refused:
         lines.append(f"{c.variant}: not pinned, gate failed ({'; '.join(c.reasons)})")
+    for c in changes:
+        if c.status == "pruned":
+            lines.append(f"{c.variant}: pin removed, no longer in the variant matrix")
     return "\n".join(lines) + "\n"
 
 

@@ -27,17 +27,25 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.config import Workspace
-from lifecycle.errors import EXIT_GATE_FAILED, EXIT_OK, LifecycleError
+from lifecycle.errors import LifecycleError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gate import (
     GateResult,
+    GateSettings,
     bench_by_variant,
     load_baselines,
     load_gate_settings,
     run_gate,
 )
 from lifecycle.pin import LOCK_FILE, PinResult, locked_manifest, pin, read_lock
-from lifecycle.results import CaseResult, RunRecord, SuiteSummary, VariantRun, overall
+from lifecycle.results import (
+    CaseResult,
+    RunRecord,
+    SuiteSummary,
+    VariantRun,
+    host_environment,
+    overall,
+)
 from lifecycle.store import Store
 from lifecycle.store import now as utc_now
 
@@ -56,6 +64,7 @@ class SmokeOptions:
     branch: str | None = None  # implies commit
     report_dir: Path | None = None  # default: <workspace>/reports
     threads: int | None = None
+    prune: bool = True  # drop lock and baseline entries of variants that left the matrix
 
 
 @dataclass
@@ -78,12 +87,13 @@ class SmokeResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.gate.passed else EXIT_GATE_FAILED
+        return self.gate.exit_code
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.gate.passed,
             "exit_code": self.exit_code,
+            "headline": self.gate.headline(),
             "upstream": self.upstream,
             "pulled": self.pulled,
             "evaluated": self.evaluated,
@@ -158,10 +168,12 @@ def run_smoke(
             store=store,
             progress=say,
         )
-        for name in {v.variant["name"] for v in fresh.variants}:
+        for run in fresh.variants:
+            name = str(run.variant["name"])
             piece = _slice(fresh, name)
             slices[name] = piece
-            if name in keys:
+            engine_failed = run.error or any(c.errored for c in fresh.cases if c.variant == name)
+            if name in keys and not engine_failed:  # only verdicts are cached, never failures
                 atomic_write_text(cache_dir / f"eval-{keys[name]}.json", json.dumps(piece) + "\n")
     else:
         say(f"eval: every variant cached ({', '.join(cached_names)})")
@@ -184,8 +196,19 @@ def run_smoke(
 
     mark = time.perf_counter()
     figures = bench_by_variant(bench_docs)
-    gate = run_gate(record, load_baselines(root), settings, bench=figures)
-    pins = pin(root, record, gate, store, bench=figures, commit=commit, branch=options.branch)
+    gate = gate_workspace(
+        workspace, record, settings=settings, bench=figures, store=store, progress=say
+    )
+    pins = pin(
+        root,
+        record,
+        gate,
+        store,
+        bench=figures,
+        commit=commit,
+        branch=options.branch,
+        keep=workspace_variant_names(workspace) if options.prune else None,
+    )
     steps["gate_pin"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -226,11 +249,21 @@ def render_summary(result: SmokeResult) -> str:
         f"eval: {len(result.evaluated)} variant(s) evaluated, {len(result.cached)} from cache; "
         f"{result.record.summary.get('passed')}/{result.record.summary.get('cases')} cases passed"
     )
-    lines.append("bench: " + (result.bench_skipped or f"{len(result.bench)} variant(s) measured"))
+    cached_bench = sum(1 for doc in result.bench if doc.get("cached"))
+    measured = len(result.bench) - cached_bench
+    lines.append(
+        "bench: "
+        + (result.bench_skipped or f"{measured} variant(s) measured, {cached_bench} from cache")
+    )
     for v in result.gate.variants:
-        state = "pass" if v.passed else "FAIL: " + "; ".join(v.failures)
+        state = v.status + ("" if v.passed else ": " + "; ".join(v.failures))
         lines.append(f"gate {v.variant}: {state}")
     lines.append(f"regressions: {len(result.gate.regressions)}")
+    if result.gate.environment_flips:
+        lines.append(
+            f"flipped by the environment alone (not regressions): "
+            f"{len(result.gate.environment_flips)}"
+        )
     for c in result.pins.changes:
         detail = f" ({'; '.join(c.reasons)})" if c.reasons else ""
         lines.append(f"pin {c.variant}: {c.status}{detail}")
@@ -238,8 +271,108 @@ def render_summary(result: SmokeResult) -> str:
         on = f" on {result.pins.branch}" if result.pins.branch else ""
         lines.append(f"commit: {result.pins.commit[:12]}{on}")
     lines.append(f"report: {result.report['html']}")
-    lines.append(f"verdict: {'PASS' if result.gate.passed else 'FAIL'} in {result.seconds:.1f} s")
+    if result.gate.engine_failed:
+        verdict = "ENGINE FAILED (no verdict on the failed variants)"
+    else:
+        verdict = "PASS" if result.gate.passed else "FAIL"
+    lines.append(f"verdict: {verdict} — {result.gate.headline()} ({result.seconds:.1f} s)")
     return "\n".join(lines)
+
+
+def gate_workspace(
+    workspace: Workspace,
+    record: RunRecord,
+    *,
+    settings: GateSettings | None = None,
+    bench: dict[str, dict[str, Any]] | None = None,
+    store: Store | None = None,
+    progress: Progress | None = None,
+) -> GateResult:
+    """Gate ``record`` against the workspace: its baselines, its pins, and this machine.
+
+    Where a variant's weights or prompt changed *and* the environment differs from its
+    baseline's (CPU, engine build, CPU kernels), the pinned variant is evaluated here first,
+    so that regressions compare like with like (cached per environment).
+    """
+    root = workspace.root
+    settings = settings or load_gate_settings(workspace.config_path)
+    baselines = load_baselines(root)
+    pinned = set(read_lock(root / LOCK_FILE)["variants"])
+    references = reference_runs(
+        workspace, record, baselines, store or Store(workspace.home), progress or (lambda _m: None)
+    )
+    return run_gate(record, baselines, settings, bench=bench, pinned=pinned, references=references)
+
+
+def reference_runs(
+    workspace: Workspace,
+    record: RunRecord,
+    baselines: dict[str, dict[str, Any]],
+    store: Store,
+    say: Progress,
+) -> dict[str, list[dict[str, Any]]]:
+    """The pinned variants evaluated on this machine, where the gate needs them (by name)."""
+    from lifecycle.gate import numeric_changes, variant_environment
+    from lifecycle.runner import EvalOptions, run_eval
+    from lifecycle.variants import pinned_variant, resolve_variants
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run in record.variants:
+        name = str(run.variant.get("name"))
+        base = baselines.get(name)
+        if base is None or run.error or base.get("variant", {}).get("id") == run.variant.get("id"):
+            continue
+        changed = numeric_changes(
+            base.get("environment") or {}, variant_environment(record.environment, name)
+        )
+        if not changed:
+            continue
+        modes = sorted({c.mode for c in record.cases if c.variant == name})
+        key_parts = [
+            CACHE_VERSION,
+            base["variant"].get("id"),
+            record.golden_sets,
+            modes,
+            variant_environment(record.environment, name),
+        ]
+        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode())
+        path = workspace.root / ".lifecycle" / "cache" / f"reference-{key.hexdigest()[:24]}.json"
+        cached = _read_json(path)
+        if cached is not None:
+            out[name] = cached["cases"]
+            continue
+        try:
+            (current,) = resolve_variants(workspace, store, [name])
+        except ValueError:
+            continue
+        pinned = pinned_variant(current, base["variant"], store)
+        if pinned is None:
+            say(f"gate {name}: the pinned variant cannot be rebuilt here; stored baseline used")
+            continue
+        say(
+            f"gate {name}: environment changed ({', '.join(changed)}); evaluating the pinned "
+            "variant here for a like-for-like baseline"
+        )
+        reference = run_eval(
+            workspace,
+            EvalOptions(modes=modes or None),
+            store=store,
+            progress=say,
+            variants=[pinned],
+        )
+        if reference.variants and reference.variants[0].error:
+            continue
+        cases = [c.to_dict() for c in reference.cases if not c.errored]
+        atomic_write_text(path, json.dumps({"cases": cases}) + "\n")
+        out[name] = cases
+    return out
+
+
+def workspace_variant_names(workspace: Workspace) -> set[str]:
+    """Every variant name the workspace's matrices expand to (what pins may exist for)."""
+    from lifecycle.variants import matrix_names
+
+    return {name for settings in workspace.models.values() for name in matrix_names(settings)}
 
 
 # --- steps -----------------------------------------------------------------------------------
@@ -292,6 +425,8 @@ def _eval_key(
             for s in suites
         ],
         "engine": [engine_info.name, engine_info.version],
+        # Greedy outputs can differ across CPUs (other kernels): results are per machine kind.
+        "host": [host_environment().get("machine"), host_environment().get("cpu")],
         "settings": [
             options.threads or workspace.engine.threads,
             workspace.engine.batch_size,
@@ -330,7 +465,7 @@ def _bench(
     path = cache_dir / f"bench-{key}.json"
     if options.use_cache and (cached := _read_json(path)) is not None:
         say(f"bench {variant.name}: cached")
-        return cached
+        return {**cached, "cached": True}
     say(f"bench {variant.name}: pp64 tg16 x2 at num_ctx {bench_options.n_ctx}")
     result = run_bench(variant.blob_path, bench_options, variant=variant.to_dict(), progress=say)
     document = result.to_dict()

@@ -49,6 +49,11 @@ class CaseResult:
     # cases / sum(wall_share_ms), while latency_ms is each request's own time.
     wall_share_ms: float = 0.0
 
+    @property
+    def errored(self) -> bool:
+        """The engine gave no answer (crash, timeout): not a verdict on the model."""
+        return self.finish_reason == "error"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

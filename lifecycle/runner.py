@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from typing import Any
 from lifecycle import __version__
 from lifecycle import gguf as gguf_reader
 from lifecycle import modelfile as mf
-from lifecycle.config import Workspace
+from lifecycle.config import ENV_NO_CANARY, Workspace
+from lifecycle.crashguard import note
 from lifecycle.engines import (
     CaseTimeout,
     EngineCrashed,
@@ -49,6 +51,11 @@ from lifecycle.variants import Variant, resolve_variants
 
 Progress = Callable[[str], None]
 
+# Engines that run llama.cpp on this machine, whose build the canary must vouch for.
+CANARY_ENGINES = ("llama-cpp", "llama-cpp-isolated")
+CHECKPOINTS_DIR = Path(".lifecycle") / "checkpoints"
+ENGINE_CHECKS_DIR = "engine-checks"  # under LIFECYCLE_HOME: machine facts, not workspace ones
+
 
 @dataclass(frozen=True)
 class EvalOptions:
@@ -64,6 +71,10 @@ class EvalOptions:
     concurrency: int = 1  # cases in flight at once (HTTP engines only)
     timeout_s: float | None = None  # wall-clock limit per case (None: the engine default)
     engine_settings: dict[str, Any] = field(default_factory=dict)  # e.g. base_url, host
+    # Results are appended to .lifecycle/checkpoints as they are produced, so an interrupted
+    # run resumes where it stopped; False starts every case afresh.
+    resume: bool = True
+    canary: bool = True  # run the engine canary (lifecycle doctor) before loading a model
 
     def __post_init__(self) -> None:
         if self.shard is not None:
@@ -85,8 +96,13 @@ def run_eval(
     *,
     store: Store | None = None,
     progress: Progress | None = None,
+    variants: Sequence[Variant] | None = None,
 ) -> RunRecord:
-    """Run the selected suites on the selected variants and return the run record."""
+    """Run the selected suites on the selected variants and return the run record.
+
+    ``variants`` runs exactly those (e.g. a pinned variant rebuilt from its baseline) instead
+    of resolving the workspace's matrix.
+    """
     options = options or EvalOptions()
     store = store or Store(workspace.home)
     say = progress or (lambda _msg: None)
@@ -95,7 +111,7 @@ def run_eval(
             raise UsageError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
 
     started = now()
-    plans = _plan(workspace, store, options, say)
+    plans = _plan(workspace, store, options, say, variants)
     engine = get_engine(options.engine or workspace.engine.name, **options.engine_settings)
     engine_info = engine.info()
 
@@ -104,6 +120,8 @@ def run_eval(
     cases: list[CaseResult] = []
     total_load_ms = 0.0
     threads_used: dict[str, int] = {}
+    engine_modes: dict[str, bool] = {}  # variant -> extra buffer types on (the canary's call)
+    checkpoints = Checkpoints(workspace.root / CHECKPOINTS_DIR, enabled=options.resume)
     slot = 0  # position in the (variant, suite, mode, case) order that shards slice
     for plan in plans:
         variant = plan.variant
@@ -113,8 +131,18 @@ def run_eval(
         if not any(mine):
             continue
         load_options = _load_options(workspace, variant, options)
-        say(f"loading {variant.name} ({variant.blob_digest[:19]}, num_ctx {load_options.n_ctx})")
+        note(variant=variant.name, digest=variant.blob_digest)
         try:
+            if (
+                options.canary
+                and engine.name in CANARY_ENGINES
+                and not os.environ.get(ENV_NO_CANARY)
+            ):
+                load_options = _checked_load_options(workspace, variant, load_options, say)
+            engine_modes[variant.name] = load_options.extra_bufts
+            say(
+                f"loading {variant.name} ({variant.blob_digest[:19]}, num_ctx {load_options.n_ctx})"
+            )
             model = engine.load(variant.blob_path, load_options)
         except EngineError as exc:
             # One variant that cannot load (or crashes the engine loading) must not take the
@@ -133,8 +161,20 @@ def run_eval(
                 ]
                 if not selected:
                     continue
+                book = checkpoints.group(
+                    _group_key(variant, suite, mode, engine_info, load_options)
+                )
                 results = _run_group(
-                    model, variant, suite, mode, selected, plan, options, say, load_options.seed
+                    model,
+                    variant,
+                    suite,
+                    mode,
+                    selected,
+                    plan,
+                    options,
+                    say,
+                    load_options.seed,
+                    book,
                 )
                 cases.extend(results)
                 summaries.append(
@@ -158,6 +198,7 @@ def run_eval(
         "engine_version": engine_info.version,
         "engine_details": dict(engine_info.details),
         "threads": threads_used,
+        "extra_bufts": engine_modes,
         "batch_size": workspace.engine.batch_size,
         "gpu_layers": workspace.engine.gpu_layers,
         "seed": workspace.engine.seed,
@@ -171,6 +212,7 @@ def run_eval(
     }
     finished = now()
     run_id = _run_id(finished, environment, golden_sets)
+    checkpoints.finish()  # a complete run needs no resume point
     return RunRecord(
         run_id=run_id,
         started_at=started,
@@ -196,10 +238,18 @@ def save_run(record: RunRecord, runs_dir: Path) -> Path:
     return path
 
 
-def _plan(workspace: Workspace, store: Store, options: EvalOptions, say: Progress) -> list[_Plan]:
+def _plan(
+    workspace: Workspace,
+    store: Store,
+    options: EvalOptions,
+    say: Progress,
+    variants: Sequence[Variant] | None = None,
+) -> list[_Plan]:
     """Resolve variants, load suites and read GGUF headers before any model is loaded."""
     plans = []
-    for variant in resolve_variants(workspace, store, list(options.models or []) or None):
+    if variants is None:
+        variants = resolve_variants(workspace, store, list(options.models or []) or None)
+    for variant in variants:
         settings = workspace.models[variant.model]
         names = list(options.suites or settings.suites)
         if not names:
@@ -217,6 +267,105 @@ def _plan(workspace: Workspace, store: Store, options: EvalOptions, say: Progres
             modelfile_path=variant.modelfile_path,
         )
     return plans
+
+
+class CheckpointFile:
+    """One (variant, suite, mode) group's verdicts so far, one JSON line per case."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, CaseResult]:
+        """Cases a previous, interrupted run finished (a torn last line is ignored)."""
+        done: dict[str, CaseResult] = {}
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return done
+        for line in lines:
+            try:
+                result = CaseResult.from_dict(json.loads(line))
+            except (ValueError, TypeError):
+                continue
+            done[result.id] = result
+        return done
+
+    def append(self, result: CaseResult) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+            handle.flush()
+
+
+class Checkpoints:
+    """The checkpoint files a run writes; removed when the run completes."""
+
+    def __init__(self, directory: Path, *, enabled: bool = True) -> None:
+        self.directory = directory
+        self.enabled = enabled
+        self._used: list[CheckpointFile] = []
+
+    def group(self, key: str) -> CheckpointFile | None:
+        if not self.enabled:
+            return None
+        book = CheckpointFile(self.directory / f"{key}.jsonl")
+        self._used.append(book)
+        return book
+
+    def finish(self) -> None:
+        for book in self._used:
+            book.path.unlink(missing_ok=True)
+
+
+def _group_key(
+    variant: Variant, suite: Suite, mode: str, engine_info: Any, load: LoadOptions
+) -> str:
+    """What makes two runs of a group interchangeable: weights, cases, engine, settings, CPU."""
+    parts = [
+        variant.id,
+        suite.name,
+        suite.golden_digest,
+        suite.schema_digest,
+        hashlib.sha256(suite.path.read_bytes()).hexdigest(),
+        mode,
+        engine_info.name,
+        engine_info.version,
+        [load.n_ctx, load.n_threads, load.n_batch, load.n_gpu_layers, load.seed],
+        load.extra_bufts,
+        host_environment().get("cpu"),
+    ]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _checked_load_options(
+    workspace: Workspace, variant: Variant, load: LoadOptions, say: Progress
+) -> LoadOptions:
+    """Ask the engine canary whether (and how) this model runs here; raise if it cannot."""
+    from dataclasses import replace
+
+    from lifecycle.doctor import check_model
+
+    check = check_model(
+        workspace.home / ENGINE_CHECKS_DIR,
+        variant.blob_path,
+        name=variant.name,
+        digest=variant.blob_digest,
+        n_gpu_layers=load.n_gpu_layers,
+    )
+    if not check.cached:
+        state = "ok" if check.ok and not check.degraded else "degraded" if check.ok else "FAILED"
+        say(f"engine canary {variant.name}: {state} ({len(check.attempts)} attempt(s))")
+    if not check.ok:
+        raise check.failure()
+    if check.degraded:
+        first = check.attempts[0]
+        say(
+            f"warning: {variant.name}: llama.cpp crashed ({first.signal}) with its extra buffer "
+            "types on this CPU; running without them (slower). Full speed: "
+            f"{check.rebuild}"
+        )
+        return replace(load, extra_bufts=False)
+    return load
 
 
 def _groups(plan: _Plan, options: EvalOptions) -> list[tuple[Suite, str]]:
@@ -270,8 +419,13 @@ def _run_group(
     options: EvalOptions,
     say: Progress,
     seed: int,
+    book: CheckpointFile | None = None,
 ) -> list[CaseResult]:
-    """Run one (suite, mode) group of cases; engine failures become failed cases."""
+    """Run one (suite, mode) group of cases; engine failures become errored cases.
+
+    Cases already in ``book`` (an interrupted earlier run of the same group) are taken from
+    it; each new verdict is appended to it as soon as it is known.
+    """
     if mode == "schema":
         try:
             model.check_schema(suite.schema)
@@ -279,22 +433,33 @@ def _run_group(
             raise
         except EngineError as exc:  # e.g. a server that ignores JSON Schemas
             return [_failed(variant, suite, mode, c, f"schema not enforced: {exc}") for c in cases]
+    done = book.load() if book is not None else {}
+    reused = [done[c.id] for c in cases if c.id in done]
+    if reused:
+        say(f"[{variant.name} {suite.name}/{mode}] resumed {len(reused)} case(s) from a checkpoint")
+    order = {case.id: i for i, case in enumerate(cases)}
+    total = len(cases)
+    cases = [c for c in cases if c.id not in done]
     requests = [_request(variant, suite, mode, c, plan.chat_template, seed, options) for c in cases]
-    results: list[CaseResult] = []
+    results: list[CaseResult] = list(reused)
 
     def record(case: GoldenCase, outcome: Generation | EngineError, wall_share_s: float) -> None:
         if isinstance(outcome, EngineError):
             result = _failed(variant, suite, mode, case, _engine_failure(outcome))
         else:
             result = _scored(variant, suite, mode, case, outcome, wall_share_s)
+            if book is not None:
+                book.append(result)
         results.append(result)
-        mark = "pass" if result.passed else "FAIL"
+        mark = "ERROR" if result.errored else "pass" if result.passed else "FAIL"
         say(
-            f"[{variant.name} {suite.name}/{mode} {len(results)}/{len(cases)}] "
+            f"[{variant.name} {suite.name}/{mode} {len(results)}/{total}] "
             f"{case.id}: {mark} ({result.latency_ms:.0f} ms) {result.reason}"
         )
 
-    if options.concurrency > 1 and getattr(model, "concurrent", False):
+    if not cases:
+        pass
+    elif options.concurrency > 1 and getattr(model, "concurrent", False):
         started = time.perf_counter()
         outcomes = generate_many(model, requests, concurrency=options.concurrency)
         share = (time.perf_counter() - started) / len(cases)
@@ -304,10 +469,11 @@ def _run_group(
         # One at a time, in file order: the shared prompt prefix stays in the KV cache, and
         # each verdict is reported as soon as it is known.
         for case, request in zip(cases, requests, strict=True):
+            note(case=case.id, phase="prompt")
             started = time.perf_counter()
             (outcome,) = generate_many(model, [request])
             record(case, outcome, time.perf_counter() - started)
-    return results
+    return sorted(results, key=lambda r: order[r.id])
 
 
 def _request(

@@ -87,7 +87,36 @@ class Variant:
             "quant": self.quant,
             "overrides": dict(self.overrides),
             "parameters": dict(self.modelfile.parameters),
+            # The canonical recipe itself, so a pinned variant can be re-run exactly as pinned.
+            "modelfile_text": mf.serialise(self.modelfile),
         }
+
+
+def pinned_variant(current: Variant, pinned: dict[str, Any], store: Store) -> Variant | None:
+    """The variant as ``pinned`` (a baseline's ``variant`` entry) describes it, in this slot.
+
+    Its blob must be in the store, and its Modelfile known: the one it recorded, or the
+    current one when the digests agree. None when it cannot be rebuilt.
+    """
+    digest = str(pinned.get("blob_digest") or "")
+    if not digest or not store.has(digest):
+        return None
+    if pinned.get("modelfile_digest") == current.modelfile_digest:
+        modelfile = current.modelfile
+    elif pinned.get("modelfile_text"):
+        modelfile = mf.parse(str(pinned["modelfile_text"]), path=current.modelfile_path)
+    else:
+        return None
+    manifest = replace(
+        current.manifest, digest=digest, size=int(pinned.get("blob_size") or 0), parts=()
+    )
+    return replace(
+        current,
+        id=str(pinned.get("id") or current.id),
+        modelfile=modelfile,
+        blob_path=store.blob_path(digest),
+        manifest=manifest,
+    )
 
 
 def resolve_variants(
@@ -101,8 +130,8 @@ def resolve_variants(
     wanted = set(selection or [])
     variants: list[Variant] = []
     for settings in workspace.models.values():
-        matrix_names = set(_variant_names(settings))
-        if wanted and settings.name not in wanted and not (wanted & matrix_names):
+        in_matrix = set(matrix_names(settings))
+        if wanted and settings.name not in wanted and not (wanted & in_matrix):
             continue
         for variant in expand_variants(workspace, store, settings):
             if not wanted or settings.name in wanted or variant.name in wanted:
@@ -110,7 +139,7 @@ def resolve_variants(
     found = {v.name for v in variants} | {v.model for v in variants}
     missing = sorted(wanted - found)
     if missing:
-        known = sorted({v for m in workspace.models.values() for v in _variant_names(m)})
+        known = sorted({v for m in workspace.models.values() for v in matrix_names(m)})
         known += sorted(workspace.models)
         close = difflib.get_close_matches(missing[0], known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -218,7 +247,8 @@ def _validated_axes(workspace: Workspace, settings: ModelSettings) -> dict[str, 
     return axes
 
 
-def _variant_names(settings: ModelSettings) -> list[str]:
+def matrix_names(settings: ModelSettings) -> list[str]:
+    """The variant names a model's matrix expands to (no pulling, no quantizing)."""
     quants = settings.quants or ("",)
     combos = list(itertools.product(*settings.axes.values()))
     return [

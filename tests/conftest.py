@@ -87,6 +87,23 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny.gguf")
 
 
+@pytest.fixture(scope="session")
+def aborting_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GGUF with ``llama.block_count = 0``: llama.cpp's loader asserts and aborts.
+
+    ``GGML_ASSERT(hparams.n_layer_all > 0 ...)``: in-process that kills the interpreter with
+    SIGABRT, a real native crash on every CPU.
+    """
+    import gguf
+
+    original = gguf.GGUFWriter.add_block_count
+    gguf.GGUFWriter.add_block_count = lambda self, count: original(self, 0)  # type: ignore[method-assign]
+    try:
+        return write_tiny_llama(tmp_path_factory.mktemp("crash") / "zero-blocks.gguf", n_layer=1)
+    finally:
+        gguf.GGUFWriter.add_block_count = original  # type: ignore[method-assign]
+
+
 @pytest.fixture
 def tiny_workspace(tmp_path: Path, tiny_model: Path) -> Path:
     """A complete workspace around the tiny model: config, Modelfile, suite, golden set."""

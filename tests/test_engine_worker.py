@@ -13,9 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import gguf
 import pytest
-from tinymodel import write_tiny_llama
 
 from lifecycle.engines import (
     CaseTimeout,
@@ -30,17 +28,6 @@ from lifecycle.errors import EngineError, GoldenSetError
 
 OPTIONS = LoadOptions(n_ctx=512, n_threads=2)
 PROMPT = "<start_of_turn>user\nI was charged twice.<end_of_turn>\n<start_of_turn>model\n"
-
-
-@pytest.fixture(scope="module")
-def aborting_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A GGUF with ``llama.block_count = 0``: llama.cpp's loader asserts and aborts."""
-    original = gguf.GGUFWriter.add_block_count
-    gguf.GGUFWriter.add_block_count = lambda self, count: original(self, 0)  # type: ignore[method-assign]
-    try:
-        return write_tiny_llama(tmp_path_factory.mktemp("crash") / "zero-blocks.gguf", n_layer=1)
-    finally:
-        gguf.GGUFWriter.add_block_count = original  # type: ignore[method-assign]
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from lifecycle import __version__
 from lifecycle.cli._errors import handle_errors
 from lifecycle.cli.bench import bench_command, estimate_command
 from lifecycle.cli.compare import compare_command, quantize_command
+from lifecycle.cli.doctor import doctor_command
 from lifecycle.cli.eval import eval_command, merge_command
 from lifecycle.cli.modelfile import build_command, lint_command, modelfile_command, prompt_command
 from lifecycle.cli.promote import (
@@ -24,7 +25,14 @@ from lifecycle.cli.promote import (
     report_command,
     smoke_command,
 )
-from lifecycle.cli.pull import list_command, pull_command, rm_command, show_command, verify_command
+from lifecycle.cli.pull import (
+    list_command,
+    pull_command,
+    push_command,
+    rm_command,
+    show_command,
+    verify_command,
+)
 from lifecycle.config import ENV_DEBUG, ENV_HOME, ENV_WORKSPACE
 
 
@@ -49,6 +57,7 @@ cli.add_command(lint_command)
 cli.add_command(bench_command)
 cli.add_command(estimate_command)
 cli.add_command(pull_command)
+cli.add_command(push_command)
 cli.add_command(list_command)
 cli.add_command(show_command)
 cli.add_command(rm_command)
@@ -60,9 +69,46 @@ cli.add_command(pin_command)
 cli.add_command(report_command)
 cli.add_command(smoke_command)
 cli.add_command(check_lock_command)
+cli.add_command(doctor_command)
+
+# Commands that load llama.cpp: they run under the crash supervisor (see lifecycle.crashguard).
+ENGINE_COMMANDS = frozenset({"eval", "smoke", "compare", "bench", "quantize", "gate", "build"})
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the CLI and map errors to exit codes."""
-    code = handle_errors(lambda: cli.main(args=argv, standalone_mode=False))
+    """Console-script entry point: run the CLI and map errors to exit codes.
+
+    Commands that drive llama.cpp run in a supervised child process, so that a native crash
+    (SIGSEGV, SIGILL, SIGABRT) ends in one line naming the signal, the phase, the model and
+    the remedy, with exit code 1, instead of a bare "signal 11".
+    """
+    import os
+
+    from lifecycle import crashguard
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in args if not a.startswith("-")), None)
+    engine_command = command in ENGINE_COMMANDS and not {"--help", "-h"} & set(args)
+    if (
+        engine_command
+        and not crashguard.supervised()
+        and not os.environ.get(crashguard.ENV_NO_SUPERVISOR)
+    ):
+        sys.exit(crashguard.supervise(args))
+    if engine_command:
+        _load_engine_first()
+    code = handle_errors(lambda: cli.main(args=args, standalone_mode=False))
     sys.exit(code)
+
+
+def _load_engine_first() -> None:
+    """Import llama_cpp before numpy and friends.
+
+    Some llama-cpp-python wheels are linked against their compiler's own libstdc++; when the
+    system one was loaded first (by numpy or pandas), the model load can segfault.
+    """
+    import contextlib
+
+    # A missing or broken engine is reported properly by the command that needs it.
+    with contextlib.suppress(Exception):
+        import llama_cpp  # noqa: F401

@@ -12,6 +12,7 @@ from lifecycle.cli._output import emit_json, progress, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
+    from lifecycle.config import Workspace
     from lifecycle.results import RunRecord
 
 
@@ -50,6 +51,13 @@ if TYPE_CHECKING:
     metavar="I/N",
     help="Run the I-th of N deterministic slices of (variant x case); combine with `merge`.",
 )
+@click.option(
+    "--exit-zero",
+    is_flag=True,
+    help="Exit 0 even when a pinned variant misses its threshold (leave it to `gate`); "
+    "engine failures still exit 1.",
+)
+@click.option("--no-resume", is_flag=True, help="Ignore checkpoints of an interrupted run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-case progress on stderr.")
 def eval_command(
@@ -65,14 +73,19 @@ def eval_command(
     threads: int | None,
     limit: int | None,
     shard: str | None,
+    exit_zero: bool,
+    no_resume: bool,
     as_json: bool,
     quiet: bool,
 ) -> int:
     """Run golden-set JSON evals and report per case and in summary.
 
-    Exit codes: 0 every suite met its threshold; 3 a pass rate is under its threshold;
-    2 usage or config error; 1 the tool failed (model missing or corrupt, a variant the engine
-    could not load; the other variants still run).
+    A variant pinned in models.lock is production; any other is a candidate. Exit codes:
+    0 every pinned variant met its thresholds (a candidate under one is refused and
+    reported); 3 a pinned variant is under a threshold; 2 usage or config error; 1 the tool
+    failed: a model missing or corrupt, an engine that crashed, timed out or could not load
+    a variant (its cases are errors, not failures; the other variants still run).
+    Results are checkpointed as they come: an interrupted run resumes where it stopped.
     """
     from lifecycle.config import load_workspace
     from lifecycle.runner import EvalOptions, run_eval
@@ -89,9 +102,10 @@ def eval_command(
         concurrency=concurrency,
         timeout_s=timeout_s,
         engine_settings={"base_url": base_url, "host": host},
+        resume=not no_resume,
     )
     record = run_eval(workspace, options, progress=None if quiet else progress)
-    return _save_and_report(record, workspace.runs_dir, as_json)
+    return _save_and_report(record, workspace, as_json, exit_zero=exit_zero)
 
 
 @click.command("merge")
@@ -120,22 +134,41 @@ def merge_command(runs: tuple[Path, ...], workspace_dir: Path | None, as_json: b
         merged = merge_runs(records)
     except ValueError as exc:
         raise UsageError(f"cannot merge: {exc}") from None
-    return _save_and_report(merged, load_workspace(workspace_dir).runs_dir, as_json)
+    return _save_and_report(merged, load_workspace(workspace_dir), as_json)
 
 
-def _save_and_report(record: RunRecord, runs_dir: Path, as_json: bool) -> int:
+def _save_and_report(
+    record: RunRecord, workspace: Workspace, as_json: bool, *, exit_zero: bool = False
+) -> int:
     """Save the run, print it (JSON or table), and return the eval exit code."""
+    from lifecycle.pin import LOCK_FILE, read_lock
     from lifecycle.runner import save_run
 
-    path = save_run(record, runs_dir)
+    path = save_run(record, workspace.runs_dir)
+    pinned = set(read_lock(workspace.root / LOCK_FILE)["variants"])
     if as_json:
         emit_json(record.to_dict())
     else:
-        click.echo(render_run(record.to_dict()))
+        click.echo(render_run(record.to_dict(), pinned))
     progress(f"run record: {path}")
-    if any(v.error for v in record.variants):
-        return EXIT_FAILURE  # a variant could not be run at all: the tool failed for it
-    return EXIT_OK if record.passed else EXIT_GATE_FAILED
+    failed = engine_failures(record)
+    if failed:
+        progress(
+            f"error: the engine failed on {', '.join(failed)}: no verdict on "
+            f"{'it' if len(failed) == 1 else 'them'} (exit 1)"
+        )
+        return EXIT_FAILURE
+    below = {s.variant for s in record.summaries if not s.met_threshold}
+    if below & pinned and not exit_zero:
+        return EXIT_GATE_FAILED
+    return EXIT_OK
+
+
+def engine_failures(record: RunRecord) -> list[str]:
+    """Variants the engine could not run, or could not answer some cases of."""
+    failed = {str(v.variant.get("name")) for v in record.variants if v.error}
+    failed |= {c.variant for c in record.cases if c.errored}
+    return sorted(failed)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -146,8 +179,17 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def render_run(run: dict[str, Any]) -> str:
+def render_run(run: dict[str, Any], pinned: set[str] | None = None) -> str:
     """The human report: one row per (variant, suite, mode), then the failing cases."""
+    pinned = pinned or set()
+
+    def verdict(s: dict[str, Any]) -> str:
+        if s.get("errors"):
+            return "ERROR"
+        if s["met_threshold"]:
+            return "ok"
+        return "BELOW" if s["variant"] in pinned else "refused"
+
     rows = [
         [
             s["variant"],
@@ -161,7 +203,7 @@ def render_run(run: dict[str, Any]) -> str:
             s["latency_p95_ms"],
             s["generation_tokens_per_s"],
             "-" if s["threshold"] is None else f"{s['threshold']:.0%}",
-            "ok" if s["met_threshold"] else "BELOW",
+            verdict(s),
         ]
         for s in run["summaries"]
     ]
@@ -189,7 +231,29 @@ def render_run(run: dict[str, Any]) -> str:
         f"JSON-valid {summary['json_valid_rate']:.0%}, schema-valid "
         f"{summary['schema_valid_rate']:.0%}; prompt {summary['prompt_tokens_per_s']} tok/s, "
         f"generation {summary['generation_tokens_per_s']} tok/s, load {summary['load_ms']:.0f} ms; "
-        f"{env['engine_version']}, threads {env['threads']}"
+        f"{env['engine_version']}, threads {_threads(env['threads'])}"
     )
-    lines.append("verdict: " + ("PASS" if run["passed"] else "FAIL (pass rate under threshold)"))
+    names = [str(v["variant"]["name"]) for v in run["variants"]]
+    errored = {s["variant"] for s in run["summaries"] if s.get("errors")}
+    errored |= {str(v["variant"]["name"]) for v in run["variants"] if v.get("error")}
+    below = {s["variant"] for s in run["summaries"] if not s["met_threshold"]} - errored
+    holds = [n for n in names if n in pinned and n not in below | errored]
+    parts = []
+    if holds:
+        parts.append(f"{len(holds)} pinned variant(s) meet their thresholds")
+    if below & pinned:
+        parts.append(f"{len(below & pinned)} pinned variant(s) BELOW threshold")
+    if below - pinned:
+        parts.append(f"{len(below - pinned)} candidate(s) refused (under threshold)")
+    if errored:
+        parts.append(f"{len(errored)} variant(s) not run: ENGINE FAILED")
+    lines.append("verdict: " + ("; ".join(parts) or "nothing ran"))
     return "\n".join(lines)
+
+
+def _threads(value: Any) -> str:
+    """A run's thread counts: one number when every variant used the same."""
+    if isinstance(value, dict):
+        counts = sorted({v for v in value.values() if v is not None})
+        return ", ".join(str(c) for c in counts) or "-"
+    return str(value)

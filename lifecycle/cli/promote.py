@@ -11,7 +11,7 @@ import click
 
 from lifecycle.cli._options import json_option, workspace_option
 from lifecycle.cli._output import emit_json, progress, table
-from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK, UsageError
+from lifecycle.errors import EXIT_FAILURE, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from lifecycle.config import Workspace
@@ -66,6 +66,8 @@ def gate_command(
     from lifecycle.gate import render_junit, render_markdown
 
     _workspace, _record, gate, _bench = _gate(workspace_dir, run_ref, bench_files)
+    if gate.engine_failed:
+        progress("error: the engine failed on some variant: no verdict on it (exit 1)")
     text = render_markdown(gate)
     _write_outputs(text, markdown)
     if junit is not None:
@@ -77,7 +79,7 @@ def gate_command(
         emit_json(gate.to_dict())
     else:
         click.echo(text)
-    return EXIT_OK if gate.passed else EXIT_GATE_FAILED
+    return gate.exit_code
 
 
 @click.command("pin")
@@ -87,6 +89,7 @@ def gate_command(
 @click.option("--commit", is_flag=True, help="Commit models.lock and the baselines (git).")
 @click.option("--branch", help="Commit on this new branch (implies --commit), for a PR.")
 @click.option("--refresh", is_flag=True, help="Rewrite entries whose pin did not change, too.")
+@click.option("--no-prune", is_flag=True, help="Keep entries of variants no longer in the matrix.")
 @json_option
 def pin_command(
     workspace_dir: Path | None,
@@ -95,15 +98,19 @@ def pin_command(
     commit: bool,
     branch: str | None,
     refresh: bool,
+    no_prune: bool,
     as_json: bool,
 ) -> int:
     """Write models.lock (and baselines/) for the variants of the run that pass the gate.
 
-    A variant that fails the gate is never pinned. Exit codes: 0 every variant pinned or
-    unchanged; 3 some variant failed its gate (the others are still pinned); 2 the repository
-    is mid-merge/rebase, the lockfile has uncommitted edits, or it is not a git repository.
+    A variant that fails the gate is never pinned; entries of variants that left the variant
+    matrix are removed (unless --no-prune). Exit codes: 0 the gate passed (refused candidates
+    are reported, not failures); 3 a pinned variant regressed (the others are still pinned);
+    1 the engine failed on some variant; 2 the repository is mid-merge/rebase, the lockfile
+    has uncommitted edits, or it is not a git repository.
     """
     from lifecycle.pin import pin
+    from lifecycle.pipeline import workspace_variant_names
     from lifecycle.store import Store
 
     workspace, record, gate, bench = _gate(workspace_dir, run_ref, bench_files)
@@ -116,6 +123,7 @@ def pin_command(
         commit=commit,
         branch=branch,
         refresh=refresh,
+        keep=None if no_prune else workspace_variant_names(workspace),
     )
     if as_json:
         emit_json(result.to_dict())
@@ -133,7 +141,8 @@ def pin_command(
         click.echo(table(["variant", "status", "old", "new", "why"], rows))
         if result.commit:
             click.echo(f"committed {result.commit[:12]}" + (f" on {branch}" if branch else ""))
-    return EXIT_GATE_FAILED if result.refused else EXIT_OK
+        click.echo(gate.headline())
+    return gate.exit_code
 
 
 @click.command("report")
@@ -189,6 +198,7 @@ def report_command(
     help="Where report.html and report.md go (default: <workspace>/reports).",
 )
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
+@click.option("--no-prune", is_flag=True, help="Keep pins of variants no longer in the matrix.")
 @json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def smoke_command(
@@ -200,14 +210,17 @@ def smoke_command(
     no_cache: bool,
     report_dir: Path | None,
     threads: int | None,
+    no_prune: bool,
     as_json: bool,
     quiet: bool,
 ) -> int:
     """The weekly job: check tags, pull what moved, eval, bench, gate, pin, report.
 
-    Results are cached by variant id + golden-set digests + engine build, so an unchanged
-    workspace finishes fast. Exit code: the gate's (0 pass, 3 fail); 4 is never used here,
-    an upstream change is pulled and tested instead.
+    Results are cached by variant id + golden-set digests + engine build + CPU, so an
+    unchanged workspace finishes fast. Exit code: 0 every pinned variant holds (candidates
+    under their threshold are refused and reported, not failures); 3 a pinned variant
+    regressed; 1 the engine failed (no verdict, nothing pinned or refused for that variant);
+    4 is never used here, an upstream change is pulled and tested instead.
     """
     from lifecycle.config import load_workspace
     from lifecycle.gate import render_markdown
@@ -222,6 +235,7 @@ def smoke_command(
         branch=branch,
         report_dir=report_dir,
         threads=threads,
+        prune=not no_prune,
     )
     result = run_smoke(workspace, options, progress=None if quiet else progress)
     _write_outputs(render_markdown(result.gate), None)
@@ -260,13 +274,13 @@ def _gate(
     workspace_dir: Path | None, run_ref: str | None, bench_files: tuple[Path, ...]
 ) -> tuple[Workspace, RunRecord, GateResult, dict[str, dict[str, Any]]]:
     from lifecycle.config import load_workspace
-    from lifecycle.gate import bench_by_variant, load_baselines, load_gate_settings, run_gate
+    from lifecycle.gate import bench_by_variant
+    from lifecycle.pipeline import gate_workspace
 
     workspace = load_workspace(workspace_dir)
-    settings = load_gate_settings(workspace.config_path)
     record = load_run(workspace, run_ref)
     bench = bench_by_variant([_read_json(p) for p in bench_files])
-    gate = run_gate(record, load_baselines(workspace.root), settings, bench=bench)
+    gate = gate_workspace(workspace, record, bench=bench, progress=progress)
     return workspace, record, gate, bench
 
 

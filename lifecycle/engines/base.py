@@ -30,6 +30,9 @@ class LoadOptions:
     n_gpu_layers: int = 0
     seed: int = 42
     use_mmap: bool = True
+    # llama.cpp's extra buffer types (repacked weights, AMX). False is the fallback for CPUs
+    # whose repacked kernels crash (AMX advertised inside a VM); `lifecycle doctor` decides.
+    extra_bufts: bool = True
     # For engines that create the model from its recipe (ollama) or prepend its SYSTEM and
     # MESSAGE history themselves (openai): the variant's Modelfile text and a name for it.
     modelfile: str | None = None

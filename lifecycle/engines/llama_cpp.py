@@ -31,6 +31,7 @@ from llama_cpp import Llama
 from llama_cpp._internals import LlamaSampler
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+from lifecycle.crashguard import note
 from lifecycle.engines.base import (
     EngineInfo,
     Generation,
@@ -88,8 +89,9 @@ class LlamaCppModel:
         self.options = options
         threads = options.n_threads or physical_cores()
         start = time.perf_counter()
+        note(phase="load")
         try:
-            with quiet_stderr():
+            with quiet_stderr(), _model_params(extra_bufts=options.extra_bufts):
                 self._llm = Llama(
                     model_path=str(model_path),
                     n_ctx=options.n_ctx,
@@ -100,6 +102,7 @@ class LlamaCppModel:
                     seed=options.seed,
                     use_mmap=options.use_mmap,
                     verbose=False,
+                    **cpu_only_context(options.n_gpu_layers),
                 )
         except (ValueError, RuntimeError, OSError) as exc:
             raise EngineError(
@@ -162,7 +165,9 @@ class LlamaCppModel:
         262k-token vocabulary (Gemma 3) costs more than the forward pass.
         """
         llm = self._llm
+        note(phase="prompt")
         self._evaluate_prompt(tokens)
+        note(phase="generation")
         chain = self._sampler_chain(request)
         grammar = None
         if gbnf is not None:
@@ -411,6 +416,45 @@ class LlamaCppModel:
         finally:
             batch.close()
             self.clear()
+
+
+def cpu_only_context(n_gpu_layers: int) -> dict[str, Any]:
+    """Context settings that keep a CPU-only load (no layers offloaded) off every GPU.
+
+    On a CUDA build llama.cpp still puts the KV cache and large batched operations on the GPU
+    when no layer is offloaded (``offload_kqv`` and ``op_offload`` default to on), so a bench
+    row that says "CPU" measured the GPU. With ``n_gpu_layers`` 0 both are turned off.
+    """
+    if n_gpu_layers > 0:
+        return {}
+    return {"offload_kqv": False, "op_offload": False}
+
+
+@contextlib.contextmanager
+def _model_params(*, extra_bufts: bool) -> Iterator[None]:
+    """Load with llama.cpp's extra buffer types off when asked (``llama-bench --repack 0``).
+
+    ``Llama`` takes no argument for ``use_extra_bufts``; it fills its model parameters from
+    ``llama_model_default_params()``, so for the duration of the load that function returns
+    defaults with the flag cleared. Loads happen one at a time, on one thread.
+    """
+    if extra_bufts:
+        yield
+        return
+    from llama_cpp import llama_cpp as low_level
+
+    original = low_level.llama_model_default_params
+
+    def without_extra_bufts() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    low_level.llama_model_default_params = without_extra_bufts
+    try:
+        yield
+    finally:
+        low_level.llama_model_default_params = original
 
 
 def physical_cores() -> int:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle import errors
+from lifecycle.crashguard import child_environment, remedy
 from lifecycle.engines.base import (
     DEFAULT_CASE_TIMEOUT_S,
     CaseTimeout,
@@ -126,7 +127,7 @@ class WorkerModel:
         # A plain subprocess running this module (not multiprocessing's spawn, which re-runs
         # the caller's __main__), talking over a socketpair wrapped as a Connection.
         ours, theirs = socket.socketpair()
-        env = dict(os.environ)
+        env = child_environment()
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         with theirs:
@@ -190,7 +191,9 @@ class WorkerModel:
         name = _signal_name(code)
         stage = "loading" if method == "load" else f"in {method}"
         raise EngineCrashed(
-            f"llama.cpp worker died {stage} ({name})", signal=name, path=self.model_path
+            f"llama.cpp worker died {stage} ({name}): {remedy(name)}",
+            signal=name,
+            path=self.model_path,
         )
 
     def _kill(self) -> None:

@@ -1,0 +1,191 @@
+"""Native crashes named, never a bare exit 139.
+
+llama.cpp runs in-process for speed, and a SIGSEGV, SIGILL or SIGABRT in its kernels kills
+the Python process before any handler can run. So the CLI runs the commands that drive an
+engine in a child process it supervises (:func:`supervise`): the child leaves breadcrumbs on
+a pipe (:func:`note` — which variant, which case, which phase: load, prompt, generation),
+and when it dies of a signal the supervisor prints one line naming the signal, the phase,
+the model and the remedy, and exits 1 (the tool failed; never a verdict on the model).
+
+The cost is one extra interpreter start per command (about 0.3 s) and three short writes
+per case. ``LIFECYCLE_NO_SUPERVISOR=1`` runs commands directly (for a debugger).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lifecycle.errors import EXIT_FAILURE
+
+ENV_PHASE_PIPE = "LIFECYCLE_PHASE_PIPE"  # "<supervisor pid>:<fd>" in the supervised child
+ENV_NO_SUPERVISOR = "LIFECYCLE_NO_SUPERVISOR"
+
+# Signals that mean the process crashed (as opposed to being interrupted or terminated).
+CRASH_SIGNALS = ("SIGSEGV", "SIGILL", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL")
+
+
+def note(**facts: Any) -> None:
+    """Record what the process is about to do (``variant=``, ``case=``, ``phase=``, ...).
+
+    A no-op unless this process is the supervised child: the pipe's descriptor is only
+    trusted when our parent is the supervisor that made it, so a worker or canary process
+    that inherited the environment never writes into an unrelated descriptor.
+    """
+    fd = _phase_fd()
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, (json.dumps(facts, default=str) + "\n").encode())
+
+
+def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: ours) without the breadcrumb pipe, for processes we start."""
+    out = dict(os.environ if env is None else env)
+    out.pop(ENV_PHASE_PIPE, None)
+    return out
+
+
+@dataclass
+class Breadcrumbs:
+    """The latest facts the supervised child reported, merged (later facts win)."""
+
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, line: bytes) -> None:
+        with contextlib.suppress(ValueError):
+            data = json.loads(line)
+            if isinstance(data, dict):
+                if "variant" in data:  # a new variant starts: forget the old case and phase
+                    self.facts = {}
+                self.facts.update(data)
+
+
+def supervise(argv: Sequence[str]) -> int:
+    """Run ``lifecycle ARGV`` in a child process; name a native crash; return the exit code.
+
+    stdin, stdout and stderr are the child's own (``--json`` documents pass straight
+    through). SIGTERM and SIGHUP are forwarded; Ctrl-C reaches the child through the
+    terminal's process group, so the parent only waits for it.
+    """
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ)
+    env[ENV_PHASE_PIPE] = f"{os.getpid()}:{write_fd}"
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "lifecycle.cli", *argv], pass_fds=[write_fd], env=env
+        )
+    finally:
+        os.close(write_fd)
+    crumbs = Breadcrumbs()
+    reader = threading.Thread(target=_read_crumbs, args=(read_fd, crumbs), daemon=True)
+    reader.start()
+    previous = {
+        sig: signal.signal(sig, lambda s, _f: child.send_signal(s))
+        for sig in (signal.SIGTERM, signal.SIGHUP)
+    }
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    reader.join(timeout=2.0)
+    if code >= 0:
+        return code
+    name = _signal_name(-code)
+    if name not in CRASH_SIGNALS:
+        print(f"interrupted ({name})", file=sys.stderr)
+        return 128 - code
+    print(f"error: {crash_message(name, crumbs.facts)}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def crash_message(signal_name: str, facts: dict[str, Any]) -> str:
+    """One line: what crashed, where (phase, case, model) and what to do about it."""
+    phase = facts.get("phase")
+    where = {
+        "load": "loading",
+        "prompt": "decoding the prompt of",
+        "generation": "generating",
+        "canary": "running the engine canary on",
+        "bench": "benchmarking",
+        "scoring": "scoring text with",
+        "quantize": "quantizing",
+    }.get(str(phase), "running")
+    subject = ""
+    if facts.get("case"):
+        subject += f" case {facts['case']} on"
+    model = facts.get("variant") or facts.get("model")
+    if model:
+        digest = str(facts.get("digest") or "")
+        subject += f" {model}" + (f" ({digest[:19]})" if digest else "")
+    else:
+        subject += " a model"
+    return f"llama.cpp crashed ({signal_name}) {where}{subject}: {remedy(signal_name)}"
+
+
+def remedy(signal_name: str) -> str:
+    """What a user can do about a native crash, by signal."""
+    if signal_name == "SIGILL":
+        return (
+            "the llama-cpp-python build uses CPU instructions this machine cannot run (a wheel "
+            "built on another CPU, or AMX inside a VM); `lifecycle doctor` checks the build "
+            "and prints the rebuild command"
+        )
+    if signal_name in ("SIGSEGV", "SIGBUS"):
+        return (
+            "run `lifecycle doctor`: it tests this engine build on this CPU in a subprocess "
+            "and, where the repacked CPU kernels crash (AMX advertised inside a VM), runs the "
+            "engine with llama.cpp's extra buffer types off; `lifecycle verify` re-hashes the "
+            "model files"
+        )
+    if signal_name == "SIGABRT":
+        return (
+            "llama.cpp aborted on an assertion (a malformed or unsupported model file, or a "
+            "parameter it rejects); `lifecycle show` the model, LIFECYCLE_DEBUG=1 keeps "
+            "llama.cpp's own message on stderr"
+        )
+    if signal_name == "SIGKILL":
+        return (
+            "the process was killed, most often by the kernel's out-of-memory killer; "
+            "compare `lifecycle estimate` with the free memory"
+        )
+    return "run `lifecycle doctor` to check the engine on this machine"
+
+
+def supervised() -> bool:
+    """True in the child that :func:`supervise` started."""
+    return _phase_fd() is not None
+
+
+def _phase_fd() -> int | None:
+    value = os.environ.get(ENV_PHASE_PIPE)
+    if not value:
+        return None
+    try:
+        pid, fd = (int(part) for part in value.split(":"))
+    except ValueError:
+        return None
+    return fd if os.getppid() == pid else None
+
+
+def _read_crumbs(fd: int, crumbs: Breadcrumbs) -> None:
+    with os.fdopen(fd, "rb") as stream:
+        for line in stream:
+            crumbs.add(line)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

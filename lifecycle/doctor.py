@@ -1,0 +1,369 @@
+"""Can this llama.cpp build run here? The engine canary behind ``lifecycle doctor``.
+
+A llama-cpp-python wheel is compiled for one CPU: pip caches it per version whatever
+``CMAKE_ARGS`` said, so a wheel built on an AVX512 machine is happily reused on an AVX2 one
+(SIGILL at the first matrix product), and a ``-march=native`` build on an Intel VM that
+advertises AMX but forbids it crashes in ggml's repacked AMX kernels (SIGSEGV/SIGILL). Both
+kill the process, so they can only be detected from outside it.
+
+The canary loads a model and decodes a short prompt plus a few tokens in a subprocess. When
+it crashes, it is tried again with llama.cpp's extra buffer types off (no repacked weights,
+no AMX: ``use_extra_bufts = false``, llama-bench's ``--repack 0``); when that runs, the engine
+runs that way on this machine, the run records it, and the rebuild command that restores full
+speed is printed. Results are cached per engine build + CPU + model digest, so the check costs
+one subprocess per model the first time a machine sees it and nothing after.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lifecycle.crashguard import child_environment, note, remedy
+from lifecycle.engines.base import EngineCrashed
+from lifecycle.errors import EngineError
+from lifecycle.fsutil import atomic_write_text
+
+CHECK_VERSION = 1
+CANARY_TIMEOUT_S = 300.0
+CANARY_CTX = 256
+CANARY_PROMPT = 'Ticket: "I was charged twice this month."\nJSON: {"category": "'
+CANARY_TOKENS = 8
+
+# CPU features that decide which ggml kernels a build may contain (/proc/cpuinfo names).
+ISA_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "bmi2",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512vbmi",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+
+
+@dataclass(frozen=True)
+class CanaryRun:
+    """One canary attempt: a subprocess loading ``model`` and decoding a few tokens."""
+
+    extra_bufts: bool
+    ok: bool
+    signal: str | None = None  # SIGSEGV, SIGILL, ... when the process died of one
+    phase: str | None = None  # load, prompt, generation: where it got to
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EngineCheck:
+    """The canary's verdict for one model on this engine build and CPU."""
+
+    model: str
+    digest: str
+    ok: bool
+    extra_bufts: bool  # the setting the engine must use here (False: the fallback)
+    attempts: list[CanaryRun]
+    key: str
+    checked_at: str
+    cached: bool = False
+    rebuild: str | None = None  # the command that restores full speed, when degraded
+
+    @property
+    def degraded(self) -> bool:
+        return self.ok and not self.extra_bufts
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["degraded"] = self.degraded
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineCheck:
+        attempts = [CanaryRun(**a) for a in data.get("attempts", [])]
+        names = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in data.items() if k in names and k != "attempts"}
+        return cls(**values, attempts=attempts)
+
+    def failure(self) -> EngineCrashed:
+        """The error a run raises when no setting of the engine can run this model."""
+        last = self.attempts[-1] if self.attempts else CanaryRun(extra_bufts=False, ok=False)
+        sig = last.signal
+        how = f"crashed ({sig})" if sig else f"failed ({last.error})"
+        where = f" while {_PHASES.get(last.phase or '', 'running')}" if last.phase else ""
+        fix = remedy(sig) if sig else "see `lifecycle doctor --json` for what the canary saw"
+        message = (
+            f"the engine canary {how}{where} {self.model} ({self.digest[:19]}), also with "
+            f"extra buffer types off: {fix}"
+        )
+        if sig == "SIGILL" and self.rebuild:
+            message += f"; rebuild: {self.rebuild}"
+        return EngineCrashed(message, signal=sig)
+
+
+_PHASES = {"load": "loading", "prompt": "decoding the prompt of", "generation": "generating with"}
+
+
+def host_cpu() -> dict[str, Any]:
+    """CPU model, the ISA flags that matter to ggml, and whether AMX is usable here."""
+    model, flags = platform.processor() or platform.machine(), set[str]()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name") and model in ("", platform.machine()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    advertised = "amx_tile" in flags
+    return {
+        "model": model,
+        "machine": platform.machine(),
+        "flags": [f for f in ISA_FLAGS if f in flags],
+        "amx_advertised": advertised,
+        "amx_usable": amx_usable() if advertised else False,
+    }
+
+
+def amx_usable() -> bool | None:
+    """Whether the kernel grants this process AMX tile data (Linux x86-64), None if unknown.
+
+    Linux hands out the AMX register state only on request (``arch_prctl`` with
+    ``ARCH_REQ_XCOMP_PERM``); a VM that hides AMX from the guest refuses the request even
+    though cpuinfo lists the ``amx_tile`` flag. ggml makes the same request before using AMX.
+    """
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return None
+    sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.syscall(sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata)) == 0
+    except (OSError, AttributeError):
+        return None
+
+
+def engine_build() -> dict[str, Any]:
+    """llama-cpp-python's version, its system info line and GPU backend (imports llama_cpp)."""
+    from lifecycle.engines.llama_cpp import LlamaCppEngine
+
+    info = LlamaCppEngine().info()
+    return {"version": info.version, **dict(info.details)}
+
+
+def rebuild_command(cpu: dict[str, Any], version: str | None = None) -> str:
+    """A pip command that builds llama-cpp-python for this CPU, minus what cannot run here.
+
+    ``GGML_NATIVE=OFF`` with the ISA options spelled out (instead of ``-march=native``):
+    AMX stays off unless the kernel grants it, and ``--no-cache-dir`` keeps pip from reusing
+    a wheel cached from another CPU.
+    """
+    flags = set(cpu.get("flags", []))
+    options = ["-DGGML_NATIVE=OFF"]
+    for name, option in (
+        ("avx", "GGML_AVX"),
+        ("avx2", "GGML_AVX2"),
+        ("fma", "GGML_FMA"),
+        ("f16c", "GGML_F16C"),
+        ("bmi2", "GGML_BMI2"),
+        ("avx512f", "GGML_AVX512"),
+        ("avx512vbmi", "GGML_AVX512_VBMI"),
+        ("avx512_vnni", "GGML_AVX512_VNNI"),
+        ("avx512_bf16", "GGML_AVX512_BF16"),
+        ("avx_vnni", "GGML_AVX_VNNI"),
+    ):
+        if name in flags:
+            options.append(f"-D{option}=ON")
+    if cpu.get("amx_usable"):
+        options += ["-DGGML_AMX_TILE=ON", "-DGGML_AMX_INT8=ON"]
+        if "amx_bf16" in flags:
+            options.append("-DGGML_AMX_BF16=ON")
+    package = f"llama-cpp-python=={version}" if version else "llama-cpp-python"
+    return (
+        f'CMAKE_ARGS="{" ".join(options)}" pip install --force-reinstall --no-cache-dir '
+        f"--no-deps {package}"
+    )
+
+
+def check_model(
+    checks_dir: Path,
+    model_path: Path,
+    *,
+    name: str,
+    digest: str,
+    n_gpu_layers: int = 0,
+    refresh: bool = False,
+    build: dict[str, Any] | None = None,
+    cpu: dict[str, Any] | None = None,
+) -> EngineCheck:
+    """Run (or recall) the canary for one model; fall back to extra buffer types off.
+
+    Never raises for a crash: the returned check says whether the model can run and how.
+    """
+    build = build or engine_build()
+    cpu = cpu or host_cpu()
+    key_parts = [CHECK_VERSION, build, cpu, digest, n_gpu_layers > 0]
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
+    path = checks_dir / f"{key}.json"
+    if not refresh and path.is_file():
+        try:
+            check = EngineCheck.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            return EngineCheck(**{**asdict(check), "attempts": check.attempts, "cached": True})
+        except (OSError, ValueError, TypeError):
+            pass  # a damaged cache entry is re-measured
+    attempts = [run_canary(model_path, extra_bufts=True, n_gpu_layers=n_gpu_layers, name=name)]
+    if not attempts[0].ok and attempts[0].signal:
+        attempts.append(
+            run_canary(model_path, extra_bufts=False, n_gpu_layers=n_gpu_layers, name=name)
+        )
+    ok = attempts[-1].ok
+    version = str(build.get("llama_cpp_python") or "") or None
+    check = EngineCheck(
+        model=name,
+        digest=digest,
+        ok=ok,
+        extra_bufts=attempts[-1].extra_bufts if ok else True,
+        attempts=attempts,
+        key=key,
+        checked_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        rebuild=rebuild_command(cpu, version) if len(attempts) > 1 else None,
+    )
+    # Only verdicts are cached: a canary that failed without a signal (a timeout, a file
+    # llama.cpp rejects) says nothing lasting about the build.
+    if ok or attempts[-1].signal:
+        checks_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(check.to_dict(), indent=2, sort_keys=True) + "\n")
+    return check
+
+
+def run_canary(
+    model_path: Path,
+    *,
+    extra_bufts: bool,
+    n_gpu_layers: int = 0,
+    name: str = "",
+    timeout_s: float = CANARY_TIMEOUT_S,
+) -> CanaryRun:
+    """Load ``model_path`` and decode a few tokens in a fresh subprocess; report how it went."""
+    note(phase="canary", model=name or model_path.name)
+    args = [sys.executable, "-m", "lifecycle.doctor", str(model_path), str(int(extra_bufts))]
+    args.append(str(n_gpu_layers))
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=child_environment(),
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return CanaryRun(extra_bufts, False, error=f"no answer within {timeout_s:g} s")
+    seconds = round(time.perf_counter() - started, 3)
+    phase = None
+    result: dict[str, Any] = {}
+    for line in proc.stdout.splitlines():
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        phase = data.get("phase", phase)
+        result = data if "ok" in data else result
+    if proc.returncode < 0:
+        import signal
+
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = f"signal {-proc.returncode}"
+        return CanaryRun(extra_bufts, False, signal=sig, phase=phase, seconds=seconds)
+    if result.get("ok"):
+        return CanaryRun(extra_bufts, True, phase=phase, seconds=seconds)
+    error = result.get("error") or (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return CanaryRun(extra_bufts, False, phase=phase, error=str(error), seconds=seconds)
+
+
+def tiny_canary_model(checks_dir: Path) -> Path:
+    """A tiny Q4_0 GGUF for checking the build itself: quantized, so repacked kernels run."""
+    path = checks_dir / "canary-tiny-q4_0.gguf"
+    if path.is_file():
+        return path
+    import llama_cpp
+
+    from lifecycle.tinymodel import write_tiny_llama
+
+    checks_dir.mkdir(parents=True, exist_ok=True)
+    source = write_tiny_llama(checks_dir / f".canary-f32-{os.getpid()}.gguf")
+    tmp = checks_dir / f".canary-q4_0-{os.getpid()}.gguf"
+    try:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = int(llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0)
+        if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
+            raise EngineError("llama.cpp could not quantize the canary model")
+        os.replace(tmp, path)
+    finally:
+        source.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, as the store names blobs."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _canary_main(argv: list[str]) -> int:
+    """``python -m lifecycle.doctor MODEL EXTRA_BUFTS N_GPU_LAYERS``: one JSON line per phase."""
+    from lifecycle.engines.base import GenerationRequest, LoadOptions
+    from lifecycle.engines.llama_cpp import LlamaCppModel
+
+    path, extra_bufts, n_gpu_layers = Path(argv[0]), argv[1] == "1", int(argv[2])
+
+    def say(**data: Any) -> None:
+        print(json.dumps(data), flush=True)
+
+    say(phase="load")
+    options = LoadOptions(
+        n_ctx=CANARY_CTX, n_batch=64, n_gpu_layers=n_gpu_layers, extra_bufts=extra_bufts
+    )
+    try:
+        model = LlamaCppModel(path, options)
+        say(phase="prompt")
+        generation = model.generate(
+            GenerationRequest(prompt=CANARY_PROMPT, max_tokens=CANARY_TOKENS, temperature=0.0)
+        )
+    except EngineError as exc:
+        say(ok=False, error=exc.message)
+        return 1
+    say(phase="generation")
+    say(ok=True, tokens=generation.completion_tokens)
+    model.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_canary_main(sys.argv[1:]))
