@@ -107,6 +107,9 @@ class BenchOptions:
     bandwidth: bool = True  # measure (or reuse) the memory bandwidth
     bandwidth_buffer_bytes: int = 256 * 1024 * 1024  # at least; 4x the last-level cache
     gpu_bandwidth_bytes_per_s: float | None = None  # a known GPU figure bounds GPU rows
+    # llama.cpp's extra buffer types (repacked weights): the engine canary turns them off on
+    # machines where their kernels crash (see lifecycle.doctor).
+    extra_bufts: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -271,6 +274,24 @@ def run_bench(
             f"-p {options.n_prompt} / -n {options.n_gen} with --depth {options.depth or 0} "
             f"do not fit in num_ctx {options.n_ctx}"
         )
+    if options.engine in ("llama-cpp", "llama-cpp-isolated"):
+        from dataclasses import replace
+
+        from lifecycle.doctor import extra_bufts_for
+
+        name = str((variant or {}).get("name") or model_path.name)
+        digest = (variant or {}).get("blob_digest")
+        options = replace(
+            options,
+            extra_bufts=extra_bufts_for(
+                model_path,
+                name=name,
+                digest=str(digest) if digest else None,
+                n_gpu_layers=options.n_gpu_layers,
+                home=home,
+                say=say,
+            ),
+        )
     inventory = ggml_devices()
     nvml = gpu_memory(None)
     if options.gpu:
@@ -343,6 +364,7 @@ def run_bench(
         "n_threads": threads,
         "n_batch": options.n_batch,
         "n_gpu_layers": options.n_gpu_layers,
+        "extra_bufts": options.extra_bufts,
         **_gpu_environment(inventory, nvml),
         **host_environment(),
     }
@@ -381,7 +403,11 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
     memory: dict[str, Any] = {"rss_before_load_bytes": process.memory_info().rss}
     load = getattr(engine, "load_measured", engine.load)
     load_options = LoadOptions(
-        n_ctx=n_ctx, n_threads=threads, n_batch=opts.n_batch, n_gpu_layers=opts.n_gpu_layers
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_batch=opts.n_batch,
+        n_gpu_layers=opts.n_gpu_layers,
+        extra_bufts=opts.extra_bufts,
     )
     try:
         model: Any = load(Path(spec["model_path"]), load_options)

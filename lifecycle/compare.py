@@ -756,7 +756,12 @@ def _vocab_mismatch(
 
 
 def _load(engine: Any, subject: Subject, options: Any) -> Any:
-    model = engine.load(subject.path, options)
+    from dataclasses import replace
+
+    from lifecycle.doctor import extra_bufts_for
+
+    extra_bufts = extra_bufts_for(subject.path, name=subject.name, digest=subject.digest)
+    model = engine.load(subject.path, replace(options, extra_bufts=extra_bufts))
     if not hasattr(model, "chunk_logits"):
         raise EngineError(f"engine {engine.name} cannot read per-position logits")
     return model

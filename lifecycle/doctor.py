@@ -24,6 +24,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from lifecycle.errors import EngineError
 from lifecycle.fsutil import atomic_write_text
 
 CHECK_VERSION = 1
+ENGINE_CHECKS_DIR = "engine-checks"  # under LIFECYCLE_HOME: facts about this machine
 CANARY_TIMEOUT_S = 300.0
 CANARY_CTX = 256
 CANARY_PROMPT = 'Ticket: "I was charged twice this month."\nJSON: {"category": "'
@@ -253,6 +255,54 @@ def check_model(
         checks_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(check.to_dict(), indent=2, sort_keys=True) + "\n")
     return check
+
+
+def extra_bufts_for(
+    model_path: Path,
+    *,
+    name: str,
+    digest: str | None = None,
+    n_gpu_layers: int = 0,
+    home: Path | None = None,
+    say: Callable[[str], None] | None = None,
+) -> bool:
+    """Whether llama.cpp's extra buffer types may be used for this model here.
+
+    Runs (or recalls) the canary. Raises :class:`EngineCrashed` when the model cannot run
+    either way; says so, with the rebuild command, when it only runs with them off.
+    """
+    from lifecycle.config import ENV_NO_CANARY, lifecycle_home
+
+    if os.environ.get(ENV_NO_CANARY):
+        return True
+    say = say or (lambda _m: None)
+    checks_dir = (home or lifecycle_home()) / ENGINE_CHECKS_DIR
+    check = check_model(
+        checks_dir,
+        model_path,
+        name=name,
+        digest=digest or blob_digest(model_path),
+        n_gpu_layers=n_gpu_layers,
+    )
+    if not check.cached:
+        state = "ok" if check.ok and not check.degraded else "degraded" if check.ok else "FAILED"
+        say(f"engine canary {name}: {state} ({len(check.attempts)} attempt(s))")
+    if not check.ok:
+        raise check.failure()
+    if check.degraded:
+        first = check.attempts[0]
+        say(
+            f"warning: {name}: llama.cpp crashed ({first.signal}) with its extra buffer types "
+            f"on this CPU; running without them (slower). Full speed: {check.rebuild}"
+        )
+    return check.extra_bufts
+
+
+def blob_digest(path: Path) -> str:
+    """A model file's sha256: from a store blob's name, else by hashing the file."""
+    if path.name.startswith("sha256-") and len(path.name) == 71:
+        return "sha256:" + path.name[7:]
+    return file_digest(path)
 
 
 def run_canary(

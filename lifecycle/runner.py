@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 from lifecycle import __version__
 from lifecycle import gguf as gguf_reader
 from lifecycle import modelfile as mf
-from lifecycle.config import ENV_NO_CANARY, Workspace
+from lifecycle.config import Workspace
 from lifecycle.crashguard import note
 from lifecycle.engines import (
     CaseTimeout,
@@ -54,7 +53,6 @@ Progress = Callable[[str], None]
 # Engines that run llama.cpp on this machine, whose build the canary must vouch for.
 CANARY_ENGINES = ("llama-cpp", "llama-cpp-isolated")
 CHECKPOINTS_DIR = Path(".lifecycle") / "checkpoints"
-ENGINE_CHECKS_DIR = "engine-checks"  # under LIFECYCLE_HOME: machine facts, not workspace ones
 
 
 @dataclass(frozen=True)
@@ -133,11 +131,7 @@ def run_eval(
         load_options = _load_options(workspace, variant, options)
         note(variant=variant.name, digest=variant.blob_digest)
         try:
-            if (
-                options.canary
-                and engine.name in CANARY_ENGINES
-                and not os.environ.get(ENV_NO_CANARY)
-            ):
+            if options.canary and engine.name in CANARY_ENGINES:
                 load_options = _checked_load_options(workspace, variant, load_options, say)
             engine_modes[variant.name] = load_options.extra_bufts
             say(
@@ -343,29 +337,17 @@ def _checked_load_options(
     """Ask the engine canary whether (and how) this model runs here; raise if it cannot."""
     from dataclasses import replace
 
-    from lifecycle.doctor import check_model
+    from lifecycle.doctor import extra_bufts_for
 
-    check = check_model(
-        workspace.home / ENGINE_CHECKS_DIR,
+    extra_bufts = extra_bufts_for(
         variant.blob_path,
         name=variant.name,
         digest=variant.blob_digest,
         n_gpu_layers=load.n_gpu_layers,
+        home=workspace.home,
+        say=say,
     )
-    if not check.cached:
-        state = "ok" if check.ok and not check.degraded else "degraded" if check.ok else "FAILED"
-        say(f"engine canary {variant.name}: {state} ({len(check.attempts)} attempt(s))")
-    if not check.ok:
-        raise check.failure()
-    if check.degraded:
-        first = check.attempts[0]
-        say(
-            f"warning: {variant.name}: llama.cpp crashed ({first.signal}) with its extra buffer "
-            "types on this CPU; running without them (slower). Full speed: "
-            f"{check.rebuild}"
-        )
-        return replace(load, extra_bufts=False)
-    return load
+    return replace(load, extra_bufts=extra_bufts)
 
 
 def _groups(plan: _Plan, options: EvalOptions) -> list[tuple[Suite, str]]:

@@ -8,8 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lifecycle.config import load_workspace
-from lifecycle.doctor import EngineCheck, check_model, host_cpu, rebuild_command
-from lifecycle.runner import ENGINE_CHECKS_DIR, EvalOptions, run_eval
+from lifecycle.doctor import (
+    ENGINE_CHECKS_DIR,
+    EngineCheck,
+    check_model,
+    host_cpu,
+    rebuild_command,
+)
+from lifecycle.runner import EvalOptions, run_eval
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -103,6 +109,16 @@ def test_eval_applies_the_canary_verdict_and_records_it(tiny_workspace: Path) ->
     assert any("running without them" in m and "CMAKE_ARGS" in m for m in messages)
     # Same weights, other CPU kernels: the outputs of this tiny model do not change.
     assert [c.output for c in again.cases] == [c.output for c in record.cases]
+    # bench and compare load through the same verdict.
+    from lifecycle.bench import BenchOptions, run_bench
+
+    bench = run_bench(
+        tiny_workspace / "modelfiles" / "tiny.gguf",
+        BenchOptions(n_prompt=16, n_gen=4, repetitions=1, n_ctx=256, bandwidth=False),
+        variant={"name": "tiny", "blob_digest": digest},
+        home=workspace.home,
+    )
+    assert bench.environment["extra_bufts"] is False and bench.points[0].ok
 
 
 def test_rebuild_command_follows_the_cpu() -> None:

@@ -31,6 +31,7 @@ def doctor_command(
     """
     from lifecycle.config import lifecycle_home
     from lifecycle.doctor import (
+        ENGINE_CHECKS_DIR,
         check_model,
         engine_build,
         file_digest,
@@ -38,7 +39,6 @@ def doctor_command(
         rebuild_command,
         tiny_canary_model,
     )
-    from lifecycle.runner import ENGINE_CHECKS_DIR
 
     build = engine_build()
     cpu = host_cpu()
