@@ -60,7 +60,7 @@ from lifecycle.errors import (
     ConfigError,
     UsageError,
 )
-from lifecycle.results import RunRecord
+from lifecycle.results import PER_VARIANT_KEYS, RunRecord
 
 BASELINE_SCHEMA_VERSION = 1
 BASELINES_DIR = "baselines"
@@ -383,10 +383,13 @@ def baseline_entry(
 
 
 def variant_environment(environment: dict[str, Any], variant_name: str) -> dict[str, Any]:
-    """The run environment as it applied to one variant (its thread count, its blob)."""
-    env = {k: v for k, v in environment.items() if k not in ("threads", "blobs")}
-    threads = environment.get("threads")
-    env["threads"] = threads.get(variant_name) if isinstance(threads, dict) else threads
+    """The run environment as it applied to one variant (its thread count, its blob, ...)."""
+    env = {k: v for k, v in environment.items() if k not in PER_VARIANT_KEYS}
+    for key in PER_VARIANT_KEYS:
+        if key == "blobs" or key not in environment:
+            continue
+        value = environment[key]
+        env[key] = value.get(variant_name) if isinstance(value, dict) else value
     return env
 
 
@@ -948,6 +951,14 @@ def _speed_checks(
     pairs: list[tuple[str, float | None, float | None, bool]] = []  # name, old, new, lower-worse
     old_speed = _eval_speed(base.get("summaries", []))
     new_speed = _eval_speed([s.to_dict() for s in record.summaries if s.variant == name])
+    # Tokens per yardstick: a busy machine slows the yardstick measured beside the eval as
+    # much as the engine, so only the engine's (or model's) own slowdown remains.
+    old_yard = (base.get("environment") or {}).get("yardstick_s")
+    new_yard = variant_environment(record.environment, name).get("yardstick_s")
+    yardstick = None
+    if old_speed and new_speed and old_yard and new_yard:
+        yardstick = f" per machine yardstick ({old_yard * 1000:.1f} → {new_yard * 1000:.1f} ms)"
+        old_speed, new_speed = old_speed * old_yard, new_speed * new_yard
     pairs.append(("generation_tokens_per_s", old_speed, new_speed, True))
     old_bench, new_bench = base.get("bench") or {}, bench_now or {}
     if old_bench or new_bench:
@@ -990,6 +1001,8 @@ def _speed_checks(
         ok = worse <= limit
         label = "drop" if lower_is_worse else "growth"
         message = f"{key} {_num(was)} → {_num(now)} ({change:+.0%})"
+        if key == "generation_tokens_per_s" and yardstick:
+            message = f"{key}{yardstick} {change:+.0%}"
         if not ok:
             message += f": {label} over the allowed {limit:.0%}"
         checks.append(

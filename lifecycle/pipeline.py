@@ -39,6 +39,7 @@ from lifecycle.gate import (
 )
 from lifecycle.pin import LOCK_FILE, PinResult, locked_manifest, pin, read_lock
 from lifecycle.results import (
+    PER_VARIANT_KEYS,
     CaseResult,
     RunRecord,
     SuiteSummary,
@@ -496,16 +497,16 @@ def _combine(pieces: list[dict[str, Any]], fresh: RunRecord | None, keys: list[s
     summaries = [SuiteSummary.from_dict(s) for p in pieces for s in p["summaries"]]
     cases = [CaseResult.from_dict(c) for p in pieces for c in p["cases"]]
     environment = dict(fresh.environment if fresh else pieces[0]["environment"])
-    threads: dict[str, Any] = {}
-    blobs: dict[str, Any] = {}
+    per_variant: dict[str, dict[str, Any]] = {key: {} for key in PER_VARIANT_KEYS}
     golden: dict[str, Any] = {}
     for p in pieces:
         name = p["variant"]["variant"]["name"]
-        env = p["environment"]
-        threads[name] = (env.get("threads") or {}).get(name)
-        blobs[name] = (env.get("blobs") or {}).get(name)
+        for key, values in per_variant.items():
+            recorded = p["environment"].get(key)
+            if isinstance(recorded, dict) and name in recorded:
+                values[name] = recorded[name]
         golden.update(p["golden_sets"])
-    environment["threads"], environment["blobs"] = threads, blobs
+    environment.update(per_variant)
     if fresh is not None and len(pieces) == len(fresh.variants):
         run_id = fresh.run_id
     else:

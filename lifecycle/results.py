@@ -303,6 +303,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+# Environment keys recorded per variant ({variant name: value}) rather than per run.
+PER_VARIANT_KEYS = ("threads", "blobs", "extra_bufts", "yardstick_s")
+
+
+def machine_yardstick(repeats: int = 3) -> float:
+    """Seconds a fixed numpy workload takes here now (best of ``repeats``): the machine's speed.
+
+    Measured beside each variant's eval, so the gate can tell "this machine is busy" (the
+    yardstick slows too) from "the engine or model got slower" (it does not). Element-wise
+    multiply-adds over 16 MiB, like a decode step's reads and arithmetic; no BLAS, whose
+    thread pool spins unpredictably on a busy machine.
+    """
+    import time
+
+    import numpy as np
+
+    data = np.ones(4 << 20, dtype=np.float32)
+    out = np.empty_like(data)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(4):
+            np.multiply(data, np.float32(1.0001), out=out)
+            np.add(out, np.float32(0.5), out=out)
+        best = min(best, time.perf_counter() - started)
+    return round(best, 6)
+
+
 def host_environment() -> dict[str, Any]:
     """Hardware and interpreter facts recorded with every run."""
     import psutil

