@@ -94,6 +94,31 @@ class GoldenCase:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """A suite's ``[calibration]`` table: which confidence to trust and how accurate to be.
+
+    ``confidence_field``: the output field where the model states its confidence (0..1).
+    ``routed_field``: the field whose value is the decision a cascade escalates (e.g. the
+    category); the engine's probability of that value is recorded, and a case counts as
+    correct when that field matches. Without it, correct means the whole case passed.
+    ``target``: the accuracy the cases kept local must reach. ``bins``: reliability bins.
+    """
+
+    confidence_field: str | None = None
+    routed_field: str | None = None
+    target: float = 0.95
+    bins: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "confidence_field": self.confidence_field,
+            "routed_field": self.routed_field,
+            "target": self.target,
+            "bins": self.bins,
+        }
+
+
+@dataclass(frozen=True)
 class Suite:
     """An eval suite with its golden set and schema loaded and validated."""
 
@@ -110,6 +135,7 @@ class Suite:
     golden_digest: str
     schema_digest: str
     description: str = ""
+    calibration: Calibration | None = None  # None: the suite has no [calibration] table
 
     def matcher_for(self, case: GoldenCase, field_name: str) -> Matcher:
         return case.match.get(field_name) or self.match.get(field_name) or Matcher()
@@ -209,7 +235,16 @@ def load_suites(evals_dir: Path, names: Sequence[str]) -> list[Suite]:
 def load_suite(path: Path) -> Suite:
     """Read an eval suite file and the golden set and schema it points at."""
     data = read_toml(path)
-    allowed = {"description", "golden", "schema", "modes", "threshold", "max_tokens", "match"}
+    allowed = {
+        "description",
+        "golden",
+        "schema",
+        "modes",
+        "threshold",
+        "max_tokens",
+        "match",
+        "calibration",
+    }
     for key in data:
         if key not in allowed:
             raise ConfigError(
@@ -239,6 +274,8 @@ def load_suite(path: Path) -> Suite:
         for name, spec in match_table.items()
     }
 
+    calibration = _parse_calibration(path, data["calibration"]) if "calibration" in data else None
+
     schema, schema_bytes = _load_schema(schema_path)
     cases, golden_bytes = _load_cases(golden_path, schema)
     return Suite(
@@ -255,6 +292,45 @@ def load_suite(path: Path) -> Suite:
         golden_digest="sha256:" + hashlib.sha256(golden_bytes).hexdigest(),
         schema_digest="sha256:" + hashlib.sha256(schema_bytes).hexdigest(),
         description=str(data.get("description", "")),
+        calibration=calibration,
+    )
+
+
+def _parse_calibration(path: Path, table: Any) -> Calibration:
+    """Validate ``[calibration]``; errors name the file and the ``calibration.KEY`` field."""
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table", path=path, field="calibration")
+    allowed = {"confidence_field", "routed_field", "target", "bins"}
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key (expected one of: {', '.join(sorted(allowed))})",
+                path=path,
+                field=f"calibration.{key}",
+            )
+    names: dict[str, str | None] = {}
+    for key in ("confidence_field", "routed_field"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError("must be a non-empty string", path=path, field=f"calibration.{key}")
+        names[key] = value
+    if names["confidence_field"] is None and names["routed_field"] is None:
+        raise ConfigError(
+            "names no confidence_field and no routed_field: nothing to calibrate",
+            path=path,
+            field="calibration",
+        )
+    target = table.get("target", 0.95)
+    if not _is_number(target) or not 0.0 < target <= 1.0:
+        raise ConfigError("must be a number in (0, 1]", path=path, field="calibration.target")
+    bins = table.get("bins", 10)
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 100:
+        raise ConfigError("must be an integer in [1, 100]", path=path, field="calibration.bins")
+    return Calibration(
+        confidence_field=names["confidence_field"],
+        routed_field=names["routed_field"],
+        target=float(target),
+        bins=bins,
     )
 
 

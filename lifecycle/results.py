@@ -48,6 +48,13 @@ class CaseResult:
     # The group's wall time divided by its cases: with concurrency, throughput is
     # cases / sum(wall_share_ms), while latency_ms is each request's own time.
     wall_share_ms: float = 0.0
+    # Confidence signals for cascade calibration (a suite with [calibration]; see
+    # lifecycle.confidence). None when not asked for or unavailable; the *_note says why.
+    stated_confidence: float | None = None
+    stated_confidence_note: str | None = None
+    answer_probability: float | None = None
+    answer_probability_note: str | None = None
+    routed_correct: bool | None = None  # the routed field's value matched the expected one
 
     @property
     def errored(self) -> bool:

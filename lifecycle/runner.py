@@ -19,6 +19,7 @@ from typing import Any
 from lifecycle import __version__
 from lifecycle import gguf as gguf_reader
 from lifecycle import modelfile as mf
+from lifecycle.confidence import confidence_signals
 from lifecycle.config import Workspace
 from lifecycle.crashguard import note
 from lifecycle.engines import (
@@ -496,6 +497,8 @@ def _request(
         # Engines that render templates themselves (ollama, openai) get the conversation.
         messages=tuple(case.messages),
         timeout_s=options.timeout_s,
+        # The routed field's probability needs each token's log-probability (costs a softmax).
+        logprobs=bool(suite.calibration and suite.calibration.routed_field),
     )
 
 
@@ -534,6 +537,7 @@ def _scored(
         finish_reason=generation.finish_reason,
         schema_enforced=generation.schema_enforced,
         wall_share_ms=round(wall_share_s * 1000.0, 2),
+        **confidence_signals(suite, case, generation, score.parsed),
     )
 
 

@@ -14,6 +14,7 @@ import click
 from lifecycle import __version__
 from lifecycle.cli._errors import handle_errors
 from lifecycle.cli.bench import bench_command, estimate_command
+from lifecycle.cli.calibrate import calibrate_command
 from lifecycle.cli.compare import compare_command, quantize_command
 from lifecycle.cli.doctor import doctor_command
 from lifecycle.cli.eval import eval_command, merge_command
@@ -70,6 +71,7 @@ cli.add_command(report_command)
 cli.add_command(smoke_command)
 cli.add_command(check_lock_command)
 cli.add_command(doctor_command)
+cli.add_command(calibrate_command)
 
 # Commands that load llama.cpp: they run under the crash supervisor (see lifecycle.crashguard).
 ENGINE_COMMANDS = frozenset({"eval", "smoke", "compare", "bench", "quantize", "gate", "build"})

@@ -57,6 +57,9 @@ class GenerationRequest:
     # (the server applies the template, SYSTEM and MESSAGE history) instead of ``prompt``.
     messages: tuple[Mapping[str, str], ...] | None = None
     timeout_s: float | None = None  # wall-clock limit; None: DEFAULT_CASE_TIMEOUT_S
+    # Record each generated token's log-probability (Generation.token_logprobs). Off by
+    # default: computing it costs a softmax over the vocabulary at every step.
+    logprobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ class Generation:
     # With a json_schema: False when the output stopped normally yet breaks the schema, i.e. the
     # server did not enforce it; None when no schema was asked for or the engine does not check.
     schema_enforced: bool | None = None
+    # With request.logprobs, on engines that can: the natural log of each generated token's
+    # probability, and where each token's text starts in ``text`` (character offsets).
+    # None when not asked for or the engine cannot say.
+    token_logprobs: tuple[float, ...] | None = None
+    token_offsets: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

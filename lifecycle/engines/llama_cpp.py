@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import random
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ class LlamaCppModel:
         llama_cpp.llama_perf_context_reset(ctx)
         start = time.perf_counter()
         try:
-            text, n_generated, finish = self._decode(tokens, request, gbnf)
+            text, n_generated, finish, scored = self._decode(tokens, request, gbnf)
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"generation failed: {exc}") from None
         latency_ms = (time.perf_counter() - start) * 1000.0
@@ -152,17 +153,22 @@ class LlamaCppModel:
             generation_ms=float(perf.t_eval_ms),
             latency_ms=latency_ms,
             finish_reason=finish,
+            token_logprobs=tuple(scored.logprobs) if scored else None,
+            token_offsets=tuple(scored.offsets) if scored else None,
         )
 
     def _decode(
         self, tokens: list[int], request: GenerationRequest, gbnf: str | None
-    ) -> tuple[str, int, str]:
+    ) -> tuple[str, int, str, _Scored | None]:
         """Evaluate the prompt (reusing the cached prefix) and sample until a stop condition.
 
         Grammar-constrained sampling checks the token the sampler picked first and only masks
         the whole vocabulary when that token is not allowed — llama.cpp's own strategy in
         ``common_sampler``. llama-cpp-python masks all tokens at every step instead, which on a
         262k-token vocabulary (Gemma 3) costs more than the forward pass.
+
+        With ``request.logprobs`` each generated token's log-probability is recorded (see
+        :meth:`_logprob`) with the character offset where its text starts.
         """
         llm = self._llm
         note(phase="prompt")
@@ -179,27 +185,31 @@ class LlamaCppModel:
         vocab = llm._model.vocab
         ctx = llm._ctx.ctx
         generated: list[int] = []
+        scored = _Scored() if request.logprobs else None
+        text = ""
         finish = "length"
         try:
             while len(generated) < request.max_tokens:
-                token = self._sample(chain, grammar, ctx)
+                token, logprob = self._sample(chain, grammar, ctx, logprob=scored is not None)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = "stop"
                     break
                 generated.append(token)
+                if scored is not None:
+                    scored.add(logprob, offset=len(text))
                 # Detokenize the whole completion each step: a UTF-8 character or a stop
                 # sequence may span tokens (completions are short, so this stays cheap).
                 text = llm.detokenize(generated, prev_tokens=tokens).decode("utf-8", "ignore")
                 hit = _first_stop(text, request.stop)
                 if hit is not None:
-                    return text[:hit], len(generated), "stop"
+                    return text[:hit], len(generated), "stop", scored
                 llm.eval([token])
         finally:
             chain.close()
             if grammar:
                 llama_cpp.llama_sampler_free(grammar)
         text = llm.detokenize(generated, prev_tokens=tokens).decode("utf-8", "replace")
-        return text, len(generated), finish
+        return text, len(generated), finish, scored
 
     def _evaluate_prompt(self, tokens: list[int]) -> None:
         """Decode ``tokens`` after the longest prefix already in the KV cache."""
@@ -233,12 +243,14 @@ class LlamaCppModel:
             chain.add_dist(request.seed)
         return chain
 
-    def _sample(self, chain: Any, grammar: Any, ctx: Any) -> int:
+    def _sample(
+        self, chain: Any, grammar: Any, ctx: Any, *, logprob: bool = False
+    ) -> tuple[int, float]:
+        """The next token, and its log-probability when ``logprob`` (else NaN)."""
         if grammar is None:
-            return int(chain.sample(self._llm._ctx, -1))
-        logits = np.ctypeslib.as_array(
-            llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self._llm.n_vocab(),)
-        )
+            token = int(chain.sample(self._llm._ctx, -1))
+            return token, _logprob(self._logits(ctx), token) if logprob else math.nan
+        logits = self._logits(ctx)
         # Sample on a copy of the logits, then ask the grammar whether that token is allowed.
         candidates = _CandidateArray(logits)
         llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
@@ -251,9 +263,22 @@ class LlamaCppModel:
             llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
             llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
             token = candidates.selected_token()
+        value = math.nan
+        if logprob:
+            # The model's distribution over the tokens the grammar allows here: mask the raw
+            # logits with the grammar (before it accepts the token), then renormalise.
+            allowed = _CandidateArray(logits)
+            llama_cpp.llama_sampler_apply(grammar, allowed.pointer)
+            value = _logprob(allowed.logits(), token)
         llama_cpp.llama_sampler_accept(grammar, token)
         chain.accept(token)
-        return token
+        return token, value
+
+    def _logits(self, ctx: Any) -> np.ndarray:
+        """The last position's logits (a view of llama.cpp's buffer, not a copy)."""
+        return np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self._llm.n_vocab(),)
+        )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -574,16 +599,52 @@ class _CandidateArray:
         )
         self.pointer = ctypes.pointer(self._array)
 
+    def logits(self) -> np.ndarray:
+        """The logits indexed by token id, as the samplers applied so far left them."""
+        out = np.full(len(self.data), -np.inf, dtype=np.float32)
+        view = self._live()
+        out[view["id"]] = view["logit"]
+        return out
+
+    def _live(self) -> np.ndarray:
+        # Samplers may reorder or shrink the array in place; read through the live pointer.
+        size = int(self._array.size)
+        return np.ctypeslib.as_array(
+            ctypes.cast(self._array.data, ctypes.POINTER(ctypes.c_byte)), shape=(size * 12,)
+        ).view(self._dtype)
+
     def selected_token(self) -> int:
         index = int(self._array.selected)
         if index < 0:
             raise RuntimeError("sampler selected no token")
-        # Samplers may reorder or shrink the array in place; read through the live pointer.
-        size = int(self._array.size)
-        view = np.ctypeslib.as_array(
-            ctypes.cast(self._array.data, ctypes.POINTER(ctypes.c_byte)), shape=(size * 12,)
-        ).view(self._dtype)
-        return int(view["id"][index])
+        return int(self._live()["id"][index])
+
+
+@dataclass
+class _Scored:
+    """Per generated token: its log-probability and where its text starts."""
+
+    logprobs: list[float] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+
+    def add(self, logprob: float, *, offset: int) -> None:
+        self.logprobs.append(logprob)
+        self.offsets.append(offset)
+
+
+def _logprob(logits: np.ndarray, token: int) -> float:
+    """log softmax(logits)[token] at temperature 1, over the finite logits.
+
+    This is the model's own probability of the token: no repeat penalty, top-k/p or
+    temperature (those shape the sampling, not the model's belief). Grammar-masked tokens
+    carry -inf and drop out, so under a grammar it is renormalised over the allowed tokens.
+    """
+    values = logits.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or not np.isfinite(values[token]):
+        return -math.inf
+    top = finite.max()
+    return float(values[token] - top - math.log(np.exp(finite - top).sum()))
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
