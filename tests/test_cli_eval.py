@@ -66,13 +66,23 @@ def test_eval_json_document(tiny_workspace: Path, run_cli: Run) -> None:
     assert "run record:" in err
 
 
-def test_eval_fails_with_exit_3_under_threshold(tiny_workspace: Path, run_cli: Run) -> None:
+def test_under_threshold_a_candidate_is_refused_and_a_pinned_variant_fails(
+    tiny_workspace: Path, run_cli: Run
+) -> None:
     suite = tiny_workspace / "evals" / "triage.toml"
     suite.write_text(suite.read_text().replace("threshold = 0.0", "threshold = 1.0"))
     code, out, _ = run_cli("eval", "-C", str(tiny_workspace), "--mode", "free", "-q")
-    assert code == 3
-    assert "BELOW" in out and "verdict: FAIL" in out
+    assert code == 0  # not in models.lock: a candidate, refused and reported
+    assert "refused" in out and "verdict: 1 candidate(s) refused (under threshold)" in out
     assert "not JSON" in out  # failing cases are listed with their reason
+
+    lock = {"lock_version": 1, "variants": {"tiny": {"variant_id": "pinned-before"}}}
+    (tiny_workspace / "models.lock").write_text(json.dumps(lock))
+    code, out, _ = run_cli("eval", "-C", str(tiny_workspace), "--mode", "free", "-q")
+    assert code == 3  # production under its threshold
+    assert "BELOW" in out and "1 pinned variant(s) BELOW threshold" in out
+    code, _, _ = run_cli("eval", "-C", str(tiny_workspace), "--mode", "free", "-q", "--exit-zero")
+    assert code == 0
 
 
 def test_eval_limit_and_mode_selection(tiny_workspace: Path, run_cli: Run) -> None:

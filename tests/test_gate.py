@@ -76,10 +76,19 @@ def test_rate_drop_within_threshold_passes_but_regression_still_fails() -> None:
     assert [c.status for c in strict.checks if c.name == "pass_rate"] == ["fail"]
 
 
-def test_threshold_not_met_fails_without_baseline() -> None:
-    result = run_gate(make_record({"a": False}, threshold=0.5), {})
-    assert not result.passed
-    assert "threshold" in result.variants[0].failures[0]
+def test_threshold_not_met_refuses_a_candidate_and_fails_a_pinned_variant() -> None:
+    record = make_record({"a": False}, threshold=0.5)
+    candidate = run_gate(record, {})
+    assert candidate.passed and candidate.exit_code == 0
+    assert candidate.variants[0].status == "refused"
+    assert "threshold" in candidate.variants[0].failures[0]
+    pinned = run_gate(record, {}, pinned={"tiny"})
+    assert not pinned.passed and pinned.exit_code == 3
+    assert pinned.variants[0].status == "regressed"
+    strict = run_gate(record, {}, GateSettings(fail_on_candidates=True))
+    assert not strict.passed
+    nothing = run_gate(record, {}, GateSettings(require_passing_variant=True))
+    assert not nothing.passed and nothing.failures == ["no variant of tiny passes"]
 
 
 def test_speed_drop_fails_and_hardware_change_skips() -> None:

