@@ -880,8 +880,15 @@ def _environment_changes(base: dict[str, Any], now: dict[str, Any]) -> list[dict
     return [
         {"key": key, "baseline": base.get(key), "current": now.get(key)}
         for key in (*ENGINE_KEYS, *HARDWARE_KEYS)
-        if key in base and base.get(key) != now.get(key)
+        if key in base and not _same_setting(key, base.get(key), now.get(key))
     ]
+
+
+def _same_setting(key: str, was: Any, now: Any) -> bool:
+    # The RAM a VM reports moves by a few pages from boot to boot: not another machine.
+    if key == "ram_bytes" and isinstance(was, int) and isinstance(now, int) and was > 0:
+        return abs(now - was) / was < 0.01
+    return bool(was == now)
 
 
 def _rate_checks(

@@ -202,3 +202,13 @@ def test_gate_cli_reads_gate_table(tiny_workspace: Path, run_cli: Run) -> None:
     config.write_text(config.read_text() + "\n[gate]\nmax_pass_rate_drop = 2\n", "utf-8")
     code, _, err = run_cli("gate", "-C", str(tiny_workspace))
     assert code == 2 and "lifecycle.toml → gate.max_pass_rate_drop: must be between 0 and 1" in err
+
+
+def test_a_few_pages_of_ram_are_not_another_machine() -> None:
+    base = make_record({"a": True}, tokens_per_s=100.0)
+    now = make_record({"a": True}, tokens_per_s=50.0)
+    now.environment["ram_bytes"] = base.environment["ram_bytes"] + 8192
+    result = run_gate(now, baselines_of(base), GateSettings(max_tokens_per_s_drop=0.3))
+    assert not result.environment_changes
+    [check] = [c for c in result.checks if c.name == "generation_tokens_per_s"]
+    assert check.status == "fail"  # the same machine: speed is compared
