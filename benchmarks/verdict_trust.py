@@ -8,10 +8,11 @@ the weekly job (`lifecycle smoke --offline --no-bench --no-cache`) on:
   1. a changed expectation (a ticket the model routes right now expects another team);
   2. worse weights re-published under the same tag (the file's bytes replaced by the
      requantized Q4_0 weights);
-  3. a broken TEMPLATE (the model turn marker dropped);
-  4. a slower engine (the workspace's engine threads cut from 2 to 1);
-- unchanged re-runs while a busy process keeps one core loaded (the speed gate compares
-  tokens per machine yardstick, measured beside the eval, so load alone must not fail it).
+  3. a broken TEMPLATE (the user turn's text dropped: the model never sees the ticket);
+  4. a slower engine (its process limited to one of the two cores, as when a deployment
+     loses CPU quota: the same 2-thread engine, far fewer tokens/s);
+- unchanged re-runs while a busy process outside the job keeps one core loaded (speeds taken
+  on a busy machine are not judged, and the gate says so: load alone must not fail it).
 
 Prints caught/injected and false alarms/re-runs; asserts nothing. Needs the example model in
 the store (`lifecycle build` in the repository first, which the quickstart does).
@@ -65,21 +66,22 @@ def main() -> int:
             ("changed expectation", lambda: change_expectation(root, passing[0])),
             ("worse weights, same tag", lambda: shutil.copy(worse, root / "model.gguf")),
             ("broken TEMPLATE", lambda: break_template(root)),
-            ("slower engine (threads 2 -> 1)", lambda: set_threads(root, 1)),
+            ("slower engine (one core)", lambda: None),
         ):
             reset(root, good)
             inject()
-            doc = smoke(root)
+            doc = smoke(root, cores="0" if name.startswith("slower") else None)
             results.append((name, doc))
         reset(root, good)
         reruns = []
-        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        # A process outside the job's tree (started through a shell that exits at once).
+        spawn = "python3 -c 'while True: pass' >/dev/null 2>&1 & echo $!"
+        hog = int(subprocess.run(["sh", "-c", spawn], capture_output=True, text=True).stdout)
         try:
             for _ in range(args.reruns):
                 reruns.append(smoke(root))
         finally:
-            hog.kill()
-            hog.wait()
+            os.kill(hog, 9)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -102,6 +104,11 @@ def main() -> int:
         speed = next(
             (c["message"] for c in doc["gate"]["checks"] if c["name"] == "generation_tokens_per_s"),
             "-",
+        )
+        speed += (
+            ""
+            if not alarm
+            else " | " + "; ".join(f for v in doc["gate"]["variants"] for f in v["failures"])
         )
         state = "FALSE ALARM" if alarm else "ok"
         print(f"  unchanged re-run {i} (one core busy) exit {doc['exit_code']}  {state}: {speed}")
@@ -149,9 +156,12 @@ def setup(root: Path, weights: Path, cases: int) -> None:
     git(root, "commit", "-q", "-m", "workspace")
 
 
-def smoke(root: Path, *, commit: bool = False) -> dict[str, Any]:
-    """The weekly job, re-evaluating everything; ``commit`` pins what passed in git."""
+def smoke(root: Path, *, commit: bool = False, cores: str | None = None) -> dict[str, Any]:
+    """The weekly job, re-evaluating everything; ``commit`` pins what passed in git;
+    ``cores`` limits it to those CPUs (``taskset -c``)."""
     command = [sys.executable, "-m", "lifecycle.cli", "smoke", "-C", str(root), "--offline"]
+    if cores is not None:
+        command = ["taskset", "-c", cores, *command]
     command += ["--no-bench", "--no-cache", "--json", "-q"] + (["--commit"] if commit else [])
     done = subprocess.run(
         command,
@@ -192,12 +202,11 @@ def change_expectation(root: Path, case_id: object) -> None:
 def break_template(root: Path) -> None:
     modelfile = root / "modelfiles" / "harbor-triage.Modelfile"
     text = modelfile.read_text(encoding="utf-8")
-    modelfile.write_text(text.replace("{{ if $last }}<start_of_turn>model\n", "{{ if $last }}"))
-
-
-def set_threads(root: Path, threads: int) -> None:
-    config = root / "lifecycle.toml"
-    config.write_text(config.read_text().replace("threads = 2", f"threads = {threads}"))
+    broken = text.replace(
+        "<start_of_turn>user\n{{ .Content }}<end_of_turn>", "<start_of_turn>user\n<end_of_turn>"
+    )
+    assert broken != text
+    modelfile.write_text(broken, encoding="utf-8")
 
 
 def git(root: Path, *args: str) -> None:

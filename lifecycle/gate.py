@@ -91,6 +91,9 @@ class GateSettings:
     max_schema_valid_drop: float = 0.0
     max_tokens_per_s_drop: float = 0.3
     max_memory_growth: float = 0.2
+    # Speeds are judged only when other processes used at most this share of the CPU during
+    # the eval (and the baseline's): a loaded machine slows llama.cpp far beyond its share.
+    max_foreign_cpu_share: float = 0.15
     fail_on_regression: bool = True
     # A candidate (a variant not in models.lock) that fails is refused and reported; true
     # makes it fail the gate as well.
@@ -958,14 +961,15 @@ def _speed_checks(
     pairs: list[tuple[str, float | None, float | None, bool]] = []  # name, old, new, lower-worse
     old_speed = _eval_speed(base.get("summaries", []))
     new_speed = _eval_speed([s.to_dict() for s in record.summaries if s.variant == name])
-    # Tokens per yardstick: a busy machine slows the yardstick measured beside the eval as
-    # much as the engine, so only the engine's (or model's) own slowdown remains.
-    old_yard = (base.get("environment") or {}).get("yardstick_s")
-    new_yard = variant_environment(record.environment, name).get("yardstick_s")
-    yardstick = None
-    if old_speed and new_speed and old_yard and new_yard:
-        yardstick = f" per machine yardstick ({old_yard * 1000:.1f} → {new_yard * 1000:.1f} ms)"
-        old_speed, new_speed = old_speed * old_yard, new_speed * new_yard
+    # Speeds measured while other processes kept the CPU busy say nothing about the engine.
+    busy = [
+        share
+        for share in (
+            (base.get("environment") or {}).get("foreign_cpu_share"),
+            variant_environment(record.environment, name).get("foreign_cpu_share"),
+        )
+        if isinstance(share, int | float) and share > settings.max_foreign_cpu_share
+    ]
     pairs.append(("generation_tokens_per_s", old_speed, new_speed, True))
     old_bench, new_bench = base.get("bench") or {}, bench_now or {}
     if old_bench or new_bench:
@@ -986,6 +990,21 @@ def _speed_checks(
             if was is None and now is None:
                 continue
             checks.append(Check(key, name, "skip", f"{key}: not measured in both runs"))
+            continue
+        if busy and lower_is_worse:
+            checks.append(
+                Check(
+                    key,
+                    name,
+                    "skip",
+                    f"{key}: not judged, the machine was busy (other processes used "
+                    f"{max(busy):.0%} of the CPU during the eval; the bound is "
+                    f"{settings.max_foreign_cpu_share:.0%}); re-run on a quiet machine",
+                    baseline=was,
+                    current=now,
+                    cause="environment",
+                )
+            )
             continue
         if hardware_changed:
             checks.append(
@@ -1008,8 +1027,6 @@ def _speed_checks(
         ok = worse <= limit
         label = "drop" if lower_is_worse else "growth"
         message = f"{key} {_num(was)} → {_num(now)} ({change:+.0%})"
-        if key == "generation_tokens_per_s" and yardstick:
-            message = f"{key}{yardstick} {change:+.0%}"
         if not ok:
             message += f": {label} over the allowed {limit:.0%}"
         checks.append(

@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -311,31 +312,58 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # Environment keys recorded per variant ({variant name: value}) rather than per run.
-PER_VARIANT_KEYS = ("threads", "blobs", "extra_bufts", "yardstick_s")
+PER_VARIANT_KEYS = ("threads", "blobs", "extra_bufts", "foreign_cpu_share")
 
 
-def machine_yardstick(repeats: int = 3) -> float:
-    """Seconds a fixed numpy workload takes here now (best of ``repeats``): the machine's speed.
+class ForeignLoad:
+    """How much of the machine other processes used while a block of work ran.
 
-    Measured beside each variant's eval, so the gate can tell "this machine is busy" (the
-    yardstick slows too) from "the engine or model got slower" (it does not). Element-wise
-    multiply-adds over 16 MiB, like a decode step's reads and arithmetic; no BLAS, whose
-    thread pool spins unpredictably on a busy machine.
+    llama.cpp's threads wait for each other at every step, so another busy process slows a
+    decode far more than its own share of the CPU (measured here: one busy core cut a
+    2-thread decode from 52 to 21 tokens/s, while a numpy probe slowed 38 %). Speeds taken
+    on a busy machine are therefore not comparable with a baseline: the gate does not judge
+    them, and says why. ``start()`` then ``share()``: the CPU time of processes outside this
+    process tree, as a share of every CPU over the wall time.
     """
-    import time
 
-    import numpy as np
+    def start(self) -> ForeignLoad:
+        import psutil
 
-    data = np.ones(4 << 20, dtype=np.float32)
-    out = np.empty_like(data)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(4):
-            np.multiply(data, np.float32(1.0001), out=out)
-            np.add(out, np.float32(0.5), out=out)
-        best = min(best, time.perf_counter() - started)
-    return round(best, 6)
+        self._busy = _busy_seconds(psutil.cpu_times())
+        self._own = _tree_cpu_seconds()
+        self._wall = time.monotonic()
+        return self
+
+    def share(self) -> float:
+        import psutil
+
+        wall = time.monotonic() - self._wall
+        cpus = psutil.cpu_count() or 1
+        busy = _busy_seconds(psutil.cpu_times()) - self._busy
+        own = _tree_cpu_seconds() - self._own
+        if wall <= 0:
+            return 0.0
+        return round(max(0.0, busy - own) / (wall * cpus), 3)
+
+
+def _busy_seconds(times: Any) -> float:
+    idle = getattr(times, "idle", 0.0) + getattr(times, "iowait", 0.0)
+    return float(sum(times)) - idle
+
+
+def _tree_cpu_seconds() -> float:
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    mine = me.cpu_times()
+    return total + mine.children_user + mine.children_system
 
 
 def host_environment() -> dict[str, Any]:

@@ -39,11 +39,11 @@ from lifecycle.lint import lint_variant
 from lifecycle.prompt import render_prompt
 from lifecycle.results import (
     CaseResult,
+    ForeignLoad,
     RunRecord,
     SuiteSummary,
     VariantRun,
     host_environment,
-    machine_yardstick,
     overall,
     summarise,
 )
@@ -121,7 +121,7 @@ def run_eval(
     total_load_ms = 0.0
     threads_used: dict[str, int] = {}
     engine_modes: dict[str, bool] = {}  # variant -> extra buffer types on (the canary's call)
-    yardsticks: dict[str, float] = {}  # variant -> machine speed beside its eval (seconds)
+    foreign: dict[str, float] = {}  # variant -> CPU share other processes used meanwhile
     checkpoints = Checkpoints(workspace.root / CHECKPOINTS_DIR, enabled=options.resume)
     slot = 0  # position in the (variant, suite, mode, case) order that shards slice
     for plan in plans:
@@ -137,7 +137,7 @@ def run_eval(
             if options.canary and engine.name in CANARY_ENGINES:
                 load_options = _checked_load_options(workspace, variant, load_options, say)
             engine_modes[variant.name] = load_options.extra_bufts
-            yardsticks[variant.name] = machine_yardstick()
+            load = ForeignLoad().start()
             say(
                 f"loading {variant.name} ({variant.blob_digest[:19]}, num_ctx {load_options.n_ctx})"
             )
@@ -187,8 +187,7 @@ def run_eval(
                 )
         finally:
             model.close()
-        # The machine's speed before and after this variant's cases, averaged.
-        yardsticks[variant.name] = round((yardsticks[variant.name] + machine_yardstick()) / 2, 6)
+        foreign[variant.name] = load.share()
         variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=round(model.load_ms, 2)))
 
     environment: dict[str, Any] = {
@@ -199,7 +198,7 @@ def run_eval(
         "engine_details": dict(engine_info.details),
         "threads": threads_used,
         "extra_bufts": engine_modes,
-        "yardstick_s": yardsticks,
+        "foreign_cpu_share": foreign,
         "batch_size": workspace.engine.batch_size,
         "gpu_layers": workspace.engine.gpu_layers,
         "seed": workspace.engine.seed,

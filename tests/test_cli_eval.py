@@ -197,3 +197,9 @@ def test_debug_env_shows_traceback(
     rewrite(tiny_workspace / "lifecycle.toml", "threads = 2", "threads = -1")
     code, _, err = run_cli("eval", "-C", str(tiny_workspace))
     assert code == 2 and "Traceback" in err
+
+
+def test_eval_records_how_busy_the_machine_was(tiny_workspace: Path, run_cli: Run) -> None:
+    code, out, _ = run_cli("eval", "-C", str(tiny_workspace), "--json", "--limit", "1")
+    share = json.loads(out)["environment"]["foreign_cpu_share"]["tiny"]
+    assert code == 0 and 0.0 <= share <= 1.0

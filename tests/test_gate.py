@@ -212,3 +212,16 @@ def test_a_few_pages_of_ram_are_not_another_machine() -> None:
     assert not result.environment_changes
     [check] = [c for c in result.checks if c.name == "generation_tokens_per_s"]
     assert check.status == "fail"  # the same machine: speed is compared
+
+
+def test_speed_on_a_busy_machine_is_not_judged() -> None:
+    base = make_record({"a": True}, tokens_per_s=100.0)
+    slow = make_record({"a": True}, tokens_per_s=40.0)
+    slow.environment["foreign_cpu_share"] = {"tiny": 0.5}  # another process had a core
+    result = run_gate(slow, baselines_of(base), GateSettings(max_tokens_per_s_drop=0.3))
+    [check] = [c for c in result.checks if c.name == "generation_tokens_per_s"]
+    assert check.status == "skip" and "the machine was busy" in check.message
+    assert result.passed
+    slow.environment["foreign_cpu_share"] = {"tiny": 0.02}  # quiet: judged
+    result = run_gate(slow, baselines_of(base), GateSettings(max_tokens_per_s_drop=0.3))
+    assert not result.passed
