@@ -97,14 +97,13 @@ def main() -> int:
         print(
             f"  injected {name:32} exit {doc['exit_code']}  {'CAUGHT' if hit else 'missed'}: {why}"
         )
+        if name.startswith("slower"):
+            print(f"      speed: {speed_check(doc)}")
     alarms = 0
     for i, doc in enumerate(reruns, 1):
         alarm = doc["exit_code"] != 0
         alarms += alarm
-        speed = next(
-            (c["message"] for c in doc["gate"]["checks"] if c["name"] == "generation_tokens_per_s"),
-            "-",
-        )
+        speed = speed_check(doc)
         speed += (
             ""
             if not alarm
@@ -117,6 +116,11 @@ def main() -> int:
         f"{alarms}/{len(reruns)} false alarms on unchanged re-runs under load"
     )
     return 0
+
+
+def speed_check(doc: dict[str, Any]) -> str:
+    checks = doc["gate"]["checks"]
+    return next((c["message"] for c in checks if c["name"] == "generation_tokens_per_s"), "-")
 
 
 def setup(root: Path, weights: Path, cases: int) -> None:
