@@ -32,7 +32,7 @@ from typing import Any
 from lifecycle.crashguard import child_environment, note, remedy
 from lifecycle.engines.base import EngineCrashed
 from lifecycle.errors import EngineError
-from lifecycle.fsutil import atomic_write_text
+from lifecycle.fsutil import atomic_write_text, quiet_stderr
 
 CHECK_VERSION = 1
 ENGINE_CHECKS_DIR = "engine-checks"  # under LIFECYCLE_HOME: facts about this machine
@@ -368,7 +368,9 @@ def tiny_canary_model(checks_dir: Path) -> Path:
     try:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = int(llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0)
-        if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
+        with quiet_stderr():  # llama.cpp logs every tensor it quantizes
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+        if status != 0:
             raise EngineError("llama.cpp could not quantize the canary model")
         os.replace(tmp, path)
     finally:

@@ -32,6 +32,7 @@ def test_doctor_reports_build_cpu_and_a_canary_per_model(
     cpu = doc["cpu"]
     assert cpu["model"] and set(cpu["flags"]) <= set(host_cpu()["flags"]) | {"avx2"}
     assert isinstance(cpu["amx_advertised"], bool) and "amx_usable" in cpu
+    assert doc["ggml"]["backends"].get("CPU") == 1  # llama.cpp's own device registry
     names = [c["model"] for c in doc["canaries"]]
     assert names == ["(engine build: tiny Q4_0 model)", "tiny"]
     for canary in doc["canaries"]:

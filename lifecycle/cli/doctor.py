@@ -29,6 +29,7 @@ def doctor_command(
     per engine build + CPU + model; `eval`, `smoke` and `gate` run the same check before
     they load a model. Exit codes: 0 every model runs (perhaps degraded); 1 some cannot.
     """
+    from lifecycle.bench import ggml_devices
     from lifecycle.config import lifecycle_home
     from lifecycle.doctor import (
         ENGINE_CHECKS_DIR,
@@ -77,6 +78,9 @@ def doctor_command(
         "engine": build,
         "cpu": cpu,
         "gpus": _gpus(),
+        # Backends compiled into llama.cpp and the devices each answered with: tells a build
+        # without a GPU backend from one whose GPU is hidden (CUDA_VISIBLE_DEVICES="").
+        "ggml": ggml_devices(),
         "canaries": [c.to_dict() for c in checks],
         "rebuild": rebuild_command(cpu, version) if degraded or not ok else None,
         "workspace": skipped,
@@ -136,9 +140,12 @@ def _render(doc: dict[str, Any]) -> str:
     amx = "not advertised"
     if cpu["amx_advertised"]:
         amx = "usable" if cpu["amx_usable"] else "advertised but NOT usable by this process"
+    backends = doc["ggml"].get("backends") or {}
+    listed = ", ".join(f"{name} ({count} device(s))" for name, count in backends.items())
     lines = [
         f"engine:  {engine.get('version')} (GPU offload "
-        f"{'built in' if engine.get('gpu_offload') else 'not built'})",
+        f"{'available' if engine.get('gpu_offload') else 'unavailable: no GPU device'})",
+        f"backends: {listed or doc['ggml'].get('reason') or 'unknown'}",
         f"build:   {engine.get('system_info')}",
         f"cpu:     {cpu['model']} ({cpu['machine']}); {' '.join(cpu['flags'])}",
         f"amx:     {amx}",
