@@ -177,6 +177,10 @@ def test_a_partial_run_is_gated_on_the_cases_it_ran(tiny_workspace: Path, run_cl
     assert threshold["status"] == "skip" and "partial run" in threshold["message"]
     code, out, _ = run_cli("gate", "-C", ws, "--markdown", str(tiny_workspace / "g.md"))
     assert "Partial run" in (tiny_workspace / "g.md").read_text()
+    # On a terminal: a table, not Markdown.
+    assert out.startswith("gate: PASS — 1 pinned variant holds (run ")
+    assert "partial run, gated on the cases it ran:" in out
+    assert "<details>" not in out and "|" not in out
 
 
 def test_added_golden_cases_are_judged_by_threshold_not_as_a_rate_drop(

@@ -78,8 +78,51 @@ def gate_command(
     if as_json:
         emit_json(gate.to_dict())
     else:
-        click.echo(text)
+        click.echo(render_gate_text(gate))
     return gate.exit_code
+
+
+def render_gate_text(gate: GateResult) -> str:
+    """The gate for a terminal: a headline, one row per variant, then what failed and why.
+
+    The Markdown (with its ``<details>`` blocks) is for ``--markdown`` and the CI step summary.
+    """
+    word = "PASS" if gate.passed else "FAIL"
+    if gate.engine_failed:
+        word = "ENGINE FAILED (no verdict)"
+    lines = [f"gate: {word} — {gate.headline()} (run {gate.run_id})", ""]
+    rows = [
+        [v.variant, "pinned" if v.pinned else "candidate", v.status, "; ".join(v.failures)]
+        for v in gate.variants
+    ]
+    lines.append(table(["variant", "role", "status", "why"], rows))
+    if gate.partial:
+        lines += ["", "partial run, gated on the cases it ran:"]
+        lines += [f"  {p}" for p in gate.partial]
+    if gate.regressions:
+        lines += ["", f"regressions ({len(gate.regressions)}):"]
+        for r in gate.regressions:
+            lines.append(f"  {r.variant} {r.suite}/{r.mode} {r.case}: {r.reason}")
+            lines.append(f"      now:      {_one_line(r.output)}")
+            lines.append(f"      baseline: {_one_line(r.baseline_output)}")
+    if gate.environment_flips:
+        lines += ["", f"flipped by the environment alone ({len(gate.environment_flips)}):"]
+        for f in gate.environment_flips:
+            was, now = ("pass" if f.baseline_passed else "fail"), ("pass" if f.passed else "fail")
+            lines.append(f"  {f.variant} {f.suite}/{f.mode} {f.case}: {was} → {now}")
+    changes = [
+        f"  {entry['variant']} {c['key']}: {c['baseline']} → {c['current']}"
+        for entry in gate.environment_changes
+        for c in entry["changes"]
+    ]
+    if changes:
+        lines += ["", "environment changes (not model regressions):", *changes]
+    return "\n".join(lines)
+
+
+def _one_line(text: str, width: int = 90) -> str:
+    flat = text.strip().replace("\n", "\\n")
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
 @click.command("pin")
