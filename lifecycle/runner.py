@@ -23,6 +23,7 @@ from lifecycle.confidence import confidence_signals
 from lifecycle.config import Workspace
 from lifecycle.crashguard import note
 from lifecycle.engines import (
+    BatchedModel,
     CaseTimeout,
     EngineCrashed,
     Generation,
@@ -67,8 +68,13 @@ class EvalOptions:
     engine: str | None = None
     threads: int | None = None
     limit: int | None = None  # first N cases of each suite, for quick checks
+    # Only these case ids (e.g. the cases a cascade escalates); None: every case.
+    case_ids: Sequence[str] | None = None
     shard: tuple[int, int] | None = None  # (i, n): run every n-th work item from the i-th
     concurrency: int = 1  # cases in flight at once (HTTP engines only)
+    # Sequences decoded together in one llama.cpp context (None: the workspace's [engine]
+    # parallel). 1 decodes one case at a time, the reference path.
+    parallel: int | None = None
     timeout_s: float | None = None  # wall-clock limit per case (None: the engine default)
     engine_settings: dict[str, Any] = field(default_factory=dict)  # e.g. base_url, host
     # Results are appended to .lifecycle/checkpoints as they are produced, so an interrupted
@@ -120,6 +126,7 @@ def run_eval(
     cases: list[CaseResult] = []
     total_load_ms = 0.0
     threads_used: dict[str, int] = {}
+    parallel_used: dict[str, int] = {}
     engine_modes: dict[str, bool] = {}  # variant -> extra buffer types on (the canary's call)
     foreign: dict[str, float] = {}  # variant -> CPU share other processes used meanwhile
     checkpoints = Checkpoints(workspace.root / CHECKPOINTS_DIR, enabled=options.resume)
@@ -149,6 +156,7 @@ def run_eval(
             variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=None, error=str(exc)))
             continue
         threads_used[variant.name] = int(getattr(model, "n_threads", load_options.n_threads))
+        parallel_used[variant.name] = model.parallel if isinstance(model, BatchedModel) else 1
         total_load_ms += model.load_ms
         try:
             for suite, mode in _groups(plan, options):
@@ -197,6 +205,7 @@ def run_eval(
         "engine_version": engine_info.version,
         "engine_details": dict(engine_info.details),
         "threads": threads_used,
+        "parallel": parallel_used,
         "extra_bufts": engine_modes,
         "foreign_cpu_share": foreign,
         "batch_size": workspace.engine.batch_size,
@@ -330,7 +339,7 @@ def _group_key(
         mode,
         engine_info.name,
         engine_info.version,
-        [load.n_ctx, load.n_threads, load.n_batch, load.n_gpu_layers, load.seed],
+        [load.n_ctx, load.n_threads, load.n_batch, load.n_gpu_layers, load.seed, load.n_parallel],
         load.extra_bufts,
         host_environment().get("cpu"),
     ]
@@ -370,6 +379,9 @@ def _work_items(plan: _Plan, options: EvalOptions) -> list[tuple[Suite, str, Gol
     items = []
     for suite, mode in _groups(plan, options):
         selected = suite.cases[: options.limit] if options.limit else suite.cases
+        if options.case_ids is not None:
+            wanted = set(options.case_ids)
+            selected = tuple(c for c in selected if c.id in wanted)
         items += [(suite, mode, case) for case in selected]
     return items
 
@@ -385,8 +397,13 @@ def _load_options(workspace: Workspace, variant: Variant, options: EvalOptions) 
     def setting(name: str, default: int) -> int:
         return variant.int_parameter(name) if name in params else default
 
+    engine = options.engine or workspace.engine.name
+    parallel = options.parallel if options.parallel is not None else workspace.engine.parallel
     return LoadOptions(
         n_ctx=variant.int_parameter("num_ctx"),
+        # Only the in-process llama.cpp engine batches sequences; the others run one case at
+        # a time (HTTP engines have --concurrency instead).
+        n_parallel=parallel if engine == "llama-cpp" else 1,
         n_threads=options.threads or setting("num_thread", workspace.engine.threads),
         n_batch=setting("num_batch", workspace.engine.batch_size),
         n_gpu_layers=setting("num_gpu", workspace.engine.gpu_layers),
@@ -428,7 +445,9 @@ def _run_group(
     order = {case.id: i for i, case in enumerate(cases)}
     total = len(cases)
     cases = [c for c in cases if c.id not in done]
-    requests = [_request(variant, suite, mode, c, plan.chat_template, seed, options) for c in cases]
+    requests = [
+        case_request(variant, suite, mode, c, plan.chat_template, seed, options) for c in cases
+    ]
     results: list[CaseResult] = list(reused)
 
     def record(case: GoldenCase, outcome: Generation | EngineError, wall_share_s: float) -> None:
@@ -447,6 +466,16 @@ def _run_group(
 
     if not cases:
         pass
+    elif isinstance(model, BatchedModel) and model.parallel > 1:
+        # Continuous batching: cases finish out of order; each is recorded as it finishes.
+        def finished(index: int, outcome: Generation | EngineError) -> None:
+            work_ms = outcome.work_ms if isinstance(outcome, Generation) else None
+            record(cases[index], outcome, (work_ms or 0.0) / 1000.0)
+
+        def live(indices: list[int]) -> None:
+            note(case=",".join(cases[i].id for i in indices), phase="generation")
+
+        model.generate_batch(requests, finished, live)
     elif options.concurrency > 1 and getattr(model, "concurrent", False):
         started = time.perf_counter()
         outcomes = generate_many(model, requests, concurrency=options.concurrency)
@@ -464,7 +493,7 @@ def _run_group(
     return sorted(results, key=lambda r: order[r.id])
 
 
-def _request(
+def case_request(
     variant: Variant,
     suite: Suite,
     mode: str,
@@ -473,6 +502,7 @@ def _request(
     seed: int,
     options: EvalOptions,
 ) -> GenerationRequest:
+    """The engine request for one golden case on one variant (also used to escalate one)."""
     prompt = render_prompt(
         variant.modelfile,
         case.messages,
