@@ -29,6 +29,9 @@ ENV_NO_PROGRESS = "LIFECYCLE_NO_PROGRESS"
 ENV_NO_CANARY = "LIFECYCLE_NO_CANARY"  # skip the engine canary before loading a model
 
 DEFAULT_ENGINE = "llama-cpp"
+# Measured with benchmarks/batched.py (see the README): on 2-4 CPU cores 4 sequences per step
+# gave the most cases per second; more cost attention over a larger cache for little gain.
+DEFAULT_PARALLEL = 4
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class EngineSettings:
     batch_size: int = 512
     seed: int = 42
     gpu_layers: int = 0
+    # Cases decoded together in one llama.cpp context (continuous batching); 1 = one at a time.
+    parallel: int = DEFAULT_PARALLEL
 
 
 @dataclass(frozen=True)
@@ -108,13 +113,14 @@ def load_workspace(root: Path | None = None) -> Workspace:
     runs_dir = root / ws.string("runs_dir", ".lifecycle/runs")
 
     eng = reader.table("engine")
-    eng.reject_unknown({"name", "threads", "batch_size", "seed", "gpu_layers"})
+    eng.reject_unknown({"name", "threads", "batch_size", "seed", "gpu_layers", "parallel"})
     engine = EngineSettings(
         name=eng.string("name", DEFAULT_ENGINE),
         threads=eng.integer("threads", 0, minimum=0),
         batch_size=eng.integer("batch_size", 512, minimum=1),
         seed=eng.integer("seed", 42),
         gpu_layers=eng.integer("gpu_layers", 0, minimum=-1),
+        parallel=eng.integer("parallel", DEFAULT_PARALLEL, minimum=1),
     )
 
     models: dict[str, ModelSettings] = {}
