@@ -93,6 +93,7 @@ def _variant_rows(
                 "num_ctx": (v.get("parameters") or {}).get("num_ctx"),
                 "error": entry.get("error"),
                 "summaries": summaries,
+                "modes": _mode_rates(cases),
                 "pass_rate": sum(c["passed"] for c in cases) / n if n else None,
                 "json_valid_rate": sum(c["json_valid"] for c in cases) / n if n else None,
                 "schema_valid_rate": sum(c["schema_valid"] for c in cases) / n if n else None,
@@ -105,6 +106,75 @@ def _variant_rows(
             }
         )
     return rows
+
+
+def _mode_rates(cases: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Pass, JSON-valid and schema-valid rates per output mode.
+
+    Kept apart because the modes measure different things: schema mode is JSON-valid by
+    construction, so a total over both modes says nothing about either.
+    """
+    out = {}
+    for mode in sorted({c["mode"] for c in cases}):
+        mine = [c for c in cases if c["mode"] == mode]
+        out[mode] = {
+            key: sum(bool(c[key]) for c in mine) / len(mine)
+            for key in ("passed", "json_valid", "schema_valid")
+        }
+    return out
+
+
+def _run_modes(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({mode for r in rows for mode in r["modes"]})
+
+
+def _mode_cells(row: dict[str, Any], modes: list[str]) -> list[str]:
+    cells = []
+    for mode in modes:
+        rates = row["modes"].get(mode)
+        for key in ("passed", "json_valid", "schema_valid"):
+            cells.append(_pct(rates[key]) if rates else "-")
+    return cells
+
+
+def threads_text(value: Any) -> str:
+    """A run's thread counts in words: one number when every variant used the same.
+
+    Merged runs record threads per variant (a dict); the report header shows the distinct
+    counts, never the raw mapping.
+    """
+    if isinstance(value, dict):
+        counts = sorted({v for v in value.values() if v is not None})
+        return ", ".join(str(c) for c in counts) or "-"
+    return "-" if value is None else str(value)
+
+
+def _failing_in_order(
+    run: dict[str, Any], gate: GateResult | None
+) -> tuple[
+    list[dict[str, Any]], list[tuple[str, list[dict[str, Any]]]], set[tuple[str, str, str, str]]
+]:
+    """Failing cases as (regressions, [(reason kind, cases)], regressed keys).
+
+    Regressions are what a reviewer must read; they come first. The rest are grouped by the
+    kind of failure (``not JSON``, ``schema``, ``category``…), largest group first, so 60
+    alike "not JSON" rows read as one group instead of burying everything after them.
+    """
+    regressed = {(r.variant, r.suite, r.mode, r.case) for r in gate.regressions} if gate else set()
+    failing = [c for c in run["cases"] if not c["passed"]]
+    first = [c for c in failing if (c["variant"], c["suite"], c["mode"], c["id"]) in regressed]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for c in failing:
+        if (c["variant"], c["suite"], c["mode"], c["id"]) not in regressed:
+            groups.setdefault(_reason_kind(c.get("reason") or ""), []).append(c)
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return first, ordered, regressed
+
+
+def _reason_kind(reason: str) -> str:
+    # "not JSON (Extra data …): …", "schema: $.x …", "category: expected …" → the part before.
+    head = reason.split(":", 1)[0].split(" (", 1)[0].strip()
+    return head or "other"
 
 
 def _would_pin(
@@ -136,26 +206,32 @@ def _markdown(
     env = run["environment"]
     lines.append(
         f"Run `{run['run_id']}` finished {run['finished_at']}; {env.get('engine_version')}, "
-        f"{env.get('cpu')}."
+        f"{env.get('cpu')}, threads {threads_text(env.get('threads'))}."
     )
     lines += ["", "## Pins", ""]
     lines += [f"- {_md(name)}: {status}" for name, status in would_pin]
     if pins and pins.get("commit"):
         branch = f" on branch `{pins['branch']}`" if pins.get("branch") else ""
         lines.append(f"- committed `{pins['commit'][:12]}`{branch}")
+    modes = _run_modes(rows)
+    mode_heads = [f"{m} {k}" for m in modes for k in ("pass", "JSON-valid", "schema-valid")]
+    heads = ["variant", "quant", "size", *mode_heads, "gen tok/s", "bench tg tok/s", "peak RSS"]
     lines += ["", "## Variants", ""]
     lines += [
-        "| variant | quant | size | pass | JSON-valid | schema-valid | gen tok/s | bench tg tok/s"
-        " | peak RSS |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| " + " | ".join(heads) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in heads[2:]) + " |",
     ]
     for r in rows:
-        lines.append(
-            f"| {_md(r['variant'])} | {r['quant'] or '-'} | {_size(r['size'])} | "
-            f"{_pct(r['pass_rate'])} | {_pct(r['json_valid_rate'])} | "
-            f"{_pct(r['schema_valid_rate'])} | {_f(r['gen_tps'])} | {_f(r['bench_tg'])} | "
-            f"{_size(r['peak_rss'])} |"
-        )
+        cells = [
+            _md(r["variant"]),
+            r["quant"] or "-",
+            _size(r["size"]),
+            *_mode_cells(r, modes),
+            _f(r["gen_tps"]),
+            _f(r["bench_tg"]),
+            _size(r["peak_rss"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "### Per suite and mode", ""]
     lines += [
         "| variant | suite | mode | passed | rate | threshold |",
@@ -169,20 +245,25 @@ def _markdown(
     lines.append("")
     if gate is not None:
         lines += [render_markdown(gate).replace("## ", "## Gate: ", 1), ""]
-    failing = [c for c in run["cases"] if not c["passed"]]
-    if failing:
-        lines += [f"## Failing cases ({len(failing)})", ""]
-        for c in failing:
-            lines.append(
-                f"- **{_md(c['variant'])}** {c['suite']}/{c['mode']} `{c['id']}`: "
-                f"{_md(c['reason'])}"
-            )
-            body = [f"expected: {json.dumps(c['expected'], ensure_ascii=False)}"]
-            body.append(f"output:   {c['output'].strip()}")
-            if c.get("diff"):
-                body += ["", c["diff"]]
-            lines += ["  ```", *[f"  {x}" for x in "\n".join(body).splitlines()], "  ```"]
-        lines.append("")
+    regressions, groups, _ = _failing_in_order(run, gate)
+    total = len(regressions) + sum(len(cs) for _, cs in groups)
+    if total:
+        lines += [f"## Failing cases ({total})", ""]
+        sections = [("Regressions", regressions)] if regressions else []
+        sections += [(f"{kind}", cs) for kind, cs in groups]
+        for title, cases in sections:
+            lines += [f"### {_md(title)} ({len(cases)})", ""]
+            for c in cases:
+                lines.append(
+                    f"- **{_md(c['variant'])}** {c['suite']}/{c['mode']} `{c['id']}`: "
+                    f"{_md(c['reason'])}"
+                )
+                body = [f"expected: {json.dumps(c['expected'], ensure_ascii=False)}"]
+                body.append(f"output:   {c['output'].strip()}")
+                if c.get("diff"):
+                    body += ["", c["diff"]]
+                lines += ["  ```", *[f"  {x}" for x in "\n".join(body).splitlines()], "  ```"]
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -206,7 +287,7 @@ def _html(
         f'<div class="verdict" style="background:{colour}">{e(verdict.upper())}</div>',
         f"<p>Run <code>{e(run['run_id'])}</code> finished {e(run['finished_at'])}; "
         f"{e(str(env.get('engine_version')))}, {e(str(env.get('cpu')))}, "
-        f"threads {e(json.dumps(env.get('threads')))}.</p>",
+        f"threads {e(threads_text(env.get('threads')))}.</p>",
         "<h2>Pins</h2><ul>",
         *[f"<li>{e(name)}: <b>{e(status)}</b></li>" for name, status in would_pin],
     ]
@@ -237,31 +318,21 @@ def _html(
                     f"<p class='env'>environment ({e(entry['variant'])}): {e(c['key'])} "
                     f"{e(str(c['baseline']))} → {e(str(c['current']))}</p>"
                 )
+    modes = _run_modes(rows)
+    after = ["gen tok/s", "p50 ms", "bench pp tok/s", "bench tg tok/s", "peak RSS", "VRAM"]
     parts += ["<h2>Variants</h2>", "<table><tr>"]
-    headers = [
-        "variant",
-        "quant",
-        "size",
-        "pass",
-        "JSON-valid",
-        "schema-valid",
-        "gen tok/s",
-        "p50 ms",
-        "bench pp tok/s",
-        "bench tg tok/s",
-        "peak RSS",
-        "VRAM",
-    ]
-    parts += [f"<th>{h}</th>" for h in headers]
+    parts += [f"<th rowspan='2'>{h}</th>" for h in ("variant", "quant", "size")]
+    parts += [f"<th colspan='3'>{e(m)} mode</th>" for m in modes]
+    parts += [f"<th rowspan='2'>{h}</th>" for h in after]
+    parts.append("</tr><tr>")
+    parts += ["<th>pass</th><th>JSON-valid</th><th>schema-valid</th>" for _ in modes]
     parts.append("</tr>")
     for r in rows:
         cells = [
             r["variant"],
             r["quant"] or "-",
             _size(r["size"]),
-            _pct(r["pass_rate"]),
-            _pct(r["json_valid_rate"]),
-            _pct(r["schema_valid_rate"]),
+            *_mode_cells(r, modes),
             _f(r["gen_tps"]),
             _f(r["p50_ms"]),
             _f(r["bench_pp"]),
@@ -279,15 +350,20 @@ def _html(
         parts.append("<h2>Quant comparison</h2>")
         for model, rs in compared.items():
             best = max(rs, key=lambda r: (r["pass_rate"] or 0, r["gen_tps"] or 0))
+            mode_heads = "".join(f"<th>{e(m)} pass</th>" for m in modes)
             parts.append(
                 f"<h3>{e(model)}</h3><table><tr><th>variant</th><th>quant</th>"
-                "<th>size</th><th>pass</th><th>gen tok/s</th><th>peak RSS</th></tr>"
+                f"<th>size</th>{mode_heads}<th>gen tok/s</th><th>peak RSS</th></tr>"
             )
             for r in rs:
                 mark = " ★" if r is best else ""
+                passes = "".join(
+                    f"<td>{_pct(r['modes'][m]['passed']) if m in r['modes'] else '-'}</td>"
+                    for m in modes
+                )
                 parts.append(
                     f"<tr><td>{e(r['variant'])}{mark}</td><td>{e(str(r['quant'] or '-'))}</td>"
-                    f"<td>{_size(r['size'])}</td><td>{_pct(r['pass_rate'])}</td>"
+                    f"<td>{_size(r['size'])}</td>{passes}"
                     f"<td>{_f(r['gen_tps'])}</td><td>{_size(r['peak_rss'])}</td></tr>"
                 )
             parts.append("</table>")
@@ -310,22 +386,27 @@ def _html(
                 f"<figure><img alt='{e(title)}' src='data:image/png;base64,{data}'>"
                 f"<figcaption>{e(title)}</figcaption></figure>"
             )
-    regressed = {(r.variant, r.suite, r.mode, r.case) for r in gate.regressions} if gate else set()
-    failing = [c for c in run["cases"] if not c["passed"]]
-    if failing:
-        parts.append(f"<h2>Failing cases ({len(failing)})</h2>")
-        for c in failing:
-            key = (c["variant"], c["suite"], c["mode"], c["id"])
-            tag = " <span class='bad'>REGRESSION</span>" if key in regressed else ""
-            parts.append(
-                f"<details{' open' if tag else ''}><summary>{e(c['variant'])} "
-                f"{e(c['suite'])}/{e(c['mode'])} <code>{e(c['id'])}</code>: "
-                f"{e(c['reason'])}{tag}</summary>"
-                f"<pre>expected: {e(json.dumps(c['expected'], ensure_ascii=False))}\n"
-                f"output:   {e(c['output'])}"
-                + (f"\n\n{e(c['diff'])}" if c.get("diff") else "")
-                + "</pre></details>"
-            )
+    regressions, groups, regressed = _failing_in_order(run, gate)
+    total = len(regressions) + sum(len(cs) for _, cs in groups)
+    if total:
+        parts.append(f"<h2>Failing cases ({total})</h2>")
+        sections = [("Regressions", regressions)] if regressions else []
+        sections += groups
+        parts.append("<p>" + ", ".join(f"{e(title)}: {len(cs)}" for title, cs in sections) + "</p>")
+        for title, cases in sections:
+            parts.append(f"<h3>{e(title)} ({len(cases)})</h3>")
+            for case in cases:
+                key = (case["variant"], case["suite"], case["mode"], case["id"])
+                tag = " <span class='bad'>REGRESSION</span>" if key in regressed else ""
+                parts.append(
+                    f"<details{' open' if tag else ''}><summary>{e(case['variant'])} "
+                    f"{e(case['suite'])}/{e(case['mode'])} <code>{e(case['id'])}</code>: "
+                    f"{e(case['reason'])}{tag}</summary>"
+                    f"<pre>expected: {e(json.dumps(case['expected'], ensure_ascii=False))}\n"
+                    f"output:   {e(case['output'])}"
+                    + (f"\n\n{e(case['diff'])}" if case.get("diff") else "")
+                    + "</pre></details>"
+                )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -337,40 +418,26 @@ def _charts(
     run: dict[str, Any], rows: list[dict[str, Any]], bench: list[dict[str, Any]]
 ) -> list[tuple[str, str]]:
     """(title, base64 PNG) pairs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lifecycle.charts import grouped_bar_figure
 
     images = []
     groups = sorted({f"{s['suite']}/{s['mode']}" for s in run["summaries"]})
     names = [r["variant"] for r in rows]
     if groups and names:
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names) * len(groups)), 3.2))
-        width = 0.8 / len(groups)
-        for gi, group in enumerate(groups):
-            values = []
-            for name in names:
-                found = [
-                    s["pass_rate"]
-                    for s in run["summaries"]
-                    if s["variant"] == name and f"{s['suite']}/{s['mode']}" == group
-                ]
-                values.append(found[0] if found else 0.0)
-            ax.bar([i + gi * width for i in range(len(names))], values, width, label=group)
-        ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(names))], names)
-        ax.set(ylim=(0, 1.05), ylabel="pass rate", title="pass rate per variant")
-        ax.legend(fontsize="small")
+        rates = {
+            (s["variant"], f"{s['suite']}/{s['mode']}"): s["pass_rate"] for s in run["summaries"]
+        }
+        series = [(group, [rates.get((name, group)) for name in names]) for group in groups]
+        fig = grouped_bar_figure(
+            names, series, title="pass rate per variant", ylabel="pass rate", percent=True
+        )
         images.append(("pass rate per variant", _png(fig)))
-    speeds = [(r["variant"], r["gen_tps"], r["bench_tg"]) for r in rows]
-    if any(s[1] or s[2] for s in speeds):
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(speeds)), 3.2))
-        xs = range(len(speeds))
-        ax.bar([x - 0.2 for x in xs], [s[1] or 0 for s in speeds], 0.4, label="eval generation")
-        ax.bar([x + 0.2 for x in xs], [s[2] or 0 for s in speeds], 0.4, label="bench tg")
-        ax.set_xticks(list(xs), [s[0] for s in speeds])
-        ax.set(ylabel="tokens/s", title="generation speed")
-        ax.legend(fontsize="small")
+    if any(r["gen_tps"] or r["bench_tg"] for r in rows):
+        series = [
+            ("eval generation", [r["gen_tps"] for r in rows]),
+            ("bench tg", [r["bench_tg"] for r in rows]),
+        ]
+        fig = grouped_bar_figure(names, series, title="generation speed", ylabel="tokens/s")
         images.append(("generation speed", _png(fig)))
     for doc in bench:
         if sum(1 for p in doc.get("points", []) if p.get("ok")) > 1:

@@ -1,0 +1,98 @@
+"""What a newcomer sees: the report's header, tables, charts and failing-case order."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+
+from _promote import make_record
+
+from lifecycle.charts import bar_labels, grouped_bar_figure
+from lifecycle.gate import GateSettings, baseline_entry, run_gate
+from lifecycle.report import build_report
+from lifecycle.results import summarise
+
+EXAMPLE_VARIANTS = [
+    "harbor-triage:q4_k_m-ctx1024",
+    "harbor-triage:q4_k_m-ctx2048",
+    "harbor-triage:q4_0-ctx1024",
+    "harbor-triage:q4_0-ctx2048",
+]
+
+
+def _tick_boxes(fig: object) -> list[tuple[float, float]]:
+    fig.canvas.draw()  # type: ignore[attr-defined]
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    ax = fig.axes[0]  # type: ignore[attr-defined]
+    boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+    return [(b.x0, b.x1) for b in boxes]
+
+
+def test_chart_labels_do_not_overlap_and_zero_bars_show_their_value() -> None:
+    series = [("eval generation", [61.2, 60.8, 0.0, 59.9]), ("bench tg", [68.5, 67.9, 70.1, None])]
+    fig = grouped_bar_figure(EXAMPLE_VARIANTS, series, title="generation speed", ylabel="tok/s")
+    boxes = sorted(_tick_boxes(fig))
+    assert len(boxes) == 4
+    for (_, right), (left, _) in itertools.pairwise(boxes):
+        assert right < left, f"x labels overlap: {boxes}"
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "0.0" in texts and "n/a" in texts  # a 0 bar and a missing one still say so
+    assert "harbor-triage" in fig.axes[0].get_title()  # the shared prefix moved to the title
+
+    rates = grouped_bar_figure(
+        EXAMPLE_VARIANTS, [("triage/free", [0.5, 0.5, 0.0, 0.0])], title="pass", ylabel="rate",
+        percent=True,
+    )  # fmt: skip
+    assert [t.get_text() for t in rates.axes[0].texts] == ["50%", "50%", "0%", "0%"]
+
+
+def test_bar_labels_cut_only_at_a_separator() -> None:
+    assert bar_labels(EXAMPLE_VARIANTS)[1][0] == "q4_k_m-ctx1024"
+    assert bar_labels(["tiny-a", "tiny-b"]) == ("", ["tiny-a", "tiny-b"])  # no mid-word cut
+    assert bar_labels(["m:a", "m:b"]) == ("m", ["a", "b"])
+
+
+def test_report_header_tables_and_failing_order() -> None:
+    base = make_record({"a": True, "b": True})
+    now = make_record({"a": True, "b": False})
+    # Free-mode failures that are not regressions, recorded *before* the regression: the
+    # report used to list them first and bury the one case a reviewer must read.
+    free = [
+        dataclasses.replace(
+            now.cases[0], mode="free", id=f"f{i}", passed=False, json_valid=False,
+            schema_valid=False, reason="not JSON (Extra data at char 44): ...",
+            output='{"category": "billing", "confidence": 0.9}userdata',
+        )
+        for i in range(5)
+    ]  # fmt: skip
+    now.cases[:0] = free
+    free_summary = summarise(free, variant="tiny", suite="triage", mode="free", threshold=0.0)
+    now.summaries.insert(0, free_summary)
+    now.environment["threads"] = {"tiny": 2}
+    gate = run_gate(now, {"tiny": baseline_entry(base, "tiny", None)}, GateSettings())
+    assert [r.case for r in gate.regressions] == ["b"]
+
+    report = build_report(now.to_dict(), gate, charts=False)
+    page = report.html
+    header = re.search(r"<p>Run .*?</p>", page, re.S)
+    assert header and "threads 2." in header.group(0)
+    assert "{" not in header.group(0) and "&quot;" not in header.group(0)
+
+    # Per mode, never a total over both: free JSON-valid 0%, schema JSON-valid 100%.
+    assert "free mode</th>" in page and "schema mode</th>" in page
+    row = re.search(r"<tr><td>tiny</td>.*?</tr>", page)
+    assert row
+    cells = re.findall(r"<td>(.*?)</td>", row.group(0))
+    assert cells[3:9] == ["0%", "0%", "0%", "50%", "100%", "100%"]
+
+    failing = page[page.index("<h2>Failing cases (6)</h2>") :]
+    details = re.findall(r"<details.*?</details>", failing, re.S)
+    assert len(details) == 6 and "REGRESSION" in details[0] and "not JSON" not in details[0]
+    assert all("not JSON" in d for d in details[1:])
+    assert "<h3>Regressions (1)</h3>" in failing and "<h3>not JSON (5)</h3>" in failing
+
+    markdown = report.markdown
+    assert "threads 2." in markdown
+    assert markdown.index("### Regressions (1)") < markdown.index("### not JSON (5)")
+    assert "| free pass | free JSON-valid |" in markdown
