@@ -413,7 +413,8 @@ def resolve_subjects(
 ) -> list[Subject]:
     """Workspace variants (or every variant of a model), tags, or GGUF paths, in order."""
     from lifecycle.gguf import read_gguf
-    from lifecycle.store import SCHEMES, parse_tag, resolve_tag
+    from lifecycle.sources import resolve_tag
+    from lifecycle.store import SCHEMES, parse_tag
 
     subjects: list[Subject] = []
     known: set[str] = set()

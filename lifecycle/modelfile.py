@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.errors import ModelfileError
+from lifecycle.tags import has_scheme
 
 ParameterValue = int | float | bool | list[str]
 
@@ -96,8 +97,6 @@ INSTRUCTIONS = (
 )
 # Ollama accepts these too; this tool does not model them yet, so they are refused clearly.
 UNSUPPORTED_INSTRUCTIONS = ("draft", "renderer", "parser")
-# Model references with these schemes are tags for the store, never file paths.
-TAG_SCHEMES = ("file", "pypi", "hf", "ollama", "oci")  # keep in sync with store.SCHEMES
 MODEL_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin")
 
 
@@ -283,8 +282,7 @@ def resolve_local_path(value: str, modelfile_dir: Path, workspace_root: Path) ->
     ``file:``) are always tags. The path is resolved through symlinks and must stay inside
     ``workspace_root``; otherwise this raises :class:`ModelfileError`.
     """
-    scheme, sep, _ = value.partition(":")
-    if sep and scheme.lower() in TAG_SCHEMES:
+    if has_scheme(value):
         return None
     try:
         candidate = Path(value).expanduser() if value.startswith("~") else Path(value)

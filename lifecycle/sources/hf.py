@@ -26,7 +26,7 @@ from typing import Any
 
 from lifecycle.errors import StoreError
 from lifecycle.gguf import GGUFInfo
-from lifecycle.sources import Upstream, read_remote_header
+from lifecycle.sources.base import Upstream, read_remote_header
 from lifecycle.sources.retry import (
     RETRY_STATUSES,
     RetryPolicy,
@@ -34,7 +34,8 @@ from lifecycle.sources.retry import (
     parse_retry_after,
     retrying,
 )
-from lifecycle.store import Manifest, Part, ProgressFn, Store, Tag, now
+from lifecycle.store import Manifest, Part, ProgressFn, Store, now
+from lifecycle.tags import Tag
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)

@@ -29,7 +29,8 @@ from lifecycle.errors import StoreError, TagError, UsageError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.sources import oci
 from lifecycle.sources.distribution import Body, RegistryNotFound, client_for
-from lifecycle.store import Manifest, ProgressFn, Store, Tag, now, parse_tag
+from lifecycle.store import Manifest, ProgressFn, Store, now
+from lifecycle.tags import Tag, parse_tag
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_V1 = "application/vnd.docker.container.image.v1+json"

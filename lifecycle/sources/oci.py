@@ -25,19 +25,11 @@ from typing import Any
 from lifecycle.errors import ModelfileError, StoreError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gguf import GGUFInfo
-from lifecycle.sources import Upstream, read_remote_header
+from lifecycle.sources.base import Upstream, read_remote_header
 from lifecycle.sources.distribution import client_for, repository_scope
 from lifecycle.sources.retry import RetryPolicy, Transient
-from lifecycle.store import (
-    Manifest,
-    Part,
-    ProgressFn,
-    Store,
-    Tag,
-    TransferError,
-    now,
-    validate_digest,
-)
+from lifecycle.store import Manifest, Part, ProgressFn, Store, TransferError, now, validate_digest
+from lifecycle.tags import Tag
 
 OLLAMA_REGISTRY = "https://registry.ollama.ai"
 MEDIA_MODEL = "application/vnd.ollama.image.model"

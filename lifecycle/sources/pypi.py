@@ -15,8 +15,9 @@ from pathlib import Path
 from types import ModuleType
 
 from lifecycle.errors import StoreError
-from lifecycle.sources import Upstream
-from lifecycle.store import Manifest, Part, ProgressFn, Store, Tag, now, read_chunks
+from lifecycle.sources.base import Upstream
+from lifecycle.store import Manifest, Part, ProgressFn, Store, now, read_chunks
+from lifecycle.tags import Tag
 
 
 def resolve(tag: Tag) -> Upstream:
