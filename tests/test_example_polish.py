@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 from _promote import make_record
+from _pull_fixtures import store  # noqa: F401  (fixture)
 
 from lifecycle.charts import bar_labels, grouped_bar_figure
 from lifecycle.gate import GateSettings, baseline_entry, run_gate
+from lifecycle.gguf import read_gguf
 from lifecycle.report import build_report
 from lifecycle.results import summarise
+from lifecycle.store import Store
+
+Run = Callable[..., tuple[int, str, str]]
 
 EXAMPLE_VARIANTS = [
     "harbor-triage:q4_k_m-ctx1024",
@@ -96,3 +104,32 @@ def test_report_header_tables_and_failing_order() -> None:
     assert "threads 2." in markdown
     assert markdown.index("### Regressions (1)") < markdown.index("### not JSON (5)")
     assert "| free pass | free JSON-valid |" in markdown
+
+
+def test_list_and_show_read_like_build(
+    run_cli: Run,
+    store: Store,  # noqa: F811
+    tiny_model: Path,
+) -> None:
+    code, out, err = run_cli("pull", f"file:{tiny_model}", "--json")
+    assert code == 0, err
+    pulled = json.loads(out)["pulled"][0]
+    out = run_cli("list")[1]
+    assert pulled["revision"] in out  # whole, not cut at 19 characters
+    row = next(line for line in out.splitlines() if line.startswith(f"file:{tiny_model}"))
+    assert row.split()[2:4] == [f"{pulled['size'] / 1e6:.1f}", "MB"]  # not raw bytes
+
+    out = run_cli("show", f"file:{tiny_model}")[1]
+    bpw = re.search(r"^bits per weight\s+(\S+)$", out, re.M)
+    assert bpw and re.fullmatch(r"\d+\.\d\d", bpw.group(1)), out
+    assert "tensors (" not in out  # the table only on request
+
+    out = run_cli("show", f"file:{tiny_model}", "--tensors")[1]
+    info = read_gguf(tiny_model)
+    assert f"tensors ({len(info.tensors)}):" in out
+    rows = out[out.index("tensors (") :].splitlines()[3:]
+    assert [row.split()[0] for row in rows] == [t.name for t in info.tensors]
+    first = info.tensors[0]
+    assert rows[0].split()[1] == first.ggml_type_name and str(first.offset) in rows[0]
+    doc = json.loads(run_cli("show", f"file:{tiny_model}", "--tensors", "--json")[1])
+    assert len(doc["gguf"]["tensors"]) == len(info.tensors)

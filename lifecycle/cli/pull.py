@@ -246,11 +246,16 @@ def verify_command(as_json: bool) -> int:
 
 
 def render_manifests(manifests: list[Manifest]) -> str:
-    """One row per tag: digest (short), size, revision (short), when pulled."""
+    """One row per tag: digest (short), size in MB (as ``build`` shows it), revision, pulled.
+
+    Revisions are shown whole (a package version or a quantization's provenance means
+    nothing cut in half); only a commit hash is shortened, the way git does.
+    """
     rows = [
-        [m.tag, m.digest[7:19], m.total_size, m.revision[:19], len(m.digests), m.pulled_at]
+        [m.tag, m.digest[7:19], _megabytes(m.total_size), _short_revision(m.revision),
+         len(m.digests), m.pulled_at]
         for m in manifests
-    ]
+    ]  # fmt: skip
     return table(["tag", "digest", "size", "revision", "files", "pulled_at"], rows)
 
 
@@ -283,11 +288,19 @@ def render_show(doc: dict[str, Any]) -> str:
         ("in store", "yes" if doc["in_store"] else "no (header read upstream)"),
         ("architecture", g["architecture"]),
         ("name", g["name"]),
-        ("parameters", g["parameter_count"]),
+        ("parameters", _count(g["parameter_count"])),
         ("file type", g["file_type"]),
         ("tensor types", ", ".join(f"{k}:{v}" for k, v in sorted(g["tensor_type_counts"].items()))),
-        ("bits per weight", g["bits_per_weight"]),
-        ("file size", g["file_size"]),
+        (
+            "bits per weight",
+            None if g["bits_per_weight"] is None else f"{g['bits_per_weight']:.2f}",
+        ),
+        (
+            "file size",
+            None
+            if g["file_size"] is None
+            else f"{_megabytes(g['file_size'])} ({g['file_size']} bytes)",
+        ),
         ("context length", g["context_length"]),
         ("blocks", g["block_count"]),
         ("embedding", g["embedding_length"]),
@@ -300,9 +313,49 @@ def render_show(doc: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {'-' if v is None else v}" for k, v in rows]
+    if g.get("tensors"):
+        lines += ["", f"tensors ({len(g['tensors'])}):", render_tensors(g["tensors"])]
     if doc["modelfile"]:
         lines += ["", "Modelfile (as the registry serves it):", doc["modelfile"].rstrip()]
     return "\n".join(lines)
+
+
+def render_tensors(tensors: list[dict[str, Any]]) -> str:
+    """``show --tensors``: one row per tensor in file order, with its size and offset."""
+    rows = []
+    for t in tensors:
+        elements = 1
+        for dim in t["shape"]:
+            elements *= dim
+        bpw = 8 * t["n_bytes"] / elements if elements else None
+        shape = " x ".join(str(d) for d in t["shape"])
+        rows.append(
+            [t["name"], t["ggml_type_name"], shape, elements, bpw, _tensor_size(t["n_bytes"]),
+             t["offset"]]
+        )  # fmt: skip
+    return table(["name", "type", "shape", "elements", "bits/weight", "size", "offset"], rows)
+
+
+def _megabytes(size: int | None) -> str | None:
+    return None if size is None else f"{size / 1e6:.1f} MB"
+
+
+def _tensor_size(size: int) -> str:
+    # Norm and bias tensors are a few kB: in MB they would all read 0.0.
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+def _count(value: int | None) -> str | None:
+    if value is None:
+        return None
+    scaled = f"{value / 1e9:.2f} B" if value >= 1e9 else f"{value / 1e6:.1f} M"
+    return f"{scaled} ({value})"
+
+
+def _short_revision(revision: str | None) -> str | None:
+    if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return revision[:12]
+    return revision
 
 
 def _store() -> Store:
