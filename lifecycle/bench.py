@@ -58,8 +58,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lifecycle.engines.llama_cpp import physical_cores
 from lifecycle.errors import EngineError, UsageError
+from lifecycle.hostinfo import physical_cores
 from lifecycle.results import percentile
 
 __all__ = [

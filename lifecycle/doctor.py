@@ -33,6 +33,7 @@ from lifecycle.crashguard import child_environment, note, remedy
 from lifecycle.engines.base import EngineCrashed
 from lifecycle.errors import EngineError
 from lifecycle.fsutil import atomic_write_text, quiet_stderr
+from lifecycle.hostinfo import cpu_info
 
 CHECK_VERSION = 1
 ENGINE_CHECKS_DIR = "engine-checks"  # under LIFECYCLE_HOME: facts about this machine
@@ -127,16 +128,7 @@ _PHASES = {"load": "loading", "prompt": "decoding the prompt of", "generation": 
 
 def host_cpu() -> dict[str, Any]:
     """CPU model, the ISA flags that matter to ggml, and whether AMX is usable here."""
-    model, flags = platform.processor() or platform.machine(), set[str]()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name") and model in ("", platform.machine()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    model, flags = cpu_info()
     advertised = "amx_tile" in flags
     return {
         "model": model,

@@ -370,23 +370,16 @@ def host_environment() -> dict[str, Any]:
     """Hardware and interpreter facts recorded with every run."""
     import psutil
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from lifecycle.hostinfo import cpu_info, ram_bytes
+
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "cpu": cpu,
+        "cpu": cpu_info()[0],
         "cpu_count_logical": os.cpu_count(),
         "cpu_count_physical": psutil.cpu_count(logical=False),
-        "ram_bytes": psutil.virtual_memory().total,
+        "ram_bytes": ram_bytes(),
     }
 
 

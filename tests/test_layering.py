@@ -1,0 +1,307 @@
+"""The package's import layering, checked over the source (DESIGN.md, "Shape of the code").
+
+Every module of ``lifecycle`` is mapped to a layer; a module may import its own layer and
+the ones below, never one above. Three more rules: no import cycle among lifecycle modules
+(lazy imports inside functions count: they are cycles all the same), ``llama_cpp`` is
+imported only by ``lifecycle/engines/`` and the lazily-imported exceptions listed below,
+and every module outside the engines imports without llama_cpp installed.
+
+Known violations that are not fixed yet sit on ALLOWED_* lists with the reason; the test
+fails when an entry there no longer happens, so the lists only ever shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "lifecycle"
+
+# Lowest first. The DESIGN chain is cli -> pipeline -> report/pin -> gate/compare ->
+# golden/bench -> engines -> variants -> store -> gguf/modelfile/templates/config -> errors;
+# "sources" sits on the store (they fill it), "eval" between the engines and the comparisons.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("errors", ("errors",)),
+    (
+        "foundation",
+        (
+            "fsutil",
+            "tags",
+            "hostinfo",
+            "config",
+            "gguf",
+            "modelfile",
+            "templates",
+            "gotemplate",
+            "prompt",
+            "results",
+            "tinymodel",
+            "confidence",
+        ),
+    ),
+    ("store", ("store",)),
+    ("sources", ("sources",)),
+    ("variants", ("quantize", "variants", "estimate")),
+    ("engines", ("engines", "crashguard", "doctor")),
+    ("golden/bench", ("golden", "bench", "lint", "runner")),
+    ("gate/compare", ("gate", "compare", "calibrate")),
+    ("report/pin", ("report", "charts", "pin")),
+    ("pipeline", ("pipeline",)),
+    ("cli", ("cli", "__main__")),
+]
+
+# Upward imports still in the code: (importer, imported) -> why it is not fixed yet.
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {
+    ("lifecycle.compare", "lifecycle.cli._output"): (
+        "compare renders its table with the CLI's table(); compare.py is being edited by "
+        "its owner (#17): move table() below the CLI and import it from there"
+    ),
+}
+
+# Import cycles still in the code, each as the sorted modules of one strongly connected
+# component -> why. An entry whose modules are not all in the tree is skipped, not stale:
+# it may name work in progress that is not committed yet.
+ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
+    ("lifecycle.engines.batched", "lifecycle.engines.llama_cpp"): (
+        "batched decoding (lead, in progress): batched imports Scored/first_stop from "
+        "llama_cpp at module level, llama_cpp imports BatchedDecoder lazily; move the shared "
+        "names into a module both import"
+    ),
+}
+
+# Modules outside lifecycle/engines/ that import llama_cpp, always lazily (inside a
+# function), and why they cannot go through an engine (yet).
+ALLOWED_LLAMA_CPP: dict[str, str] = {
+    "lifecycle.cli": (
+        "_load_engine_first imports llama_cpp before numpy so its own libstdc++ wins (a load "
+        "can segfault otherwise); lazy, errors suppressed"
+    ),
+    "lifecycle.quantize": (
+        "llama_model_quantize is not an engine operation (no model is loaded); imported "
+        "inside quantize_blob/normalise_quant only, so variants imports without llama_cpp"
+    ),
+    "lifecycle.bench": (
+        "the bandwidth probe reads ggml's buffer types from llama_cpp._ggml; lazy, only when "
+        "a bench row runs on llama.cpp"
+    ),
+    "lifecycle.doctor": (
+        "doctor reports the llama.cpp build (version, system info, backends) it diagnoses; "
+        "lazy, inside the probe functions"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str
+    imported: str
+    line: int
+    lazy: bool  # inside a function: runs when called, not when the module is imported
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[Import]:
+    """Every import in ``path`` (TYPE_CHECKING blocks excepted), resolved to modules."""
+    found: list[Import] = []
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+    def targets(node: ast.Import | ast.ImportFrom) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [alias.name for alias in node.names]
+        base = node.module or ""
+        if node.level:
+            parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join([*parent, base] if base else parent)
+        # ``from lifecycle import modelfile`` imports the module lifecycle.modelfile.
+        subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+        return subs or [base]
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for other in child.orelse:
+                    visit(other, lazy)
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                for target in targets(child):
+                    found.append(Import(name, target, child.lineno, lazy))
+            in_function = isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+            visit(child, lazy or in_function)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
+    return found
+
+
+def layer_of(module: str) -> int:
+    first = module.split(".")[1] if module.count(".") else ""
+    for index, (_, members) in enumerate(LAYERS):
+        if first in members:
+            return index
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS in {__file__}")
+
+
+def internal_edges() -> list[Import]:
+    modules = all_modules()
+    edges = []
+    for name, path in modules.items():
+        for imp in imports_of(name, path, modules):
+            if imp.imported in modules and imp.imported != name and name != "lifecycle":
+                edges.append(imp)
+    return edges
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in all_modules():
+        if name != "lifecycle":
+            layer_of(name)
+
+
+def test_no_upward_imports() -> None:
+    upward = {}
+    for imp in internal_edges():
+        if imp.imported == "lifecycle":  # ``from lifecycle import __version__``
+            continue
+        if layer_of(imp.imported) > layer_of(imp.importer):
+            upward[(imp.importer, imp.imported)] = imp
+    unexpected = sorted(set(upward) - set(ALLOWED_UPWARD))
+    assert not unexpected, "upward imports: " + "; ".join(
+        f"{a}:{upward[(a, b)].line} imports {b} "
+        f"({LAYERS[layer_of(a)][0]} -> {LAYERS[layer_of(b)][0]})"
+        for a, b in unexpected
+    )
+    stale = sorted(set(ALLOWED_UPWARD) - set(upward))
+    assert not stale, f"fixed, remove from ALLOWED_UPWARD: {stale}"
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm: the components with more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    graph: dict[str, set[str]] = {}
+    for imp in internal_edges():
+        if imp.imported != "lifecycle":
+            graph.setdefault(imp.importer, set()).add(imp.imported)
+    cycles = {tuple(c) for c in strongly_connected(graph)}
+    unexpected = sorted(cycles - set(ALLOWED_CYCLES))
+    assert not unexpected, f"import cycles: {unexpected}"
+    present = set(all_modules())
+    stale = sorted(c for c in set(ALLOWED_CYCLES) - cycles if set(c) <= present)
+    assert not stale, f"fixed, remove from ALLOWED_CYCLES: {stale}"
+
+
+def test_the_checks_see_a_cycle_and_an_upward_import() -> None:
+    # The checks themselves must be able to fail.
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert layer_of("lifecycle.store") < layer_of("lifecycle.sources.oci")
+    assert layer_of("lifecycle.cli.pull") > layer_of("lifecycle.pipeline")
+
+
+def test_llama_cpp_only_in_engines_or_lazily_where_listed() -> None:
+    modules = all_modules()
+    users: dict[str, list[Import]] = {}
+    for name, path in modules.items():
+        if name.startswith("lifecycle.engines."):
+            continue
+        for imp in imports_of(name, path, modules):
+            if imp.imported.split(".")[0] == "llama_cpp":
+                users.setdefault(name, []).append(imp)
+    problems = [
+        f"{name}:{imp.line} imports {imp.imported}" + ("" if imp.lazy else " at module level")
+        for name, found in sorted(users.items())
+        for imp in found
+        if name not in ALLOWED_LLAMA_CPP or not imp.lazy
+    ]
+    assert not problems, "llama_cpp outside lifecycle/engines/: " + "; ".join(problems)
+    stale = sorted(set(ALLOWED_LLAMA_CPP) - set(users))
+    assert not stale, f"no longer imports llama_cpp, remove from ALLOWED_LLAMA_CPP: {stale}"
+
+
+_BLOCK_LLAMA_CPP = """
+import importlib, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "llama_cpp" or name.startswith("llama_cpp."):
+            raise ImportError("llama_cpp is blocked")
+sys.meta_path.insert(0, Block())
+failed = []
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        failed.append(f"{name}: {exc}")
+print("\\n".join(failed))
+"""
+
+
+def test_modules_outside_the_engines_import_without_llama_cpp() -> None:
+    # What the AST cannot see: a module-level import of something that imports llama_cpp.
+    # The engine registry (lifecycle.engines) must import; the engine modules may need it.
+    names = [
+        n
+        for n in all_modules()
+        if not n.startswith(("lifecycle.engines.", "lifecycle.cli")) and n != "lifecycle.__main__"
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", _BLOCK_LLAMA_CPP, *names],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    )
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("module", ["lifecycle.store", "lifecycle.tags", "lifecycle.hostinfo"])
+def test_bottom_modules_import_nothing_above_them(module: str) -> None:
+    modules = all_modules()
+    mine = layer_of(module)
+    for imp in imports_of(module, modules[module], modules):
+        if imp.imported in modules:
+            assert layer_of(imp.imported) <= mine, imp
