@@ -260,6 +260,14 @@ def matrix_names(settings: ModelSettings) -> list[str]:
     ]
 
 
+def workspace_names(workspace: Workspace) -> set[str]:
+    """Every name that selects variants: each model's name and each variant's name."""
+    names = set(workspace.models)
+    for settings in workspace.models.values():
+        names.update(matrix_names(settings))
+    return names
+
+
 def _variant_name(settings: ModelSettings, quant: str, overrides: dict[str, Any]) -> str:
     """``model`` alone without a matrix; else ``model:q4_k_m-ctx2048-temp0.2``."""
     if not settings.quants and not settings.axes:

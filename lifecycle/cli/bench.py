@@ -163,7 +163,8 @@ def estimate_command(
 ) -> int:
     """Memory TARGET needs at each --ctx, from its GGUF header only (nothing is loaded).
 
-    TARGET is a GGUF file, a model of lifecycle.toml, or a tag already in the local store.
+    TARGET is a GGUF file, a model or variant of lifecycle.toml, or a tag already in the
+    local store.
     """
     from lifecycle.estimate import estimate_file
 
@@ -332,21 +333,25 @@ def _resolve_target(target: str, workspace_dir: Path | None) -> Path:
     """A GGUF path, a workspace model's blob, or a tag's blob in the local store."""
     from lifecycle.config import lifecycle_home, load_workspace
     from lifecycle.errors import ConfigError, UsageError
-    from lifecycle.store import Store, parse_tag
+    from lifecycle.store import Store
+    from lifecycle.tags import parse_tag
+    from lifecycle.variants import resolve_variants, workspace_names
 
     candidate = Path(target).expanduser()
     if candidate.is_file():
         return candidate
+    try:
+        workspace = load_workspace(workspace_dir)
+    except ConfigError:
+        workspace = None
+    # Variant names (``model:q4_k_m-ctx2048``) have a colon too: the workspace goes first,
+    # as for bench, prompt and compare.
+    if workspace is not None and target in workspace_names(workspace):
+        return resolve_variants(workspace, Store(workspace.home), [target])[0].blob_path
     if ":" not in target:
-        try:
-            workspace = load_workspace(workspace_dir)
-        except ConfigError:
-            workspace = None
-        if workspace is not None and target in workspace.models:
-            from lifecycle.variants import resolve_variants
-
-            return resolve_variants(workspace, Store(workspace.home), [target])[0].blob_path
-        raise UsageError(f"{target!r} is not a GGUF file, a model of lifecycle.toml, or a tag")
+        raise UsageError(
+            f"{target!r} is not a GGUF file, a model or variant of lifecycle.toml, or a tag"
+        )
     tag = parse_tag(target)
     if tag.scheme == "file":
         return Path(tag.reference)

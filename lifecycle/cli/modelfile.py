@@ -54,7 +54,8 @@ def prompt_command(target: str, messages_file: Path, workspace_dir: Path | None)
         parsed = mf.parse_file(Path(target))
         chat_template = None
         if parsed.template is None:
-            local = mf.resolve_local_path(parsed.from_[0], Path(target).parent, Path.cwd())
+            root = _modelfile_workspace(Path(target), workspace_dir)
+            local = mf.resolve_local_path(parsed.from_[0], Path(target).parent, root)
             if local is not None and local.is_file():
                 chat_template = read_gguf(local).chat_template
         text = render_prompt(
@@ -125,6 +126,24 @@ def lint_command(models: tuple[str, ...], workspace_dir: Path | None, as_json: b
     else:
         click.echo("no findings")
     return EXIT_OK
+
+
+def _modelfile_workspace(modelfile: Path, workspace_dir: Path | None) -> Path:
+    """The root a standalone Modelfile's FROM path must stay inside.
+
+    ``--workspace`` when given; else the workspace holding the Modelfile (its nearest
+    lifecycle.toml upwards), else the Modelfile's own folder. Never the current directory:
+    the same command must mean the same thing wherever it is run from.
+    """
+    from lifecycle.config import find_workspace_root
+    from lifecycle.errors import ConfigError
+
+    if workspace_dir is not None:
+        return workspace_dir
+    try:
+        return find_workspace_root(modelfile.parent)
+    except ConfigError:
+        return modelfile.resolve().parent
 
 
 def _one_variant(workspace_dir: Path | None, name: str) -> Any:
