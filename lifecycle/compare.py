@@ -72,6 +72,8 @@ LOGITS_BLOCK_BYTES = 64 * 1024 * 1024
 REDUCE_ROWS = 16
 
 Progress = Callable[[str], None]
+# (label, done, total): a progress bar's update, e.g. the CLI's ProgressBars on a terminal.
+Ticker = Callable[[str, int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -242,11 +244,13 @@ def compare(
     workspace: Workspace | None = None,
     store: Any = None,
     progress: Progress | None = None,
+    ticker: Ticker | None = None,
 ) -> dict[str, Any]:
     """Compare ``names`` (variants, model names, tags or GGUF paths); return the JSON report.
 
     Everything that can fail without a model (names, text file, quant names, config) fails
-    before any model loads.
+    before any model loads. ``progress`` gets a line per step; ``ticker`` a count of scored
+    chunks per subject while the reference text is scored (the longest step).
     """
     from lifecycle.store import Store
 
@@ -297,7 +301,17 @@ def compare(
     if options.token_quality:
         threads = options.threads or (workspace.engine.threads if workspace else 0)
         text_settings = _token_pass(
-            subjects, reference, entries, text, n_ctx, chunks, options.score, top_k, threads, say
+            subjects,
+            reference,
+            entries,
+            text,
+            n_ctx,
+            chunks,
+            options.score,
+            top_k,
+            threads,
+            say,
+            ticker or (lambda _label, _done, _total: None),
         )
         text_settings["text"] = text_label
 
@@ -509,9 +523,18 @@ def chunk_tokens(
 
 
 def score_reference(
-    model: Any, tokens: list[int], n_ctx: int, score: str, top_k: int, block: int
+    model: Any,
+    tokens: list[int],
+    n_ctx: int,
+    score: str,
+    top_k: int,
+    block: int,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> ReferenceScores:
-    """One pass of the reference model: keep its top-k log-probs per scored position."""
+    """One pass of the reference model: keep its top-k log-probs per scored position.
+
+    ``on_chunk`` is called with the number of chunks done after each one.
+    """
     _, n_vocab, _ = model.text_tokens("")
     ref = ReferenceScores(tokens=tokens, n_vocab=n_vocab)
     k = min(top_k, n_vocab)
@@ -531,11 +554,18 @@ def score_reference(
             ref.rest.append(np.concatenate(parts.pop("rest")))
             ref.argmax.append(np.concatenate(parts.pop("top")))
             ref.target_logp.append(np.concatenate(parts.pop("target")))
+            if on_chunk:
+                on_chunk(len(ref.argmax))
     return ref
 
 
 def score_against(
-    model: Any, ref: ReferenceScores, n_ctx: int, score: str, block: int
+    model: Any,
+    ref: ReferenceScores,
+    n_ctx: int,
+    score: str,
+    block: int,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> PositionStats:
     """One pass of a candidate model, compared position by position with the reference."""
     stats = PositionStats()
@@ -566,6 +596,8 @@ def score_against(
             stats.dp.append(np.concatenate(parts["dp"]))
             parts = {key: [] for key in parts}
             done = 0
+            if on_chunk:
+                on_chunk(len(stats.kld))
     return stats
 
 
@@ -658,6 +690,7 @@ def _token_pass(
     top_k: int,
     threads: int,
     say: Progress,
+    ticker: Ticker,
 ) -> dict[str, Any]:
     """Score the reference text with every subject; fill token_quality and load/RSS costs."""
     from lifecycle.engines import LoadOptions, get_engine
@@ -683,10 +716,19 @@ def _token_pass(
         load_ms = model.load_ms
         try:
             text_ids, n_vocab, bos = model.text_tokens(text)
+            whole = (len(text_ids) + (bos is not None)) // n_ctx
+            total = min(whole, chunks) if chunks else whole
+            label = f"scoring text: {subject.name}"
+
+            def tick(done: int, label: str = label, total: int = total) -> None:
+                ticker(label, done, total)
+
             if subject is reference:
                 ref_tokens = chunk_tokens(text_ids, bos, n_ctx, chunks)
                 scored_from = time.perf_counter()
-                ref_scores = score_reference(model, ref_tokens, n_ctx, score, top_k, block)
+                ref_scores = score_reference(
+                    model, ref_tokens, n_ctx, score, top_k, block, on_chunk=tick
+                )
                 stats = _self_stats(ref_scores)
                 settings.update(
                     tokens=len(text_ids) + (bos is not None),
@@ -703,7 +745,7 @@ def _token_pass(
                     stats = None
                 else:
                     scored_from = time.perf_counter()
-                    stats = score_against(model, ref_scores, n_ctx, score, block)
+                    stats = score_against(model, ref_scores, n_ctx, score, block, on_chunk=tick)
             if stats is not None:
                 quality = stats.summary()
                 entry["token_quality"] = quality.to_dict()
@@ -1044,41 +1086,59 @@ def comparison_chart(report: dict[str, Any], path: Path) -> Path:
 
 
 def render_report(report: dict[str, Any]) -> str:
-    """The human report: token quality, task quality and cost per subject, then the verdict."""
+    """The human report: token quality, then task quality and cost, then the verdict.
+
+    Two tables of at most ~100 columns rather than one of ~190: the model name every row
+    shares is printed once above them, and each row carries only what differs.
+    """
+    from lifecycle.charts import bar_labels
     from lifecycle.cli._output import table
 
-    rows = []
-    for e in report["variants"]:
+    entries = report["variants"]
+    common, short = bar_labels([e["name"] for e in entries])
+    names = [
+        s + (" (ref)" if e["is_reference"] else "") for s, e in zip(short, entries, strict=True)
+    ]
+    token_rows, task_rows = [], []
+    for name, e in zip(names, entries, strict=True):
         t = e["token_quality"]
         q = e["task_quality"]
         c = e["cost"]
-        rows.append(
+        token_rows.append(
             [
-                e["name"] + (" (ref)" if e["is_reference"] else ""),
+                name,
                 e["quant"] or "-",
+                None if c["bits_per_weight"] is None else round(c["bits_per_weight"], 2),
+                None if not t else f"{t['kld']['mean']:.4f}±{t['kld']['stderr']:.4f}",
+                None if not t else f"{t['kld']['p99']:.3f}",
+                None if not t else f"{100 * t['same_top_p']:.1f}%",
+                None if not t else f"{100 * t['rms_dp']:.1f}%",
+                None if not t else _ppl(t["ppl"]),
+                None if not t else f"{t['ppl_ratio']:.3f}",
+            ]
+        )
+        task_rows.append(
+            [
+                name,
                 _mib(c["file_size_bytes"]),
-                c["bits_per_weight"],
-                None if not t else f"{t['kld']['mean']:.5f}±{t['kld']['stderr']:.5f}",
-                None if not t else f"{t['kld']['p99']:.4f}",
-                None if not t else f"{100 * t['same_top_p']:.2f}%",
-                None if not t else f"{100 * t['rms_dp']:.2f}%",
-                None if not t else f"{t['ppl']:.3f}",
-                None if not t else f"{t['ppl_ratio']:.4f}",
                 None if not q else f"{q['pass_rate']:.0%}",
                 None if not q or q["agreement_rate"] is None else f"{q['agreement_rate']:.0%}",
                 None if not q else len(q["flipped"]),
                 c.get("generation_tokens_per_s"),
-                c.get("load_ms"),
+                None if c.get("load_ms") is None else round(c["load_ms"]),
                 None if not c.get("peak_rss_bytes") else _mib(c["peak_rss_bytes"]),
                 "yes" if e["within_thresholds"] else "no",
             ]
         )
-    headers = [
-        "variant", "quant", "size", "bpw", "mean KLD", "p99 KLD", "same top", "RMS Δp",
-        "PPL", "PPL ratio", "pass", "agree", "flips", "gen tok/s", "load ms", "peak RSS",
-        "within",
+    token_headers = [
+        "variant", "quant", "bpw", "mean KLD", "p99 KLD", "same top", "RMS Δp", "PPL", "PPL ratio",
     ]  # fmt: skip
-    lines = [table(headers, rows), ""]
+    task_headers = [
+        "variant", "size", "pass", "agree", "flips", "gen tok/s", "load ms", "peak RSS", "within",
+    ]  # fmt: skip
+    lines = [f"model: {common}", ""] if common else []
+    lines += ["token quality (reference text):", table(token_headers, token_rows), ""]
+    lines += ["task quality (golden set) and cost:", table(task_headers, task_rows), ""]
     for e in report["variants"]:
         for key in ("token_quality_skipped", "task_quality_skipped"):
             if e[key]:
@@ -1099,6 +1159,11 @@ def render_report(report: dict[str, Any]) -> str:
         )
     lines.append("verdict: " + report["verdict"]["summary"])
     return "\n".join(lines)
+
+
+def _ppl(value: float) -> str:
+    # A random or broken model's perplexity runs to 20 digits; keep the column narrow.
+    return f"{value:.2f}" if value < 1e5 else f"{value:.2e}"
 
 
 def _short(text: str, width: int = 90) -> str:

@@ -13,6 +13,8 @@ from _promote import make_record
 from _pull_fixtures import store  # noqa: F401  (fixture)
 
 from lifecycle.charts import bar_labels, grouped_bar_figure
+from lifecycle.compare import CompareOptions, compare, render_report
+from lifecycle.config import load_workspace
 from lifecycle.gate import GateSettings, baseline_entry, run_gate
 from lifecycle.gguf import read_gguf
 from lifecycle.report import build_report
@@ -133,3 +135,33 @@ def test_list_and_show_read_like_build(
     assert rows[0].split()[1] == first.ggml_type_name and str(first.offset) in rows[0]
     doc = json.loads(run_cli("show", f"file:{tiny_model}", "--tensors", "--json")[1])
     assert len(doc["gguf"]["tensors"]) == len(info.tensors)
+
+
+def test_compare_ticks_while_scoring_text_and_fits_100_columns(tiny_workspace: Path) -> None:
+    config = tiny_workspace / "lifecycle.toml"
+    matrix = '\n[models.tiny.variants]\nquant = ["F32", "Q8_0"]\n'
+    config.write_text(config.read_text() + matrix, encoding="utf-8")
+    text = tiny_workspace / "text.txt"
+    text.write_text("Invoice INV-2231 was charged twice; the API returned 500. " * 8)
+    ticks: list[tuple[str, int, int | None]] = []
+    options = CompareOptions(text=text, n_ctx=64, threads=1, task_quality=False)
+    report = compare(
+        ["tiny:f32", "tiny:q8_0"],
+        options,
+        workspace=load_workspace(tiny_workspace),
+        ticker=lambda label, done, total: ticks.append((label, done, total)),
+    )
+    chunks = report["token_settings"]["chunks"]
+    assert chunks >= 2
+    for name in ("tiny:f32", "tiny:q8_0"):
+        mine = [(done, total) for label, done, total in ticks if label.endswith(name)]
+        assert mine == [(i, chunks) for i in range(1, chunks + 1)], ticks
+
+    # The example's long names: the shared model name goes above the tables, once.
+    for entry, name in zip(report["variants"], EXAMPLE_VARIANTS, strict=False):
+        entry["name"] = name
+    text_out = render_report(report)
+    assert text_out.startswith("model: harbor-triage\n")
+    sentences = ("text: ", "verdict: ")  # prose lines wrap; the tables must not
+    widths = [len(line) for line in text_out.splitlines() if not line.startswith(sentences)]
+    assert max(widths) <= 100, text_out

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from lifecycle.cli._options import workspace_option
-from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.cli._output import emit_json, progress, progress_bars, table
 from lifecycle.errors import EXIT_OK, UsageError
 
 
@@ -92,9 +92,19 @@ def compare_command(
         limit=limit,
         threads=threads,
     )
-    report = compare(
-        list(names), options, workspace=workspace, progress=None if quiet else progress
-    )
+    # A live bar per subject while the reference text is scored (minutes on a CPU), on a
+    # terminal only: with --json, -q or a redirected stderr the step prints one line.
+    bars = progress_bars(enabled=not (as_json or quiet))
+    try:
+        report = compare(
+            list(names),
+            options,
+            workspace=workspace,
+            progress=None if quiet else progress,
+            ticker=bars,
+        )
+    finally:
+        bars.close()
     out_dir = (workspace.root / ".lifecycle" if workspace else lifecycle_home()) / "compare"
     path, _chart = save_report(report, out_dir)
     if as_json:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from lifecycle.cli._options import json_option, workspace_option
-from lifecycle.cli._output import emit_json, is_tty, progress, table
-from lifecycle.config import ENV_NO_PROGRESS
+from lifecycle.cli._output import emit_json, progress, progress_bars, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_OK, EXIT_UPSTREAM_CHANGED, UsageError
 
 if TYPE_CHECKING:
@@ -66,7 +63,7 @@ def pull_command(
         else:
             click.echo(render_changes([c.to_dict() for c in changes]))
         return EXIT_UPSTREAM_CHANGED if changed else EXIT_OK
-    bars = _Bars(enabled=not as_json and is_tty() and not os.environ.get(ENV_NO_PROGRESS))
+    bars = progress_bars(enabled=not as_json)
     manifests = []
     try:
         for tag in selected:
@@ -123,7 +120,7 @@ def push_command(
         if manifest is None or not store.has_all(manifest):
             raise UsageError(f"{tag} is not in the store (run: lifecycle pull {tag})")
         jobs = [(manifest, destination)]
-    bars = _Bars(enabled=not as_json and is_tty() and not os.environ.get(ENV_NO_PROGRESS))
+    bars = progress_bars(enabled=not as_json)
     pushed = []
     try:
         for manifest, destination in jobs:
@@ -371,7 +368,7 @@ def _pull_from_mirror(
     from lifecycle.sources import mirror
 
     mirror.parse_mirror(base)
-    bars = _Bars(enabled=not as_json and is_tty() and not os.environ.get(ENV_NO_PROGRESS))
+    bars = progress_bars(enabled=not as_json)
     manifests = []
     try:
         for locked in _locked_manifests(workspace_dir, tags):
@@ -422,31 +419,6 @@ def _select_tags(tags: tuple[str, ...], tracked: bool, workspace_dir: Path | Non
     if not tracked:
         raise UsageError("nothing to pull: give one or more TAGs, or --all")
     return tracked_tags(load_workspace(workspace_dir))
-
-
-class _Bars:
-    """Progress bars on stderr, one per file; a no-op when disabled."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bars: dict[str, Any] = {}
-        self._done: dict[str, int] = {}
-
-    def __call__(self, label: str, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        bar: Any = self._bars.get(label)
-        if bar is None:
-            bar = click.progressbar(length=total or 0, label=label, file=sys.stderr)
-            bar.__enter__()
-            self._bars[label], self._done[label] = bar, 0
-        bar.update(done - self._done[label])
-        self._done[label] = done
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.__exit__(None, None, None)
-        self._bars.clear()
 
 
 def _show_variant_modelfile(name: str, workspace_dir: Path | None, as_json: bool) -> int:
