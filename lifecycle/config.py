@@ -48,6 +48,15 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class BenchSettings:
+    """``[bench]``: the short bench ``lifecycle smoke`` runs on every variant."""
+
+    n_prompt: int = 64
+    n_gen: int = 16
+    repetitions: int = 2
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """One served model: its Modelfile and the eval suites it has to pass."""
 
@@ -71,6 +80,7 @@ class Workspace:
     evals_dir: Path
     runs_dir: Path
     home: Path = field(default_factory=lambda: lifecycle_home())
+    bench: BenchSettings = field(default_factory=BenchSettings)
 
     @property
     def config_path(self) -> Path:
@@ -103,8 +113,8 @@ def load_workspace(root: Path | None = None) -> Workspace:
     root = find_workspace_root(root)
     path = root / CONFIG_FILE
     data = read_toml(path)
-    reader = _TableReader(path, data, "")
-    # gate / compare / bench tables are read by the modules that own them.
+    reader = TableReader(path, data, "")
+    # gate / compare tables are read by the modules that own them.
     reader.reject_unknown({"workspace", "engine", "models", "gate", "compare", "bench"})
 
     ws = reader.table("workspace")
@@ -121,6 +131,16 @@ def load_workspace(root: Path | None = None) -> Workspace:
         seed=eng.integer("seed", 42),
         gpu_layers=eng.integer("gpu_layers", 0, minimum=-1),
         parallel=eng.integer("parallel", DEFAULT_PARALLEL, minimum=1),
+    )
+
+    # Read here, not left to bench: a table nobody reads lets a typo pass silently.
+    bench_table = reader.table("bench")
+    bench_table.reject_unknown({"n_prompt", "n_gen", "repetitions"})
+    defaults = BenchSettings()
+    bench = BenchSettings(
+        n_prompt=bench_table.integer("n_prompt", defaults.n_prompt, minimum=1),
+        n_gen=bench_table.integer("n_gen", defaults.n_gen, minimum=1),
+        repetitions=bench_table.integer("repetitions", defaults.repetitions, minimum=1),
     )
 
     models: dict[str, ModelSettings] = {}
@@ -162,7 +182,12 @@ def load_workspace(root: Path | None = None) -> Workspace:
     if not models:
         raise ConfigError("at least one model is required", path=path, field="models")
     return Workspace(
-        root=root, engine=engine, models=models, evals_dir=evals_dir, runs_dir=runs_dir
+        root=root,
+        engine=engine,
+        models=models,
+        evals_dir=evals_dir,
+        runs_dir=runs_dir,
+        bench=bench,
     )
 
 
@@ -184,10 +209,14 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"invalid TOML: {message}", path=path, line=line) from None
 
 
-class _TableReader:
-    """Typed access to one TOML table; each error names ``file → dotted.field``."""
+class TableReader:
+    """Typed access to one TOML table; each error names ``file → dotted.field``.
 
-    def __init__(self, path: Path, data: dict[str, Any], prefix: str) -> None:
+    The one reader for every TOML file the tool reads (lifecycle.toml, eval suites), so
+    unknown keys and wrong types are refused the same way everywhere.
+    """
+
+    def __init__(self, path: Path, data: dict[str, Any], prefix: str = "") -> None:
         self.path = path
         self.data = data
         self.prefix = prefix
@@ -195,37 +224,38 @@ class _TableReader:
     def _field(self, key: str) -> str:
         return f"{self.prefix}{key}"
 
-    def _fail(self, key: str, message: str) -> ConfigError:
+    def fail(self, key: str, message: str) -> ConfigError:
+        """The error for ``key`` of this table (raise it)."""
         return ConfigError(message, path=self.path, field=self._field(key))
 
     def reject_unknown(self, allowed: set[str]) -> None:
         for key in self.data:
             if key not in allowed:
                 hint = ", ".join(sorted(allowed))
-                raise self._fail(key, f"unknown key (expected one of: {hint})")
+                raise self.fail(key, f"unknown key (expected one of: {hint})")
 
-    def table(self, key: str) -> _TableReader:
+    def table(self, key: str) -> TableReader:
         value = self.data.get(key, {})
         if not isinstance(value, dict):
-            raise self._fail(key, "must be a table")
-        return _TableReader(self.path, value, f"{self._field(key)}.")
+            raise self.fail(key, "must be a table")
+        return TableReader(self.path, value, f"{self._field(key)}.")
 
     def string(self, key: str, default: str | Any) -> Any:
         value = self.data.get(key, default)
         if value is not default and not isinstance(value, str):
-            raise self._fail(key, "must be a string")
+            raise self.fail(key, "must be a string")
         return value
 
     def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._fail(key, "must be an integer")
+            raise self.fail(key, "must be an integer")
         if minimum is not None and value < minimum:
-            raise self._fail(key, f"must be >= {minimum}")
+            raise self.fail(key, f"must be >= {minimum}")
         return value
 
     def string_list(self, key: str, default: list[str]) -> list[str]:
         value = self.data.get(key, default)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self._fail(key, "must be a list of strings")
+            raise self.fail(key, "must be a list of strings")
         return list(value)

@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 from deepdiff import DeepDiff
 
-from lifecycle.config import read_toml
+from lifecycle.config import TableReader, read_toml
 from lifecycle.errors import ConfigError, GoldenSetError
 
 # "free": the model must write the JSON by itself (what production sees).
@@ -232,46 +232,38 @@ def load_suites(evals_dir: Path, names: Sequence[str]) -> list[Suite]:
     return suites
 
 
+_SUITE_KEYS = {
+    "description",
+    "golden",
+    "schema",
+    "modes",
+    "threshold",
+    "max_tokens",
+    "match",
+    "calibration",
+}
+
+
 def load_suite(path: Path) -> Suite:
     """Read an eval suite file and the golden set and schema it points at."""
     data = read_toml(path)
-    allowed = {
-        "description",
-        "golden",
-        "schema",
-        "modes",
-        "threshold",
-        "max_tokens",
-        "match",
-        "calibration",
-    }
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown key (expected one of: {', '.join(sorted(allowed))})",
-                path=path,
-                field=key,
-            )
+    reader = TableReader(path, data)
+    reader.reject_unknown(_SUITE_KEYS)
     for key in ("golden", "schema"):
         if not isinstance(data.get(key), str):
-            raise ConfigError("is required and must be a path string", path=path, field=key)
+            raise reader.fail(key, "is required and must be a path string")
     golden_path = (path.parent / data["golden"]).resolve()
     schema_path = (path.parent / data["schema"]).resolve()
 
-    modes = data.get("modes", ["free"])
-    if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes):
-        raise ConfigError(f"must be a non-empty list of {list(MODES)}", path=path, field="modes")
+    modes = reader.string_list("modes", ["free"])
+    if not modes or any(m not in MODES for m in modes):
+        raise reader.fail("modes", f"must be a non-empty list of {list(MODES)}")
     thresholds = _parse_thresholds(path, data.get("threshold", 1.0), modes)
-    max_tokens = data.get("max_tokens", 128)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ConfigError("must be a positive integer", path=path, field="max_tokens")
+    max_tokens = reader.integer("max_tokens", 128, minimum=1)
 
-    match_table = data.get("match", {})
-    if not isinstance(match_table, dict):
-        raise ConfigError("must be a table of field → matcher", path=path, field="match")
     match = {
         name: parse_matcher(spec, path=path, where=f"match.{name}")
-        for name, spec in match_table.items()
+        for name, spec in reader.table("match").data.items()
     }
 
     calibration = _parse_calibration(path, data["calibration"]) if "calibration" in data else None

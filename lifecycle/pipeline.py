@@ -8,8 +8,9 @@
    golden-set, schema and suite-file digests, the engine name and build, and the engine
    settings. A changed digest always re-evaluates (unlike a cache keyed by tag name); a model
    with any variant missing from the cache is evaluated whole.
-4. A short bench (pp64/tg16, two repetitions, at the variant's ``num_ctx``), cached by variant
-   id + engine build + settings; skipped cleanly when the engine cannot bench.
+4. A short bench (``[bench]``: pp64/tg16, two repetitions by default, at the variant's
+   ``num_ctx``), cached by variant id + engine build + settings; skipped cleanly when the
+   engine cannot bench.
 5. Gate against the committed baselines, pin what passed (optionally committing on a branch),
    and write the report. The result's exit code is the gate's (0 or 3).
 
@@ -448,16 +449,16 @@ def _bench(
 ) -> dict[str, Any]:
     from lifecycle.bench import BenchOptions, run_bench
 
-    params = variant.modelfile.parameters
+    engine, short = workspace.engine, workspace.bench
     bench_options = BenchOptions(
-        n_prompt=64,
-        n_gen=16,
-        repetitions=2,
+        n_prompt=short.n_prompt,
+        n_gen=short.n_gen,
+        repetitions=short.repetitions,
         n_ctx=int(variant.parameter("num_ctx")),
-        n_threads=options.threads or int(params.get("num_thread", workspace.engine.threads)),
-        n_batch=int(params.get("num_batch", workspace.engine.batch_size)),
-        n_gpu_layers=int(params.get("num_gpu", workspace.engine.gpu_layers)),
-        engine=workspace.engine.name,
+        n_threads=options.threads or variant.engine_int("num_thread", engine.threads),
+        n_batch=variant.engine_int("num_batch", engine.batch_size),
+        n_gpu_layers=variant.engine_int("num_gpu", engine.gpu_layers),
+        engine=engine.name,
         bandwidth=False,
         timeout_s=600.0,
     )
@@ -467,7 +468,10 @@ def _bench(
     if options.use_cache and (cached := _read_json(path)) is not None:
         say(f"bench {variant.name}: cached")
         return {**cached, "cached": True}
-    say(f"bench {variant.name}: pp64 tg16 x2 at num_ctx {bench_options.n_ctx}")
+    say(
+        f"bench {variant.name}: pp{short.n_prompt} tg{short.n_gen} x{short.repetitions}"
+        f" at num_ctx {bench_options.n_ctx}"
+    )
     result = run_bench(variant.blob_path, bench_options, variant=variant.to_dict(), progress=say)
     document = result.to_dict()
     if not any(p.ok for p in result.points):

@@ -65,6 +65,14 @@ class Variant:
     def int_parameter(self, name: str) -> int:
         return int(self._number(name))
 
+    def engine_int(self, name: str, default: int) -> int:
+        """An integer PARAMETER the workspace's [engine] also sets (``num_thread``,
+        ``num_batch``, ``num_gpu``): the Modelfile's value wins, else ``default``."""
+        value = self.modelfile.parameters.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return default
+        return int(value)
+
     def float_parameter(self, name: str) -> float:
         return float(self._number(name))
 

@@ -60,6 +60,10 @@ def test_workspace_is_found_from_a_subdirectory(
         ),
         ("[engine]\nthreads = 1\n", "lifecycle.toml → models: at least one model is required"),
         (GOOD + "\n[engine\n", "lifecycle.toml:10: invalid TOML"),
+        # [bench] was accepted and never read: a typo there passed silently.
+        (GOOD + "\n[bench]\nn_promt = 32\n", "lifecycle.toml → bench.n_promt: unknown key"),
+        (GOOD + "\n[bench]\nn_gen = 0\n", "lifecycle.toml → bench.n_gen: must be >= 1"),
+        ("bench = 3\n" + GOOD, "lifecycle.toml → bench: must be a table"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:
@@ -67,3 +71,9 @@ def test_config_errors_name_the_field(tmp_path: Path, text: str, message: str) -
         load_workspace(write(tmp_path, text))
     assert message in str(info.value)
     assert info.value.exit_code == 2
+
+
+def test_bench_table_sets_the_smoke_short_bench(tmp_path: Path) -> None:
+    ws = load_workspace(write(tmp_path, GOOD + "\n[bench]\nn_prompt = 32\nrepetitions = 3\n"))
+    assert (ws.bench.n_prompt, ws.bench.n_gen, ws.bench.repetitions) == (32, 16, 3)
+    assert load_workspace(write(tmp_path, GOOD)).bench.n_prompt == 64

@@ -173,3 +173,28 @@ def test_matcher_options_are_validated() -> None:
     with pytest.raises(ConfigError, match="invalid regex"):
         parse_matcher({"matcher": "regex", "pattern": "("}, path=Path("x.toml"), where="match.f")
     assert Matcher(kind="range", minimum=0.0).to_dict() == {"matcher": "range", "min": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("max_tokens = 32", "max_tokens = 0", "triage.toml → max_tokens: must be >= 1"),
+        ("max_tokens = 32", "max_tokens = 32\nmax_token = 3", "triage.toml → max_token: unknown"),
+    ],
+)
+def test_suite_keys_are_read_like_lifecycle_toml(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    # One TOML table reader (config.TableReader) for lifecycle.toml and eval suites.
+    path = write_suite(tmp_path)
+    path.write_text(path.read_text().replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_suite(path)
+    assert message in str(info.value)
+
+
+def test_suite_match_must_be_a_table(tmp_path: Path) -> None:
+    path = write_suite(tmp_path)
+    path.write_text('golden = "cases.jsonl"\nschema = "schema.json"\nmatch = "x"\n')
+    with pytest.raises(ConfigError, match=r"triage\.toml → match: must be a table"):
+        load_suite(path)
