@@ -29,10 +29,12 @@ re-reading its own slice of a buffer the size of what one token reads (so caches
 exactly as they help the decode), SIMD max-reductions (not the compute-bound float sum), best
 of several passes. Beyond the caches the size no longer matters, so one figure measured over a
 buffer of at least four times the last-level cache serves every larger working set. Figures are
-cached under ``LIFECYCLE_HOME/bench``. Rows whose weights or KV cache live on a GPU are never
-bounded by host RAM: their bound is null with the reason unless a GPU bandwidth figure is given
-(``gpu_bandwidth_bytes_per_s``). A row that ran faster than its bound gets no fraction (the
-ratio is kept in ``bandwidth_ratio`` and the reason in ``bandwidth_note``).
+cached under ``LIFECYCLE_HOME/bench`` with when they were taken and how busy the machine was;
+one older than a week or taken under load is measured again. Rows whose weights or KV cache
+live on a GPU are never bounded by host RAM: their bound is null with the reason unless a GPU
+bandwidth figure is given (``gpu_bandwidth_bytes_per_s``). A row that ran faster than its
+bound gets no fraction (the ratio is kept in ``bandwidth_ratio`` and the reason in
+``bandwidth_note``).
 
 When a point's KV cache or compute buffers live on a GPU, its RSS says nothing about them:
 RSS comparisons are null with the reason, and a context sweep compares the estimate's growth
@@ -526,6 +528,10 @@ _PROBE_METHOD = (
     "best of 7 timed passes after a warm-up"
 )
 _PROBE_VERSION = 2  # part of the cache key: figures of the old float-sum probe are not reused
+# A cached bandwidth figure is reused for a week, and only if it was taken on a quiet machine:
+# the same 15 % of the CPU used by other processes that the gate's speed checks allow.
+BANDWIDTH_MAX_AGE_S = 7 * 24 * 3600.0
+BANDWIDTH_MAX_FOREIGN_SHARE = 0.15
 
 
 def measure_bandwidth(
@@ -534,6 +540,8 @@ def measure_bandwidth(
     home: Path | None = None,
     buffer_bytes: int = 256 * 1024 * 1024,
     working_set_bytes: int | None = None,
+    max_age_s: float = BANDWIDTH_MAX_AGE_S,
+    max_foreign_share: float = BANDWIDTH_MAX_FOREIGN_SHARE,
 ) -> dict[str, Any]:
     """Sustained read bandwidth with ``threads`` readers, cached per machine.
 
@@ -546,13 +554,19 @@ def measure_bandwidth(
     first probe used is compute-bound at about 12 GB/s per thread and read low), repeated
     inside the thread so that a pass lasts milliseconds, not the thread pool's dispatch time.
     The result is cached in ``<home>/bench/bandwidth.json`` under a key of probe version,
-    CPU model, cores, RAM, threads and buffer size (``cached: true`` when reused).
+    CPU model, cores, RAM, threads and buffer size (``cached: true`` when reused), with when
+    it was measured and ``foreign_cpu_share``, the CPU other processes used meanwhile. A
+    figure older than ``max_age_s``, or taken while others used more than
+    ``max_foreign_share`` of the CPU (or with that unknown), is measured again rather than
+    reused: a probe that competed for the cores reads low, and would bound every later bench
+    low too. ``remeasured`` says why a cached figure was replaced; ``age_s`` how old a reused
+    one is.
     """
     import numpy as np
 
     from lifecycle.config import lifecycle_home
     from lifecycle.fsutil import atomic_write_text
-    from lifecycle.results import host_environment
+    from lifecycle.results import ForeignLoad, host_environment
 
     threads = max(1, int(threads))
     llc = last_level_cache_bytes()
@@ -569,8 +583,19 @@ def measure_bandwidth(
         entries = json.loads(cache.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         entries = {}
+    remeasured = None
     if isinstance(entries, dict) and isinstance(entries.get(key), dict):
-        return {**entries[key], "cached": True}
+        old = entries[key]
+        age = _age_s(old.get("measured_at"))
+        share = old.get("foreign_cpu_share")
+        if age is None or age > max_age_s:
+            remeasured = "stale" if age is not None else "no measurement time"
+        elif not isinstance(share, int | float):
+            remeasured = "load at measurement unknown"
+        elif share > max_foreign_share:
+            remeasured = f"taken under load (others used {share:.0%} of the CPU)"
+        else:
+            return {**old, "cached": True, "age_s": round(age)}
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -585,6 +610,7 @@ def measure_bandwidth(
             np.maximum.reduce(chunk)
 
     best = math.inf
+    load, load_started = ForeignLoad().start(), time.monotonic()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for attempt in range(8):  # the first pass warms pages, caches and threads up
             start = time.perf_counter()
@@ -600,13 +626,32 @@ def measure_bandwidth(
         "llc_bytes": llc,
         "method": _PROBE_METHOD,
         "measured_at": _now(),
+        "foreign_cpu_share": _load_share(load, load_started),
         "machine": machine,
     }
     entries = entries if isinstance(entries, dict) else {}
     entries[key] = entry
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps(entries, indent=2, sort_keys=True) + "\n")
-    return {**entry, "cached": False}
+    return {**entry, "cached": False, "age_s": 0, "remeasured": remeasured}
+
+
+def _load_share(load: Any, started: float, window_s: float = 0.5) -> float:
+    """Others' CPU share over at least ``window_s``: a probe of a few milliseconds is shorter
+    than the kernel's CPU-time tick, and its raw share reads 0 % or over 100 %."""
+    time.sleep(max(0.0, window_s - (time.monotonic() - started)))
+    return float(min(1.0, load.share()))
+
+
+def _age_s(stamp: Any) -> float | None:
+    """Seconds since an ISO-8601 timestamp; None when it is missing or unreadable."""
+    try:
+        then = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - then).total_seconds())
 
 
 def last_level_cache_bytes() -> int | None:

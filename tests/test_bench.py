@@ -159,8 +159,9 @@ def test_bad_options_fail_before_loading(tiny_model: Path, tmp_path: Path) -> No
 
 
 def test_bandwidth_is_measured_once_per_machine(tmp_path: Path) -> None:
-    first = measure_bandwidth(1, home=tmp_path, buffer_bytes=8 * 2**20)
-    second = measure_bandwidth(1, home=tmp_path, buffer_bytes=8 * 2**20)
+    # max_foreign_share=1: reused however busy this machine is (load: test_example_polish).
+    first = measure_bandwidth(1, home=tmp_path, buffer_bytes=8 * 2**20, max_foreign_share=1.0)
+    second = measure_bandwidth(1, home=tmp_path, buffer_bytes=8 * 2**20, max_foreign_share=1.0)
     assert first["cached"] is False and second["cached"] is True
     assert first["read_bytes_per_s"] == second["read_bytes_per_s"] > 0
     assert (tmp_path / "bench" / "bandwidth.json").is_file()
@@ -179,9 +180,13 @@ def test_bandwidth_probe_reads_the_decode_working_set(tmp_path: Path) -> None:
     assert 3_000_000 <= small["buffer_bytes"] <= 1.2 * 3_000_000 + 2**20
     main = measure_bandwidth(2, home=tmp_path, buffer_bytes=8 * 2**20)
     assert main["cached"] is False and main["main_memory"] is True
-    huge = measure_bandwidth(2, home=tmp_path, buffer_bytes=8 * 2**20, working_set_bytes=2**40)
+    huge = measure_bandwidth(
+        2, home=tmp_path, buffer_bytes=8 * 2**20, working_set_bytes=2**40, max_foreign_share=1.0
+    )
     assert huge["cached"] is True and huge["buffer_bytes"] == main["buffer_bytes"]
-    again = measure_bandwidth(2, home=tmp_path, buffer_bytes=8 * 2**20, working_set_bytes=3_100_000)
+    again = measure_bandwidth(
+        2, home=tmp_path, buffer_bytes=8 * 2**20, working_set_bytes=3_100_000, max_foreign_share=1.0
+    )
     assert again["cached"] is True  # same bucket
 
 

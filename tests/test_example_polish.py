@@ -7,12 +7,15 @@ import itertools
 import json
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from _promote import make_record
 from _pull_fixtures import store  # noqa: F401  (fixture)
 
+from lifecycle.bench import measure_bandwidth
 from lifecycle.charts import bar_labels, grouped_bar_figure
+from lifecycle.cli.bench import bandwidth_provenance
 from lifecycle.compare import CompareOptions, compare, render_report
 from lifecycle.config import load_workspace
 from lifecycle.gate import GateSettings, baseline_entry, run_gate
@@ -165,3 +168,36 @@ def test_compare_ticks_while_scoring_text_and_fits_100_columns(tiny_workspace: P
     sentences = ("text: ", "verdict: ")  # prose lines wrap; the tables must not
     widths = [len(line) for line in text_out.splitlines() if not line.startswith(sentences)]
     assert max(widths) <= 100, text_out
+
+
+def test_bandwidth_figure_is_remeasured_when_stale_or_taken_under_load(tmp_path: Path) -> None:
+    cache = tmp_path / "bench" / "bandwidth.json"
+    first = measure_bandwidth(1, home=tmp_path, buffer_bytes=4 * 2**20)
+    assert first["cached"] is False and 0.0 <= first["foreign_cpu_share"] <= 1.0
+
+    def set_entry(**fields: object) -> None:
+        entries = json.loads(cache.read_text())
+        (key,) = entries
+        entries[key].update(fields)
+        cache.write_text(json.dumps(entries))
+
+    # Whatever load this machine has now, the entry is made quiet and fresh: it is reused.
+    set_entry(measured_at=datetime.now(UTC).isoformat(), foreign_cpu_share=0.02)
+    reused = measure_bandwidth(1, home=tmp_path, buffer_bytes=4 * 2**20)
+    assert reused["cached"] is True and reused["age_s"] < 60
+    assert "cached, measured" in bandwidth_provenance(reused)
+    assert "2% of the CPU" in bandwidth_provenance(reused)
+
+    set_entry(foreign_cpu_share=0.38, read_bytes_per_s=5)
+    loaded = measure_bandwidth(1, home=tmp_path, buffer_bytes=4 * 2**20)
+    assert loaded["cached"] is False and loaded["read_bytes_per_s"] != 5
+    assert loaded["remeasured"] == "taken under load (others used 38% of the CPU)"
+    assert "re-measured: the cached figure was taken under load" in bandwidth_provenance(loaded)
+
+    stale = (datetime.now(UTC) - timedelta(days=30)).isoformat()
+    set_entry(measured_at=stale, foreign_cpu_share=0.0, read_bytes_per_s=5)
+    again = measure_bandwidth(1, home=tmp_path, buffer_bytes=4 * 2**20)
+    assert again["cached"] is False and again["remeasured"] == "stale"
+
+    set_entry(foreign_cpu_share=None)  # figures cached before the load was recorded
+    assert measure_bandwidth(1, home=tmp_path, buffer_bytes=4 * 2**20)["cached"] is False

@@ -278,10 +278,9 @@ def render_bench(result: dict[str, Any]) -> str:
         lines.append(_scaling_line(scaling))
     bandwidth = result.get("bandwidth")
     if bandwidth:
-        cached = " (cached)" if bandwidth.get("cached") else ""
         lines.append(
             f"memory bandwidth: {bandwidth['read_bytes_per_s'] / 1e9:.1f} GB/s read with "
-            f"{bandwidth['threads']} threads{cached}"
+            f"{bandwidth['threads']} threads ({bandwidth_provenance(bandwidth)})"
         )
     latency = result.get("latency")
     if latency:
@@ -368,3 +367,32 @@ def _as_int(value: object, default: int) -> int:
 
 def _mib(value: int | None) -> float | None:
     return None if value is None else round(value / 1024 / 1024, 1)
+
+
+def bandwidth_provenance(bandwidth: dict[str, Any]) -> str:
+    """When and how the bandwidth figure was taken, so a low one can be told from a slow RAM."""
+    from lifecycle.bench import BANDWIDTH_MAX_FOREIGN_SHARE
+
+    share = bandwidth.get("foreign_cpu_share")
+    if isinstance(share, int | float):
+        load = f"other processes used {share:.0%} of the CPU meanwhile"
+        if share > BANDWIDTH_MAX_FOREIGN_SHARE:
+            load += ": it may read low"
+    else:
+        load = "load unknown"
+    if bandwidth.get("cached"):
+        age = bandwidth.get("age_s")
+        when = f"cached, measured {bandwidth.get('measured_at')}"
+        if isinstance(age, int | float):
+            when += f" ({_ago(age)})"
+        return f"{when}; {load}"
+    redo = f"; re-measured: the cached figure was {bandwidth['remeasured']}"
+    return f"measured now; {load}" + (redo if bandwidth.get("remeasured") else "")
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
