@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "results",
             "tinymodel",
             "confidence",
+            "charts",  # PNG rendering from plain dicts: used by report, compare, bench
         ),
     ),
     ("store", ("store",)),
@@ -50,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engines", ("engines", "crashguard", "doctor")),
     ("golden/bench", ("golden", "bench", "lint", "runner")),
     ("gate/compare", ("gate", "compare", "calibrate")),
-    ("report/pin", ("report", "charts", "pin")),
+    ("report/pin", ("report", "pin")),
     ("pipeline", ("pipeline",)),
     ("cli", ("cli", "__main__")),
 ]
