@@ -17,6 +17,12 @@ one, else the whole case passing. Cases without a usable confidence (field missi
 number, outside [0, 1], or no token probabilities) are "no confidence": they are always
 escalated (they count in the coverage denominator, never as kept) and reported with the
 reasons. Cases the engine failed on (crash, timeout) carry no verdict and are left out.
+
+When the suite names an escalation tier (``[calibration.escalate]``: another variant of the
+workspace, or an OpenAI-compatible endpoint), :func:`escalate` answers the cases a threshold
+escalates there (only those, through the runner's case filter; answers the run already holds
+for that variant are reused) and :func:`cascade_figures` compares the cascade with
+"everything local" and "everything escalated": accuracy, share escalated, tokens, latency.
 """
 
 from __future__ import annotations
@@ -24,14 +30,20 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lifecycle.confidence import routed_correct, stated_confidence
-from lifecycle.errors import UsageError
-from lifecycle.golden import Calibration, Suite
+from lifecycle.errors import EngineError, LifecycleError, UsageError
+from lifecycle.golden import Calibration, Escalation, Suite
 from lifecycle.results import CaseResult, RunRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lifecycle.config import Workspace
+    from lifecycle.store import Store
 
 SIGNALS = ("stated", "engine")
 # Thresholds always shown in the table (the Harbor Support guide escalates under 0.85).
@@ -150,6 +162,9 @@ class GroupCalibration:
     correct_means: str
     errored: int  # engine failures, left out
     signals: list[SignalCalibration]
+    tier: str | None = None  # the escalation tier the suite names, if any
+    cascades: list[Cascade] = field(default_factory=list)  # one per signal, once escalated
+    tier_error: str | None = None  # the tier could not answer (e.g. the endpoint is down)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +174,96 @@ class GroupCalibration:
             "correct_means": self.correct_means,
             "errored": self.errored,
             "signals": [s.to_dict() for s in self.signals],
+            "tier": self.tier,
+            "cascades": [c.to_dict() for c in self.cascades],
+            "tier_error": self.tier_error,
+        }
+
+
+@dataclass(frozen=True)
+class CaseCost:
+    """What answering one case cost a tier: tokens (prompt + completion) and latency."""
+
+    tokens: int
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class TierAnswer:
+    """One case as the escalation tier answered it (an engine failure counts as wrong)."""
+
+    case_id: str
+    correct: bool
+    cost: CaseCost
+    errored: bool = False
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A strategy's cost over all cases: tokens spent on each tier and mean latency per case."""
+
+    local_tokens: int
+    tier_tokens: int | None  # None: the tier did not answer
+    mean_latency_ms: float | None
+    estimated: bool = False  # tier figures extrapolated from the cases it answered
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "local_tokens": self.local_tokens,
+            "tier_tokens": self.tier_tokens,
+            "mean_latency_ms": self.mean_latency_ms,
+            "estimated": self.estimated,
+        }
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """One signal's cascade at one threshold vs everything local and everything escalated.
+
+    Every case runs locally first; those with confidence under ``threshold`` (or none) go to
+    the tier, whose answer replaces the local one.
+    """
+
+    signal: str
+    tier: str
+    threshold: float | None  # keep local when confidence >= threshold; None: escalate all
+    cases: int
+    escalated: int
+    share_escalated: float
+    tier_answered: int  # cases the tier answered (escalated ones, or all with escalate-all)
+    tier_errors: int  # escalated cases the tier failed on (counted wrong)
+    accuracy: float | None  # the cascade's; None when the tier did not answer
+    local_accuracy: float | None  # everything local
+    escalated_accuracy: float | None  # everything escalated; None unless the tier did all
+    # On the escalated cases alone: what the local model got vs what the tier got.
+    local_accuracy_escalated: float | None
+    tier_accuracy_escalated: float | None
+    cost_local: Cost
+    cost_cascade: Cost
+    cost_escalated: Cost
+    statement: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signal": self.signal,
+            "tier": self.tier,
+            "threshold": self.threshold,
+            "cases": self.cases,
+            "escalated": self.escalated,
+            "share_escalated": self.share_escalated,
+            "tier_answered": self.tier_answered,
+            "tier_errors": self.tier_errors,
+            "accuracy": self.accuracy,
+            "local_accuracy": self.local_accuracy,
+            "escalated_accuracy": self.escalated_accuracy,
+            "local_accuracy_escalated": self.local_accuracy_escalated,
+            "tier_accuracy_escalated": self.tier_accuracy_escalated,
+            "cost": {
+                "local": self.cost_local.to_dict(),
+                "cascade": self.cost_cascade.to_dict(),
+                "escalated": self.cost_escalated.to_dict(),
+            },
+            "statement": self.statement,
         }
 
 
@@ -380,27 +485,24 @@ def load_run(path: Path) -> RunRecord:
         raise UsageError(f"not a run record: {exc}", path=file) from None
 
 
-def reliability_chart(report: CalibrationReport, path: Path) -> Path:
-    """Per group: the reliability diagram (left) and coverage vs kept accuracy (right)."""
+def reliability_chart(report: CalibrationReport, path: Path, *, curves: bool = True) -> Path:
+    """Per group: the reliability diagram (left) and coverage vs kept accuracy (right).
+
+    ``curves=False`` draws the reliability diagrams alone, in a grid (the report, which
+    knows no suite target).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not curves:
+        return _diagrams_only(report, path)
     rows = max(len(report.groups), 1)
     fig, axes = plt.subplots(rows, 2, figsize=(11, 4 * rows), squeeze=False)
     for (diagram, curve), group in zip(axes, report.groups, strict=False):
-        diagram.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
         target = None
         for result in group.signals:
-            filled = [b for b in result.bins if b.count]
-            ece = "-" if result.ece is None else f"{result.ece:.3f}"
-            diagram.plot(
-                [b.mean_confidence for b in filled],
-                [b.accuracy for b in filled],
-                marker="o",
-                label=f"{result.signal} (ECE {ece}, n={result.with_confidence})",
-            )
             curve.plot(
                 [p.coverage for p in result.sweep],
                 [p.accuracy for p in result.sweep],
@@ -411,9 +513,7 @@ def reliability_chart(report: CalibrationReport, path: Path) -> Path:
         if target is not None:
             curve.axhline(target, color="grey", linestyle="--", label=f"target {target:.0%}")
         title = f"{group.variant} {group.suite}/{group.mode}"
-        diagram.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence", ylabel="accuracy")
-        diagram.set_title(f"reliability: {title}")
-        diagram.legend(fontsize="small")
+        _diagram(diagram, group, title)
         curve.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="coverage (kept local)")
         curve.set(ylabel="accuracy of kept cases")
         curve.set_title("threshold sweep")
@@ -423,3 +523,332 @@ def reliability_chart(report: CalibrationReport, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# --- the cascade ---------------------------------------------------------------------------
+
+
+def escalated_ids(outcomes: Sequence[Outcome], threshold: float | None) -> list[str]:
+    """Cases a cascade escalates: no confidence, or confidence under ``threshold``."""
+    return [
+        o.case_id
+        for o in outcomes
+        if o.confidence is None or threshold is None or o.confidence < threshold
+    ]
+
+
+def cascade_figures(
+    outcomes: Sequence[Outcome],
+    local: Mapping[str, CaseCost],
+    tier: Mapping[str, TierAnswer] | None,
+    *,
+    threshold: float | None,
+    signal: str,
+    tier_name: str,
+) -> Cascade:
+    """The cascade at ``threshold`` from local outcomes and costs and the tier's answers.
+
+    A pure function (no run needed). ``tier`` holds the tier's answers by case id (at least
+    every escalated case; all cases give an exact "everything escalated"); None: the tier
+    could not answer, and only the local figures are given.
+    """
+    n = len(outcomes)
+    down = escalated_ids(outcomes, threshold)
+    escalated = set(down)
+    local_tokens = sum(local[o.case_id].tokens for o in outcomes)
+    local_ms = sum(local[o.case_id].latency_ms for o in outcomes)
+    local_right = sum(o.correct for o in outcomes)
+    right_escalated_locally = sum(o.correct for o in outcomes if o.case_id in escalated)
+    everything_local = Cost(local_tokens, 0, _r(local_ms / n) if n else None)
+    share = _r(len(down) / n) if n else 0.0
+    base: dict[str, Any] = {
+        "signal": signal,
+        "tier": tier_name,
+        "threshold": threshold,
+        "cases": n,
+        "escalated": len(down),
+        "share_escalated": share,
+        "local_accuracy": _r(local_right / n) if n else None,
+        "local_accuracy_escalated": _r(right_escalated_locally / len(down)) if down else None,
+        "cost_local": everything_local,
+    }
+    missing = [i for i in down if tier is None or i not in tier]
+    if tier is None or missing:
+        why = (
+            "the tier did not answer"
+            if tier is None
+            else f"{len(missing)} escalated case(s) unanswered"
+        )
+        nothing = Cost(0, None, None)
+        return Cascade(
+            **base,
+            tier_answered=0 if tier is None else len(tier),
+            tier_errors=0,
+            accuracy=None,
+            escalated_accuracy=None,
+            tier_accuracy_escalated=None,
+            cost_cascade=Cost(local_tokens, None, None),
+            cost_escalated=nothing,
+            statement=f"threshold {_t(threshold)} escalates {share:.0%}; {why}: no cascade figures",
+        )
+    answers = {o.case_id: tier[o.case_id] for o in outcomes if o.case_id in tier}
+    tier_right_escalated = sum(answers[i].correct for i in down)
+    kept_right = sum(o.correct for o in outcomes if o.case_id not in escalated)
+    accuracy = _r((kept_right + tier_right_escalated) / n) if n else None
+    tier_ms = sum(answers[i].cost.latency_ms for i in down)
+    cascade = Cost(
+        local_tokens, sum(answers[i].cost.tokens for i in down), _r((local_ms + tier_ms) / n)
+    )
+    # Everything escalated: exact when the tier answered every case, else extrapolated from
+    # the cases it did answer (its accuracy is then unknown: escalated cases are the hard ones).
+    complete = len(answers) == n
+    if answers:
+        mean_tokens = sum(a.cost.tokens for a in answers.values()) / len(answers)
+        mean_ms = sum(a.cost.latency_ms for a in answers.values()) / len(answers)
+        all_tier = Cost(0, round(mean_tokens * n), _r(mean_ms), estimated=not complete)
+    else:
+        all_tier = Cost(0, None, None)
+    escalated_accuracy = (
+        _r(sum(a.correct for a in answers.values()) / n) if complete and n else None
+    )
+    statement = (
+        f"threshold {_t(threshold)} escalates {share:.0%} ({len(down)}/{n}) to {tier_name}: "
+        f"accuracy {_p(accuracy)} vs {_p(base['local_accuracy'])} all local"
+        + (f", {_p(escalated_accuracy)} all escalated" if escalated_accuracy is not None else "")
+    )
+    return Cascade(
+        **base,
+        tier_answered=len(answers),
+        tier_errors=sum(answers[i].errored for i in down),
+        accuracy=accuracy,
+        escalated_accuracy=escalated_accuracy,
+        tier_accuracy_escalated=_r(tier_right_escalated / len(down)) if down else None,
+        cost_cascade=cascade,
+        cost_escalated=all_tier,
+        statement=statement,
+    )
+
+
+def _t(threshold: float | None) -> str:
+    return "none (escalate all)" if threshold is None else f"{threshold:g}"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def case_cost(case: CaseResult) -> CaseCost:
+    return CaseCost(case.prompt_tokens + case.completion_tokens, case.latency_ms)
+
+
+def _correct(case: CaseResult, calibration: Calibration) -> bool:
+    if calibration.routed_field:
+        return bool(case.routed_correct)
+    return case.passed
+
+
+def escalate(
+    report: CalibrationReport,
+    record: RunRecord,
+    suites: Mapping[str, Suite],
+    workspace: Workspace,
+    *,
+    store: Store | None = None,
+    threshold: float | None = None,
+    all_cases: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> CalibrationReport:
+    """Answer each group's escalated cases on its suite's tier and add the cascade figures.
+
+    The threshold is ``threshold`` when given, else each signal's recommended one (or, when no
+    threshold reaches the target, the best there is). Answers the run already holds for a
+    tier variant are reused; the rest go through the runner with a case filter. A tier that
+    cannot answer (endpoint down, model that cannot load) sets the group's ``tier_error``;
+    the local figures stay.
+    """
+    say = progress or (lambda _m: None)
+    groups = []
+    for group in report.groups:
+        suite = suites[group.suite]
+        calibration = suite.calibration
+        tier = calibration.escalate if calibration else None
+        if calibration is None or tier is None:
+            groups.append(group)
+            continue
+        cases = [
+            c
+            for c in record.cases
+            if (c.variant, c.suite, c.mode) == (group.variant, group.suite, group.mode)
+            and not c.errored
+        ]
+        per_signal = {
+            s.signal: (
+                outcomes_for(cases, suite, calibration, s.signal),
+                threshold if threshold is not None else s.recommendation.threshold,
+            )
+            for s in group.signals
+        }
+        wanted = (
+            [c.id for c in cases]
+            if all_cases
+            else list(
+                dict.fromkeys(i for outs, t in per_signal.values() for i in escalated_ids(outs, t))
+            )
+        )
+        answers: dict[str, TierAnswer] | None
+        error = None
+        try:
+            answers = tier_answers(
+                tier, record, group, suite, calibration, wanted, workspace, store, say
+            )
+        except (EngineError, LifecycleError) as exc:
+            if isinstance(exc, UsageError):
+                raise
+            answers, error = None, f"{tier.label}: {exc}"
+            say(f"error: escalation tier {error}")
+        local = {c.id: case_cost(c) for c in cases}
+        cascades = [
+            cascade_figures(outs, local, answers, threshold=t, signal=name, tier_name=tier.label)
+            for name, (outs, t) in per_signal.items()
+        ]
+        groups.append(replace(group, tier=tier.label, cascades=cascades, tier_error=error))
+    report.groups = groups
+    return report
+
+
+def tier_answers(
+    tier: Escalation,
+    record: RunRecord,
+    group: GroupCalibration,
+    suite: Suite,
+    calibration: Calibration,
+    wanted: Sequence[str],
+    workspace: Workspace,
+    store: Store | None,
+    say: Callable[[str], None],
+) -> dict[str, TierAnswer]:
+    """The tier's answers to ``wanted``: from the run where it holds them, else generated."""
+    answers: dict[str, TierAnswer] = {}
+    if tier.variant:
+        for c in record.cases:
+            same = (c.variant, c.suite, c.mode) == (tier.variant, group.suite, group.mode)
+            if same and c.id in wanted and not c.errored:
+                answers[c.id] = TierAnswer(c.id, _correct(c, calibration), case_cost(c))
+    todo = [i for i in wanted if i not in answers]
+    if not todo:
+        return answers
+    from lifecycle.runner import EvalOptions, run_eval
+    from lifecycle.store import Store as _Store
+    from lifecycle.variants import resolve_variants
+
+    store = store or _Store(workspace.home)
+    if tier.variant:
+        variants = resolve_variants(workspace, store, [tier.variant])
+        options = EvalOptions(suites=[suite.name], modes=[group.mode], case_ids=todo, resume=False)
+    else:
+        # The endpoint gets each case's conversation after the local variant's SYSTEM and
+        # MESSAGE history, as the openai engine does for any run.
+        variants = resolve_variants(workspace, store, [group.variant])
+        options = EvalOptions(
+            suites=[suite.name],
+            modes=[group.mode],
+            case_ids=todo,
+            resume=False,
+            canary=False,
+            engine="openai",
+            engine_settings={"base_url": tier.base_url, "model": tier.model},
+        )
+    if len(variants) != 1:
+        names = ", ".join(v.name for v in variants)
+        raise UsageError(
+            f"escalate.variant {tier.variant!r} names {len(variants)} variants ({names}): name one"
+        )
+    say(
+        f"escalating {len(todo)} case(s) of {group.variant} {group.suite}/{group.mode} "
+        f"to {tier.label}"
+    )
+    run = run_eval(workspace, options, store=store, progress=say, variants=variants)
+    failed = next((v.error for v in run.variants if v.error), None)
+    if failed:
+        raise EngineError(failed)
+    for c in run.cases:
+        answers[c.id] = TierAnswer(
+            c.id, not c.errored and _correct(c, calibration), case_cost(c), c.errored
+        )
+    return answers
+
+
+def _diagram(axis: Any, group: GroupCalibration, title: str) -> None:
+    """One group's reliability diagram: accuracy vs mean confidence per bin, each signal."""
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+    for result in group.signals:
+        filled = [b for b in result.bins if b.count]
+        ece = "-" if result.ece is None else f"{result.ece:.3f}"
+        axis.plot(
+            [b.mean_confidence for b in filled],
+            [b.accuracy for b in filled],
+            marker="o",
+            label=f"{result.signal} (ECE {ece}, n={result.with_confidence})",
+        )
+    axis.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence", ylabel="accuracy")
+    axis.set_title(f"reliability: {title}", fontsize="medium")
+    axis.legend(fontsize="small")
+
+
+def _diagrams_only(report: CalibrationReport, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    count = max(len(report.groups), 1)
+    columns = min(count, 2)
+    rows = (count + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
+    flat = [axis for row in axes for axis in row]
+    for axis, group in zip(flat, report.groups, strict=False):
+        _diagram(axis, group, f"{group.variant} {group.suite}/{group.mode}")
+    for axis in flat[len(report.groups) :]:
+        axis.set_visible(False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def calibrate_record_cases(cases: Sequence[Mapping[str, Any]], bins: int = 10) -> CalibrationReport:
+    """Calibration from case dicts alone (a run record's, for the report): no suite needed.
+
+    Correct is the recorded ``routed_correct`` where there is one, else the case passing;
+    the signals are those the eval recorded. Without the suite's target the recommendation
+    is computed against the default target and not shown by the report.
+    """
+    order: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for case in cases:
+        if case.get("finish_reason") == "error":
+            continue
+        order.setdefault((case["variant"], case["suite"], case["mode"]), []).append(case)
+    groups = []
+    for (variant, suite, mode), members in order.items():
+        results = []
+        for signal, value_key, note_key in (
+            ("stated", "stated_confidence", "stated_confidence_note"),
+            ("engine", "answer_probability", "answer_probability_note"),
+        ):
+            if not any(c.get(value_key) is not None or c.get(note_key) for c in members):
+                continue  # the suite did not ask for this signal
+            outcomes = [
+                Outcome(
+                    str(c["id"]),
+                    c.get(value_key),
+                    bool(
+                        c["routed_correct"] if c.get("routed_correct") is not None else c["passed"]
+                    ),
+                    c.get(note_key),
+                )
+                for c in members
+            ]
+            results.append(
+                calibrate_outcomes(outcomes, signal=signal, target=Calibration().target, bins=bins)
+            )
+        if results:
+            groups.append(GroupCalibration(variant, suite, mode, "recorded", 0, results))
+    return CalibrationReport(run_id="", groups=groups)

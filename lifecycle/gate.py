@@ -48,9 +48,10 @@ compared with the baseline's rates over the same cases, and the result says so.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lifecycle.config import read_toml
 from lifecycle.errors import (
@@ -62,7 +63,13 @@ from lifecycle.errors import (
 )
 from lifecycle.results import PER_VARIANT_KEYS, RunRecord
 
+if TYPE_CHECKING:
+    from lifecycle.calibrate import Outcome, SignalCalibration
+    from lifecycle.golden import Calibration
+
 BASELINE_SCHEMA_VERSION = 1
+# Per-case confidence signals a baseline keeps (present only for suites with [calibration]).
+CALIBRATION_CASE_KEYS = ("stated_confidence", "answer_probability", "routed_correct")
 BASELINES_DIR = "baselines"
 
 # Environment keys whose change makes speed and memory incomparable (another machine).
@@ -100,9 +107,18 @@ class GateSettings:
     fail_on_candidates: bool = False
     # Fail when no variant of a model passes, even if none of them is pinned yet.
     require_passing_variant: bool = False
+    # Cascade calibration (suites with [calibration]), off unless set: the largest allowed
+    # drop of the coverage at the suite's target accuracy, and rise of the ECE (absolute).
+    max_coverage_drop: float | None = None
+    max_ece_rise: float | None = None
+    # The suites' [calibration] tables by suite name, read by load_gate_settings when a
+    # calibration bound is set (not a [gate] key).
+    calibration: Mapping[str, Calibration] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["calibration"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -317,7 +333,23 @@ def load_gate_settings(config_path: Path) -> GateSettings:
                 raise ConfigError(f"must be {bounds}", path=config_path, field=where)
             value = float(value)
         values[key] = value
+    if values.get("max_coverage_drop") is not None or values.get("max_ece_rise") is not None:
+        values["calibration"] = calibration_tables(config_path, data)
     return GateSettings(**values)
+
+
+def calibration_tables(config_path: Path, data: Mapping[str, Any]) -> dict[str, Calibration]:
+    """Every suite's [calibration] table in the workspace's evals directory, by suite name."""
+    from lifecycle.golden import _parse_calibration
+
+    workspace = data.get("workspace")
+    evals = workspace.get("evals_dir", "evals") if isinstance(workspace, dict) else "evals"
+    tables = {}
+    for path in sorted((config_path.parent / str(evals)).glob("*.toml")):
+        suite = read_toml(path)
+        if "calibration" in suite:
+            tables[path.stem] = _parse_calibration(path, suite["calibration"])
+    return tables
 
 
 def baseline_path(root: Path, model: str) -> Path:
@@ -377,6 +409,13 @@ def baseline_entry(
                 "json_valid": c.json_valid,
                 "schema_valid": c.schema_valid,
                 "diff": c.diff,
+                # Confidence signals (suites with [calibration] only), so that the gate can
+                # recompute the baseline's calibration figures under the current table.
+                **{
+                    key: getattr(c, key)
+                    for key in CALIBRATION_CASE_KEYS
+                    if getattr(c, key) is not None
+                },
             }
             for c in record.cases
             if c.variant == variant_name
@@ -575,6 +614,7 @@ def run_gate(
                     )
             if compare_rates:
                 variant_checks += _rate_checks(record, name, settings, causes, base_cases)
+                variant_checks += _calibration_checks(record, name, settings, causes, base_cases)
             else:
                 variant_checks.append(
                     Check(
@@ -947,6 +987,128 @@ def _rate_checks(
                 )
             )
     return checks
+
+
+def _calibration_checks(
+    record: RunRecord,
+    name: str,
+    settings: GateSettings,
+    causes: list[str],
+    base_cases: dict[tuple[str, str, str], dict[str, Any]],
+) -> list[Check]:
+    """Coverage at the target accuracy and ECE now vs the baseline's, over common cases.
+
+    Both sides are computed from the per-case confidence signals under the suite's current
+    [calibration] table (same target, bins and signals), so only the model's answers differ.
+    """
+    from lifecycle.calibrate import calibrate_outcomes, signals_of
+
+    if settings.max_coverage_drop is None and settings.max_ece_rise is None:
+        return []
+    checks = []
+    for s in (s for s in record.summaries if s.variant == name):
+        table = settings.calibration.get(s.suite)
+        if table is None:
+            continue
+        ran = [
+            c
+            for c in record.cases
+            if c.variant == name and (c.suite, c.mode) == (s.suite, s.mode) and not c.errored
+        ]
+        common = [
+            (c.to_dict(), base_cases[(c.suite, c.mode, c.id)])
+            for c in ran
+            if (c.suite, c.mode, c.id) in base_cases
+        ]
+        if not common:
+            continue
+        if table.routed_field and any("routed_correct" not in old for _c, old in common):
+            checks.append(
+                Check(
+                    "calibration",
+                    name,
+                    "skip",
+                    "the baseline holds no confidence signals (pinned before [calibration]): "
+                    "re-pin to judge calibration",
+                    suite=s.suite,
+                    mode=s.mode,
+                )
+            )
+            continue
+        for signal in signals_of(table):
+            was, now = (
+                calibrate_outcomes(
+                    [_outcome(side[i], table, signal) for side in common],
+                    signal=signal,
+                    target=table.target,
+                    bins=table.bins,
+                )
+                for i in (1, 0)
+            )
+            bounds = (
+                ("coverage_at_target", settings.max_coverage_drop, _coverage(was), _coverage(now)),
+                ("ece", settings.max_ece_rise, was.ece, now.ece),
+            )
+            for key, limit, before, after in bounds:
+                if limit is None:
+                    continue
+                label = (
+                    f"coverage at {table.target:.0%} accuracy"
+                    if key == "coverage_at_target"
+                    else "ECE"
+                )
+                if before is None or after is None:
+                    checks.append(
+                        Check(
+                            key, name, "skip", f"{label} [{signal}]: no case has a confidence",
+                            suite=s.suite, mode=s.mode,
+                        )
+                    )  # fmt: skip
+                    continue
+                change = before - after if key == "coverage_at_target" else after - before
+                ok = round(change, 6) <= limit
+                shown = (
+                    f"{before:.0%} → {after:.0%}"
+                    if key == "coverage_at_target"
+                    else f"{before:.3f} → {after:.3f}"
+                )
+                message = f"{label} [{signal}] {shown}"
+                if not ok:
+                    what = "drop" if key == "coverage_at_target" else "rise"
+                    message += f" ({what} {change:.3g} > allowed {limit:g})"
+                checks.append(
+                    Check(
+                        key,
+                        name,
+                        "pass" if ok else "fail",
+                        message,
+                        suite=s.suite,
+                        mode=s.mode,
+                        baseline=round(before, 4),
+                        current=round(after, 4),
+                        threshold=limit,
+                        cause=None if ok else (", ".join(causes) or None),
+                    )
+                )
+    return checks
+
+
+def _outcome(case: Mapping[str, Any], table: Calibration, signal: str) -> Outcome:
+    """One case (a run's or a baseline's dict) as calibration sees it."""
+    from lifecycle.calibrate import Outcome
+
+    correct = case.get("routed_correct") if table.routed_field else case.get("passed")
+    key = "stated_confidence" if signal == "stated" else "answer_probability"
+    value = case.get(key)
+    return Outcome(str(case["id"]), value, bool(correct), None if value is not None else "none")
+
+
+def _coverage(result: SignalCalibration) -> float | None:
+    """Coverage at the target accuracy: 0 when no threshold reaches it."""
+    if result.ece is None:
+        return None
+    rec = result.recommendation
+    return (rec.coverage or 0.0) if rec.reached else 0.0
 
 
 def _speed_checks(

@@ -94,6 +94,29 @@ class GoldenCase:
 
 
 @dataclass(frozen=True)
+class Escalation:
+    """``[calibration.escalate]``: the larger tier a cascade hands its unsure cases to.
+
+    Either ``variant``, a variant (or model) of this workspace run on the workspace's engine,
+    or ``base_url`` (+ ``model``), an OpenAI-compatible endpoint that gets each case's
+    conversation after the local variant's SYSTEM and MESSAGE history.
+    """
+
+    variant: str | None = None
+    base_url: str | None = None
+    model: str | None = None  # the served model's id (default: the first the server lists)
+
+    @property
+    def label(self) -> str:
+        if self.variant:
+            return self.variant
+        return f"openai {self.base_url}" + (f" ({self.model})" if self.model else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "base_url": self.base_url, "model": self.model}
+
+
+@dataclass(frozen=True)
 class Calibration:
     """A suite's ``[calibration]`` table: which confidence to trust and how accurate to be.
 
@@ -108,6 +131,7 @@ class Calibration:
     routed_field: str | None = None
     target: float = 0.95
     bins: int = 10
+    escalate: Escalation | None = None  # the tier escalated cases go to (None: not named)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +139,7 @@ class Calibration:
             "routed_field": self.routed_field,
             "target": self.target,
             "bins": self.bins,
+            "escalate": self.escalate.to_dict() if self.escalate else None,
         }
 
 
@@ -292,7 +317,7 @@ def _parse_calibration(path: Path, table: Any) -> Calibration:
     """Validate ``[calibration]``; errors name the file and the ``calibration.KEY`` field."""
     if not isinstance(table, dict):
         raise ConfigError("must be a table", path=path, field="calibration")
-    allowed = {"confidence_field", "routed_field", "target", "bins"}
+    allowed = {"confidence_field", "routed_field", "target", "bins", "escalate"}
     for key in table:
         if key not in allowed:
             raise ConfigError(
@@ -318,12 +343,46 @@ def _parse_calibration(path: Path, table: Any) -> Calibration:
     bins = table.get("bins", 10)
     if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 100:
         raise ConfigError("must be an integer in [1, 100]", path=path, field="calibration.bins")
+    escalate = _parse_escalation(path, table["escalate"]) if "escalate" in table else None
     return Calibration(
         confidence_field=names["confidence_field"],
         routed_field=names["routed_field"],
         target=float(target),
         bins=bins,
+        escalate=escalate,
     )
+
+
+def _parse_escalation(path: Path, table: Any) -> Escalation:
+    """``[calibration.escalate]``: exactly one of ``variant`` or ``base_url`` (+ ``model``)."""
+    where = "calibration.escalate"
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table", path=path, field=where)
+    allowed = {"variant", "base_url", "model"}
+    for key, value in table.items():
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key (expected one of: {', '.join(sorted(allowed))})",
+                path=path,
+                field=f"{where}.{key}",
+            )
+        if not isinstance(value, str) or not value:
+            raise ConfigError("must be a non-empty string", path=path, field=f"{where}.{key}")
+    if ("variant" in table) == ("base_url" in table):
+        raise ConfigError(
+            "needs exactly one of variant (a variant of this workspace) or base_url "
+            "(an OpenAI-compatible endpoint)",
+            path=path,
+            field=where,
+        )
+    if "model" in table and "base_url" not in table:
+        raise ConfigError("goes with base_url (the served model's id)", path=path, field=where)
+    base_url = table.get("base_url")
+    if base_url is not None and not re.match(r"^https?://[^/\s]+", base_url):
+        raise ConfigError(
+            f"must be an http(s) URL, not {base_url!r}", path=path, field=f"{where}.base_url"
+        )
+    return Escalation(variant=table.get("variant"), base_url=base_url, model=table.get("model"))
 
 
 def parse_matcher(spec: Any, *, path: Path, where: str, line: int | None = None) -> Matcher:

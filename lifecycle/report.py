@@ -243,6 +243,7 @@ def _markdown(
             f"{_pct(s['pass_rate'])} | {_pct(s['threshold'])} |"
         )
     lines.append("")
+    lines += _calibration_markdown(run)
     if gate is not None:
         lines += [render_markdown(gate).replace("## ", "## Gate: ", 1), ""]
     regressions, groups, _ = _failing_in_order(run, gate)
@@ -379,6 +380,7 @@ def _html(
             f"<td>{_pct(s['threshold'])}</td></tr>"
         )
     parts.append("</table>")
+    parts += _calibration_html(run)
     if images:
         parts.append("<h2>Charts</h2>")
         for title, data in images:
@@ -432,6 +434,7 @@ def _charts(
             names, series, title="pass rate per variant", ylabel="pass rate", percent=True
         )
         images.append(("pass rate per variant", _png(fig)))
+    images += _reliability_image(run)  # next to the pass rates
     if any(r["gen_tps"] or r["bench_tg"] for r in rows):
         series = [
             ("eval generation", [r["gen_tps"] for r in rows]),
@@ -449,6 +452,87 @@ def _charts(
             name = (doc.get("variant") or {}).get("name", "")
             images.append((f"{name}: tokens/s and memory vs context", data))
     return images
+
+
+# --- calibration (suites with [calibration]: the confidence signals the eval recorded) -------
+
+
+def _calibration_rows(run: dict[str, Any]) -> list[list[str]]:
+    from lifecycle.calibrate import calibrate_record_cases
+
+    rows = []
+    for group in calibrate_record_cases(run["cases"]).groups:
+        for s in group.signals:
+            rows.append(
+                [
+                    group.variant,
+                    f"{group.suite}/{group.mode}",
+                    s.signal,
+                    f"{s.with_confidence}/{s.cases}",
+                    _pct(s.accuracy),
+                    "-" if s.ece is None else f"{s.ece:.3f}",
+                    "-" if s.brier is None else f"{s.brier:.3f}",
+                ]
+            )
+    return rows
+
+
+_CALIBRATION_HEADS = [
+    "variant",
+    "suite/mode",
+    "signal",
+    "with confidence",
+    "accuracy",
+    "ECE",
+    "Brier",
+]
+
+
+def _calibration_markdown(run: dict[str, Any]) -> list[str]:
+    rows = _calibration_rows(run)
+    if not rows:
+        return []
+    lines = ["### Calibration", ""]
+    lines += [
+        "| " + " | ".join(_CALIBRATION_HEADS) + " |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    lines += [
+        "",
+        "ECE over 10 equal-width bins. Coverage at the suite's target and the recommended "
+        "threshold: `lifecycle calibrate`.",
+        "",
+    ]
+    return lines
+
+
+def _calibration_html(run: dict[str, Any]) -> list[str]:
+    rows = _calibration_rows(run)
+    if not rows:
+        return []
+    e = html.escape
+    parts = ["<h2>Calibration</h2><table><tr>"]
+    parts += [f"<th>{e(h)}</th>" for h in _CALIBRATION_HEADS] + ["</tr>"]
+    for row in rows:
+        parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
+    parts.append(
+        "</table><p>ECE over 10 equal-width bins; the reliability diagram is among the "
+        "charts. Coverage at the suite's target: <code>lifecycle calibrate</code>.</p>"
+    )
+    return parts
+
+
+def _reliability_image(run: dict[str, Any]) -> list[tuple[str, str]]:
+    from lifecycle.calibrate import calibrate_record_cases, reliability_chart
+
+    report = calibrate_record_cases(run["cases"])
+    if not report.groups:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = reliability_chart(report, Path(tmp) / "reliability.png", curves=False)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return [("reliability diagram (confidence vs accuracy)", data)]
 
 
 def _png(fig: Any) -> str:

@@ -9,7 +9,7 @@ import click
 
 from lifecycle.cli._options import json_option, workspace_option
 from lifecycle.cli._output import emit_json, progress, table
-from lifecycle.errors import EXIT_OK, LifecycleError
+from lifecycle.errors import EXIT_FAILURE, EXIT_OK, LifecycleError
 
 if TYPE_CHECKING:
     from lifecycle.calibrate import CalibrationReport
@@ -39,6 +39,23 @@ if TYPE_CHECKING:
     help="Directory for reliability.png (default: .lifecycle/calibration).",
 )
 @click.option("--no-chart", is_flag=True, help="Do not draw the reliability diagram.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.0),
+    help="Cascade threshold: keep local at confidence >= this (default: each signal's "
+    "recommended threshold).",
+)
+@click.option(
+    "--escalate-all",
+    is_flag=True,
+    help="Answer every case on the escalation tier, not only the escalated ones (an exact "
+    "'everything escalated' instead of one extrapolated from the escalated cases).",
+)
+@click.option(
+    "--no-escalate",
+    is_flag=True,
+    help="Do not run the suite's escalation tier ([calibration.escalate]).",
+)
 @json_option
 def calibrate_command(
     variants: tuple[str, ...],
@@ -47,6 +64,9 @@ def calibrate_command(
     signals: tuple[str, ...],
     out_dir: Path | None,
     no_chart: bool,
+    threshold: float | None,
+    escalate_all: bool,
+    no_escalate: bool,
     as_json: bool,
 ) -> int:
     """Calibrate confidence for a cascade from a run: reliability, ECE, Brier, threshold sweep.
@@ -54,10 +74,14 @@ def calibrate_command(
     VARIANTS are variant or model names in the run (default: all). Reads the signals the
     eval recorded for suites with a [calibration] table (no re-generation) and finds the
     lowest confidence threshold whose locally kept cases reach the suite's target accuracy.
+    When the suite names an escalation tier ([calibration.escalate]), the cases under the
+    threshold are answered there and the cascade is compared with everything local and
+    everything escalated (accuracy, share escalated, tokens, latency).
     Exit codes: 0 calibrated; 2 usage or config error (no run, unknown variant, no suite
-    with [calibration]); 1 the tool failed (e.g. the chart could not be written).
+    with [calibration]); 1 the tool failed (the chart could not be written, or the
+    escalation tier could not answer: the local figures are still reported).
     """
-    from lifecycle.calibrate import SIGNALS, calibrate_run, load_run, reliability_chart
+    from lifecycle.calibrate import SIGNALS, calibrate_run, escalate, load_run, reliability_chart
     from lifecycle.config import load_workspace
     from lifecycle.errors import UsageError
     from lifecycle.golden import load_suites
@@ -72,6 +96,17 @@ def calibrate_command(
             "nothing to calibrate: no suite of this run has a [calibration] table"
             + (f" (suites: {', '.join(report.skipped_suites)})" if report.skipped_suites else "")
         )
+    tiers = [s.calibration.escalate for s in suites.values() if s.calibration is not None]
+    if not no_escalate and any(tiers):
+        report = escalate(
+            report,
+            record,
+            suites,
+            workspace,
+            threshold=threshold,
+            all_cases=escalate_all,
+            progress=progress,
+        )
     if not no_chart:
         path = (out_dir or workspace.root / ".lifecycle" / "calibration") / "reliability.png"
         try:
@@ -84,7 +119,10 @@ def calibrate_command(
         click.echo(render_calibration(report))
     if report.chart:
         progress(f"reliability diagram: {report.chart}")
-    return EXIT_OK
+    failed = [g.tier_error for g in report.groups if g.tier_error]
+    for error in failed:
+        progress(f"error: escalation tier {error}")
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def render_calibration(report: CalibrationReport) -> str:
@@ -129,6 +167,7 @@ def render_calibration(report: CalibrationReport) -> str:
             lines += ["    " + line for line in sub.splitlines()]
         if group.errored:
             lines.append(f"    {group.errored} case(s) the engine failed on are left out")
+    lines += render_cascades(report)
     lines.append("")
     lines.append("correct = " + "; ".join(sorted({g.correct_means for g in report.groups})))
     if report.skipped_suites:
@@ -138,3 +177,67 @@ def render_calibration(report: CalibrationReport) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
+
+
+def render_cascades(report: CalibrationReport) -> list[str]:
+    """The cascade vs everything local and everything escalated, per group and signal."""
+    lines: list[str] = []
+    for group in report.groups:
+        if group.tier is None:
+            continue
+        lines += ["", f"cascade {group.variant} {group.suite}/{group.mode} -> {group.tier}"]
+        if group.tier_error:
+            lines.append(f"    the tier could not answer: {group.tier_error}")
+        rows = []
+        for c in group.cascades:
+            for name, acc, share, cost in (
+                ("all local", c.local_accuracy, 0.0, c.cost_local),
+                (
+                    f"cascade @ {_threshold(c.threshold)}",
+                    c.accuracy,
+                    c.share_escalated,
+                    c.cost_cascade,
+                ),
+                ("all escalated", c.escalated_accuracy, 1.0, c.cost_escalated),
+            ):
+                rows.append(
+                    [
+                        c.signal,
+                        name,
+                        _pct(acc),
+                        _pct(share),
+                        cost.local_tokens,
+                        "-"
+                        if cost.tier_tokens is None
+                        else f"{cost.tier_tokens}{'*' if cost.estimated else ''}",
+                        "-"
+                        if cost.mean_latency_ms is None
+                        else f"{cost.mean_latency_ms:.0f}{'*' if cost.estimated else ''}",
+                    ]
+                )
+        headers = [
+            "signal",
+            "strategy",
+            "accuracy",
+            "escalated",
+            "local tokens",
+            "tier tokens",
+            "ms/case",
+        ]
+        lines += ["    " + line for line in table(headers, rows).splitlines()]
+        for c in group.cascades:
+            lines.append(f"    [{c.signal}] {c.statement}")
+            if c.tier_errors:
+                lines.append(
+                    f"    [{c.signal}] {c.tier_errors} escalated case(s) failed on the tier "
+                    "(counted wrong)"
+                )
+        if any(c.cost_escalated.estimated for c in group.cascades):
+            lines.append(
+                "    * extrapolated from the cases the tier answered (--escalate-all measures it)"
+            )
+    return lines
+
+
+def _threshold(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}"

@@ -1,0 +1,461 @@
+"""The cascade: escalated cases answered by a larger tier, and what the cascade buys.
+
+The figures are checked against a hand computation on a fixed set of outputs; the real-run
+tests escalate through the runner to a second tiny model of the workspace and to an
+OpenAI-compatible server on loopback (llama-cpp-python's own), and compare what
+``lifecycle calibrate`` reports with the figures recomputed from independent runs of the
+tier. No mocks: the tiers are real engines answering real prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_calibrate import FIXED
+
+from lifecycle.calibrate import (
+    CaseCost,
+    Outcome,
+    TierAnswer,
+    calibrate_outcomes,
+    cascade_figures,
+    case_cost,
+    escalated_ids,
+    outcomes_for,
+)
+from lifecycle.errors import ConfigError
+from lifecycle.gate import GateSettings, baseline_entry, load_gate_settings, run_gate
+from lifecycle.golden import load_suite
+from lifecycle.results import RunRecord
+from lifecycle.tinymodel import write_tiny_llama
+
+Run = Callable[..., tuple[int, str, str]]
+
+CALIBRATION = (
+    '\n[calibration]\nconfidence_field = "confidence"\nrouted_field = "category"\ntarget = 0.95\n'
+)
+
+# --- the figures, by hand ------------------------------------------------------------------
+
+# Every case costs 10 tokens and 100 ms locally, 100 tokens and 1000 ms on the tier.
+LOCAL = {o.case_id: CaseCost(10, 100.0) for o in FIXED}
+
+
+def tier(right: dict[str, bool]) -> dict[str, TierAnswer]:
+    return {i: TierAnswer(i, ok, CaseCost(100, 1000.0)) for i, ok in right.items()}
+
+
+def test_cascade_matches_a_hand_computation() -> None:
+    # FIXED: a .95 right, b .9 right, c .8 wrong, d .75 right, e .6 wrong, f .3 wrong,
+    # g no confidence right. At threshold 0.9, c d e f g (5 of 7) go to the tier.
+    assert escalated_ids(FIXED, 0.9) == ["c", "d", "e", "f", "g"]
+    answers = tier({"c": True, "d": False, "e": True, "f": True, "g": True})
+    result = cascade_figures(FIXED, LOCAL, answers, threshold=0.9, signal="stated", tier_name="big")
+    assert (result.cases, result.escalated, result.tier_answered) == (7, 5, 5)
+    assert result.share_escalated == pytest.approx(5 / 7, abs=1e-6)
+    # Kept: a, b both right (2). Tier on the escalated: c e f g right (4). 6 of 7.
+    assert result.accuracy == pytest.approx(6 / 7, abs=1e-6)
+    assert result.local_accuracy == pytest.approx(4 / 7, abs=1e-6)  # a b d g
+    assert result.local_accuracy_escalated == pytest.approx(2 / 5, abs=1e-6)  # d g
+    assert result.tier_accuracy_escalated == pytest.approx(4 / 5, abs=1e-6)
+    # Every case runs locally (70 tokens, 100 ms each); 5 more go to the tier.
+    assert result.cost_local.to_dict() == {
+        "local_tokens": 70, "tier_tokens": 0, "mean_latency_ms": 100.0, "estimated": False,
+    }  # fmt: skip
+    assert result.cost_cascade.local_tokens == 70 and result.cost_cascade.tier_tokens == 500
+    assert result.cost_cascade.mean_latency_ms == pytest.approx((700 + 5000) / 7, abs=1e-4)
+    # The tier answered 5 of 7: "everything escalated" cost is extrapolated, accuracy unknown.
+    assert result.cost_escalated.tier_tokens == 700 and result.cost_escalated.estimated
+    assert result.escalated_accuracy is None
+    assert "escalates 71% (5/7) to big: accuracy 86% vs 57% all local" in result.statement
+
+    # The tier on every case: "everything escalated" is measured, not extrapolated.
+    everything = tier(
+        {"a": True, "b": False, "c": True, "d": False, "e": True, "f": True, "g": True}
+    )
+    full = cascade_figures(FIXED, LOCAL, everything, threshold=0.9, signal="s", tier_name="big")
+    assert full.accuracy == result.accuracy  # the kept cases still answer locally
+    assert full.escalated_accuracy == pytest.approx(5 / 7, abs=1e-6)
+    assert not full.cost_escalated.estimated and full.cost_escalated.local_tokens == 0
+    assert full.cost_escalated.mean_latency_ms == 1000.0
+
+    # A tier failure on an escalated case counts as wrong.
+    failed = dict(answers, c=TierAnswer("c", False, CaseCost(0, 0.0), errored=True))
+    worse = cascade_figures(FIXED, LOCAL, failed, threshold=0.9, signal="s", tier_name="big")
+    assert worse.tier_errors == 1 and worse.accuracy == pytest.approx(5 / 7, abs=1e-6)
+
+    # No threshold: everything escalated, nothing kept.
+    assert escalated_ids(FIXED, None) == [o.case_id for o in FIXED]
+
+
+def test_tier_down_keeps_the_local_figures() -> None:
+    result = cascade_figures(FIXED, LOCAL, None, threshold=0.9, signal="stated", tier_name="x")
+    assert result.accuracy is None and result.escalated_accuracy is None
+    assert result.escalated == 5 and result.local_accuracy == pytest.approx(4 / 7, abs=1e-6)
+    assert result.cost_local.local_tokens == 70 and result.cost_cascade.tier_tokens is None
+    assert "the tier did not answer" in result.statement
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "message"),
+    [
+        ('variant = "a"\nbase_url = "http://x"\n', "calibration.escalate", "exactly one of"),
+        ('model = "m"\n', "calibration.escalate", "exactly one of"),
+        ('variant = "a"\nmodel = "m"\n', "calibration.escalate", "goes with base_url"),
+        ('base_url = "localhost:8080"\n', "calibration.escalate.base_url", "http(s) URL"),
+        ("variant = 3\n", "calibration.escalate.variant", "non-empty string"),
+        ('url = "http://x"\n', "calibration.escalate.url", "unknown key"),
+    ],
+)
+def test_bad_escalate_table_names_file_and_field(
+    tiny_workspace: Path, table: str, field: str, message: str
+) -> None:
+    path = tiny_workspace / "evals" / "triage.toml"
+    path.write_text(path.read_text() + CALIBRATION + "[calibration.escalate]\n" + table)
+    with pytest.raises(ConfigError) as info:
+        load_suite(path)
+    assert info.value.path == str(path) and info.value.field == field
+    assert message in info.value.message
+
+
+# --- real tiers ----------------------------------------------------------------------------
+
+
+def _workspace_with_tier(root: Path, escalate: str) -> None:
+    """A second model ("big": other random weights) and the suite's escalation table."""
+    write_tiny_llama(root / "modelfiles" / "big.gguf", seed=5)
+    modelfile = (root / "modelfiles" / "tiny.Modelfile").read_text()
+    (root / "modelfiles" / "big.Modelfile").write_text(
+        modelfile.replace("FROM ./tiny.gguf", "FROM ./big.gguf")
+    )
+    config = root / "lifecycle.toml"
+    config.write_text(
+        config.read_text()
+        + '\n[models.big]\nmodelfile = "modelfiles/big.Modelfile"\nsuites = ["triage"]\n'
+    )
+    suite = root / "evals" / "triage.toml"
+    suite.write_text(suite.read_text() + CALIBRATION + "[calibration.escalate]\n" + escalate)
+
+
+def _expected(
+    local: RunRecord, tier_run: RunRecord, suite_path: Path, mode: str, tier_name: str, **kw: object
+) -> dict[str, dict[str, object]]:
+    """Each signal's cascade recomputed from the local run and an independent tier run."""
+    suite = load_suite(suite_path)
+    assert suite.calibration is not None
+    cases = [c for c in local.cases if c.mode == mode and not c.errored]
+    tier_cases = {c.id: c for c in tier_run.cases if c.mode == mode}
+    answers = {
+        i: TierAnswer(i, bool(c.routed_correct), case_cost(c), c.errored)
+        for i, c in tier_cases.items()
+    }
+    out = {}
+    for signal in ("stated", "engine"):
+        outcomes = outcomes_for(cases, suite, suite.calibration, signal)
+        threshold = kw.get("threshold")
+        if threshold is None:
+            threshold = calibrate_outcomes(
+                outcomes, signal=signal, target=0.95
+            ).recommendation.threshold
+        wanted = {i for i in escalated_ids(outcomes, threshold)}  # type: ignore[arg-type]
+        if not kw.get("all_cases"):
+            answers_used = {i: a for i, a in answers.items() if i in kw["asked"]}  # type: ignore[operator]
+        else:
+            answers_used = answers
+        assert wanted <= set(answers_used)
+        out[signal] = cascade_figures(
+            outcomes,
+            {c.id: case_cost(c) for c in cases},
+            answers_used,
+            threshold=threshold,  # type: ignore[arg-type]
+            signal=signal,
+            tier_name=tier_name,
+        ).to_dict()
+    return out
+
+
+def _without_latency(doc: dict[str, object]) -> dict[str, object]:
+    """Latency is measured per run: the tier's own run and the independent one differ."""
+    text = json.dumps(doc)
+    data = json.loads(text)
+    for strategy in data["cost"].values():
+        strategy.pop("mean_latency_ms")
+    return data
+
+
+def test_variant_tier_answers_only_the_escalated_cases(tiny_workspace: Path, run_cli: Run) -> None:
+    _workspace_with_tier(tiny_workspace, 'variant = "big"\n')
+    ws = str(tiny_workspace)
+    code, out, err = run_cli("eval", "-C", ws, "-m", "tiny", "--mode", "schema", "--json", "-q")
+    assert code == 0, err
+    local = RunRecord.from_dict(json.loads(out))
+    code, out, err = run_cli("eval", "-C", ws, "-m", "big", "--mode", "schema", "--json", "-q")
+    assert code == 0, err
+    big = RunRecord.from_dict(json.loads(out))
+
+    run = str(local_run_path(tiny_workspace, local))
+    code, out, err = run_cli("calibrate", "-C", ws, "--run", run, "--json", "--no-chart")
+    assert code == 0, err
+    (group,) = json.loads(out)["groups"]
+    assert group["tier"] == "big" and group["tier_error"] is None
+    cascades = {c["signal"]: c for c in group["cascades"]}
+    escalated = set()
+    suite = load_suite(tiny_workspace / "evals" / "triage.toml")
+    assert suite.calibration is not None
+    for signal, cascade in cascades.items():
+        outcomes = outcomes_for(local.cases, suite, suite.calibration, signal)
+        escalated |= set(escalated_ids(outcomes, cascade["threshold"]))
+    assert escalated, "the tiny model keeps every case: the test would prove nothing"
+    # Only the escalated cases went to the tier (the union over both signals).
+    assert {c["tier_answered"] for c in cascades.values()} == {len(escalated)}
+    expected = _expected(
+        local, big, tiny_workspace / "evals" / "triage.toml", "schema", "big", asked=escalated
+    )
+    for signal, cascade in cascades.items():
+        assert _without_latency(cascade) == _without_latency(expected[signal])
+    assert f"escalating {len(escalated)} case(s) of tiny triage/schema to big" in err
+    assert "tier tokens" in run_cli("calibrate", "-C", ws, "--run", run, "--no-chart")[1]
+
+    # --escalate-all: the tier answers every case, "everything escalated" is measured.
+    code, out, err = run_cli(
+        "calibrate", "-C", ws, "--run", run, "--json", "--no-chart", "--escalate-all",
+        "--threshold", "0.5",
+    )  # fmt: skip
+    assert code == 0, err
+    (group,) = json.loads(out)["groups"]
+    expected = _expected(
+        local, big, tiny_workspace / "evals" / "triage.toml", "schema", "big",
+        all_cases=True, threshold=0.5,
+    )  # fmt: skip
+    big_right = sum(bool(c.routed_correct) for c in big.cases) / len(big.cases)
+    for cascade in group["cascades"]:
+        assert cascade["tier_answered"] == 4 and cascade["threshold"] == 0.5
+        assert cascade["escalated_accuracy"] == pytest.approx(big_right, abs=1e-6)
+        assert not cascade["cost"]["escalated"]["estimated"]
+        assert _without_latency(cascade) == _without_latency(expected[cascade["signal"]])
+
+
+def local_run_path(root: Path, record: RunRecord) -> Path:
+    return root / ".lifecycle" / "runs" / record.run_id / "run.json"
+
+
+def test_variant_tier_in_the_run_is_not_generated_again(tiny_workspace: Path, run_cli: Run) -> None:
+    _workspace_with_tier(tiny_workspace, 'variant = "big"\n')
+    ws = str(tiny_workspace)
+    code, out, err = run_cli("eval", "-C", ws, "--mode", "schema", "--json", "-q")
+    assert code == 0, err
+    code, out, err = run_cli(
+        "calibrate", "-C", ws, "tiny", "--json", "--no-chart", "--escalate-all"
+    )
+    assert code == 0, err
+    assert "escalating" not in err  # every answer came from the run
+    (group,) = json.loads(out)["groups"]
+    assert group["tier_error"] is None
+    assert all(c["tier_answered"] == 4 for c in group["cascades"])
+
+
+@pytest.fixture(scope="module")
+def openai_tier(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from test_engine_openai import GEMMA_TEMPLATE, start_llama_server
+
+    path = tmp_path_factory.mktemp("tier") / "tier.gguf"
+    write_tiny_llama(path, chat_template=GEMMA_TEMPLATE, seed=5)
+    process, url = start_llama_server(path)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_openai_tier_answers_the_escalated_cases(
+    tiny_workspace: Path, run_cli: Run, openai_tier: str
+) -> None:
+    ws = str(tiny_workspace)
+    _workspace_with_tier(tiny_workspace, f'base_url = "{openai_tier}"\n')
+    code, out, err = run_cli("eval", "-C", ws, "-m", "tiny", "--mode", "schema", "--json", "-q")
+    assert code == 0, err
+    local = RunRecord.from_dict(json.loads(out))
+    # The tier, run independently on every case with the same engine settings.
+    code, out, err = run_cli(
+        "eval", "-C", ws, "-m", "tiny", "--mode", "schema", "--json", "-q", "--no-resume",
+        "--engine", "openai", "--base-url", openai_tier,
+    )  # fmt: skip
+    assert code == 0, err
+    served = RunRecord.from_dict(json.loads(out))
+    assert all(c.answer_probability is None for c in served.cases)  # no logprobs from it
+    run = str(local_run_path(tiny_workspace, local))
+    code, out, err = run_cli(
+        "calibrate", "-C", ws, "--run", run, "--json", "--no-chart", "--threshold", "0.99"
+    )
+    assert code == 0, err
+    (group,) = json.loads(out)["groups"]
+    assert group["tier"] == f"openai {openai_tier}" and group["tier_error"] is None
+    suite = load_suite(tiny_workspace / "evals" / "triage.toml")
+    assert suite.calibration is not None
+    escalated: set[str] = set()
+    for signal in ("stated", "engine"):
+        escalated |= set(
+            escalated_ids(outcomes_for(local.cases, suite, suite.calibration, signal), 0.99)
+        )
+    assert escalated
+    expected = _expected(
+        local, served, tiny_workspace / "evals" / "triage.toml", "schema", group["tier"],
+        threshold=0.99, asked=escalated,
+    )  # fmt: skip
+    for cascade in group["cascades"]:
+        assert cascade["tier_answered"] == len(escalated)
+        assert _without_latency(cascade) == _without_latency(expected[cascade["signal"]])
+
+
+def test_tier_down_exits_1_with_the_local_figures(tiny_workspace: Path, run_cli: Run) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ws = str(tiny_workspace)
+    _workspace_with_tier(tiny_workspace, f'base_url = "http://127.0.0.1:{port}/v1"\n')
+    code, out, err = run_cli("eval", "-C", ws, "-m", "tiny", "--mode", "schema", "-q")
+    assert code == 0, err
+    code, out, err = run_cli("calibrate", "-C", ws, "--json", "--no-chart")
+    assert code == 1
+    assert f"127.0.0.1:{port}" in err and "escalation tier" in err
+    (group,) = json.loads(out)["groups"]
+    assert "cannot reach" in group["tier_error"]
+    assert {s["signal"] for s in group["signals"]} == {"stated", "engine"}  # local figures
+    for cascade in group["cascades"]:
+        assert cascade["accuracy"] is None and cascade["local_accuracy"] is not None
+    code, out, err = run_cli("calibrate", "-C", ws, "--no-chart")
+    assert code == 1 and "the tier could not answer" in out and "ECE" in out
+    # Without escalation the same command calibrates and exits 0.
+    assert run_cli("calibrate", "-C", ws, "--no-chart", "--no-escalate")[0] == 0
+
+
+# --- the gate ------------------------------------------------------------------------------
+
+
+def test_gate_calibration_bounds(tiny_workspace: Path, run_cli: Run) -> None:
+    suite_path = tiny_workspace / "evals" / "triage.toml"
+    suite_path.write_text(suite_path.read_text() + CALIBRATION)
+    code, out, err = run_cli("eval", "-C", str(tiny_workspace), "--mode", "schema", "--json", "-q")
+    assert code == 0, err
+    record = RunRecord.from_dict(json.loads(out))
+    config = tiny_workspace / "lifecycle.toml"
+    assert load_gate_settings(config).max_ece_rise is None  # off by default
+    config.write_text(
+        config.read_text() + "\n[gate]\nmax_coverage_drop = 0.1\nmax_ece_rise = 0.05\n"
+    )
+    settings = load_gate_settings(config)
+    assert settings.calibration["triage"].routed_field == "category"
+    assert "calibration" not in settings.to_dict()
+
+    base = baseline_entry(record, "tiny", None)
+    for case in base["cases"]:  # the baseline keeps the signals
+        assert {"answer_probability", "routed_correct"} <= set(case)
+    same = run_gate(record, {"tiny": base}, settings)
+    checks = [c for c in same.checks if c.name in ("coverage_at_target", "ece")]
+    assert len(checks) == 4  # 2 signals x 2 bounds; stated is skipped when it has no values
+    assert all(c.status == ("pass" if "[engine]" in c.message else c.status) for c in checks)
+    assert all(c.status in ("pass", "skip") for c in checks) and same.passed
+    # Same answers, worse calibration: hand-set baseline engine probabilities, so that the
+    # baseline was perfectly calibrated (1.0 on right cases, 0.0 on wrong ones): ECE 0 and
+    # every right case kept at 100% accuracy.
+    for case in base["cases"]:
+        case["answer_probability"] = 1.0 if case["routed_correct"] else 0.0
+    right = sum(bool(c["routed_correct"]) for c in base["cases"])
+    assert 0 < right < 4, "the tiny model needs right and wrong cases here"
+    now = calibrate_outcomes(
+        outcomes_for(
+            record.cases, load_suite(suite_path), settings.calibration["triage"], "engine"
+        ),
+        signal="engine",
+        target=0.95,
+    )
+    result = run_gate(record, {"tiny": base}, settings)
+    by = {(c.name, c.message.split("]")[0]): c for c in result.checks}
+    ece = by[("ece", "ECE [engine")]
+    assert ece.baseline == 0.0 and ece.current == pytest.approx(now.ece, abs=1e-4)
+    assert ece.status == ("fail" if now.ece > 0.05 else "pass")
+    coverage = by[("coverage_at_target", "coverage at 95% accuracy [engine")]
+    assert coverage.baseline == pytest.approx(right / 4, abs=1e-4)
+    now_coverage = now.recommendation.coverage if now.recommendation.reached else 0.0
+    assert coverage.current == pytest.approx(now_coverage, abs=1e-4)
+    assert coverage.status == ("fail" if right / 4 - now_coverage > 0.1 else "pass")
+    assert not result.passed if "fail" in (ece.status, coverage.status) else result.passed
+
+    # A baseline pinned before [calibration] holds no signals: skipped, with the remedy.
+    for case in base["cases"]:
+        del case["routed_correct"]
+    old = run_gate(record, {"tiny": base}, settings)
+    (skip,) = [c for c in old.checks if c.name == "calibration"]
+    assert skip.status == "skip" and "re-pin" in skip.message
+    # The default settings make no calibration checks at all.
+    plain = run_gate(record, {"tiny": baseline_entry(record, "tiny", None)}, GateSettings())
+    assert not [c for c in plain.checks if c.name in ("coverage_at_target", "ece")]
+
+
+def test_gate_bound_out_of_range_names_the_key(tiny_workspace: Path) -> None:
+    config = tiny_workspace / "lifecycle.toml"
+    config.write_text(config.read_text() + "\n[gate]\nmax_ece_rise = 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_gate_settings(config)
+    assert info.value.field == "gate.max_ece_rise" and "between 0 and 1" in info.value.message
+
+
+def test_outcome_for_old_records_without_confidence() -> None:
+    # A no-confidence outcome is always escalated, whatever the threshold.
+    assert escalated_ids([Outcome("x", None, True, "none")], 0.0) == ["x"]
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def _case(outcome: Outcome) -> dict[str, object]:
+    fields = {
+        **{k: None for k in ("schema_error", "diff", "parsed", "expected")},
+        "variant": "v", "suite": "s", "mode": "schema", "id": outcome.case_id,
+        "passed": outcome.correct, "reason": "ok", "output": "{}", "json_valid": True,
+        "schema_valid": True, "fields_matched": True, "mismatches": [], "latency_ms": 1.0,
+        "prompt_tokens": 1, "completion_tokens": 1, "prompt_eval_tokens": 1, "prompt_ms": 1.0,
+        "eval_tokens": 1, "generation_ms": 1.0, "finish_reason": "stop",
+        "stated_confidence": outcome.confidence, "stated_confidence_note": outcome.note,
+        "routed_correct": outcome.correct,
+    }  # fmt: skip
+    return fields
+
+
+def test_report_shows_calibration_next_to_the_pass_rates() -> None:
+    from lifecycle.report import build_report
+    from lifecycle.results import CaseResult, VariantRun, summarise
+
+    cases = [CaseResult.from_dict(_case(o)) for o in FIXED]
+    record = RunRecord(
+        run_id="r1",
+        started_at="t0",
+        finished_at="t1",
+        environment={},
+        golden_sets={},
+        variants=[VariantRun({"name": "v", "model": "v"}, 1.0)],
+        summaries=[summarise(cases, variant="v", suite="s", mode="schema", threshold=0.5)],
+        cases=cases,
+    )
+    report = build_report(record.to_dict())
+    # The hand-computed figures of FIXED (test_calibrate): ECE 0.35, Brier 1.165 / 6.
+    assert "| v | s/schema | stated | 6/7 | 57% | 0.350 | 0.194 |" in report.markdown
+    assert "<h2>Calibration</h2>" in report.html
+    titles = [t.split("'")[0] for t in report.html.split("<img alt='")[1:]]
+    assert titles[:2] == ["pass rate per variant", "reliability diagram (confidence vs accuracy)"]
+    # A run without signals has no calibration section.
+    plain = [CaseResult.from_dict({**_case(o), "stated_confidence_note": None}) for o in FIXED[:1]]
+    record.cases = [replace_conf(c) for c in plain]
+    assert "Calibration" not in build_report(record.to_dict(), charts=False).markdown
+
+
+def replace_conf(case: object) -> object:
+    from dataclasses import replace
+
+    return replace(case, stated_confidence=None, routed_correct=None)  # type: ignore[type-var]
