@@ -291,7 +291,7 @@ def load_suite(path: Path) -> Suite:
         for name, spec in reader.table("match").data.items()
     }
 
-    calibration = _parse_calibration(path, data["calibration"]) if "calibration" in data else None
+    calibration = parse_calibration(path, data["calibration"]) if "calibration" in data else None
 
     schema, schema_bytes = _load_schema(schema_path)
     cases, golden_bytes = _load_cases(golden_path, schema)
@@ -313,7 +313,7 @@ def load_suite(path: Path) -> Suite:
     )
 
 
-def _parse_calibration(path: Path, table: Any) -> Calibration:
+def parse_calibration(path: Path, table: Any) -> Calibration:
     """Validate ``[calibration]``; errors name the file and the ``calibration.KEY`` field."""
     if not isinstance(table, dict):
         raise ConfigError("must be a table", path=path, field="calibration")

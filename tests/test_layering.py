@@ -237,10 +237,33 @@ def test_no_import_cycles() -> None:
     assert not stale, f"fixed, remove from ALLOWED_CYCLES: {stale}"
 
 
-def test_the_checks_see_a_cycle_and_an_upward_import() -> None:
+def private_imports(name: str, path: Path) -> list[str]:
+    """``from lifecycle.X import _name`` in a module other than X (dunders are fine)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lifecycle"):
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if private and node.module != name:
+                    found.append(f"{name}:{node.lineno} imports {node.module}.{alias.name}")
+    return found
+
+
+def test_no_private_names_across_modules() -> None:
+    # A name another module needs is part of its owner's interface: make it public there.
+    found = [f for name, path in all_modules().items() for f in private_imports(name, path)]
+    assert not found, "private names imported across modules: " + "; ".join(found)
+
+
+def test_the_checks_see_a_cycle_an_upward_and_a_private_import(tmp_path: Path) -> None:
     # The checks themselves must be able to fail.
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert layer_of("lifecycle.store") < layer_of("lifecycle.sources.oci")
+    module = tmp_path / "x.py"
+    module.write_text("from lifecycle.store import _hash_file, __name__, now\n")
+    assert private_imports("lifecycle.x", module) == [
+        "lifecycle.x:1 imports lifecycle.store._hash_file"
+    ]
     assert layer_of("lifecycle.cli.pull") > layer_of("lifecycle.pipeline")
 
 

@@ -62,7 +62,7 @@ def prompt_command(target: str, messages_file: Path, workspace_dir: Path | None)
             parsed, messages, chat_template=chat_template, modelfile_path=Path(target)
         )
     else:
-        variant = _one_variant(workspace_dir, target)
+        variant = one_variant(workspace_dir, target)
         text = render_prompt(
             variant.modelfile,
             messages,
@@ -146,7 +146,7 @@ def _modelfile_workspace(modelfile: Path, workspace_dir: Path | None) -> Path:
         return modelfile.resolve().parent
 
 
-def _one_variant(workspace_dir: Path | None, name: str) -> Any:
+def one_variant(workspace_dir: Path | None, name: str) -> Any:
     from lifecycle.config import load_workspace
     from lifecycle.store import Store
     from lifecycle.variants import resolve_variants

@@ -425,7 +425,7 @@ def _show_variant_modelfile(name: str, workspace_dir: Path | None, as_json: bool
     from dataclasses import replace
 
     from lifecycle import modelfile as mf
-    from lifecycle.cli.modelfile import _one_variant
+    from lifecycle.cli.modelfile import one_variant as _one_variant
 
     variant = _one_variant(workspace_dir, name)
     resolved = replace(variant.modelfile, from_=[str(variant.blob_path)])
