@@ -340,7 +340,7 @@ def load_gate_settings(config_path: Path) -> GateSettings:
 
 def calibration_tables(config_path: Path, data: Mapping[str, Any]) -> dict[str, Calibration]:
     """Every suite's [calibration] table in the workspace's evals directory, by suite name."""
-    from lifecycle.golden import _parse_calibration
+    from lifecycle.golden import parse_calibration as _parse_calibration
 
     workspace = data.get("workspace")
     evals = workspace.get("evals_dir", "evals") if isinstance(workspace, dict) else "evals"
