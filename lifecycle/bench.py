@@ -60,6 +60,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lifecycle.clock import utc_now as _now
 from lifecycle.errors import EngineError, UsageError
 from lifecycle.hostinfo import physical_cores
 from lifecycle.results import percentile
@@ -1348,10 +1349,6 @@ def _diff(a: int | None, b: int | None) -> int | None:
 
 def _mib(n: int) -> str:
     return f"{n / 1024 / 1024:.0f} MiB"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lifecycle.clock import utc_now
 from lifecycle.crashguard import child_environment, note, remedy
 from lifecycle.engines.base import EngineCrashed
 from lifecycle.errors import EngineError
@@ -238,7 +239,7 @@ def check_model(
         extra_bufts=attempts[-1].extra_bufts if ok else True,
         attempts=attempts,
         key=key,
-        checked_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        checked_at=utc_now(),
         rebuild=rebuild_command(cpu, version) if len(attempts) > 1 else None,
     )
     # Only verdicts are cached: a canary that failed without a signal (a timeout, a file

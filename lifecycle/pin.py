@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lifecycle.clock import utc_now
 from lifecycle.errors import UsageError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gate import (
@@ -47,7 +48,6 @@ from lifecycle.gate import (
 )
 from lifecycle.results import RunRecord
 from lifecycle.store import Manifest, Part, Store
-from lifecycle.store import now as utc_now
 from lifecycle.tags import from_tag, parse_tag
 
 LOCK_FILE = "models.lock"

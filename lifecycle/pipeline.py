@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lifecycle.clock import utc_now
 from lifecycle.config import Workspace
 from lifecycle.errors import LifecycleError
 from lifecycle.fsutil import atomic_write_text
@@ -49,7 +50,6 @@ from lifecycle.results import (
     overall,
 )
 from lifecycle.store import Store
-from lifecycle.store import now as utc_now
 
 Progress = Callable[[str], None]
 CACHE_VERSION = 1

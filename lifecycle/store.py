@@ -29,12 +29,12 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from filelock import FileLock
 
+from lifecycle.clock import utc_now
 from lifecycle.errors import StoreError
 from lifecycle.fsutil import atomic_write_text
 
@@ -375,9 +375,8 @@ class Store:
         return FileLock(str(self._lock_path(digest)))
 
 
-def now() -> str:
-    """The ``pulled_at`` timestamp: UTC, seconds, ISO 8601."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+# The ``pulled_at`` timestamp (sources stamp manifests with it).
+now = utc_now
 
 
 def read_chunks(handle: IO[bytes]) -> Iterator[bytes]:

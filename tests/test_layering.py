@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "foundation",
         (
             "fsutil",
+            "clock",
             "tags",
             "hostinfo",
             "config",
@@ -329,3 +330,24 @@ def test_bottom_modules_import_nothing_above_them(module: str) -> None:
     for imp in imports_of(module, modules[module], modules):
         if imp.imported in modules:
             assert layer_of(imp.imported) <= mine, imp
+
+
+def test_one_timestamp_helper() -> None:
+    # Records once disagreed (+00:00 from bench, Z from the store): lifecycle.clock stamps all.
+    import re
+    from datetime import datetime
+
+    from lifecycle.clock import utc_now
+
+    stamp = utc_now()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
+    assert datetime.fromisoformat(stamp).utcoffset() is not None
+    writers = re.compile(r"isoformat\(timespec|strftime\(\"%Y-%m-%dT|time\.gmtime\(\)")
+    others = [
+        f"{name}:{n}"
+        for name, path in all_modules().items()
+        if name != "lifecycle.clock"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if writers.search(line)
+    ]
+    assert not others, f"timestamps written outside lifecycle.clock: {others}"
