@@ -672,7 +672,8 @@ def escalate(
         suite = suites[group.suite]
         calibration = suite.calibration
         tier = calibration.escalate if calibration else None
-        if calibration is None or tier is None:
+        # The tier itself has nothing to escalate to.
+        if calibration is None or tier is None or tier.variant == group.variant:
             groups.append(group)
             continue
         cases = [

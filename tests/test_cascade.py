@@ -157,7 +157,7 @@ def _expected(
         for i, c in tier_cases.items()
     }
     out = {}
-    for signal in ("stated", "engine"):
+    for signal in kw.get("signals", ("stated", "engine")):  # type: ignore[attr-defined]
         outcomes = outcomes_for(cases, suite, suite.calibration, signal)
         threshold = kw.get("threshold")
         if threshold is None:
@@ -251,14 +251,15 @@ def test_variant_tier_in_the_run_is_not_generated_again(tiny_workspace: Path, ru
     ws = str(tiny_workspace)
     code, out, err = run_cli("eval", "-C", ws, "--mode", "schema", "--json", "-q")
     assert code == 0, err
-    code, out, err = run_cli(
-        "calibrate", "-C", ws, "tiny", "--json", "--no-chart", "--escalate-all"
-    )
+    code, out, err = run_cli("calibrate", "-C", ws, "--json", "--no-chart", "--escalate-all")
     assert code == 0, err
     assert "escalating" not in err  # every answer came from the run
-    (group,) = json.loads(out)["groups"]
-    assert group["tier_error"] is None
-    assert all(c["tier_answered"] == 4 for c in group["cascades"])
+    groups = {g["variant"]: g for g in json.loads(out)["groups"]}
+    assert groups["tiny"]["tier"] == "big" and groups["tiny"]["tier_error"] is None
+    assert all(c["tier_answered"] == 4 for c in groups["tiny"]["cascades"])
+    # The tier's own cases have nowhere to go: calibrated, not escalated.
+    assert groups["big"]["tier"] is None and groups["big"]["cascades"] == []
+    assert groups["big"]["signals"]
 
 
 @pytest.fixture(scope="module")
@@ -289,28 +290,27 @@ def test_openai_tier_answers_the_escalated_cases(
     assert code == 0, err
     served = RunRecord.from_dict(json.loads(out))
     assert all(c.answer_probability is None for c in served.cases)  # no logprobs from it
+    # A threshold between the local answer probabilities: some cases stay, some go.
+    probabilities = sorted(c.answer_probability or 0.0 for c in local.cases)
+    threshold = probabilities[len(probabilities) // 2]
+    escalated = {c.id for c in local.cases if (c.answer_probability or 0.0) < threshold}
+    assert 0 < len(escalated) < len(local.cases)
     run = str(local_run_path(tiny_workspace, local))
     code, out, err = run_cli(
-        "calibrate", "-C", ws, "--run", run, "--json", "--no-chart", "--threshold", "0.99"
-    )
+        "calibrate", "-C", ws, "--run", run, "--json", "--no-chart", "--signal", "engine",
+        "--threshold", str(threshold),
+    )  # fmt: skip
     assert code == 0, err
     (group,) = json.loads(out)["groups"]
     assert group["tier"] == f"openai {openai_tier}" and group["tier_error"] is None
-    suite = load_suite(tiny_workspace / "evals" / "triage.toml")
-    assert suite.calibration is not None
-    escalated: set[str] = set()
-    for signal in ("stated", "engine"):
-        escalated |= set(
-            escalated_ids(outcomes_for(local.cases, suite, suite.calibration, signal), 0.99)
-        )
-    assert escalated
     expected = _expected(
         local, served, tiny_workspace / "evals" / "triage.toml", "schema", group["tier"],
-        threshold=0.99, asked=escalated,
+        threshold=threshold, asked=escalated, signals=("engine",),
     )  # fmt: skip
-    for cascade in group["cascades"]:
-        assert cascade["tier_answered"] == len(escalated)
-        assert _without_latency(cascade) == _without_latency(expected[cascade["signal"]])
+    (cascade,) = group["cascades"]
+    # Only the cases under the threshold went to the server.
+    assert cascade["escalated"] == cascade["tier_answered"] == len(escalated)
+    assert _without_latency(cascade) == _without_latency(expected["engine"])
 
 
 def test_tier_down_exits_1_with_the_local_figures(tiny_workspace: Path, run_cli: Run) -> None:
