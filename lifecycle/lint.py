@@ -1,10 +1,13 @@
 """Lint: the mistakes that make a local model ignore its prompt contract.
 
 Each check catches a failure teams meet in production: a TEMPLATE that formats turns
-differently from the model's own chat template ("wrong chat template"), an end-of-turn marker
-missing from the stop sequences (generations run past the JSON), a num_ctx beyond what the
-model was trained for, and a SYSTEM prompt that asks for JSON while no suite checks JSON.
-Findings are warnings: ``lifecycle lint`` reports them and ``lifecycle eval`` prints them.
+differently from the model's own chat template ("wrong chat template"), a chat-turn TEMPLATE on
+a model whose GGUF has no chat template (a base model: it never learnt to end a turn, so it
+writes past the answer), an end-of-turn marker missing from the stop sequences (generations
+run past the JSON), free-form outputs of a run that all hit the token limit instead of ending,
+a num_ctx beyond what the model was trained for, and a SYSTEM prompt that asks for JSON while
+no suite checks JSON. Findings are warnings: ``lifecycle lint`` reports them and
+``lifecycle eval`` prints them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from lifecycle.variants import Variant
 
 # End-of-turn markers of common chat formats (Gemma, Llama 3, ChatML, Phi-3, Mistral).
 TURN_END_MARKERS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>", "</s>", "[/INST]")
+# Tokens that only a chat-tuned model knows: the turn structure of those formats.
+TURN_TOKENS = (
+    "<start_of_turn>", "<end_of_turn>", "<|start_header_id|>", "<|eot_id|>", "<|im_start|>",
+    "<|im_end|>", "<|user|>", "<|assistant|>", "<|end|>", "[INST]", "[/INST]",
+)  # fmt: skip
 
 SAMPLE_CONVERSATION = (
     {"role": "user", "content": "My invoice is wrong."},
@@ -41,8 +49,17 @@ class Finding:
         return asdict(self)
 
 
-def lint_variant(variant: Variant, info: GGUFInfo, suite_names: list[str]) -> list[Finding]:
-    """Every finding for one variant, given its GGUF header and the suites it runs."""
+def lint_variant(
+    variant: Variant,
+    info: GGUFInfo,
+    suite_names: list[str] | None,
+    cases: list[dict[str, Any]] | None = None,
+) -> list[Finding]:
+    """Every finding for one variant, given its GGUF header and the suites it runs.
+
+    ``suite_names`` None means unknown (a Modelfile linted outside the workspace's models).
+    ``cases`` are this variant's cases from a run record (same variant id), if any.
+    """
     findings = []
     modelfile = variant.modelfile
 
@@ -63,6 +80,16 @@ def lint_variant(variant: Variant, info: GGUFInfo, suite_names: list[str]) -> li
                 f"(first difference at char {_first_difference(ours, theirs)})",
             )
 
+    turn_tokens = [t for t in TURN_TOKENS if t in (modelfile.template or "")]
+    if modelfile.template and not info.chat_template and turn_tokens:
+        add(
+            "base-model-chat-template",
+            f"TEMPLATE uses chat turn tokens ({', '.join(turn_tokens)}) but the GGUF has no "
+            "chat template: a base model, never trained to end a turn, writes past its answer. "
+            "Prompt it few-shot in a completion format and stop at a delimiter "
+            "(e.g. 'Ticket: ...\\nJSON:' with PARAMETER stop at the newline)",
+        )
+
     template = modelfile.template or info.chat_template or ""
     stops = modelfile.parameters.get("stop", [])
     stop_list = stops if isinstance(stops, list) else []
@@ -82,8 +109,19 @@ def lint_variant(variant: Variant, info: GGUFInfo, suite_names: list[str]) -> li
         )
 
     asks_json = modelfile.system and re.search(r"\bjson\b", modelfile.system, re.IGNORECASE)
-    if asks_json and not suite_names:
+    if asks_json and suite_names is not None and not suite_names:
         add("json-unchecked", "SYSTEM asks for JSON but no eval suite checks this model")
+
+    free = [c for c in cases or [] if c.get("mode") == "free" and not c.get("error")]
+    ran_on = [c for c in free if c.get("finish_reason") == "length"]
+    if free and len(ran_on) * 2 > len(free):
+        example = str(ran_on[0].get("output", ""))
+        add(
+            "no-end-of-generation",
+            f"{len(ran_on)} of {len(free)} free-mode outputs ran to the token limit without an "
+            f"end-of-generation token or stop sequence (e.g. {example[:60]!r}): the model "
+            "does not know where its answer ends with this TEMPLATE and stops",
+        )
     return findings
 
 

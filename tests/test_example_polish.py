@@ -201,3 +201,45 @@ def test_bandwidth_figure_is_remeasured_when_stale_or_taken_under_load(tmp_path:
 
     set_entry(foreign_cpu_share=None)  # figures cached before the load was recorded
     assert measure_bandwidth(1, home=tmp_path, buffer_bytes=4 * 2**20)["cached"] is False
+
+
+def test_lint_catches_a_chat_template_on_a_base_model(tiny_workspace: Path, run_cli: Run) -> None:
+    """The tiny GGUF has no chat template, and its Modelfile uses Gemma's turn tokens: the
+    example's old pitfall. A completion-style TEMPLATE clears the finding."""
+    ws = str(tiny_workspace)
+    findings = json.loads(run_cli("lint", "-C", ws, "--json")[1])["findings"]
+    checks = {f["check"]: f["message"] for f in findings}
+    assert "<start_of_turn>, <end_of_turn>" in checks["base-model-chat-template"]
+
+    # Free-mode outputs of a real run that hit the token limit: random weights seldom pick
+    # EOS, and with a one-token limit only an EOS or stop string as the very first token
+    # would end an answer.
+    suite = tiny_workspace / "evals" / "triage.toml"
+    suite.write_text(suite.read_text().replace("max_tokens = 48", "max_tokens = 1"))
+    code, _, err = run_cli("eval", "-C", ws, "--mode", "free", "--limit", "2", "-q", "--exit-zero")
+    assert code == 0, err
+    checks = {
+        f["check"]: f["message"]
+        for f in json.loads(run_cli("lint", "-C", ws, "--json")[1])["findings"]
+    }
+    assert checks["no-end-of-generation"].startswith("2 of 2 free-mode outputs ran to the token")
+
+    # The same Modelfile linted by path (outside the workspace's models): same findings.
+    modelfile = tiny_workspace / "modelfiles" / "tiny.Modelfile"
+    copy = tiny_workspace / "modelfiles" / "other.Modelfile"
+    copy.write_text(modelfile.read_text())
+    code, out, _ = run_cli("lint", "-C", ws, str(copy))
+    assert code == 0 and "other: base-model-chat-template" in out
+    assert "json-unchecked" not in out  # its suites are unknown, not missing
+
+    completion = '''TEMPLATE """{{- range .Messages }}{{ if eq .Role "user" }}Ticket: {{ .Content }}
+JSON:{{ else if eq .Role "assistant" }} {{ .Content }}
+
+{{ end }}{{ end }}"""'''
+    text = modelfile.read_text()
+    start, end = text.index('TEMPLATE """'), text.index('"""', text.index('TEMPLATE """') + 12) + 3
+    copy.write_text(text[:start] + completion + text[end:])
+    code, out, _ = run_cli("lint", "-C", ws, str(copy), "--json")
+    assert code == 0 and not any(
+        f["check"] == "base-model-chat-template" for f in json.loads(out)["findings"]
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -102,30 +103,81 @@ def build_command(models: tuple[str, ...], workspace_dir: Path | None, as_json: 
 
 @click.command("lint")
 @click.argument("models", nargs=-1)
+@click.option(
+    "--run",
+    "run_ref",
+    help="Run record whose free-mode outputs to check (a run.json path or run id; default: "
+    "the latest run).",
+)
 @workspace_option
 @json_option
-def lint_command(models: tuple[str, ...], workspace_dir: Path | None, as_json: bool) -> int:
-    """Check Modelfiles for template, stop-sequence, context and JSON-contract mistakes."""
-    from lifecycle.config import load_workspace
+def lint_command(
+    models: tuple[str, ...], run_ref: str | None, workspace_dir: Path | None, as_json: bool
+) -> int:
+    """Check Modelfiles for template, stop-sequence, context and JSON-contract mistakes.
+
+    MODELS are workspace models or variants (default: all), or Modelfile paths (linted
+    against the model their FROM names, e.g. modelfiles/harbor-triage-chat.Modelfile).
+    Outputs of a run whose variant has the same id (same weights and resolved Modelfile)
+    are checked too: free-mode answers that never end are the wrong-template symptom.
+    """
+    from lifecycle.config import ModelSettings, load_workspace
     from lifecycle.gguf import read_gguf
     from lifecycle.lint import lint_variant
     from lifecycle.store import Store
-    from lifecycle.variants import resolve_variants
+    from lifecycle.variants import expand_variants, resolve_variants
 
     workspace = load_workspace(workspace_dir)
+    store = Store(workspace.home)
+    paths = [Path(m) for m in models if m.endswith(".Modelfile") or Path(m).is_file()]
+    names = [m for m in models if Path(m) not in paths]
+    variants = [] if paths and not names else resolve_variants(workspace, store, names or None)
+    suites: dict[str, list[str] | None] = {
+        v.name: list(workspace.models[v.model].suites) for v in variants
+    }
+    for path in paths:
+        if not path.is_file():
+            raise UsageError("Modelfile not found", path=path)
+        settings = ModelSettings(
+            name=path.name.removesuffix(".Modelfile"), modelfile=path.resolve(), suites=()
+        )
+        for variant in expand_variants(workspace, store, settings):
+            variants.append(variant)
+            suites[variant.name] = None  # not a workspace model: its suites are unknown
+    cases = _run_cases(workspace, run_ref)
     findings = []
-    for variant in resolve_variants(workspace, Store(workspace.home), list(models) or None):
-        suites = list(workspace.models[variant.model].suites)
-        findings += lint_variant(variant, read_gguf(variant.blob_path), suites)
+    for variant in variants:
+        info = read_gguf(variant.blob_path)
+        findings += lint_variant(variant, info, suites[variant.name], cases.get(variant.id))
     if as_json:
         emit_json({"findings": [f.to_dict() for f in findings]})
     elif findings:
-        click.echo(table(["variant", "check", "message"], [
-            [f.variant, f.check, f.message] for f in findings
-        ]))  # fmt: skip
+        # A finding is a sentence or two: wrapped under its heading, not a 300-column table.
+        for f in findings:
+            click.echo(f"{f.variant}: {f.check}")
+            click.echo(
+                textwrap.fill(f.message, 96, initial_indent="    ", subsequent_indent="    ")
+            )
     else:
         click.echo("no findings")
     return EXIT_OK
+
+
+def _run_cases(workspace: Any, run_ref: str | None) -> dict[str, list[dict[str, Any]]]:
+    """A run record's cases by variant id; empty when there is no run yet (lint needs none)."""
+    from lifecycle.cli.promote import load_run
+
+    try:
+        run = load_run(workspace, run_ref).to_dict()
+    except UsageError:
+        if run_ref is not None:
+            raise
+        return {}
+    ids = {v["variant"]["name"]: v["variant"]["id"] for v in run["variants"]}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for case in run["cases"]:
+        out.setdefault(ids.get(case["variant"], ""), []).append(case)
+    return out
 
 
 def _modelfile_workspace(modelfile: Path, workspace_dir: Path | None) -> Path:
