@@ -43,6 +43,12 @@ if TYPE_CHECKING:
     show_default=True,
     help="Cases in flight at once (HTTP engines).",
 )
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    help="Cases decoded together in one llama.cpp context (default: [engine] parallel; "
+    "1 = one at a time, the reference path).",
+)
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.001), help="Seconds per case.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
 @click.option("--limit", type=click.IntRange(min=1), help="Run only the first N cases per suite.")
@@ -69,6 +75,7 @@ def eval_command(
     base_url: str | None,
     host: str | None,
     concurrency: int,
+    parallel: int | None,
     timeout_s: float | None,
     threads: int | None,
     limit: int | None,
@@ -100,6 +107,7 @@ def eval_command(
         limit=limit,
         shard=_parse_shard(shard) if shard else None,
         concurrency=concurrency,
+        parallel=parallel,
         timeout_s=timeout_s,
         engine_settings={"base_url": base_url, "host": host},
         resume=not no_resume,

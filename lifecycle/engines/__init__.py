@@ -8,6 +8,7 @@ import inspect
 from typing import Any
 
 from lifecycle.engines.base import (
+    BatchedModel,
     CaseTimeout,
     Engine,
     EngineCrashed,
@@ -22,6 +23,7 @@ from lifecycle.errors import UsageError
 
 __all__ = [
     "ENGINES",
+    "BatchedModel",
     "CaseTimeout",
     "Engine",
     "EngineCrashed",

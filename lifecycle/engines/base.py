@@ -8,11 +8,11 @@ counters where it has them (llama.cpp's perf context, Ollama's duration fields).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from lifecycle.errors import EngineError
 
@@ -30,6 +30,9 @@ class LoadOptions:
     n_gpu_layers: int = 0
     seed: int = 42
     use_mmap: bool = True
+    # Sequences decoded together in one context (continuous batching, llama-cpp only); each
+    # gets its own num_ctx of KV cells. 1: one case at a time.
+    n_parallel: int = 1
     # llama.cpp's extra buffer types (repacked weights, AMX). False is the fallback for CPUs
     # whose repacked kernels crash (AMX advertised inside a VM); `lifecycle doctor` decides.
     extra_bufts: bool = True
@@ -83,6 +86,9 @@ class Generation:
     # None when not asked for or the engine cannot say.
     token_logprobs: tuple[float, ...] | None = None
     token_offsets: tuple[int, ...] | None = None
+    # When cases share decode steps (batched decoding): this case's share of the engine's wall
+    # time (its part of each step, plus its own sampling). None: the case had the engine alone.
+    work_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +138,26 @@ class LoadedModel(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchedModel(LoadedModel, Protocol):
+    """A model that decodes many requests together (llama-cpp with ``n_parallel`` > 1)."""
+
+    @property
+    def parallel(self) -> int:
+        """Sequences decoded together; 1 means :meth:`generate_batch` runs them in turn."""
+        ...
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_result: Callable[[int, Generation | EngineError], None],
+        on_live: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        """Generate every request; ``on_result(i, outcome)`` as request i finishes (any
+        order); ``on_live(indices)`` before each step with the requests in flight."""
+        ...
 
 
 class Engine(Protocol):

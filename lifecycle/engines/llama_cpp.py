@@ -20,10 +20,10 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 import numpy as np
@@ -41,6 +41,9 @@ from lifecycle.engines.base import (
 )
 from lifecycle.errors import EngineError, GoldenSetError
 from lifecycle.fsutil import quiet_stderr
+
+if TYPE_CHECKING:
+    from lifecycle.engines.batched import OnLive, OnResult
 
 
 class LlamaCppEngine:
@@ -91,11 +94,21 @@ class LlamaCppModel:
         threads = options.n_threads or physical_cores()
         start = time.perf_counter()
         note(phase="load")
+        if options.n_parallel > llama_cpp.llama_max_parallel_sequences() - 1:
+            raise EngineError(
+                f"parallel {options.n_parallel} is more sequences than llama.cpp allows "
+                f"({llama_cpp.llama_max_parallel_sequences() - 1})"
+            )
         try:
-            with quiet_stderr(), _model_params(extra_bufts=options.extra_bufts):
+            with (
+                quiet_stderr(),
+                _model_params(extra_bufts=options.extra_bufts),
+                _context_params(n_parallel=options.n_parallel),
+            ):
                 self._llm = Llama(
                     model_path=str(model_path),
-                    n_ctx=options.n_ctx,
+                    # Batched decoding gives every sequence a full num_ctx of KV cells.
+                    n_ctx=kv_cells_needed(options.n_ctx, options.n_parallel),
                     n_batch=options.n_batch,
                     n_threads=threads,
                     n_threads_batch=threads,
@@ -125,6 +138,37 @@ class LlamaCppModel:
     def check_schema(self, schema: Mapping[str, Any]) -> None:
         """Compile ``schema`` to a llama.cpp grammar now; raise if llama.cpp rejects it."""
         self._gbnf_for(schema)
+
+    @property
+    def parallel(self) -> int:
+        """Sequences this context can decode together (``generate_batch``)."""
+        return self.options.n_parallel
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_result: OnResult,
+        on_live: OnLive | None = None,
+    ) -> None:
+        """Generate every request, ``parallel`` sequences per decode step (continuous batching).
+
+        ``on_result(i, generation_or_error)`` is called as each request finishes, in
+        completion order. See :mod:`lifecycle.engines.batched`.
+        """
+        if self.options.n_parallel < 2:
+            for index, request in enumerate(requests):
+                try:
+                    on_result(index, self.generate(request))
+                except EngineError as exc:
+                    on_result(index, exc)
+            return
+        from lifecycle.engines.batched import BatchedDecoder
+
+        self._llm.n_tokens = 0  # the sequential prefix cache is gone after batched decoding
+        try:
+            BatchedDecoder(self, self.options.n_parallel).run(requests, on_result, on_live)
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(f"batched generation failed: {exc}") from None
 
     def generate(self, request: GenerationRequest) -> Generation:
         gbnf = self._gbnf_for(request.json_schema) if request.json_schema else None
@@ -159,7 +203,7 @@ class LlamaCppModel:
 
     def _decode(
         self, tokens: list[int], request: GenerationRequest, gbnf: str | None
-    ) -> tuple[str, int, str, _Scored | None]:
+    ) -> tuple[str, int, str, Scored | None]:
         """Evaluate the prompt (reusing the cached prefix) and sample until a stop condition.
 
         Grammar-constrained sampling checks the token the sampler picked first and only masks
@@ -175,17 +219,11 @@ class LlamaCppModel:
         self._evaluate_prompt(tokens)
         note(phase="generation")
         chain = self._sampler_chain(request)
-        grammar = None
-        if gbnf is not None:
-            grammar = llama_cpp.llama_sampler_init_grammar(
-                self._llm._model.vocab, gbnf.encode(), b"root"
-            )
-            if not grammar:
-                raise GoldenSetError("llama.cpp rejected the grammar compiled from the JSON Schema")
+        grammar = self._grammar_sampler(gbnf) if gbnf is not None else None
         vocab = llm._model.vocab
         ctx = llm._ctx.ctx
         generated: list[int] = []
-        scored = _Scored() if request.logprobs else None
+        scored = Scored() if request.logprobs else None
         text = ""
         finish = "length"
         try:
@@ -199,8 +237,8 @@ class LlamaCppModel:
                     scored.add(logprob, offset=len(text))
                 # Detokenize the whole completion each step: a UTF-8 character or a stop
                 # sequence may span tokens (completions are short, so this stays cheap).
-                text = llm.detokenize(generated, prev_tokens=tokens).decode("utf-8", "ignore")
-                hit = _first_stop(text, request.stop)
+                text = self._detokenize(generated, tokens, errors="ignore")
+                hit = first_stop(text, request.stop)
                 if hit is not None:
                     return text[:hit], len(generated), "stop", scored
                 llm.eval([token])
@@ -208,8 +246,20 @@ class LlamaCppModel:
             chain.close()
             if grammar:
                 llama_cpp.llama_sampler_free(grammar)
-        text = llm.detokenize(generated, prev_tokens=tokens).decode("utf-8", "replace")
+        text = self._detokenize(generated, tokens, errors="replace")
         return text, len(generated), finish, scored
+
+    def _detokenize(self, generated: list[int], prompt: list[int], *, errors: str) -> str:
+        """The completion's text (the prompt decides leading-space handling)."""
+        return self._llm.detokenize(generated, prev_tokens=prompt).decode("utf-8", errors)
+
+    def _grammar_sampler(self, gbnf: str) -> Any:
+        grammar = llama_cpp.llama_sampler_init_grammar(
+            self._llm._model.vocab, gbnf.encode(), b"root"
+        )
+        if not grammar:
+            raise GoldenSetError("llama.cpp rejected the grammar compiled from the JSON Schema")
+        return grammar
 
     def _evaluate_prompt(self, tokens: list[int]) -> None:
         """Decode ``tokens`` after the longest prefix already in the KV cache."""
@@ -244,13 +294,14 @@ class LlamaCppModel:
         return chain
 
     def _sample(
-        self, chain: Any, grammar: Any, ctx: Any, *, logprob: bool = False
+        self, chain: Any, grammar: Any, ctx: Any, *, logprob: bool = False, idx: int = -1
     ) -> tuple[int, float]:
-        """The next token, and its log-probability when ``logprob`` (else NaN)."""
+        """The next token from the logits of batch position ``idx``, and its log-probability
+        when ``logprob`` (else NaN)."""
         if grammar is None:
-            token = int(chain.sample(self._llm._ctx, -1))
-            return token, _logprob(self._logits(ctx), token) if logprob else math.nan
-        logits = self._logits(ctx)
+            token = int(chain.sample(self._llm._ctx, idx))
+            return token, _logprob(self._logits(ctx, idx), token) if logprob else math.nan
+        logits = self._logits(ctx, idx)
         # Sample on a copy of the logits, then ask the grammar whether that token is allowed.
         candidates = _CandidateArray(logits)
         llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
@@ -261,6 +312,9 @@ class LlamaCppModel:
             # Rejected: mask the full vocabulary with the grammar, then sample again.
             candidates = _CandidateArray(logits)
             llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
+            if not np.isfinite(candidates.logits()).any():
+                # Accepting any token now would make llama.cpp abort the process.
+                raise RuntimeError("the grammar allows no token here")
             llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
             token = candidates.selected_token()
         value = math.nan
@@ -274,10 +328,10 @@ class LlamaCppModel:
         chain.accept(token)
         return token, value
 
-    def _logits(self, ctx: Any) -> np.ndarray:
-        """The last position's logits (a view of llama.cpp's buffer, not a copy)."""
+    def _logits(self, ctx: Any, idx: int = -1) -> np.ndarray:
+        """Logits of batch position ``idx`` (-1: the last), a view of llama.cpp's buffer."""
         return np.ctypeslib.as_array(
-            llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self._llm.n_vocab(),)
+            llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self._llm.n_vocab(),)
         )
 
     def close(self) -> None:
@@ -482,6 +536,40 @@ def _model_params(*, extra_bufts: bool) -> Iterator[None]:
         low_level.llama_model_default_params = original
 
 
+def kv_cells_needed(n_ctx: int, n_parallel: int) -> int:
+    """KV cells a context allocates: ``num_ctx`` for each parallel sequence (as llama-server
+    gives each slot its own context); one sequence when decoding one case at a time."""
+    return n_ctx * max(n_parallel, 1)
+
+
+@contextlib.contextmanager
+def _context_params(*, n_parallel: int) -> Iterator[None]:
+    """Create the context with ``n_parallel`` sequence slots (plus one for a shared prefix)
+    and a unified KV cache, so a prefix copied between sequences is stored once.
+
+    ``Llama`` sets ``n_seq_max`` only for embeddings; like :func:`_model_params`, the
+    default-parameters function is wrapped for the duration of the load.
+    """
+    if n_parallel < 2:
+        yield
+        return
+    from llama_cpp import llama_cpp as low_level
+
+    original = low_level.llama_context_default_params
+
+    def with_slots() -> Any:
+        params = original()
+        params.n_seq_max = n_parallel + 1
+        params.kv_unified = True
+        return params
+
+    low_level.llama_context_default_params = with_slots
+    try:
+        yield
+    finally:
+        low_level.llama_context_default_params = original
+
+
 def physical_cores() -> int:
     """Physical CPU cores: llama.cpp's default thread count and the one runs record."""
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
@@ -621,7 +709,7 @@ class _CandidateArray:
 
 
 @dataclass
-class _Scored:
+class Scored:
     """Per generated token: its log-probability and where its text starts."""
 
     logprobs: list[float] = field(default_factory=list)
@@ -647,7 +735,7 @@ def _logprob(logits: np.ndarray, token: int) -> float:
     return float(values[token] - top - math.log(np.exp(finite - top).sum()))
 
 
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     """Index of the earliest stop sequence in ``text``, or None."""
     positions = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return min(positions) if positions else None

@@ -1,0 +1,349 @@
+"""Continuous batching on one llama.cpp context: many golden cases decode together.
+
+A small model's decode step on a CPU is bound by reading the weights from memory; one step
+that carries a token for each of N live sequences reads them once. So the context is created
+with ``n_seq_max`` slots and a unified KV cache, and every step is one ``llama_decode`` whose
+batch holds the next token of each generating sequence plus prompt tokens of newly admitted
+cases. When a sequence finishes, the next case takes its slot.
+
+The prompt prefix every case shares (BOS, SYSTEM, few-shot MESSAGEs) is decoded once into a
+sequence of its own and copied into each slot with ``seq_cp``; with a unified cache that copy
+only tags the existing cells, so the prefix is computed and stored once. Each case then
+decodes only its own tokens.
+
+Every sequence has its own sampler chain and grammar, stop sequences, token limit and
+wall-clock limit; one sequence failing (a grammar with no allowed token, a timeout) ends that
+case only. Timings are shares: each decode step's wall time is split over the tokens it
+carried, so a case's ``prompt_ms``/``generation_ms`` are its part of the steps it was in and
+their sum over a group is the group's decode time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import llama_cpp
+
+from lifecycle.engines.base import (
+    DEFAULT_CASE_TIMEOUT_S,
+    CaseTimeout,
+    Generation,
+    GenerationRequest,
+)
+from lifecycle.engines.llama_cpp import Scored, first_stop
+from lifecycle.errors import EngineError
+
+if TYPE_CHECKING:
+    from lifecycle.engines.llama_cpp import LlamaCppModel
+
+# Called with (request index, generation or the error that ended that case) as each finishes.
+OnResult = Callable[[int, "Generation | EngineError"], None]
+# Called with the request indices whose sequences are live (for crash breadcrumbs).
+OnLive = Callable[[list[int]], None]
+
+
+@dataclass
+class _Sequence:
+    """One case in a slot: what it still has to decode and what it produced."""
+
+    index: int  # position of the request in the caller's list
+    seq_id: int
+    request: GenerationRequest
+    tokens: list[int]  # the whole prompt
+    pending: list[int]  # prompt tokens not decoded yet
+    pos: int  # position of the next token to decode
+    chain: Any
+    grammar: Any
+    started: float
+    scored: Scored | None
+    own_prompt_tokens: int
+    generated: list[int] = field(default_factory=list)
+    next_token: int | None = None  # sampled, to be decoded in the next step
+    text: str = ""
+    prompt_ms: float = 0.0
+    generation_ms: float = 0.0
+    sample_ms: float = 0.0
+
+
+class BatchedDecoder:
+    """Decodes a list of requests through ``model``'s context, ``parallel`` at a time."""
+
+    def __init__(self, model: LlamaCppModel, parallel: int) -> None:
+        self.model = model
+        self.parallel = parallel
+        llm = model._llm
+        self.ctx = llm._ctx.ctx
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.vocab = llm._model.vocab
+        self.n_batch = int(llama_cpp.llama_n_batch(self.ctx))
+        self.n_ctx_seq = model.options.n_ctx
+        # The shared prefix lives in the last sequence id; slots are 0..parallel-1.
+        self.prefix_seq = parallel
+
+    def run(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_result: OnResult,
+        on_live: OnLive | None = None,
+    ) -> None:
+        model = self.model
+        queue: deque[tuple[int, list[int]]] = deque()
+        for index, request in enumerate(requests):
+            tokens = model.tokenize(request.prompt)
+            if len(tokens) + request.max_tokens > self.n_ctx_seq:
+                on_result(
+                    index,
+                    EngineError(
+                        f"prompt of {len(tokens)} tokens + max_tokens {request.max_tokens} "
+                        f"exceeds num_ctx {self.n_ctx_seq}"
+                    ),
+                )
+                continue
+            # Compile (and cache) each schema's grammar before any decoding.
+            if request.json_schema:
+                model._gbnf_for(request.json_schema)
+            queue.append((index, tokens))
+        if not queue:
+            return
+        model.clear()
+        prefix = _common_prefix([tokens for _, tokens in queue])
+        prefix_ms = self._decode_prefix(prefix)
+        # The prefix is decoded once for all cases; each carries an equal part of its cost.
+        prefix_share = prefix_ms / len(queue)
+
+        free = list(range(self.parallel - 1, -1, -1))
+        live: dict[int, _Sequence] = {}
+        try:
+            while queue or live:
+                while free and queue:
+                    index, tokens = queue.popleft()
+                    seq = self._admit(index, requests[index], tokens, len(prefix), free.pop())
+                    seq.prompt_ms += prefix_share
+                    live[seq.seq_id] = seq
+                if on_live is not None:
+                    on_live(sorted(s.index for s in live.values()))
+                outputs = self._step(live)
+                for seq, batch_index in outputs:
+                    outcome = self._advance(seq, batch_index)
+                    if outcome is not None:
+                        self._release(seq, live, free)
+                        on_result(seq.index, outcome)
+                now = time.perf_counter()
+                for seq in list(live.values()):
+                    limit = seq.request.timeout_s or DEFAULT_CASE_TIMEOUT_S
+                    if now - seq.started > limit:
+                        self._release(seq, live, free)
+                        on_result(
+                            seq.index,
+                            CaseTimeout(
+                                f"generation ran past {limit:g} s (batched)", timeout_s=limit
+                            ),
+                        )
+        finally:
+            for seq in live.values():
+                _free_samplers(seq)
+            model.clear()
+
+    # --- slots ---
+
+    def _decode_prefix(self, prefix: list[int]) -> float:
+        """Decode the shared prefix into the prefix sequence; return the time it took (ms)."""
+        if not prefix:
+            return 0.0
+        start = time.perf_counter()
+        with _Batch(self.n_batch) as batch:
+            for offset in range(0, len(prefix), self.n_batch):
+                batch.clear()
+                for pos, token in enumerate(prefix[offset : offset + self.n_batch], offset):
+                    batch.add(token, pos, self.prefix_seq, logits=False)
+                self._decode(batch)
+        return (time.perf_counter() - start) * 1000.0
+
+    def _admit(
+        self, index: int, request: GenerationRequest, tokens: list[int], prefix: int, seq_id: int
+    ) -> _Sequence:
+        model = self.model
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+        if prefix:
+            llama_cpp.llama_memory_seq_cp(self.memory, self.prefix_seq, seq_id, -1, -1)
+        gbnf = model._gbnf_for(request.json_schema) if request.json_schema else None
+        return _Sequence(
+            index=index,
+            seq_id=seq_id,
+            request=request,
+            tokens=tokens,
+            pending=tokens[prefix:],
+            pos=prefix,
+            chain=model._sampler_chain(request),
+            grammar=model._grammar_sampler(gbnf) if gbnf is not None else None,
+            started=time.perf_counter(),
+            scored=Scored() if request.logprobs else None,
+            own_prompt_tokens=len(tokens) - prefix,
+        )
+
+    def _release(self, seq: _Sequence, live: dict[int, _Sequence], free: list[int]) -> None:
+        _free_samplers(seq)
+        llama_cpp.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
+        del live[seq.seq_id]
+        free.append(seq.seq_id)
+
+    # --- one decode step ---
+
+    def _step(self, live: dict[int, _Sequence]) -> list[tuple[_Sequence, int]]:
+        """Decode one batch: every generating sequence's next token, then prompt tokens.
+
+        Returns the sequences whose logits this step produced, with their batch index.
+        """
+        with _Batch(self.n_batch) as batch:
+            carried: list[tuple[_Sequence, int, bool]] = []  # (sequence, tokens, generating)
+            outputs: list[tuple[_Sequence, int]] = []
+            for seq in live.values():
+                if seq.next_token is not None:
+                    outputs.append((seq, batch.size))
+                    batch.add(seq.next_token, seq.pos, seq.seq_id, logits=True)
+                    seq.pos += 1
+                    seq.next_token = None
+                    carried.append((seq, 1, True))
+            for seq in live.values():
+                room = self.n_batch - batch.size
+                if not seq.pending or room <= 0:
+                    continue
+                part, seq.pending = seq.pending[:room], seq.pending[room:]
+                for k, token in enumerate(part):
+                    last = not seq.pending and k == len(part) - 1
+                    if last:
+                        outputs.append((seq, batch.size))
+                    batch.add(token, seq.pos, seq.seq_id, logits=last)
+                    seq.pos += 1
+                carried.append((seq, len(part), False))
+            if batch.size == 0:
+                return []
+            start = time.perf_counter()
+            self._decode(batch)
+            step_ms = (time.perf_counter() - start) * 1000.0
+        for seq, count, generating in carried:
+            share = step_ms * count / batch.size
+            if generating:
+                seq.generation_ms += share
+            else:
+                seq.prompt_ms += share
+        return outputs
+
+    def _decode(self, batch: _Batch) -> None:
+        status = llama_cpp.llama_decode(self.ctx, batch.batch)
+        if status == 1:
+            raise EngineError(
+                f"llama.cpp found no room in the KV cache for {batch.size} token(s) with "
+                f"{self.parallel} parallel sequences; lower [engine] parallel or num_ctx"
+            )
+        if status != 0:
+            raise EngineError(f"llama_decode failed on a batched step (status {status})")
+        llama_cpp.llama_synchronize(self.ctx)
+
+    def _advance(self, seq: _Sequence, batch_index: int) -> Generation | EngineError | None:
+        """Sample the sequence's next token; a Generation (or error) when it is finished."""
+        model = self.model
+        request = seq.request
+        start = time.perf_counter()
+        try:
+            token, logprob = model._sample(
+                seq.chain, seq.grammar, self.ctx, logprob=seq.scored is not None, idx=batch_index
+            )
+        except RuntimeError as exc:  # e.g. a grammar that allows no token here
+            return EngineError(f"generation failed: {exc}")
+        finish: str | None = None
+        stop_at: int | None = None
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            finish = "stop"
+        else:
+            seq.generated.append(token)
+            if seq.scored is not None:
+                seq.scored.add(logprob, offset=len(seq.text))
+            seq.text = model._detokenize(seq.generated, seq.tokens, errors="ignore")
+            stop_at = first_stop(seq.text, request.stop)
+            if stop_at is not None:
+                finish = "stop"
+            elif len(seq.generated) >= request.max_tokens:
+                finish = "length"
+            else:
+                seq.next_token = token
+        seq.sample_ms += (time.perf_counter() - start) * 1000.0
+        if finish is None:
+            return None
+        if stop_at is not None:
+            text = seq.text[:stop_at]
+        else:
+            text = model._detokenize(seq.generated, seq.tokens, errors="replace")
+        latency_ms = (time.perf_counter() - seq.started) * 1000.0
+        n = len(seq.generated)
+        # Sequential decoding evaluates every generated token but the last one it keeps.
+        decoded = n - 1 if finish == "length" or stop_at is not None else n
+        return Generation(
+            text=text,
+            prompt_tokens=len(seq.tokens),
+            completion_tokens=n,
+            prompt_eval_tokens=seq.own_prompt_tokens,
+            prompt_ms=seq.prompt_ms,
+            eval_tokens=max(decoded, 0),
+            generation_ms=seq.generation_ms,
+            latency_ms=latency_ms,
+            finish_reason=finish,
+            token_logprobs=tuple(seq.scored.logprobs) if seq.scored else None,
+            token_offsets=tuple(seq.scored.offsets) if seq.scored else None,
+            work_ms=seq.prompt_ms + seq.generation_ms + seq.sample_ms,
+        )
+
+
+class _Batch:
+    """A ``llama_batch`` filled token by token (one sequence id per token)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.batch = llama_cpp.llama_batch_init(capacity, 0, 1)
+        self.size = 0
+
+    def __enter__(self) -> _Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        llama_cpp.llama_batch_free(self.batch)
+
+    def clear(self) -> None:
+        self.size = 0
+        self.batch.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq_id: int, *, logits: bool) -> None:
+        i = self.size
+        b = self.batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = 1 if logits else 0
+        self.size += 1
+        b.n_tokens = self.size
+
+
+def _common_prefix(prompts: list[list[int]]) -> list[int]:
+    """The longest token prefix of every prompt, leaving each at least one token to decode."""
+    first = prompts[0]
+    length = min(len(p) for p in prompts) - 1
+    for other in prompts[1:]:
+        n = 0
+        for a, b in zip(first, other, strict=False):
+            if a != b:
+                break
+            n += 1
+        length = min(length, n)
+    return first[: max(length, 0)]
+
+
+def _free_samplers(seq: _Sequence) -> None:
+    seq.chain.close()
+    if seq.grammar:
+        llama_cpp.llama_sampler_free(seq.grammar)
+        seq.grammar = None

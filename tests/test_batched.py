@@ -1,0 +1,182 @@
+"""Batched decoding (continuous batching in one llama.cpp context) on a real tiny GGUF.
+
+Every comparison is against the sequential path on the same engine build: the texts,
+finish reasons and token counts of each case must be the same, whatever order the batched
+cases finish in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TINY_SCHEMA
+
+from lifecycle.engines import (
+    BatchedModel,
+    CaseTimeout,
+    Generation,
+    GenerationRequest,
+    LoadOptions,
+    get_engine,
+)
+from lifecycle.engines.llama_cpp import LlamaCppModel
+from lifecycle.errors import EngineError
+
+PREFIX = "<start_of_turn>user\nRoute tickets to billing, technical or sales.<end_of_turn>\n" * 4
+
+
+def ask(text: str, **kwargs: object) -> GenerationRequest:
+    prompt = f"{PREFIX}<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
+    return GenerationRequest(prompt=prompt, **{"max_tokens": 20, **kwargs})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def sequential(tiny_model: Path) -> Iterator[LlamaCppModel]:
+    loaded = get_engine("llama-cpp").load(tiny_model, LoadOptions(n_ctx=512, n_threads=2))
+    assert isinstance(loaded, LlamaCppModel)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def batched(tiny_model: Path) -> Iterator[LlamaCppModel]:
+    options = LoadOptions(n_ctx=512, n_threads=2, n_parallel=4)
+    loaded = get_engine("llama-cpp").load(tiny_model, options)
+    assert isinstance(loaded, LlamaCppModel) and isinstance(loaded, BatchedModel)
+    yield loaded
+    loaded.close()
+
+
+def run_batch(
+    model: LlamaCppModel, requests: list[GenerationRequest]
+) -> tuple[dict[int, Generation | EngineError], list[int], list[list[int]]]:
+    """Outcomes by request index, the order they finished in, and each step's live set."""
+    outcomes: dict[int, Generation | EngineError] = {}
+    order: list[int] = []
+    steps: list[list[int]] = []
+
+    def done(index: int, outcome: Generation | EngineError) -> None:
+        assert index not in outcomes, f"request {index} reported twice"
+        outcomes[index] = outcome
+        order.append(index)
+
+    model.generate_batch(requests, done, steps.append)
+    return outcomes, order, steps
+
+
+MIXED = [
+    ask(
+        f"ticket {i} " * (1 + i % 3),
+        json_schema=TINY_SCHEMA if i % 2 else None,
+        logprobs=i % 3 == 0,
+    )
+    for i in range(10)
+]
+
+
+def test_batched_outputs_equal_sequential_ones(
+    sequential: LlamaCppModel, batched: LlamaCppModel
+) -> None:
+    expected = [sequential.generate(r) for r in MIXED]
+    outcomes, _, _ = run_batch(batched, MIXED)
+    assert sorted(outcomes) == list(range(len(MIXED)))
+    for i, want in enumerate(expected):
+        got = outcomes[i]
+        assert isinstance(got, Generation), got
+        assert (got.text, got.finish_reason, got.completion_tokens) == (
+            want.text,
+            want.finish_reason,
+            want.completion_tokens,
+        ), f"request {i}"
+        if MIXED[i].json_schema and got.finish_reason == "stop":
+            assert set(json.loads(got.text)) == {"category", "confidence"}
+        if want.token_logprobs is not None:
+            assert got.token_logprobs is not None
+            assert got.token_logprobs == pytest.approx(want.token_logprobs, abs=1e-3)
+        assert got.work_ms is not None and got.work_ms > 0
+        assert got.generation_ms > 0 and got.prompt_ms > 0
+
+
+def test_continuous_batching_fills_free_slots_and_never_exceeds_them(
+    batched: LlamaCppModel,
+) -> None:
+    # Short and long cases alternate: a short one's slot must go to the next waiting case
+    # while the long ones are still decoding.
+    requests = [ask(f"case {i}", max_tokens=2 if i % 2 else 24) for i in range(9)]
+    outcomes, order, steps = run_batch(batched, requests)
+    assert all(isinstance(o, Generation) for o in outcomes.values())
+    assert max(len(live) for live in steps) == 4
+    assert all(len(live) <= 4 for live in steps)
+    admitted_while_0_ran = {i for live in steps if 0 in live for i in live}
+    assert 4 in admitted_while_0_ran, "case 4 waited for the whole first group to finish"
+    assert order != sorted(order)
+    for i, request in enumerate(requests):
+        outcome = outcomes[i]
+        assert isinstance(outcome, Generation)
+        assert outcome.completion_tokens <= request.max_tokens
+
+
+def test_shared_prefix_is_decoded_once(batched: LlamaCppModel) -> None:
+    requests = [ask(f"ticket {i}", max_tokens=3) for i in range(6)]
+    outcomes, _, _ = run_batch(batched, requests)
+    for outcome in outcomes.values():
+        assert isinstance(outcome, Generation)
+        # Only the case's own tokens after the shared system/few-shot prefix.
+        assert 0 < outcome.prompt_eval_tokens < outcome.prompt_tokens // 4
+
+
+def test_stop_sequences_and_limits_are_per_sequence(
+    sequential: LlamaCppModel, batched: LlamaCppModel
+) -> None:
+    full = sequential.generate(ask("x", json_schema=TINY_SCHEMA))
+    requests = [
+        ask("x", json_schema=TINY_SCHEMA),
+        ask("x", json_schema=TINY_SCHEMA, stop=(":",)),
+        ask("x", json_schema=TINY_SCHEMA, max_tokens=3),
+    ]
+    outcomes, _, _ = run_batch(batched, requests)
+    whole, stopped, short = (outcomes[i] for i in range(3))
+    assert isinstance(whole, Generation) and whole.text == full.text
+    assert isinstance(stopped, Generation) and stopped.finish_reason == "stop"
+    assert stopped.text == full.text[: full.text.index(":")]
+    assert isinstance(short, Generation) and short.finish_reason == "length"
+    assert short.completion_tokens == 3
+
+
+def test_a_case_too_long_for_its_context_fails_alone(batched: LlamaCppModel) -> None:
+    requests = [
+        ask("fine", max_tokens=4),
+        ask("long " * 400, max_tokens=4),
+        ask("ok", max_tokens=4),
+    ]
+    outcomes, _, _ = run_batch(batched, requests)
+    assert isinstance(outcomes[1], EngineError) and "exceeds num_ctx 512" in str(outcomes[1])
+    assert isinstance(outcomes[0], Generation) and isinstance(outcomes[2], Generation)
+
+
+def test_a_timed_out_sequence_ends_while_the_others_finish(
+    sequential: LlamaCppModel, batched: LlamaCppModel
+) -> None:
+    requests = [ask("a", max_tokens=12), ask("b", max_tokens=12, timeout_s=1e-6), ask("c")]
+    outcomes, _, _ = run_batch(batched, requests)
+    assert isinstance(outcomes[1], CaseTimeout)
+    for i in (0, 2):
+        outcome = outcomes[i]
+        assert isinstance(outcome, Generation)
+        assert outcome.text == sequential.generate(requests[i]).text
+
+
+def test_the_context_is_usable_sequentially_after_a_batch(
+    sequential: LlamaCppModel, batched: LlamaCppModel
+) -> None:
+    run_batch(batched, MIXED[:5])
+    request = ask("after the batch", json_schema=TINY_SCHEMA)
+    assert batched.generate(request).text == sequential.generate(request).text
+
+
+def test_more_sequences_than_llama_cpp_allows_is_an_error(tiny_model: Path) -> None:
+    with pytest.raises(EngineError, match=r"more sequences than llama\.cpp allows"):
+        get_engine("llama-cpp").load(tiny_model, LoadOptions(n_ctx=256, n_parallel=4096))
