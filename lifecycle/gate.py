@@ -83,10 +83,20 @@ ENGINE_KEYS = (
     "gpu_layers",
     "seed",
     "extra_bufts",
+    "parallel",
 )
 # Keys whose change can alter greedy outputs themselves (other kernels, other rounding): with
 # the same weights, a flip across such a change is the environment's, not the model's.
-NUMERIC_KEYS = ("engine", "engine_version", "cpu", "machine", "gpu_layers", "extra_bufts")
+# (Batched decoding groups other tokens into each matrix product: "parallel" is one such key.)
+NUMERIC_KEYS = (
+    "engine",
+    "engine_version",
+    "cpu",
+    "machine",
+    "gpu_layers",
+    "extra_bufts",
+    "parallel",
+)
 
 
 @dataclass(frozen=True)

@@ -312,7 +312,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # Environment keys recorded per variant ({variant name: value}) rather than per run.
-PER_VARIANT_KEYS = ("threads", "blobs", "extra_bufts", "foreign_cpu_share")
+PER_VARIANT_KEYS = ("threads", "parallel", "blobs", "extra_bufts", "foreign_cpu_share")
 
 
 class ForeignLoad:
