@@ -65,6 +65,31 @@ def value_span(text: str, parsed: Any, field: str) -> tuple[int, int] | None:
     return None
 
 
+def value_open(text: str, field: str) -> bool:
+    """Whether the next token generated after ``text`` can be part of ``field``'s value.
+
+    True from the end of the key ``"field"`` (or a prefix of it, since a token may complete
+    the key and start the value at once) until the value is closed: a closing quote for a
+    string, a ``,``/``}``/``]``/space for a scalar. :func:`answer_probability` only uses the
+    log-probabilities of such tokens, so an engine may compute them at these steps alone:
+    in schema mode each one costs a grammar pass over the whole vocabulary.
+    """
+    key = json.dumps(field, ensure_ascii=False)
+    for k in range(1, len(key)):
+        # Inside the key (where a key may start: after "{" or ","): the next token may
+        # complete it and carry the value's start too.
+        if text.endswith(key[:k]) and text[: len(text) - k].rstrip().endswith(("{", ",")):
+            return True
+    start = text.rfind(key)
+    if start < 0:
+        return False
+    return _OPEN_VALUE.fullmatch(text, start + len(key)) is not None
+
+
+# After the key: the colon and an unfinished value (a string not yet closed, or a scalar).
+_OPEN_VALUE = re.compile(r'\s*(?::\s*(?:"(?:[^"\\]|\\.)*\\?|[^\s,}\]"]*)?)?', re.S)
+
+
 def answer_probability(
     text: str,
     parsed: Any,

@@ -19,7 +19,7 @@ import pytest
 from conftest import TINY_SCHEMA
 
 from lifecycle.calibrate import Outcome, calibrate_outcomes, outcomes_for
-from lifecycle.confidence import answer_probability, stated_confidence, value_span
+from lifecycle.confidence import answer_probability, stated_confidence, value_open, value_span
 from lifecycle.engines import GenerationRequest, LoadOptions, get_engine
 from lifecycle.errors import ConfigError
 from lifecycle.golden import load_suite
@@ -296,3 +296,59 @@ def test_calibrate_bad_input_exits_2(tiny_workspace: Path, run_cli: Run) -> None
     assert code == 2 and "not in run" in err and "tiny" in err
     code, _, err = run_cli("calibrate", "-C", str(tiny_workspace), "--run", "/nonexistent")
     assert code == 2
+
+
+# --- the cheaper signal: log-probabilities only where the routed value is written ----------
+
+
+@pytest.mark.parametrize(
+    ("text", "open_"),
+    [
+        ("", False),
+        ('{"', True),  # a key starts: the next token may be 'category": "bill'
+        ('{"cat', True),
+        ('{"category"', True),
+        ('{"category": ', True),
+        ('{"category": "', True),
+        ('{"category": "bil', True),
+        ('{"category": "bi\\"', True),  # an escaped quote does not close the value
+        ('{"category": "billing"', False),
+        ('{"category": "billing", "', True),
+        ('{"category": "billing", "confidence": 0.', False),
+        ('{"x": "a"', False),
+        ('{"x": "cat', False),  # inside another value, not a key
+    ],
+)
+def test_value_open(text: str, open_: bool) -> None:
+    assert value_open(text, "category") is open_
+
+
+def test_value_steps_alone_give_the_same_answer_probability(tiny_loaded) -> None:  # type: ignore[no-untyped-def]
+    """An engine that scores only the steps value_open allows loses nothing.
+
+    Real schema-mode generations: every token whose log-probability answer_probability uses
+    starts at a step where value_open is true, so blanking the others (NaN) changes nothing.
+    """
+    skipped = checked = 0
+    for user in ("I was charged twice.", "The API is down.", "How much for 200 seats?"):
+        prompt = PROMPT.replace("I was charged twice.", user)
+        request = GenerationRequest(
+            prompt=prompt, max_tokens=96, json_schema=TINY_SCHEMA, logprobs=True
+        )
+        out = tiny_loaded.generate(request)
+        assert out.token_logprobs is not None and out.token_offsets is not None
+        if out.finish_reason != "stop":
+            continue  # random weights may write digits until max_tokens
+        parsed = json.loads(out.text)
+        checked += 1
+        full = answer_probability(
+            out.text, parsed, "category", out.token_logprobs, out.token_offsets
+        )
+        assert full[0] is not None
+        steps = [value_open(out.text[:offset], "category") for offset in out.token_offsets]
+        cheap = [
+            lp if keep else math.nan for lp, keep in zip(out.token_logprobs, steps, strict=True)
+        ]
+        assert answer_probability(out.text, parsed, "category", cheap, out.token_offsets) == full
+        skipped += steps.count(False)
+    assert checked and skipped > 0  # the cheaper signal does skip steps
