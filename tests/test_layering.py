@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "fsutil",
             "clock",
+            "runs",
             "tags",
             "hostinfo",
             "config",

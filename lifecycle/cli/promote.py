@@ -329,20 +329,9 @@ def _gate(
 
 def load_run(workspace: Workspace, run_ref: str | None) -> RunRecord:
     """A run record by path or run id; the workspace's latest run by default."""
-    from lifecycle.results import RunRecord
+    from lifecycle.runs import find_run
 
-    if run_ref is None:
-        path = workspace.runs_dir / "latest.json"
-    elif Path(run_ref).is_file():
-        path = Path(run_ref)
-    else:
-        path = workspace.runs_dir / run_ref / "run.json"
-    if not path.is_file():
-        raise UsageError(f"no run record at {path} (run `lifecycle eval` first)")
-    try:
-        return RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"invalid run record: {exc}", path=path) from None
+    return find_run(workspace.runs_dir, run_ref)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,0 +1,47 @@
+"""Run records on disk: one reader for every command that takes a run (#15)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lifecycle.errors import UsageError
+from lifecycle.results import RunRecord
+from lifecycle.runs import find_run, read_run
+
+
+def save(runs_dir: Path, run_id: str) -> Path:
+    record = RunRecord(run_id, "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", {}, {}, [], [], [])
+    text = json.dumps(record.to_dict()) + "\n"
+    (runs_dir / run_id).mkdir(parents=True)
+    (runs_dir / run_id / "run.json").write_text(text, encoding="utf-8")
+    (runs_dir / "latest.json").write_text(text, encoding="utf-8")
+    return runs_dir / run_id
+
+
+def test_a_run_by_id_directory_file_or_latest(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    first = save(runs, "run-a")
+    save(runs, "run-b")
+    assert find_run(runs, None).run_id == "run-b"
+    assert find_run(runs, "run-a").run_id == "run-a"
+    assert find_run(runs, str(first)).run_id == "run-a"
+    assert find_run(runs, str(first / "run.json")).run_id == "run-a"
+    assert read_run(first).run_id == "run-a"
+
+
+def test_a_missing_or_broken_run_names_the_file(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    with pytest.raises(UsageError, match="run `lifecycle eval` first") as info:
+        find_run(runs, None)
+    assert info.value.path == str(runs / "latest.json")
+    with pytest.raises(UsageError) as info:
+        find_run(runs, "nope")
+    assert info.value.path == str(runs / "nope" / "run.json")
+    broken = save(runs, "run-c") / "run.json"
+    broken.write_text('{"run_id": 1}', encoding="utf-8")
+    with pytest.raises(UsageError, match="invalid run record") as info:
+        find_run(runs, "run-c")
+    assert info.value.path == str(broken)
