@@ -90,6 +90,40 @@ def value_open(text: str, field: str) -> bool:
 _OPEN_VALUE = re.compile(r'\s*(?::\s*(?:"(?:[^"\\]|\\.)*\\?|[^\s,}\]"]*)?)?', re.S)
 
 
+def server_token_logprobs(
+    entries: Any, text: str
+) -> tuple[tuple[float, ...], tuple[int, ...]] | None:
+    """Per-token log-probabilities and character offsets from a server's answer, if usable.
+
+    ``entries`` is the list a server returns per generated token: OpenAI's chat
+    ``choices[0].logprobs.content`` (llama-server, vLLM, llama-cpp-python's server) and
+    Ollama's ``logprobs`` both hold ``{"token", "logprob", "bytes"?}``. None when the server
+    sent none or its tokens do not spell ``text`` (then the offsets would lie; tokens past
+    the end, such as a stop sequence the server cut from the text, are allowed). Offsets are
+    counted on the UTF-8 bytes where given, so a character split over two tokens is placed
+    at its first one.
+    """
+    if not isinstance(entries, list) or not entries:
+        return None
+    logprobs: list[float] = []
+    offsets: list[int] = []
+    spelled = b""
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+            return None
+        value = entry.get("logprob")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        raw = entry.get("bytes")
+        piece = bytes(raw) if isinstance(raw, list) else entry["token"].encode("utf-8")
+        offsets.append(len(spelled.decode("utf-8", errors="ignore")))
+        logprobs.append(float(value))
+        spelled += piece
+    if not spelled.decode("utf-8", errors="replace").startswith(text):
+        return None
+    return tuple(logprobs), tuple(offsets)
+
+
 def answer_probability(
     text: str,
     parsed: Any,

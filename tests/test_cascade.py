@@ -10,6 +10,7 @@ tier. No mocks: the tiers are real engines answering real prompts.
 from __future__ import annotations
 
 import json
+import math
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from lifecycle.calibrate import (
     escalated_ids,
     outcomes_for,
 )
+from lifecycle.confidence import answer_probability
 from lifecycle.errors import ConfigError
 from lifecycle.gate import GateSettings, baseline_entry, load_gate_settings, run_gate
 from lifecycle.golden import load_suite
@@ -459,3 +461,61 @@ def replace_conf(case: object) -> object:
     from dataclasses import replace
 
     return replace(case, stated_confidence=None, routed_correct=None)  # type: ignore[type-var]
+
+
+# --- log-probabilities from a server (what the openai and ollama engines would record) -----
+
+
+def test_server_token_logprobs_by_hand() -> None:
+    from lifecycle.confidence import server_token_logprobs
+
+    text = '{"category": "café"}'
+    entries = [
+        {"token": '{"', "logprob": -0.1},
+        {"token": "category", "logprob": -0.2},
+        {"token": '": "', "logprob": -0.3},
+        {"token": "caf", "logprob": -0.4},
+        # "é" split over two tokens, as byte-level vocabularies do: offsets count characters.
+        {"token": "", "logprob": -0.5, "bytes": [0xC3]},
+        {"token": "", "logprob": -0.6, "bytes": [0xA9]},
+        {"token": '"}', "logprob": -0.7},
+    ]
+    logprobs, offsets = server_token_logprobs(entries, text) or ((), ())
+    assert logprobs == (-0.1, -0.2, -0.3, -0.4, -0.5, -0.6, -0.7)
+    assert offsets == (0, 2, 10, 14, 17, 17, 18)
+    value, note = answer_probability(text, json.loads(text), "category", logprobs, offsets)
+    assert note is None and value == pytest.approx(math.exp(-0.4 - 0.5 - 0.6))
+    assert server_token_logprobs(entries, text + "x") is None  # tokens that do not spell it
+    assert server_token_logprobs(None, text) is None and server_token_logprobs([], text) is None
+    assert server_token_logprobs([{"token": "{", "logprob": "x"}], "{") is None
+
+
+def test_server_token_logprobs_from_a_real_server(openai_tier: str) -> None:
+    """llama-cpp-python's OpenAI-compatible server, asked for logprobs as an engine would."""
+    import urllib.request
+
+    from lifecycle.confidence import server_token_logprobs
+
+    body = {
+        "messages": [{"role": "user", "content": "I was charged twice."}],
+        "max_tokens": 12,
+        "temperature": 0.0,
+        # llama-cpp-python's server returns chat logprobs only with top_logprobs set.
+        "logprobs": True,
+        "top_logprobs": 1,
+    }
+    request = urllib.request.Request(
+        f"{openai_tier}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    choice = answer["choices"][0]
+    text = choice["message"]["content"]
+    entries = (choice.get("logprobs") or {}).get("content")
+    assert entries, "this server returns chat logprobs when asked"
+    logprobs, offsets = server_token_logprobs(entries, text) or ((), ())
+    assert len(logprobs) == len(offsets) == len(entries) > 0
+    assert all(lp <= 0.0 for lp in logprobs) and offsets[0] == 0
+    assert list(offsets) == sorted(offsets) and offsets[-1] <= len(text)
