@@ -166,15 +166,21 @@ def _failing_in_order(
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in failing:
         if (c["variant"], c["suite"], c["mode"], c["id"]) not in regressed:
-            groups.setdefault(_reason_kind(c.get("reason") or ""), []).append(c)
+            groups.setdefault(_reason_kind(c), []).append(c)
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     return first, ordered, regressed
 
 
-def _reason_kind(reason: str) -> str:
-    # "not JSON (Extra data …): …", "schema: $.x …", "category: expected …" → the part before.
+def _reason_kind(case: dict[str, Any]) -> str:
+    """A heading for the failure: "not JSON", "schema invalid", "wrong category", ..."""
+    if case.get("error"):
+        return "engine error"
+    reason = case.get("reason") or ""
+    # "not JSON (Extra data …): …", "schema: $.x …", "category: expected …": the part before.
     head = reason.split(":", 1)[0].split(" (", 1)[0].strip()
-    return head or "other"
+    if head in ("not JSON", ""):
+        return head or "other"
+    return "schema invalid" if head == "schema" else f"wrong {head}"
 
 
 def _would_pin(
@@ -550,7 +556,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:70em;color:#1f2328}
 .verdict{color:#fff;font-size:2em;font-weight:bold;padding:.4em .8em;border-radius:6px}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #d0d7de;padding:3px 8px}
-th{background:#f6f8fa}td{text-align:right}td:first-child{text-align:left}
+th{background:#f6f8fa}td{text-align:right}td:first-child{text-align:left;white-space:nowrap}
 .bad{color:#cf222e}.env{color:#9a6700}pre{background:#f6f8fa;padding:.6em;overflow:auto}
 figure{display:inline-block;margin:.5em}img{max-width:100%}
 """.strip()
