@@ -42,6 +42,24 @@ class QuantizeResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def provenance(self, source: Manifest) -> Manifest:
+        """The manifest of a variant made from this blob, built from the ``source`` manifest.
+
+        Same tag as the record :func:`quantize_blob` caches this quantization under, but the
+        revision and ``pulled_at`` are the source's, so a run or a pin says which upstream
+        revision the variant was made from (the cache record names the tool version).
+        """
+        return Manifest(
+            tag=_tag(self.source_digest, self.target),
+            source="quantize",
+            revision=f"{source.revision}; quantized {self.source_type} → {self.target}"
+            + (" (requantized)" if self.requantized else ""),
+            filename=f"{self.target}.gguf",
+            size=self.size,
+            digest=self.digest,
+            pulled_at=source.pulled_at,
+        )
+
 
 def quant_types() -> dict[str, int]:
     """llama.cpp's file types by name (``Q4_K_M`` → ftype), from the linked library."""
@@ -118,7 +136,7 @@ def quantize_blob(
         tmp.unlink(missing_ok=True)
 
     manifest = Manifest(
-        tag=f"quantized:{source_digest}/{target}",
+        tag=_tag(source_digest, target),
         source="quantize",
         revision=f"{tool_version}; from {source_type}" + ("; requantized" if requantized else ""),
         filename=f"{source_digest[7:19]}-{target}.gguf",
@@ -129,6 +147,10 @@ def quantize_blob(
     record_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record_path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
     return _result(manifest, source_digest, source_type, target, requantized, False)
+
+
+def _tag(source_digest: str, target: str) -> str:
+    return f"quantized:{source_digest}/{target}"
 
 
 def _record_path(store: Store, source_digest: str, target: str) -> Path:

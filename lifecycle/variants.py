@@ -176,16 +176,7 @@ def expand_variants(workspace: Workspace, store: Store, settings: ModelSettings)
                 allow_requantize=settings.allow_requantize,
                 threads=workspace.engine.threads,
             )
-            quant_manifest = Manifest(
-                tag=f"quantized:{manifest.digest}/{result.target}",
-                source="quantize",
-                revision=f"{manifest.revision}; quantized {base_type} → {result.target}"
-                + (" (requantized)" if result.requantized else ""),
-                filename=f"{result.target}.gguf",
-                size=result.size,
-                digest=result.digest,
-                pulled_at=manifest.pulled_at,
-            )
+            quant_manifest = result.provenance(manifest)
         for combo in itertools.product(*axes.values()):
             overrides = dict(zip(axes, combo, strict=True))
             resolved = replace(modelfile, parameters={**modelfile.parameters, **overrides})

@@ -211,3 +211,18 @@ def test_no_template_anywhere_is_an_error_not_a_guess(tiny_workspace: Path, run_
     code, out, err = run_cli("eval", "-C", str(tiny_workspace), "--json")
     assert code == 2 and out == ""
     assert "no TEMPLATE in the Modelfile and no chat template in the GGUF" in err
+
+
+def test_quantized_variant_manifest_carries_the_source_revision(tiny_workspace: Path) -> None:
+    # Built in one place (QuantizeResult.provenance): the store's cache record names the
+    # tool, the variant's manifest the source revision it was made from.
+    add_matrix(tiny_workspace, '\n[models.tiny.variants]\nquant = ["F32", "Q8_0"]\n')
+    workspace = load_workspace(tiny_workspace)
+    store = Store(workspace.home)
+    source, quantized = resolve_variants(workspace, store)
+    assert quantized.manifest.tag == f"quantized:{source.blob_digest}/Q8_0"
+    assert quantized.manifest.revision == f"{source.manifest.revision}; quantized F32 → Q8_0"
+    assert quantized.manifest.filename == "Q8_0.gguf"
+    assert quantized.manifest.pulled_at == source.manifest.pulled_at
+    [record] = (store.manifests / "quantized").glob("*.json")
+    assert json.loads(record.read_text())["revision"].startswith("llama-cpp-python ")
