@@ -1092,7 +1092,7 @@ def render_report(report: dict[str, Any]) -> str:
     shares is printed once above them, and each row carries only what differs.
     """
     from lifecycle.charts import bar_labels
-    from lifecycle.cli._output import table
+    from lifecycle.texttable import table
 
     entries = report["variants"]
     common, short = bar_labels([e["name"] for e in entries])

@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import json
 import math
-import os
 import random
 import re
 import time
@@ -27,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 import numpy as np
-import psutil
 from llama_cpp import Llama
 from llama_cpp._internals import LlamaSampler
 from llama_cpp.llama_grammar import json_schema_to_gbnf
@@ -41,6 +39,7 @@ from lifecycle.engines.base import (
 )
 from lifecycle.errors import EngineError, GoldenSetError
 from lifecycle.fsutil import quiet_stderr
+from lifecycle.hostinfo import physical_cores  # re-exported: benchmarks import it here
 
 if TYPE_CHECKING:
     from lifecycle.engines.batched import OnLive, OnResult
@@ -568,11 +567,6 @@ def _context_params(*, n_parallel: int) -> Iterator[None]:
         yield
     finally:
         low_level.llama_context_default_params = original
-
-
-def physical_cores() -> int:
-    """Physical CPU cores: llama.cpp's default thread count and the one runs record."""
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
