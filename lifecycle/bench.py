@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,9 @@ class BenchOptions:
     # llama.cpp's extra buffer types (repacked weights): the engine canary turns them off on
     # machines where their kernels crash (see lifecycle.doctor).
     extra_bufts: bool = True
+    # Batched rows (llama-batched-bench): N sequences of n_prompt + n_gen tokens decoded
+    # together, for each N here, in one context with N sequences' KV cells. Empty: none.
+    parallel: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -152,6 +155,8 @@ class SpeedRow:
     bandwidth_bytes_per_s: int | None = None  # the figure the bound used
     bandwidth_ratio: float | None = None  # avg_ts / bound, whatever its value
     bandwidth_note: str | None = None  # why there is no bound or no fraction
+    # Sequences decoded together (batched rows): avg_ts then counts the tokens of all of them.
+    n_parallel: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,6 +212,7 @@ class BenchResult:
     latency: dict[str, Any] | None  # from the last eval run, when there is one
     scaling: dict[str, Any] | None  # estimate vs measured growth across a context sweep
     schema_version: int = SCHEMA_VERSION
+    batched: ContextPoint | None = None  # BenchOptions.parallel rows, in a context of their own
 
     @property
     def rows(self) -> list[SpeedRow]:
@@ -225,6 +231,7 @@ class BenchResult:
             "bandwidth": self.bandwidth,
             "latency": self.latency,
             "scaling": self.scaling,
+            "batched": self.batched.to_dict() if self.batched else None,
         }
 
     @classmethod
@@ -241,6 +248,7 @@ class BenchResult:
             bandwidth=data.get("bandwidth"),
             latency=data.get("latency"),
             scaling=data.get("scaling"),
+            batched=ContextPoint.from_dict(data["batched"]) if data.get("batched") else None,
         )
 
 
@@ -278,8 +286,6 @@ def run_bench(
             f"do not fit in num_ctx {options.n_ctx}"
         )
     if options.engine in ("llama-cpp", "llama-cpp-isolated"):
-        from dataclasses import replace
-
         from lifecycle.doctor import extra_bufts_for
 
         name = str((variant or {}).get("name") or model_path.name)
@@ -359,6 +365,26 @@ def run_bench(
         for warning in point.warnings:
             say(f"ctx {n_ctx}: warning: {warning}")
 
+    batched = None
+    if options.parallel:
+        levels = ", ".join(map(str, options.parallel))
+        say(f"batched: N = {levels}, pp{options.n_prompt} + tg{options.n_gen} per sequence")
+        n_ctx = options.n_ctx
+        spec = {
+            "model_path": str(model_path),
+            "n_ctx": n_ctx,
+            "depth": 0,
+            "n_threads": threads,
+            "options": options.to_dict(),
+            "batched": True,
+        }
+        estimate = estimate_memory(
+            info, n_ctx, n_batch=options.n_batch, n_seq=max(options.parallel)
+        )
+        batched = _run_point_process(spec, options)
+        batched = replace(batched, estimate=estimate.to_dict())
+        say("batched: " + ("ok" if batched.ok else f"FAILED: {batched.error}"))
+
     environment = {
         "tool": "lifecycle",
         "engine": engine_info.name,
@@ -384,6 +410,7 @@ def run_bench(
         bandwidth=bandwidth,
         latency=latency,
         scaling=_scaling(points),
+        batched=batched,
     )
 
 
@@ -405,12 +432,14 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
     reset_peak_rss()
     memory: dict[str, Any] = {"rss_before_load_bytes": process.memory_info().rss}
     load = getattr(engine, "load_measured", engine.load)
+    batched = bool(spec.get("batched"))
     load_options = LoadOptions(
         n_ctx=n_ctx,
         n_threads=threads,
         n_batch=opts.n_batch,
         n_gpu_layers=opts.n_gpu_layers,
         extra_bufts=opts.extra_bufts,
+        n_parallel=max(opts.parallel) if batched else 1,
     )
     try:
         model: Any = load(Path(spec["model_path"]), load_options)
@@ -423,8 +452,11 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
         info = model.model_info()
         buffers = model.buffer_bytes() if hasattr(model, "buffer_bytes") else None
         rows = []
+        if batched:
+            for n_seq in opts.parallel:
+                rows += _run_batched(model, n_seq, opts, info, buffers, threads)
         for kind, n_tokens in (("pp", opts.n_prompt), ("tg", opts.n_gen)):
-            if n_tokens > 0:
+            if n_tokens > 0 and not batched:
                 rows.append(_run_test(model, kind, n_tokens, depth, opts, info, buffers, threads))
         memory["rss_end_bytes"] = process.memory_info().rss
         memory["peak_rss_bytes"] = peak_rss()
@@ -1098,6 +1130,62 @@ def _run_test(
         samples_ts=[round(t, 3) for t in samples_ts],
         wall_avg_ts=round(_mean(wall_ts), 3),
     )
+
+
+def _run_batched(
+    model: Any,
+    n_seq: int,
+    opts: BenchOptions,
+    info: dict[str, Any],
+    buffers: Any,
+    threads: int,
+) -> list[SpeedRow]:
+    """llama-batched-bench's test at one N: each of ``n_seq`` sequences decodes an
+    ``n_prompt`` prompt (all prompts batched together), then ``n_gen`` steps of one token per
+    sequence. Two rows: prompt and generation tokens per second summed over the sequences."""
+    if not hasattr(model, "decode_parallel"):
+        raise EngineError(f"engine {opts.engine!r} cannot decode sequences in parallel")
+    if opts.warmup:
+        model.decode_parallel(min(opts.n_prompt, 16), 1, n_seq, seed=2)
+    pp_ns: list[int] = []
+    tg_ns: list[int] = []
+    for rep in range(opts.repetitions):
+        pp, tg = model.decode_parallel(opts.n_prompt, opts.n_gen, n_seq, seed=100 + rep)
+        pp_ns.append(pp)
+        tg_ns.append(tg)
+    rows = []
+    for kind, per_seq, samples in (("pp", opts.n_prompt, pp_ns), ("tg", opts.n_gen, tg_ns)):
+        if per_seq <= 0:
+            continue
+        tokens = per_seq * n_seq
+        rates = [tokens * 1e9 / ns for ns in samples]
+        rows.append(
+            SpeedRow(
+                test=f"{kind}{per_seq} x{n_seq}",
+                n_prompt=per_seq if kind == "pp" else 0,
+                n_gen=per_seq if kind == "tg" else 0,
+                n_depth=0,
+                n_ctx=int(info["n_ctx"]),
+                n_threads=threads,
+                n_batch=int(info["n_batch"]),
+                n_ubatch=int(info["n_ubatch"]),
+                n_gpu_layers=opts.n_gpu_layers,
+                type_k=getattr(buffers, "type_k", None),
+                type_v=getattr(buffers, "type_v", None),
+                model_type=str(info["model_type"]),
+                model_size=int(info["model_size"]),
+                model_n_params=int(info["model_n_params"]),
+                avg_ns=int(_mean(samples)),
+                stddev_ns=int(_stdev(samples)),
+                avg_ts=round(_mean(rates), 3),
+                stddev_ts=round(_stdev(rates), 3),
+                samples_ns=samples,
+                samples_ts=[round(t, 3) for t in rates],
+                wall_avg_ts=round(_mean(rates), 3),
+                n_parallel=n_seq,
+            )
+        )
+    return rows
 
 
 def _buffer_figures(buffers: Any, info: dict[str, Any]) -> dict[str, Any]:

@@ -105,11 +105,14 @@ def estimate_memory(
     type_v: str = "f16",
     swa_full: bool = True,
     flash_attn: bool = False,
+    n_seq: int = 1,
 ) -> MemoryEstimate:
     """Estimate weights + KV cache + output + compute bytes for ``info`` at ``n_ctx`` tokens.
 
     ``n_batch``/``n_ubatch`` are the engine's logical and physical batch sizes (the compute
     buffer scales with ``min(n_batch, n_ubatch)``); ``type_k``/``type_v`` the KV cache types.
+    ``n_seq`` sequences decoded together (batched eval) each get ``n_ctx`` cells of one
+    unified cache, as the llama-cpp engine allocates them.
     Raises :class:`UsageError` for a non-positive context or an unknown cache type and
     :class:`ModelError` when the header lacks the attention shape.
     """
@@ -129,14 +132,16 @@ def estimate_memory(
     heads = _per_layer(info.head_count, n_layer)
     notes: list[str] = []
 
-    cells = _pad(n_ctx, _CTX_PAD)
+    cells = _pad(n_ctx * max(n_seq, 1), _CTX_PAD)
     # llama_context caps the batch at the context for causal models, the ubatch at the batch.
     ubatch = min(n_batch, n_ubatch, cells)
     swa_layers = _swa_layers(info, n_layer, notes)
     window = info.sliding_window or 0
     swa_cells = None
     if any(swa_layers):
-        swa_cells = cells if swa_full else min(cells, _pad(window + ubatch, _CTX_PAD))
+        swa_cells = (
+            cells if swa_full else min(cells, _pad(window * max(n_seq, 1) + ubatch, _CTX_PAD))
+        )
 
     kv_bytes = 0
     per_token = 0

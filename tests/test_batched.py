@@ -180,3 +180,24 @@ def test_the_context_is_usable_sequentially_after_a_batch(
 def test_more_sequences_than_llama_cpp_allows_is_an_error(tiny_model: Path) -> None:
     with pytest.raises(EngineError, match=r"more sequences than llama\.cpp allows"):
         get_engine("llama-cpp").load(tiny_model, LoadOptions(n_ctx=256, n_parallel=4096))
+
+
+def test_bench_batched_rows_account_for_every_sequence_kv(tiny_model: Path) -> None:
+    from lifecycle.bench import BenchOptions, run_bench
+
+    options = BenchOptions(
+        n_prompt=16, n_gen=8, repetitions=1, n_ctx=512, n_threads=2, bandwidth=False,
+        parallel=(1, 2, 4),
+    )  # fmt: skip
+    result = run_bench(tiny_model, options)
+    single, batched = result.points[0], result.batched
+    assert single.ok and batched is not None and batched.ok, batched and batched.error
+    assert [(r.test, r.n_parallel) for r in batched.rows] == [
+        ("pp16 x1", 1), ("tg8 x1", 1), ("pp16 x2", 2), ("tg8 x2", 2), ("pp16 x4", 4), ("tg8 x4", 4),
+    ]  # fmt: skip
+    assert all(r.avg_ts > 0 for r in batched.rows)
+    # The batched context holds num_ctx cells for each of the 4 sequences.
+    assert batched.memory["kv_cache_bytes"] == 4 * single.memory["kv_cache_bytes"]
+    assert batched.estimate is not None
+    assert batched.estimate["kv_cache_bytes"] == batched.memory["kv_cache_bytes"]
+    assert result.to_dict()["batched"]["rows"][1]["n_parallel"] == 1

@@ -54,6 +54,10 @@ class ContextSizes(click.ParamType):
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), help="PNG chart path.")
 @click.option("--no-bandwidth", is_flag=True, help="Skip the memory-bandwidth bound.")
 @click.option(
+    "--parallel", "parallel", type=ContextSizes(), help="Batched rows like "
+    "llama-batched-bench: N sequences of -p + -n tokens decoded together, e.g. 1,2,4,8.",
+)  # fmt: skip
+@click.option(
     "--gpu-bandwidth", "gpu_bandwidth", type=click.FloatRange(min=0, min_open=True),
     help="The GPU's memory bandwidth in GB/s (e.g. 4800 for an H200): bounds GPU rows.",
 )  # fmt: skip
@@ -73,6 +77,7 @@ def bench_command(
     strict: bool,
     chart: Path | None,
     no_bandwidth: bool,
+    parallel: list[int] | None,
     gpu_bandwidth: float | None,
     as_json: bool,
     quiet: bool,
@@ -107,6 +112,7 @@ def bench_command(
         engine=workspace.engine.name,
         strict=strict,
         bandwidth=not no_bandwidth,
+        parallel=tuple(parallel or ()),
         gpu_bandwidth_bytes_per_s=gpu_bandwidth * 1e9 if gpu_bandwidth else None,
     )
     result = run_bench(
@@ -276,6 +282,8 @@ def render_bench(result: dict[str, Any]) -> str:
     scaling = result.get("scaling")
     if scaling:
         lines.append(_scaling_line(scaling))
+    if result.get("batched"):
+        lines += ["", _batched_table(result["batched"])]
     bandwidth = result.get("bandwidth")
     if bandwidth:
         lines.append(
@@ -297,6 +305,35 @@ def render_bench(result: dict[str, Any]) -> str:
     if env.get("gpu_reason") and env.get("gpu_backends"):
         lines.append(f"GPU: {env['gpu_reason']}")
     return "\n".join(lines)
+
+
+def _batched_table(point: dict[str, Any]) -> str:
+    """llama-batched-bench's view: per N, prompt and generation tokens/s over all sequences."""
+    if not point["ok"]:
+        return f"batched: FAILED: {point['error']}"
+    by_n: dict[int, dict[str, dict[str, Any]]] = {}
+    for row in point["rows"]:
+        kind = "pp" if row["n_prompt"] else "tg"
+        by_n.setdefault(row["n_parallel"], {})[kind] = row
+    single = by_n.get(1, {}).get("tg", {}).get("avg_ts")
+    rows = []
+    for n, kinds in sorted(by_n.items()):
+        pp, tg = kinds.get("pp"), kinds.get("tg")
+        rows.append(
+            [
+                n,
+                pp and f"{pp['avg_ts']:.1f}",
+                tg and f"{tg['avg_ts']:.1f}",
+                tg and f"{tg['avg_ts'] / n:.1f}",
+                f"{tg['avg_ts'] / single:.2f}x" if tg and single else None,
+            ]
+        )
+    mem = point["memory"]
+    headers = ["N", "pp t/s (all)", "tg t/s (all)", "tg t/s per seq", "tg vs N=1"]
+    return (
+        f"batched decoding (one context, {point['n_ctx']} tokens per sequence, "
+        f"KV {_mib(mem.get('kv_cache_bytes'))} MiB for the largest N):\n" + table(headers, rows)
+    )
 
 
 def _bound_cell(row: dict[str, Any]) -> str | None:

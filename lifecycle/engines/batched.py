@@ -155,7 +155,7 @@ class BatchedDecoder:
         if not prefix:
             return 0.0
         start = time.perf_counter()
-        with _Batch(self.n_batch) as batch:
+        with Batch(self.n_batch) as batch:
             for offset in range(0, len(prefix), self.n_batch):
                 batch.clear()
                 for pos, token in enumerate(prefix[offset : offset + self.n_batch], offset):
@@ -198,7 +198,7 @@ class BatchedDecoder:
 
         Returns the sequences whose logits this step produced, with their batch index.
         """
-        with _Batch(self.n_batch) as batch:
+        with Batch(self.n_batch) as batch:
             carried: list[tuple[_Sequence, int, bool]] = []  # (sequence, tokens, generating)
             outputs: list[tuple[_Sequence, int]] = []
             for seq in live.values():
@@ -233,7 +233,7 @@ class BatchedDecoder:
                 seq.prompt_ms += share
         return outputs
 
-    def _decode(self, batch: _Batch) -> None:
+    def _decode(self, batch: Batch) -> None:
         status = llama_cpp.llama_decode(self.ctx, batch.batch)
         if status == 1:
             raise EngineError(
@@ -298,7 +298,7 @@ class BatchedDecoder:
         )
 
 
-class _Batch:
+class Batch:
     """A ``llama_batch`` filled token by token (one sequence id per token)."""
 
     def __init__(self, capacity: int) -> None:
@@ -306,7 +306,7 @@ class _Batch:
         self.batch = llama_cpp.llama_batch_init(capacity, 0, 1)
         self.size = 0
 
-    def __enter__(self) -> _Batch:
+    def __enter__(self) -> Batch:
         return self
 
     def __exit__(self, *exc: object) -> None:

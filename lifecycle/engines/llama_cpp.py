@@ -437,6 +437,53 @@ class LlamaCppModel:
         self._llm.n_tokens = 0
         return BenchTiming(n_tokens, wall_ns, int(perf.t_eval_ms * 1e6), int(perf.n_eval))
 
+    def decode_parallel(
+        self, n_prompt: int, n_gen: int, n_seq: int, *, seed: int = 0
+    ) -> tuple[int, int]:
+        """llama-batched-bench's test: ``n_seq`` sequences of ``n_prompt`` random tokens
+        decoded together (in n_batch batches), then ``n_gen`` steps of one token for each.
+
+        Needs a context loaded with ``n_parallel >= n_seq``. Returns the prompt and generation
+        wall times in nanoseconds.
+        """
+        from lifecycle.engines.batched import Batch
+
+        if n_seq > max(self.options.n_parallel, 1):
+            raise EngineError(f"{n_seq} sequences need a context loaded with parallel >= {n_seq}")
+        ctx = self._llm._ctx.ctx
+        vocab = self._llm._model.vocab
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        n_batch = int(llama_cpp.llama_n_batch(ctx))
+        rng = random.Random(seed)
+        self.clear()
+
+        def decode(batch: Batch) -> None:
+            if llama_cpp.llama_decode(ctx, batch.batch) != 0:
+                raise EngineError(
+                    f"llama_decode failed with {n_seq} parallel sequences "
+                    "(no room in the KV cache?)"
+                )
+            llama_cpp.llama_synchronize(ctx)
+
+        prompt = [(s, p) for s in range(n_seq) for p in range(n_prompt)]
+        with Batch(max(n_batch, n_seq)) as batch:
+            start = time.perf_counter_ns()
+            for offset in range(0, len(prompt), n_batch):
+                batch.clear()
+                for s, p in prompt[offset : offset + n_batch]:
+                    batch.add(rng.randrange(n_vocab), p, s, logits=p == n_prompt - 1)
+                decode(batch)
+            pp_ns = time.perf_counter_ns() - start
+            start = time.perf_counter_ns()
+            for step in range(n_gen):
+                batch.clear()
+                for s in range(n_seq):
+                    batch.add(rng.randrange(n_vocab), n_prompt + step, s, logits=True)
+                decode(batch)
+            tg_ns = time.perf_counter_ns() - start
+        self.clear()
+        return pp_ns, tg_ns
+
     def _gbnf_for(self, schema: Mapping[str, Any]) -> str:
         key = json.dumps(schema, sort_keys=True)
         cached = self._grammars.get(key)
