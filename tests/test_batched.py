@@ -8,8 +8,9 @@ cases finish in.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import TINY_SCHEMA
@@ -201,3 +202,27 @@ def test_bench_batched_rows_account_for_every_sequence_kv(tiny_model: Path) -> N
     assert batched.estimate is not None
     assert batched.estimate["kv_cache_bytes"] == batched.memory["kv_cache_bytes"]
     assert result.to_dict()["batched"]["rows"][1]["n_parallel"] == 1
+
+
+def test_eval_batched_gives_the_sequential_verdicts_and_records_n(
+    tiny_workspace: Path, run_cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    runs = {}
+    for n in (1, 3):
+        code, out, err = run_cli(
+            "eval", "-C", str(tiny_workspace), "--parallel", str(n), "--json", "--no-resume"
+        )
+        assert code == 0, err
+        runs[n] = json.loads(out)
+    assert runs[1]["environment"]["parallel"] == {"tiny": 1}
+    assert runs[3]["environment"]["parallel"] == {"tiny": 3}
+
+    def verdicts(doc: dict[str, Any]) -> list[tuple[str, str, bool, str]]:
+        return [(c["mode"], c["id"], c["passed"], c["output"]) for c in doc["cases"]]
+
+    assert verdicts(runs[3]) == verdicts(runs[1])
+    # Each case carries its share of the batched steps; the shares add up to the decode work.
+    shares = [c["wall_share_ms"] for c in runs[3]["cases"]]
+    assert all(s > 0 for s in shares)
+    by_mode = {s["mode"]: s for s in runs[3]["summaries"]}
+    assert by_mode["schema"]["generation_tokens_per_s"] > 0
