@@ -6,10 +6,11 @@ importing the package that dispatches to them (no cycle).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from lifecycle.sources.retry import Streak, Transient
 from lifecycle.store import Manifest, Part
 from lifecycle.tags import Tag
 
@@ -68,3 +69,43 @@ def read_remote_header(read_range: Callable[[int, int], bytes], size: int, sourc
 
 
 _FIRST_HEADER_BYTES = 1 << 20
+
+
+def resumed_chunks(
+    response: Any,
+    served_from: int,
+    *,
+    open_at: Callable[[int], tuple[Any, int]],
+    blocks: Callable[[Any], Iterator[bytes]],
+    errors: tuple[type[BaseException], ...],
+    where: str,
+    streak: Streak,
+) -> Iterator[bytes]:
+    """A body's bytes from ``served_from`` on, resumed across dropped connections.
+
+    A cut (one of ``errors`` from ``blocks``) asks again through ``open_at(position)`` from
+    the first byte not yet delivered, while ``streak`` allows; ``open_at`` returns the new
+    response and the offset the server really started at, and a server that ignored the
+    Range has the bytes already delivered skipped. The store never sees the cut.
+    """
+    position, skip = served_from, 0  # next byte's offset; bytes to drop first
+    stream = blocks(response)
+    while True:
+        try:
+            block = next(stream, None)
+        except errors as exc:
+            streak.wait_or_raise(Transient(f"connection to {where} failed: {exc}"))
+            response.close()
+            response, restarted = open_at(position)
+            stream, skip = blocks(response), position - restarted
+            continue
+        if block is None:
+            return
+        if streak.failures:
+            streak.reset()
+        if skip:
+            dropped = min(skip, len(block))
+            skip, block = skip - dropped, block[dropped:]
+        if block:
+            position += len(block)
+            yield block

@@ -26,7 +26,7 @@ from typing import Any
 
 from lifecycle.errors import StoreError
 from lifecycle.gguf import GGUFInfo
-from lifecycle.sources.base import Upstream, read_remote_header
+from lifecycle.sources.base import Upstream, read_remote_header, resumed_chunks
 from lifecycle.sources.retry import (
     RETRY_STATUSES,
     RetryPolicy,
@@ -190,33 +190,17 @@ def _range_fetch(url: str, tag: Tag) -> Fetch:
                 return response, (position if partial else 0)
 
             response, served_from = open_at(start)
-
-            def chunks() -> Iterator[bytes]:
-                nonlocal response
-                position, skip = served_from, 0
+            chunks = resumed_chunks(
+                response,
+                served_from,
+                open_at=open_at,
                 # No chunk_size: httpx would hold back a partial chunk, lost if the link drops.
-                blocks = response.iter_bytes()
-                while True:
-                    try:
-                        block = next(blocks, None)
-                    except httpx2.HTTPError as exc:
-                        streak.wait_or_raise(Transient(f"connection to {endpoint()} failed: {exc}"))
-                        response.close()
-                        response, restarted = open_at(position)
-                        blocks, skip = response.iter_bytes(), position - restarted
-                        continue
-                    if block is None:
-                        return
-                    if streak.failures:
-                        streak.reset()
-                    if skip:
-                        dropped = min(skip, len(block))
-                        skip, block = skip - dropped, block[dropped:]
-                    if block:
-                        position += len(block)
-                        yield block
-
-            yield served_from, chunks()
+                blocks=lambda r: r.iter_bytes(),
+                errors=(httpx2.HTTPError,),
+                where=endpoint(),
+                streak=streak,
+            )
+            yield served_from, chunks
 
     return fetch
 

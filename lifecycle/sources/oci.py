@@ -25,9 +25,9 @@ from typing import Any
 from lifecycle.errors import ModelfileError, StoreError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gguf import GGUFInfo
-from lifecycle.sources.base import Upstream, read_remote_header
+from lifecycle.sources.base import Upstream, read_remote_header, resumed_chunks
 from lifecycle.sources.distribution import client_for, repository_scope
-from lifecycle.sources.retry import RetryPolicy, Transient
+from lifecycle.sources.retry import RetryPolicy
 from lifecycle.store import Manifest, Part, ProgressFn, Store, TransferError, now, validate_digest
 from lifecycle.tags import Tag
 
@@ -256,38 +256,27 @@ def blob_fetch(ref: OCIRef, digest: str, tag: Tag) -> Fetch:
                 return response, (position if partial else 0)
 
             response, served_from = open_at(start)
-
-            def chunks() -> Iterator[bytes]:
-                nonlocal response
-                position, skip = served_from, 0  # next byte's offset; bytes to drop first
-                while True:
-                    try:
-                        block = response.read(_CHUNK)
-                        if not block and (response.length or 0) > 0:
-                            # http.client ends a body cut short with b"" rather than an error.
-                            raise http.client.IncompleteRead(b"", response.length)
-                    except (http.client.HTTPException, OSError) as exc:
-                        message = f"connection to {ref.registry} failed: {exc}"
-                        streak.wait_or_raise(Transient(message))
-                        response.close()
-                        response, restarted = open_at(position)
-                        skip = position - restarted
-                        continue
-                    if not block:
-                        return
-                    if streak.failures:
-                        streak.reset()
-                    if skip:
-                        dropped = min(skip, len(block))
-                        skip, block = skip - dropped, block[dropped:]
-                        if not block:
-                            continue
-                    position += len(block)
-                    yield block
-
-            yield served_from, chunks()
+            chunks = resumed_chunks(
+                response,
+                served_from,
+                open_at=open_at,
+                blocks=_blocks,
+                errors=(http.client.HTTPException, OSError),
+                where=ref.registry,
+                streak=streak,
+            )
+            yield served_from, chunks
 
     return fetch
+
+
+def _blocks(response: Any) -> Iterator[bytes]:
+    """An http.client body in chunks; a body cut short raises instead of just ending."""
+    while block := response.read(_CHUNK):
+        yield block
+    if (response.length or 0) > 0:
+        # http.client ends a body cut short with b"" rather than an error.
+        raise http.client.IncompleteRead(b"", response.length)
 
 
 def _text(data: bytes, tag: Tag, what: str) -> str:
