@@ -144,6 +144,7 @@ def run_eval(
             if options.canary and engine.name in CANARY_ENGINES:
                 load_options = _checked_load_options(workspace, variant, load_options, say)
             engine_modes[variant.name] = load_options.extra_bufts
+            check_batched_memory(variant.blob_path, load_options)
             load = ForeignLoad().start()
             say(
                 f"loading {variant.name} ({variant.blob_digest[:19]}, num_ctx {load_options.n_ctx})"
@@ -363,6 +364,35 @@ def _checked_load_options(
         say=say,
     )
     return replace(load, extra_bufts=extra_bufts)
+
+
+def check_batched_memory(blob: Path, load: LoadOptions, available_bytes: int | None = None) -> None:
+    """Refuse a batched load whose N sequences' KV cache cannot fit in memory, naming the need.
+
+    Each of the ``n_parallel`` sequences gets ``num_ctx`` cells, so the cache grows N-fold;
+    checked against available host memory (CPU-only loads) before llama.cpp tries.
+    """
+    if load.n_parallel < 2 or load.n_gpu_layers != 0:
+        return
+    import psutil
+
+    from lifecycle.estimate import estimate_memory
+
+    need = estimate_memory(
+        gguf_reader.read_gguf(blob), load.n_ctx, n_batch=load.n_batch, n_seq=load.n_parallel
+    )
+    available = (
+        available_bytes if available_bytes is not None else psutil.virtual_memory().available
+    )
+    if need.total_bytes > available:
+        mib = 1024 * 1024
+        raise EngineError(
+            f"parallel {load.n_parallel} x num_ctx {load.n_ctx} needs about "
+            f"{need.total_bytes // mib} MiB (KV cache {need.kv_cache_bytes // mib} MiB), "
+            f"{available // mib} MiB of memory is available: lower [engine] parallel "
+            "(or --parallel) or num_ctx",
+            path=blob,
+        )
 
 
 def _groups(plan: _Plan, options: EvalOptions) -> list[tuple[Suite, str]]:

@@ -226,3 +226,15 @@ def test_eval_batched_gives_the_sequential_verdicts_and_records_n(
     assert all(s > 0 for s in shares)
     by_mode = {s["mode"]: s for s in runs[3]["summaries"]}
     assert by_mode["schema"]["generation_tokens_per_s"] > 0
+
+
+def test_more_parallel_kv_than_memory_holds_is_refused_naming_the_need(tiny_model: Path) -> None:
+    from lifecycle.runner import check_batched_memory
+
+    mib = 1024 * 1024
+    batched = LoadOptions(n_ctx=2048, n_parallel=64)
+    with pytest.raises(EngineError, match=r"parallel 64 x num_ctx 2048 needs about \d+ MiB") as err:
+        check_batched_memory(tiny_model, batched, available_bytes=64 * mib)
+    assert "KV cache 128 MiB" in str(err.value)  # 64 x 2048 cells x 1 KiB per cell
+    check_batched_memory(tiny_model, batched, available_bytes=4096 * mib)  # fits
+    check_batched_memory(tiny_model, LoadOptions(n_ctx=2048), available_bytes=1)  # sequential
