@@ -434,6 +434,7 @@ def _eval_key(
             workspace.engine.batch_size,
             workspace.engine.seed,
             workspace.engine.gpu_layers,
+            workspace.engine.parallel,  # batched decoding can round differently
         ],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
