@@ -154,6 +154,10 @@ def bench_command(
     help="Full-size sliding-window caches (llama-cpp-python's default; llama-server: off).",
 )  # fmt: skip
 @click.option("--flash-attn", is_flag=True, help="Flash attention (smaller compute buffer).")
+@click.option(
+    "--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Sequences decoded together (batched eval): each gets --ctx cells of KV cache.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the estimates as JSON on stdout.")
 def estimate_command(
     workspace_dir: Path | None,
@@ -165,6 +169,7 @@ def estimate_command(
     type_v: str,
     swa_full: bool,
     flash_attn: bool,
+    parallel: int,
     as_json: bool,
 ) -> int:
     """Memory TARGET needs at each --ctx, from its GGUF header only (nothing is loaded).
@@ -185,6 +190,7 @@ def estimate_command(
             type_v=type_v,
             swa_full=swa_full,
             flash_attn=flash_attn,
+            n_seq=parallel,
         )
         for n_ctx in contexts
     ]
