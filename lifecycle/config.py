@@ -228,6 +228,10 @@ class TableReader:
         """The error for ``key`` of this table (raise it)."""
         return ConfigError(message, path=self.path, field=self._field(key))
 
+    def fail_table(self, message: str) -> ConfigError:
+        """The error for this table as a whole (raise it)."""
+        return ConfigError(message, path=self.path, field=self.prefix.rstrip(".") or None)
+
     def reject_unknown(self, allowed: set[str]) -> None:
         for key in self.data:
             if key not in allowed:
@@ -244,6 +248,13 @@ class TableReader:
         value = self.data.get(key, default)
         if value is not default and not isinstance(value, str):
             raise self.fail(key, "must be a string")
+        return value
+
+    def text(self, key: str) -> str | None:
+        """An optional string that, when given, is not empty."""
+        value = self.data.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise self.fail(key, "must be a non-empty string")
         return value
 
     def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:

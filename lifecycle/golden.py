@@ -315,74 +315,43 @@ def load_suite(path: Path) -> Suite:
 
 def parse_calibration(path: Path, table: Any) -> Calibration:
     """Validate ``[calibration]``; errors name the file and the ``calibration.KEY`` field."""
-    if not isinstance(table, dict):
-        raise ConfigError("must be a table", path=path, field="calibration")
-    allowed = {"confidence_field", "routed_field", "target", "bins", "escalate"}
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown key (expected one of: {', '.join(sorted(allowed))})",
-                path=path,
-                field=f"calibration.{key}",
-            )
-    names: dict[str, str | None] = {}
-    for key in ("confidence_field", "routed_field"):
-        value = table.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigError("must be a non-empty string", path=path, field=f"calibration.{key}")
-        names[key] = value
-    if names["confidence_field"] is None and names["routed_field"] is None:
-        raise ConfigError(
-            "names no confidence_field and no routed_field: nothing to calibrate",
-            path=path,
-            field="calibration",
+    reader = TableReader(path, {"calibration": table}).table("calibration")
+    reader.reject_unknown({"confidence_field", "routed_field", "target", "bins", "escalate"})
+    confidence_field, routed_field = reader.text("confidence_field"), reader.text("routed_field")
+    if confidence_field is None and routed_field is None:
+        raise reader.fail_table(
+            "names no confidence_field and no routed_field: nothing to calibrate"
         )
     target = table.get("target", 0.95)
     if not _is_number(target) or not 0.0 < target <= 1.0:
-        raise ConfigError("must be a number in (0, 1]", path=path, field="calibration.target")
+        raise reader.fail("target", "must be a number in (0, 1]")
     bins = table.get("bins", 10)
     if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 100:
-        raise ConfigError("must be an integer in [1, 100]", path=path, field="calibration.bins")
-    escalate = _parse_escalation(path, table["escalate"]) if "escalate" in table else None
+        raise reader.fail("bins", "must be an integer in [1, 100]")
+    escalate = _parse_escalation(reader.table("escalate")) if "escalate" in table else None
     return Calibration(
-        confidence_field=names["confidence_field"],
-        routed_field=names["routed_field"],
+        confidence_field=confidence_field,
+        routed_field=routed_field,
         target=float(target),
         bins=bins,
         escalate=escalate,
     )
 
 
-def _parse_escalation(path: Path, table: Any) -> Escalation:
+def _parse_escalation(reader: TableReader) -> Escalation:
     """``[calibration.escalate]``: exactly one of ``variant`` or ``base_url`` (+ ``model``)."""
-    where = "calibration.escalate"
-    if not isinstance(table, dict):
-        raise ConfigError("must be a table", path=path, field=where)
-    allowed = {"variant", "base_url", "model"}
-    for key, value in table.items():
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown key (expected one of: {', '.join(sorted(allowed))})",
-                path=path,
-                field=f"{where}.{key}",
-            )
-        if not isinstance(value, str) or not value:
-            raise ConfigError("must be a non-empty string", path=path, field=f"{where}.{key}")
-    if ("variant" in table) == ("base_url" in table):
-        raise ConfigError(
+    reader.reject_unknown({"variant", "base_url", "model"})
+    variant, base_url, model = (reader.text(k) for k in ("variant", "base_url", "model"))
+    if (variant is None) == (base_url is None):
+        raise reader.fail_table(
             "needs exactly one of variant (a variant of this workspace) or base_url "
-            "(an OpenAI-compatible endpoint)",
-            path=path,
-            field=where,
+            "(an OpenAI-compatible endpoint)"
         )
-    if "model" in table and "base_url" not in table:
-        raise ConfigError("goes with base_url (the served model's id)", path=path, field=where)
-    base_url = table.get("base_url")
+    if model is not None and base_url is None:
+        raise reader.fail_table("goes with base_url (the served model's id)")
     if base_url is not None and not re.match(r"^https?://[^/\s]+", base_url):
-        raise ConfigError(
-            f"must be an http(s) URL, not {base_url!r}", path=path, field=f"{where}.base_url"
-        )
-    return Escalation(variant=table.get("variant"), base_url=base_url, model=table.get("model"))
+        raise reader.fail("base_url", f"must be an http(s) URL, not {base_url!r}")
+    return Escalation(variant=variant, base_url=base_url, model=model)
 
 
 def parse_matcher(spec: Any, *, path: Path, where: str, line: int | None = None) -> Matcher:
