@@ -71,6 +71,13 @@ def read_remote_header(read_range: Callable[[int, int], bytes], size: int, sourc
 _FIRST_HEADER_BYTES = 1 << 20
 
 
+def range_start(status: int, content_range: str, asked: int) -> int:
+    """Where a body asked for from byte ``asked`` really starts: ``asked`` when the server
+    answered 206 with that range, else 0 (it ignored the Range and sends the whole file)."""
+    partial = status == 206 and content_range.startswith(f"bytes {asked}-")
+    return asked if partial else 0
+
+
 def resumed_chunks(
     response: Any,
     served_from: int,

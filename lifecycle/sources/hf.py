@@ -26,7 +26,7 @@ from typing import Any
 
 from lifecycle.errors import StoreError
 from lifecycle.gguf import GGUFInfo
-from lifecycle.sources.base import Upstream, read_remote_header, resumed_chunks
+from lifecycle.sources.base import Upstream, range_start, read_remote_header, resumed_chunks
 from lifecycle.sources.retry import (
     RETRY_STATUSES,
     RetryPolicy,
@@ -186,8 +186,7 @@ def _range_fetch(url: str, tag: Tag) -> Fetch:
                 response = retrying(lambda: _open_stream(url, tag, position, end))
                 stack.callback(response.close)
                 served = response.headers.get("Content-Range", "")
-                partial = response.status_code == 206 and served.startswith(f"bytes {position}-")
-                return response, (position if partial else 0)
+                return response, range_start(response.status_code, served, position)
 
             response, served_from = open_at(start)
             chunks = resumed_chunks(

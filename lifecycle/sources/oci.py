@@ -25,7 +25,7 @@ from typing import Any
 from lifecycle.errors import ModelfileError, StoreError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gguf import GGUFInfo
-from lifecycle.sources.base import Upstream, read_remote_header, resumed_chunks
+from lifecycle.sources.base import Upstream, range_start, read_remote_header, resumed_chunks
 from lifecycle.sources.distribution import client_for, repository_scope
 from lifecycle.sources.retry import RetryPolicy
 from lifecycle.store import Manifest, Part, ProgressFn, Store, TransferError, now, validate_digest
@@ -252,8 +252,7 @@ def blob_fetch(ref: OCIRef, digest: str, tag: Tag) -> Fetch:
                     )
                 )
                 served = response.headers.get("Content-Range", "")
-                partial = response.status == 206 and served.startswith(f"bytes {position}-")
-                return response, (position if partial else 0)
+                return response, range_start(response.status, served, position)
 
             response, served_from = open_at(start)
             chunks = resumed_chunks(
