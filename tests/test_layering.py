@@ -65,13 +65,7 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 # Import cycles still in the code, each as the sorted modules of one strongly connected
 # component -> why. An entry whose modules are not all in the tree is skipped, not stale:
 # it may name work in progress that is not committed yet.
-ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
-    ("lifecycle.engines.batched", "lifecycle.engines.llama_cpp"): (
-        "batched decoding (lead, in progress): batched imports Scored/first_stop from "
-        "llama_cpp at module level, llama_cpp imports BatchedDecoder lazily; move the shared "
-        "names into a module both import"
-    ),
-}
+ALLOWED_CYCLES: dict[tuple[str, ...], str] = {}
 
 # Modules outside lifecycle/engines/ that import llama_cpp, always lazily (inside a
 # function), and why they cannot go through an engine (yet).

@@ -34,7 +34,7 @@ from lifecycle.engines.base import (
     Generation,
     GenerationRequest,
 )
-from lifecycle.engines.llama_cpp import Scored, first_stop
+from lifecycle.engines.decoding import Batch, Scored, first_stop
 from lifecycle.errors import EngineError
 
 if TYPE_CHECKING:
@@ -296,36 +296,6 @@ class BatchedDecoder:
             token_offsets=tuple(seq.scored.offsets) if seq.scored else None,
             work_ms=seq.prompt_ms + seq.generation_ms + seq.sample_ms,
         )
-
-
-class Batch:
-    """A ``llama_batch`` filled token by token (one sequence id per token)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.batch = llama_cpp.llama_batch_init(capacity, 0, 1)
-        self.size = 0
-
-    def __enter__(self) -> Batch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        llama_cpp.llama_batch_free(self.batch)
-
-    def clear(self) -> None:
-        self.size = 0
-        self.batch.n_tokens = 0
-
-    def add(self, token: int, pos: int, seq_id: int, *, logits: bool) -> None:
-        i = self.size
-        b = self.batch
-        b.token[i] = token
-        b.pos[i] = pos
-        b.n_seq_id[i] = 1
-        b.seq_id[i][0] = seq_id
-        b.logits[i] = 1 if logits else 0
-        self.size += 1
-        b.n_tokens = self.size
 
 
 def _common_prefix(prompts: list[list[int]]) -> list[int]:

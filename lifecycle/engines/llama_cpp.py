@@ -20,9 +20,9 @@ import random
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -37,12 +37,11 @@ from lifecycle.engines.base import (
     GenerationRequest,
     LoadOptions,
 )
+from lifecycle.engines.batched import BatchedDecoder, OnLive, OnResult
+from lifecycle.engines.decoding import Batch, Scored, first_stop
 from lifecycle.errors import EngineError, GoldenSetError
 from lifecycle.fsutil import quiet_stderr
 from lifecycle.hostinfo import physical_cores  # re-exported: benchmarks import it here
-
-if TYPE_CHECKING:
-    from lifecycle.engines.batched import OnLive, OnResult
 
 
 class LlamaCppEngine:
@@ -161,8 +160,6 @@ class LlamaCppModel:
                 except EngineError as exc:
                     on_result(index, exc)
             return
-        from lifecycle.engines.batched import BatchedDecoder
-
         self._llm.n_tokens = 0  # the sequential prefix cache is gone after batched decoding
         try:
             BatchedDecoder(self, self.options.n_parallel).run(requests, on_result, on_live)
@@ -446,8 +443,6 @@ class LlamaCppModel:
         Needs a context loaded with ``n_parallel >= n_seq``. Returns the prompt and generation
         wall times in nanoseconds.
         """
-        from lifecycle.engines.batched import Batch
-
         if n_seq > max(self.options.n_parallel, 1):
             raise EngineError(f"{n_seq} sequences need a context loaded with parallel >= {n_seq}")
         ctx = self._llm._ctx.ctx
@@ -749,18 +744,6 @@ class _CandidateArray:
         return int(self._live()["id"][index])
 
 
-@dataclass
-class Scored:
-    """Per generated token: its log-probability and where its text starts."""
-
-    logprobs: list[float] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-
-    def add(self, logprob: float, *, offset: int) -> None:
-        self.logprobs.append(logprob)
-        self.offsets.append(offset)
-
-
 def _logprob(logits: np.ndarray, token: int) -> float:
     """log softmax(logits)[token] at temperature 1, over the finite logits.
 
@@ -774,9 +757,3 @@ def _logprob(logits: np.ndarray, token: int) -> float:
         return -math.inf
     top = finite.max()
     return float(values[token] - top - math.log(np.exp(finite - top).sum()))
-
-
-def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    """Index of the earliest stop sequence in ``text``, or None."""
-    positions = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(positions) if positions else None
