@@ -505,7 +505,20 @@ def _run_group(
         def live(indices: list[int]) -> None:
             note(case=",".join(cases[i].id for i in indices), phase="generation")
 
-        model.generate_batch(requests, finished, live)
+        answered: set[int] = set()
+
+        def finished_once(index: int, outcome: Generation | EngineError) -> None:
+            answered.add(index)
+            finished(index, outcome)
+
+        try:
+            model.generate_batch(requests, finished_once, live)
+        except EngineError as exc:
+            # The batch itself failed (e.g. no room in the KV cache): every case it had not
+            # answered yet is an error with that reason; the answered ones stand.
+            for index in range(len(cases)):
+                if index not in answered:
+                    finished(index, exc)
     elif options.concurrency > 1 and getattr(model, "concurrent", False):
         started = time.perf_counter()
         outcomes = generate_many(model, requests, concurrency=options.concurrency)
