@@ -728,12 +728,16 @@ def tier_answers(
     store: Store | None,
     say: Callable[[str], None],
 ) -> dict[str, TierAnswer]:
-    """The tier's answers to ``wanted``: from the run where it holds them, else generated."""
+    """The tier's answers to ``wanted``: from the run where it holds them, else generated.
+
+    Every answer the run holds for a tier variant is taken (they cost nothing), so that
+    "everything escalated" is measured rather than extrapolated when the run has them all.
+    """
     answers: dict[str, TierAnswer] = {}
     if tier.variant:
         for c in record.cases:
             same = (c.variant, c.suite, c.mode) == (tier.variant, group.suite, group.mode)
-            if same and c.id in wanted and not c.errored:
+            if same and not c.errored:
                 answers[c.id] = TierAnswer(c.id, _correct(c, calibration), case_cost(c))
     todo = [i for i in wanted if i not in answers]
     if not todo:

@@ -253,12 +253,20 @@ def test_variant_tier_in_the_run_is_not_generated_again(tiny_workspace: Path, ru
     ws = str(tiny_workspace)
     code, out, err = run_cli("eval", "-C", ws, "--mode", "schema", "--json", "-q")
     assert code == 0, err
-    code, out, err = run_cli("calibrate", "-C", ws, "--json", "--no-chart", "--escalate-all")
+    record = RunRecord.from_dict(json.loads(out))
+    big = [c for c in record.cases if c.variant == "big"]
+    code, out, err = run_cli("calibrate", "-C", ws, "--json", "--no-chart")
     assert code == 0, err
     assert "escalating" not in err  # every answer came from the run
     groups = {g["variant"]: g for g in json.loads(out)["groups"]}
     assert groups["tiny"]["tier"] == "big" and groups["tiny"]["tier_error"] is None
-    assert all(c["tier_answered"] == 4 for c in groups["tiny"]["cascades"])
+    for cascade in groups["tiny"]["cascades"]:
+        # The run holds all of the tier's answers: "everything escalated" is measured.
+        assert cascade["tier_answered"] == 4 and not cascade["cost"]["escalated"]["estimated"]
+        right = sum(bool(c.routed_correct) for c in big) / 4
+        assert cascade["escalated_accuracy"] == pytest.approx(right, abs=1e-6)
+        tokens = sum(c.prompt_tokens + c.completion_tokens for c in big)
+        assert cascade["cost"]["escalated"]["tier_tokens"] == tokens
     # The tier's own cases have nowhere to go: calibrated, not escalated.
     assert groups["big"]["tier"] is None and groups["big"]["cascades"] == []
     assert groups["big"]["signals"]
