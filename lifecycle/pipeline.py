@@ -67,6 +67,10 @@ class SmokeOptions:
     report_dir: Path | None = None  # default: <workspace>/reports
     threads: int | None = None
     prune: bool = True  # drop lock and baseline entries of variants that left the matrix
+    # Cases decoded together. 1 by default: the smoke pins, and its run becomes the baselines,
+    # so it decodes one case at a time, the reference path (batched decoding flipped a few
+    # example verdicts: other rounding in batched matrix products; see the README).
+    parallel: int = 1
 
 
 @dataclass
@@ -166,7 +170,7 @@ def run_smoke(
         say(f"eval: {', '.join(stale_models)} (cached: {', '.join(cached_names) or 'none'})")
         fresh = run_eval(
             workspace,
-            EvalOptions(models=stale_models, threads=options.threads),
+            EvalOptions(models=stale_models, threads=options.threads, parallel=options.parallel),
             store=store,
             progress=say,
         )
@@ -355,9 +359,11 @@ def reference_runs(
             f"gate {name}: environment changed ({', '.join(changed)}); evaluating the pinned "
             "variant here for a like-for-like baseline"
         )
+        # Like for like: decoded the way the run under judgement was (batched or not).
+        parallel = variant_environment(record.environment, name).get("parallel")
         reference = run_eval(
             workspace,
-            EvalOptions(modes=modes or None),
+            EvalOptions(modes=modes or None, parallel=parallel if isinstance(parallel, int) else 1),
             store=store,
             progress=say,
             variants=[pinned],
@@ -434,7 +440,7 @@ def _eval_key(
             workspace.engine.batch_size,
             workspace.engine.seed,
             workspace.engine.gpu_layers,
-            workspace.engine.parallel,  # batched decoding can round differently
+            options.parallel,  # batched decoding can round differently
         ],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

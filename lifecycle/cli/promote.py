@@ -241,6 +241,14 @@ def report_command(
     help="Where report.html and report.md go (default: <workspace>/reports).",
 )
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Cases decoded together. 1 keeps the pins and baselines on the sequential reference "
+    "path; more is faster, and a flip it causes is reported as the environment's.",
+)
 @click.option("--no-prune", is_flag=True, help="Keep pins of variants no longer in the matrix.")
 @json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
@@ -253,6 +261,7 @@ def smoke_command(
     no_cache: bool,
     report_dir: Path | None,
     threads: int | None,
+    parallel: int,
     no_prune: bool,
     as_json: bool,
     quiet: bool,
@@ -278,6 +287,7 @@ def smoke_command(
         branch=branch,
         report_dir=report_dir,
         threads=threads,
+        parallel=parallel,
         prune=not no_prune,
     )
     result = run_smoke(workspace, options, progress=None if quiet else progress)
