@@ -571,6 +571,7 @@ def case_request(
         timeout_s=options.timeout_s,
         # The routed field's probability needs each token's log-probability (costs a softmax).
         logprobs=bool(suite.calibration and suite.calibration.routed_field),
+        logprob_field=suite.calibration.routed_field if suite.calibration else None,
     )
 
 

@@ -238,3 +238,31 @@ def test_more_parallel_kv_than_memory_holds_is_refused_naming_the_need(tiny_mode
     assert "KV cache 128 MiB" in str(err.value)  # 64 x 2048 cells x 1 KiB per cell
     check_batched_memory(tiny_model, batched, available_bytes=4096 * mib)  # fits
     check_batched_memory(tiny_model, LoadOptions(n_ctx=2048), available_bytes=1)  # sequential
+
+
+def test_logprobs_only_where_the_routed_value_is_written(
+    sequential: LlamaCppModel, batched: LlamaCppModel
+) -> None:
+    """logprob_field skips the vocabulary pass elsewhere; the answer probability is unchanged."""
+    from lifecycle.confidence import answer_probability
+
+    full = ask("refund", json_schema=TINY_SCHEMA, max_tokens=48, logprobs=True)
+    lean = ask("refund", json_schema=TINY_SCHEMA, max_tokens=48, logprobs=True,
+               logprob_field="category")  # fmt: skip
+    everywhere = sequential.generate(full)
+    assert everywhere.token_logprobs is not None
+    parsed = json.loads(everywhere.text)
+    want, why = answer_probability(
+        everywhere.text, parsed, "category", everywhere.token_logprobs, everywhere.token_offsets
+    )
+    assert want is not None, why
+    outcomes, _, _ = run_batch(batched, [lean])
+    for got in (sequential.generate(lean), outcomes[0]):
+        assert isinstance(got, Generation) and got.text == everywhere.text
+        assert got.token_logprobs is not None
+        skipped = sum(1 for v in got.token_logprobs if v != v)  # NaN: not computed
+        assert 0 < skipped < len(got.token_logprobs)
+        value, _ = answer_probability(
+            got.text, parsed, "category", got.token_logprobs, got.token_offsets
+        )
+        assert value == pytest.approx(want, abs=1e-3)

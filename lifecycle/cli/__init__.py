@@ -74,7 +74,9 @@ cli.add_command(doctor_command)
 cli.add_command(calibrate_command)
 
 # Commands that load llama.cpp: they run under the crash supervisor (see lifecycle.crashguard).
-ENGINE_COMMANDS = frozenset({"eval", "smoke", "compare", "bench", "quantize", "gate", "build"})
+ENGINE_COMMANDS = frozenset(
+    {"eval", "smoke", "compare", "bench", "quantize", "gate", "build", "calibrate"}
+)
 
 
 def main(argv: list[str] | None = None) -> None:

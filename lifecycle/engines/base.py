@@ -63,6 +63,9 @@ class GenerationRequest:
     # Record each generated token's log-probability (Generation.token_logprobs). Off by
     # default: computing it costs a softmax over the vocabulary at every step.
     logprobs: bool = False
+    # With logprobs: only at the steps where this JSON field's value can be written
+    # (confidence.value_open); NaN at the others, which saves a vocabulary pass per step.
+    logprob_field: str | None = None
 
 
 @dataclass(frozen=True)

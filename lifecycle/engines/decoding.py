@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 import llama_cpp
 
+from lifecycle.confidence import value_open
+from lifecycle.engines.base import GenerationRequest
+
 
 class Batch:
     """A ``llama_batch`` filled token by token (one sequence id per token)."""
@@ -53,3 +56,10 @@ def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     """Index of the earliest stop sequence in ``text``, or None."""
     positions = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return min(positions) if positions else None
+
+
+def wants_logprob(request: GenerationRequest, text: str) -> bool:
+    """Whether the token after ``text`` needs its log-probability (see ``logprob_field``)."""
+    if not request.logprobs:
+        return False
+    return request.logprob_field is None or value_open(text, request.logprob_field)

@@ -38,7 +38,7 @@ from lifecycle.engines.base import (
     LoadOptions,
 )
 from lifecycle.engines.batched import BatchedDecoder, OnLive, OnResult
-from lifecycle.engines.decoding import Batch, Scored, first_stop
+from lifecycle.engines.decoding import Batch, Scored, first_stop, wants_logprob
 from lifecycle.errors import EngineError, GoldenSetError
 from lifecycle.fsutil import quiet_stderr
 from lifecycle.hostinfo import physical_cores  # re-exported: benchmarks import it here
@@ -224,7 +224,8 @@ class LlamaCppModel:
         finish = "length"
         try:
             while len(generated) < request.max_tokens:
-                token, logprob = self._sample(chain, grammar, ctx, logprob=scored is not None)
+                want = scored is not None and wants_logprob(request, text)
+                token, logprob = self._sample(chain, grammar, ctx, logprob=want)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = "stop"
                     break
