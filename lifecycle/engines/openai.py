@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle import modelfile as mf
+from lifecycle.confidence import server_token_logprobs
 from lifecycle.engines.base import (
     DEFAULT_CASE_TIMEOUT_S,
     EngineInfo,
@@ -133,6 +134,10 @@ class OpenAIModel:
         else:
             path, body = "completions", {"prompt": request.prompt}
         body.update(self._sampling(request))
+        if request.logprobs and path == "chat/completions":
+            # Chat completions return per-token log-probabilities only with top_logprobs set
+            # (llama-cpp-python's server); servers that ignore it leave the signal unrecorded.
+            body.update(logprobs=True, top_logprobs=1)
         start = time.perf_counter()
         answer = self._post_with_schema(path, body, request)
         latency_ms = (time.perf_counter() - start) * 1000.0
@@ -254,6 +259,9 @@ class OpenAIModel:
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
         timings = answer.get("timings") or {}  # llama-server's own counters, when present
+        scored = None
+        if request.logprobs and isinstance(choice.get("logprobs"), dict):
+            scored = server_token_logprobs(choice["logprobs"].get("content"), text)
         return Generation(
             text=text,
             prompt_tokens=prompt_tokens,
@@ -266,6 +274,8 @@ class OpenAIModel:
             latency_ms=latency_ms,
             finish_reason=finish,
             schema_enforced=schema_enforced(text, request.json_schema, finish),
+            token_logprobs=scored[0] if scored else None,
+            token_offsets=scored[1] if scored else None,
         )
 
 
