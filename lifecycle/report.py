@@ -326,7 +326,16 @@ def _html(
                     f"{e(str(c['baseline']))} → {e(str(c['current']))}</p>"
                 )
     modes = _run_modes(rows)
-    after = ["gen tok/s", "p50 ms", "bench pp tok/s", "bench tg tok/s", "peak RSS", "VRAM"]
+    measures = {
+        "gen tok/s": [_f(r["gen_tps"]) for r in rows],
+        "p50 ms": [_f(r["p50_ms"]) for r in rows],
+        "bench pp tok/s": [_f(r["bench_pp"]) for r in rows],
+        "bench tg tok/s": [_f(r["bench_tg"]) for r in rows],
+        "peak RSS": [_size(r["peak_rss"]) for r in rows],
+        "VRAM": [_size(r["vram"]) for r in rows],
+    }
+    # Columns nothing was measured for (no bench given, no GPU) only widen the table.
+    after = [h for h, values in measures.items() if any(v != "-" for v in values)]
     parts += ["<h2>Variants</h2>", "<table><tr>"]
     parts += [f"<th rowspan='2'>{h}</th>" for h in ("variant", "quant", "size")]
     parts += [f"<th colspan='3'>{e(m)} mode</th>" for m in modes]
@@ -334,18 +343,13 @@ def _html(
     parts.append("</tr><tr>")
     parts += ["<th>pass</th><th>JSON-valid</th><th>schema-valid</th>" for _ in modes]
     parts.append("</tr>")
-    for r in rows:
+    for i, r in enumerate(rows):
         cells = [
             r["variant"],
             r["quant"] or "-",
             _size(r["size"]),
             *_mode_cells(r, modes),
-            _f(r["gen_tps"]),
-            _f(r["p50_ms"]),
-            _f(r["bench_pp"]),
-            _f(r["bench_tg"]),
-            _size(r["peak_rss"]),
-            _size(r["vram"]),
+            *[measures[h][i] for h in after],
         ]
         parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
     parts.append("</table>")
@@ -556,7 +560,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:70em;color:#1f2328}
 .verdict{color:#fff;font-size:2em;font-weight:bold;padding:.4em .8em;border-radius:6px}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #d0d7de;padding:3px 8px}
-th{background:#f6f8fa}td{text-align:right}td:first-child{text-align:left;white-space:nowrap}
+th{background:#f6f8fa}td{text-align:right;white-space:nowrap}td:first-child{text-align:left}
 .bad{color:#cf222e}.env{color:#9a6700}pre{background:#f6f8fa;padding:.6em;overflow:auto}
 figure{display:inline-block;margin:.5em}img{max-width:100%}
 """.strip()
