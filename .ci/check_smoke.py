@@ -1,10 +1,12 @@
 """Check that `lifecycle smoke --json` on the example workspace reproduced its known verdicts.
 
 The example pins the two Q4_K_M variants (production) and refuses the two requantized Q4_0
-candidates (schema-mode pass rate 33%, under the suite's 50% threshold). Refusing a candidate
-is the tool doing its job, not a failure: smoke exits 0. Anything else — a regression against
-the committed baselines, a pinned variant refused, an engine failure, a changed lock — is a
-real failure and fails CI.
+candidates (under the suite's thresholds: free 40%, schema 50%). Refusing a candidate is the
+tool doing its job, not a failure: smoke exits 0. Anything else — a regression against the
+committed baselines, a pinned variant refused, an engine failure, a changed lock — is a real
+failure and fails CI. The base model is prompted few-shot in a completion format, so its
+free-mode answers end at the newline: every pinned variant's free-mode output must parse as
+JSON (with the old chat-turn TEMPLATE none did; see modelfiles/harbor-triage-chat.Modelfile).
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ def main(path: str) -> int:
     for check in smoke["gate"]["checks"]:
         if check.get("status") == "fail" and check.get("variant") not in REFUSED:
             problems.append(f"unexpected failed check: {check}")
+    with open(smoke["run"], encoding="utf-8") as handle:
+        run = json.load(handle)
+    free = [s for s in run["summaries"] if s["variant"] in PINNED and s["mode"] == "free"]
+    for summary in free:
+        if summary["json_valid_rate"] != 1.0:
+            problems.append(
+                f"{summary['variant']} free mode: JSON-valid {summary['json_valid_rate']:.0%}, "
+                "expected 100% (does the TEMPLATE still end answers at the stop?)"
+            )
     for problem in problems:
         print(f"smoke: {problem}", file=sys.stderr)
     print(f"smoke: {'OK' if not problems else 'FAILED'} — {smoke['summary']}")

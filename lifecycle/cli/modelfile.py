@@ -156,7 +156,13 @@ def lint_command(
         for f in findings:
             click.echo(f"{f.variant}: {f.check}")
             click.echo(
-                textwrap.fill(f.message, 96, initial_indent="    ", subsequent_indent="    ")
+                textwrap.fill(
+                    f.message,
+                    96,
+                    initial_indent="    ",
+                    subsequent_indent="    ",
+                    break_on_hyphens=False,
+                )
             )
     else:
         click.echo("no findings")
