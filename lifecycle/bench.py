@@ -120,6 +120,7 @@ class BenchOptions:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["contexts"] = list(self.contexts) if self.contexts is not None else None
+        data["parallel"] = list(self.parallel)
         return data
 
 
@@ -1104,32 +1105,9 @@ def _run_test(
         timing = run(n_tokens, seed=100 + rep)
         perf_ns.append(int(timing.perf_ns))
         wall_ns.append(int(timing.wall_ns))
-    samples_ts = [n_tokens * 1e9 / ns for ns in perf_ns]
-    wall_ts = [n_tokens * 1e9 / ns for ns in wall_ns]
     label = f"{kind}{n_tokens}" + (f" @ d{depth}" if depth else "")
-    return SpeedRow(
-        test=label,
-        n_prompt=n_tokens if kind == "pp" else 0,
-        n_gen=n_tokens if kind == "tg" else 0,
-        n_depth=depth,
-        n_ctx=int(info["n_ctx"]),
-        n_threads=threads,
-        n_batch=int(info["n_batch"]),
-        n_ubatch=int(info["n_ubatch"]),
-        n_gpu_layers=opts.n_gpu_layers,
-        type_k=getattr(buffers, "type_k", None),
-        type_v=getattr(buffers, "type_v", None),
-        model_type=str(info["model_type"]),
-        model_size=int(info["model_size"]),
-        model_n_params=int(info["model_n_params"]),
-        avg_ns=int(_mean(perf_ns)),
-        stddev_ns=int(_stdev(perf_ns)),
-        avg_ts=round(_mean(samples_ts), 3),
-        stddev_ts=round(_stdev(samples_ts), 3),
-        samples_ns=perf_ns,
-        samples_ts=[round(t, 3) for t in samples_ts],
-        wall_avg_ts=round(_mean(wall_ts), 3),
-    )
+    context = _RowContext(opts, info, buffers, threads)
+    return context.row(label, kind, n_tokens, n_tokens, perf_ns, wall_ns, depth=depth)
 
 
 def _run_batched(
@@ -1153,39 +1131,64 @@ def _run_batched(
         pp, tg = model.decode_parallel(opts.n_prompt, opts.n_gen, n_seq, seed=100 + rep)
         pp_ns.append(pp)
         tg_ns.append(tg)
-    rows = []
-    for kind, per_seq, samples in (("pp", opts.n_prompt, pp_ns), ("tg", opts.n_gen, tg_ns)):
-        if per_seq <= 0:
-            continue
-        tokens = per_seq * n_seq
-        rates = [tokens * 1e9 / ns for ns in samples]
-        rows.append(
-            SpeedRow(
-                test=f"{kind}{per_seq} x{n_seq}",
-                n_prompt=per_seq if kind == "pp" else 0,
-                n_gen=per_seq if kind == "tg" else 0,
-                n_depth=0,
-                n_ctx=int(info["n_ctx"]),
-                n_threads=threads,
-                n_batch=int(info["n_batch"]),
-                n_ubatch=int(info["n_ubatch"]),
-                n_gpu_layers=opts.n_gpu_layers,
-                type_k=getattr(buffers, "type_k", None),
-                type_v=getattr(buffers, "type_v", None),
-                model_type=str(info["model_type"]),
-                model_size=int(info["model_size"]),
-                model_n_params=int(info["model_n_params"]),
-                avg_ns=int(_mean(samples)),
-                stddev_ns=int(_stdev(samples)),
-                avg_ts=round(_mean(rates), 3),
-                stddev_ts=round(_stdev(rates), 3),
-                samples_ns=samples,
-                samples_ts=[round(t, 3) for t in rates],
-                wall_avg_ts=round(_mean(rates), 3),
-                n_parallel=n_seq,
-            )
+    context = _RowContext(opts, info, buffers, threads)
+    return [
+        # Wall-clock timed: llama.cpp's perf counters do not split a batch by sequence.
+        context.row(f"{kind}{per_seq} x{n_seq}", kind, per_seq, per_seq * n_seq, ns, ns, n_seq)
+        for kind, per_seq, ns in (("pp", opts.n_prompt, pp_ns), ("tg", opts.n_gen, tg_ns))
+        if per_seq > 0
+    ]
+
+
+@dataclass(frozen=True)
+class _RowContext:
+    """What every speed row of one loaded model shares."""
+
+    opts: BenchOptions
+    info: dict[str, Any]
+    buffers: Any
+    threads: int
+
+    def row(
+        self,
+        label: str,
+        kind: str,
+        per_seq: int,
+        tokens: int,
+        perf_ns: list[int],
+        wall_ns: list[int],
+        n_parallel: int = 1,
+        *,
+        depth: int = 0,
+    ) -> SpeedRow:
+        """A row of ``tokens`` decoded per run, timed by ``perf_ns`` (and the wall clock)."""
+        rates = [tokens * 1e9 / ns for ns in perf_ns]
+        wall_ts = [tokens * 1e9 / ns for ns in wall_ns]
+        info = self.info
+        return SpeedRow(
+            test=label,
+            n_prompt=per_seq if kind == "pp" else 0,
+            n_gen=per_seq if kind == "tg" else 0,
+            n_depth=depth,
+            n_ctx=int(info["n_ctx"]),
+            n_threads=self.threads,
+            n_batch=int(info["n_batch"]),
+            n_ubatch=int(info["n_ubatch"]),
+            n_gpu_layers=self.opts.n_gpu_layers,
+            type_k=getattr(self.buffers, "type_k", None),
+            type_v=getattr(self.buffers, "type_v", None),
+            model_type=str(info["model_type"]),
+            model_size=int(info["model_size"]),
+            model_n_params=int(info["model_n_params"]),
+            avg_ns=int(_mean(perf_ns)),
+            stddev_ns=int(_stdev(perf_ns)),
+            avg_ts=round(_mean(rates), 3),
+            stddev_ts=round(_stdev(rates), 3),
+            samples_ns=perf_ns,
+            samples_ts=[round(t, 3) for t in rates],
+            wall_avg_ts=round(_mean(wall_ts), 3),
+            n_parallel=n_parallel,
         )
-    return rows
 
 
 def _buffer_figures(buffers: Any, info: dict[str, Any]) -> dict[str, Any]:
