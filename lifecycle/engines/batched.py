@@ -34,7 +34,7 @@ from lifecycle.engines.base import (
     Generation,
     GenerationRequest,
 )
-from lifecycle.engines.decoding import Batch, Scored, first_stop, wants_logprob
+from lifecycle.engines.decoding import Batch, Scored, first_stop, plain_greedy, wants_logprob
 from lifecycle.errors import EngineError
 
 if TYPE_CHECKING:
@@ -252,7 +252,12 @@ class BatchedDecoder:
         try:
             want = seq.scored is not None and wants_logprob(request, seq.text)
             token, logprob = model._sample(
-                seq.chain, seq.grammar, self.ctx, logprob=want, idx=batch_index
+                seq.chain,
+                seq.grammar,
+                self.ctx,
+                logprob=want,
+                idx=batch_index,
+                greedy=plain_greedy(request),
             )
         except RuntimeError as exc:  # e.g. a grammar that allows no token here
             return EngineError(f"generation failed: {exc}")

@@ -63,3 +63,8 @@ def wants_logprob(request: GenerationRequest, text: str) -> bool:
     if not request.logprobs:
         return False
     return request.logprob_field is None or value_open(text, request.logprob_field)
+
+
+def plain_greedy(request: GenerationRequest) -> bool:
+    """Temperature 0 and a neutral repeat penalty: the next token is simply the argmax."""
+    return request.temperature <= 0.0 and request.repeat_penalty == 1.0

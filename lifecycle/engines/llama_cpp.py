@@ -38,7 +38,7 @@ from lifecycle.engines.base import (
     LoadOptions,
 )
 from lifecycle.engines.batched import BatchedDecoder, OnLive, OnResult
-from lifecycle.engines.decoding import Batch, Scored, first_stop, wants_logprob
+from lifecycle.engines.decoding import Batch, Scored, first_stop, plain_greedy, wants_logprob
 from lifecycle.errors import EngineError, GoldenSetError
 from lifecycle.fsutil import quiet_stderr
 from lifecycle.hostinfo import physical_cores  # re-exported: benchmarks import it here
@@ -225,7 +225,9 @@ class LlamaCppModel:
         try:
             while len(generated) < request.max_tokens:
                 want = scored is not None and wants_logprob(request, text)
-                token, logprob = self._sample(chain, grammar, ctx, logprob=want)
+                token, logprob = self._sample(
+                    chain, grammar, ctx, logprob=want, greedy=plain_greedy(request)
+                )
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = "stop"
                     break
@@ -291,18 +293,37 @@ class LlamaCppModel:
         return chain
 
     def _sample(
-        self, chain: Any, grammar: Any, ctx: Any, *, logprob: bool = False, idx: int = -1
+        self,
+        chain: Any,
+        grammar: Any,
+        ctx: Any,
+        *,
+        logprob: bool = False,
+        idx: int = -1,
+        greedy: bool = False,
     ) -> tuple[int, float]:
         """The next token from the logits of batch position ``idx``, and its log-probability
-        when ``logprob`` (else NaN)."""
+        when ``logprob`` (else NaN).
+
+        ``greedy`` (temperature 0, no repeat penalty: see :func:`plain_greedy`) takes the
+        first highest logit straight from llama.cpp's buffer, which is what the chain's
+        greedy sampler picks, without copying the vocabulary into a candidate array first.
+        """
         if grammar is None:
-            token = int(chain.sample(self._llm._ctx, idx))
+            if greedy:
+                token = int(np.argmax(self._logits(ctx, idx)))
+                chain.accept(token)
+            else:
+                token = int(chain.sample(self._llm._ctx, idx))
             return token, _logprob(self._logits(ctx, idx), token) if logprob else math.nan
         logits = self._logits(ctx, idx)
         # Sample on a copy of the logits, then ask the grammar whether that token is allowed.
-        candidates = _CandidateArray(logits)
-        llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
-        token = candidates.selected_token()
+        if greedy:
+            token = int(np.argmax(logits))
+        else:
+            candidates = _CandidateArray(logits)
+            llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
+            token = candidates.selected_token()
         single = _CandidateArray(np.array([logits[token]], dtype=np.float32), ids=[token])
         llama_cpp.llama_sampler_apply(grammar, single.pointer)
         if not np.isfinite(single.data["logit"][0]):
