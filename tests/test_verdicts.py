@@ -232,3 +232,21 @@ def test_pins_of_variants_that_left_the_matrix_are_pruned(
     assert "tiny:gone" not in json.loads(lock_path.read_text())["variants"]
     assert "tiny:gone" not in json.loads(baseline_file.read_text())["variants"]
     assert "pin removed, no longer in the variant matrix" in repo.head.commit.message
+
+
+def test_a_changed_expectation_is_a_regression_even_across_an_environment_change() -> None:
+    """The PR gate judges a batched eval (parallel 4) against sequential baselines: an
+    environment change. A golden-set edit that fails the very same output is still the
+    golden set's doing, so it must not hide as an environment flip."""
+    verdicts = {f"c{i}": True for i in range(4)}
+    sequential = make_record(verdicts, cpu="AMD EPYC", threshold=0.5)
+    baselines = {"tiny": baseline_entry(sequential, "tiny", None)}
+    edited = make_record(
+        {**verdicts, "c2": False},
+        cpu="Intel Xeon",
+        threshold=0.5,
+        golden_digest="sha256:" + "2" * 64,
+    )
+    gate = run_gate(edited, baselines, GateSettings())
+    assert not gate.passed and gate.exit_code == 3
+    assert [r.case for r in gate.regressions] == ["c2"] and not gate.environment_flips
