@@ -33,7 +33,7 @@ from lifecycle.engines import (
     generate_many,
     get_engine,
 )
-from lifecycle.errors import EngineError, GoldenSetError, UsageError
+from lifecycle.errors import EngineError, GoldenSetError, ModelError, UsageError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.golden import MODES, GoldenCase, Suite, load_suites, score_output
 from lifecycle.lint import lint_variant
@@ -378,9 +378,13 @@ def check_batched_memory(blob: Path, load: LoadOptions, available_bytes: int | N
 
     from lifecycle.estimate import estimate_memory
 
-    need = estimate_memory(
-        gguf_reader.read_gguf(blob), load.n_ctx, n_batch=load.n_batch, n_seq=load.n_parallel
-    )
+    try:
+        need = estimate_memory(
+            gguf_reader.read_gguf(blob), load.n_ctx, n_batch=load.n_batch, n_seq=load.n_parallel
+        )
+    except ModelError:
+        return  # a header the estimate cannot read: llama.cpp's own load decides
+
     available = (
         available_bytes if available_bytes is not None else psutil.virtual_memory().available
     )

@@ -89,13 +89,13 @@ def test_json_output_is_one_document_and_progress_is_on_stderr(
 
 
 def test_progress_bars_draw_on_stderr_only(capsys: pytest.CaptureFixture[str]) -> None:
-    from lifecycle.cli.pull import _Bars
+    from lifecycle.cli._output import ProgressBars
 
-    bars = _Bars(enabled=True)
+    bars = ProgressBars(enabled=True)
     bars("model.gguf", 50, 100)
     bars("model.gguf", 100, 100)
     bars.close()
-    quiet = _Bars(enabled=False)
+    quiet = ProgressBars(enabled=False)
     quiet("other.gguf", 1, 2)
     quiet.close()
     out, err = capsys.readouterr()
