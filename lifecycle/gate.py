@@ -988,20 +988,7 @@ def _rate_checks(
             message = f"{key.replace('_', ' ')} {was:.0%} → {now:.0%}{scope}"
             if not ok:
                 message += f" (drop {drop:.0%} > allowed {limit:.0%})"
-            checks.append(
-                Check(
-                    key,
-                    name,
-                    "pass" if ok else "fail",
-                    message,
-                    suite=s.suite,
-                    mode=s.mode,
-                    baseline=round(was, 4),
-                    current=round(now, 4),
-                    threshold=limit,
-                    cause=None if ok else (", ".join(causes) or None),
-                )
-            )
+            checks.append(_bound_check(key, name, ok, message, s, was, now, limit, causes))
     return checks
 
 
@@ -1092,21 +1079,34 @@ def _calibration_checks(
                 if not ok:
                     what = "drop" if key == "coverage_at_target" else "rise"
                     message += f" ({what} {change:.3g} > allowed {limit:g})"
-                checks.append(
-                    Check(
-                        key,
-                        name,
-                        "pass" if ok else "fail",
-                        message,
-                        suite=s.suite,
-                        mode=s.mode,
-                        baseline=round(before, 4),
-                        current=round(after, 4),
-                        threshold=limit,
-                        cause=None if ok else (", ".join(causes) or None),
-                    )
-                )
+                checks.append(_bound_check(key, name, ok, message, s, before, after, limit, causes))
     return checks
+
+
+def _bound_check(
+    key: str,
+    name: str,
+    ok: bool,
+    message: str,
+    summary: Any,
+    was: float,
+    now: float,
+    limit: float,
+    causes: list[str],
+) -> Check:
+    """A per-suite/mode figure against its baseline and its ``[gate]`` bound."""
+    return Check(
+        key,
+        name,
+        "pass" if ok else "fail",
+        message,
+        suite=summary.suite,
+        mode=summary.mode,
+        baseline=round(was, 4),
+        current=round(now, 4),
+        threshold=limit,
+        cause=None if ok else (", ".join(causes) or None),
+    )
 
 
 def _outcome(case: Mapping[str, Any], table: Calibration, signal: str) -> Outcome:
