@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
 from lifecycle.errors import ModelError, UsageError
 from lifecycle.fsutil import atomic_write_text, quiet_stderr
-from lifecycle.gguf import read_gguf
+from lifecycle.gguf import GGUFInfo, read_gguf
+from lifecycle.progress import file_growth
 from lifecycle.store import Manifest, Store, now, validate_digest
 
 # Source types llama.cpp quantizes from without loss of an earlier quantization.
@@ -101,7 +106,8 @@ def quantize_blob(
     source_path = store.blob_path(validate_digest(source_digest))
     if not source_path.is_file():
         raise ModelError(f"blob {source_digest} is not in the store")
-    source_type = (read_gguf(source_path).file_type or "unknown").upper()
+    source_info = read_gguf(source_path)
+    source_type = (source_info.file_type or "unknown").upper()
     requantized = source_type not in FULL_PRECISION
     if requantized and not allow_requantize:
         raise UsageError(
@@ -124,7 +130,8 @@ def quantize_blob(
         params.ftype = quant_types()[target]
         params.nthread = threads
         params.allow_requantize = allow_requantize
-        with quiet_stderr():
+        label = f"quantize {target}"
+        with quiet_stderr(), file_growth(label, tmp, expected_size(source_info, target)):
             status = llama_cpp.llama_model_quantize(
                 str(source_path).encode(), str(tmp).encode(), params
             )
@@ -147,6 +154,25 @@ def quantize_blob(
     record_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record_path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
     return _result(manifest, source_digest, source_type, target, requantized, False)
+
+
+def expected_size(source: GGUFInfo, target: str) -> int:
+    """About how many bytes quantizing ``source`` to ``target`` writes (0: cannot tell).
+
+    Matrices take the target's block size; vectors (norms, biases) stay F32 as llama.cpp
+    keeps them. Mixes such as Q4_K_M put a few tensors in a larger type, so this is a floor,
+    good for a progress bar and nothing else.
+    """
+    base = re.sub(r"_(S|M|L)$", "", target)
+    try:
+        block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[base]]
+    except KeyError:
+        return 0
+    size = source.data_offset
+    for tensor in source.tensors:
+        elements = math.prod(tensor.shape)
+        size += elements * 4 if len(tensor.shape) < 2 else elements * block_bytes // block
+    return size
 
 
 def _tag(source_digest: str, target: str) -> str:

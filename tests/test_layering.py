@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "foundation",
         (
             "fsutil",
+            "progress",
             "clock",
             "runs",
             "texttable",
@@ -50,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("store", ("store",)),
     ("sources", ("sources",)),
-    ("variants", ("quantize", "variants", "estimate")),
+    ("variants", ("quantize", "variants", "targets", "estimate")),
     ("engines", ("engines", "crashguard", "doctor")),
     ("golden/bench", ("golden", "bench", "lint", "runner")),
     ("gate/compare", ("gate", "compare", "calibrate")),

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from lifecycle.cli._options import workspace_option
-from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.cli._output import emit_json, library_progress, progress, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_OK
 
 
@@ -96,7 +96,8 @@ def bench_command(
 
     workspace = load_workspace(workspace_dir)
     store = Store(workspace.home)
-    variant = resolve_variants(workspace, store, [model])[0]
+    with library_progress(enabled=not (as_json or quiet)):  # a quant level made on the way
+        variant = resolve_variants(workspace, store, [model])[0]
     params = variant.modelfile.parameters
     options = BenchOptions(
         n_prompt=n_prompt,
@@ -372,36 +373,26 @@ def _scaling_line(scaling: dict[str, Any]) -> str:
 
 
 def _resolve_target(target: str, workspace_dir: Path | None) -> Path:
-    """A GGUF path, a workspace model's blob, or a tag's blob in the local store."""
+    """A GGUF path, a workspace model's blob, or a tag's blob in the local store (no pull)."""
     from lifecycle.config import lifecycle_home, load_workspace
     from lifecycle.errors import ConfigError, UsageError
     from lifecycle.store import Store
     from lifecycle.tags import parse_tag
-    from lifecycle.variants import resolve_variants, workspace_names
+    from lifecycle.targets import resolve_target
 
-    candidate = Path(target).expanduser()
-    if candidate.is_file():
-        return candidate
     try:
         workspace = load_workspace(workspace_dir)
     except ConfigError:
         workspace = None
-    # Variant names (``model:q4_k_m-ctx2048``) have a colon too: the workspace goes first,
-    # as for bench, prompt and compare.
-    if workspace is not None and target in workspace_names(workspace):
-        return resolve_variants(workspace, Store(workspace.home), [target])[0].blob_path
-    if ":" not in target:
-        raise UsageError(
-            f"{target!r} is not a GGUF file, a model or variant of lifecycle.toml, or a tag"
-        )
-    tag = parse_tag(target)
-    if tag.scheme == "file":
-        return Path(tag.reference)
-    store = Store(lifecycle_home())
-    manifest = store.read_manifest(tag)
-    if manifest is None or not store.has(manifest.digest):
-        raise UsageError(f"{target} is not in the local store; run `lifecycle pull {target}` first")
-    return store.blob_path(manifest.digest)
+    store = Store(workspace.home if workspace else lifecycle_home())
+    found = resolve_target(target, store, workspace=workspace, pull=False)
+    if found is not None:
+        return found.path
+    if ":" in target:
+        parse_tag(target)  # not a workspace name: a malformed tag says what is wrong with it
+    raise UsageError(
+        f"{target!r} is not a GGUF file, a model or variant of lifecycle.toml, or a tag"
+    )
 
 
 def _as_int(value: object, default: int) -> int:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lifecycle.cli._options import workspace_option
-from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.cli._output import emit_json, library_progress, progress, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ def eval_command(
         engine_settings={"base_url": base_url, "host": host},
         resume=not no_resume,
     )
-    record = run_eval(workspace, options, progress=None if quiet else progress)
+    with library_progress(enabled=not (as_json or quiet)):
+        record = run_eval(workspace, options, progress=None if quiet else progress)
     return _save_and_report(record, workspace, as_json, exit_zero=exit_zero)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from lifecycle.cli._options import json_option, workspace_option
-from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.cli._output import emit_json, library_progress, progress, table
 from lifecycle.errors import EXIT_OK, UsageError
 
 
@@ -89,7 +89,8 @@ def build_command(models: tuple[str, ...], workspace_dir: Path | None, as_json: 
     from lifecycle.variants import resolve_variants
 
     workspace = load_workspace(workspace_dir)
-    variants = resolve_variants(workspace, Store(workspace.home), list(models) or None)
+    with library_progress(enabled=not as_json):
+        variants = resolve_variants(workspace, Store(workspace.home), list(models) or None)
     if as_json:
         emit_json({"variants": [v.to_dict() for v in variants]})
         return EXIT_OK

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lifecycle.cli._options import json_option, workspace_option
-from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.cli._output import emit_json, library_progress, progress, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def gate_command(
     under its threshold, a rate drop or a speed/memory change over its threshold. The Markdown
     summary is appended to $GITHUB_STEP_SUMMARY when that is set.
     """
-    from lifecycle.gate import render_junit, render_markdown
+    from lifecycle.gaterender import render_gate_text, render_junit, render_markdown
 
     _workspace, _record, gate, _bench = _gate(workspace_dir, run_ref, bench_files)
     if gate.engine_failed:
@@ -80,49 +80,6 @@ def gate_command(
     else:
         click.echo(render_gate_text(gate))
     return gate.exit_code
-
-
-def render_gate_text(gate: GateResult) -> str:
-    """The gate for a terminal: a headline, one row per variant, then what failed and why.
-
-    The Markdown (with its ``<details>`` blocks) is for ``--markdown`` and the CI step summary.
-    """
-    word = "PASS" if gate.passed else "FAIL"
-    if gate.engine_failed:
-        word = "ENGINE FAILED (no verdict)"
-    lines = [f"gate: {word} — {gate.headline()} (run {gate.run_id})", ""]
-    rows = [
-        [v.variant, "pinned" if v.pinned else "candidate", v.status, "; ".join(v.failures)]
-        for v in gate.variants
-    ]
-    lines.append(table(["variant", "role", "status", "why"], rows))
-    if gate.partial:
-        lines += ["", "partial run, gated on the cases it ran:"]
-        lines += [f"  {p}" for p in gate.partial]
-    if gate.regressions:
-        lines += ["", f"regressions ({len(gate.regressions)}):"]
-        for r in gate.regressions:
-            lines.append(f"  {r.variant} {r.suite}/{r.mode} {r.case}: {r.reason}")
-            lines.append(f"      now:      {_one_line(r.output)}")
-            lines.append(f"      baseline: {_one_line(r.baseline_output)}")
-    if gate.environment_flips:
-        lines += ["", f"flipped by the environment alone ({len(gate.environment_flips)}):"]
-        for f in gate.environment_flips:
-            was, now = ("pass" if f.baseline_passed else "fail"), ("pass" if f.passed else "fail")
-            lines.append(f"  {f.variant} {f.suite}/{f.mode} {f.case}: {was} → {now}")
-    changes = [
-        f"  {entry['variant']} {c['key']}: {c['baseline']} → {c['current']}"
-        for entry in gate.environment_changes
-        for c in entry["changes"]
-    ]
-    if changes:
-        lines += ["", "environment changes (not model regressions):", *changes]
-    return "\n".join(lines)
-
-
-def _one_line(text: str, width: int = 90) -> str:
-    flat = text.strip().replace("\n", "\\n")
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
 @click.command("pin")
@@ -275,7 +232,7 @@ def smoke_command(
     4 is never used here, an upstream change is pulled and tested instead.
     """
     from lifecycle.config import load_workspace
-    from lifecycle.gate import render_markdown
+    from lifecycle.gaterender import render_markdown
     from lifecycle.pipeline import SmokeOptions, render_summary, run_smoke
 
     workspace = load_workspace(workspace_dir)
@@ -290,7 +247,8 @@ def smoke_command(
         parallel=parallel,
         prune=not no_prune,
     )
-    result = run_smoke(workspace, options, progress=None if quiet else progress)
+    with library_progress(enabled=not (as_json or quiet)):
+        result = run_smoke(workspace, options, progress=None if quiet else progress)
     _write_outputs(render_markdown(result.gate), None)
     if as_json:
         emit_json(result.to_dict())
@@ -327,7 +285,7 @@ def _gate(
     workspace_dir: Path | None, run_ref: str | None, bench_files: tuple[Path, ...]
 ) -> tuple[Workspace, RunRecord, GateResult, dict[str, dict[str, Any]]]:
     from lifecycle.config import load_workspace
-    from lifecycle.gate import bench_by_variant
+    from lifecycle.baselines import bench_by_variant
     from lifecycle.pipeline import gate_workspace
 
     workspace = load_workspace(workspace_dir)

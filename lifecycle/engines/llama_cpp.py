@@ -30,6 +30,7 @@ from llama_cpp import Llama
 from llama_cpp._internals import LlamaSampler
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+from lifecycle import progress
 from lifecycle.crashguard import note
 from lifecycle.engines.base import (
     EngineInfo,
@@ -100,7 +101,9 @@ class LlamaCppModel:
         try:
             with (
                 quiet_stderr(),
-                _model_params(extra_bufts=options.extra_bufts),
+                _model_params(
+                    extra_bufts=options.extra_bufts, label=_load_label(model_path, options)
+                ),
                 _context_params(n_parallel=options.n_parallel),
             ):
                 self._llm = Llama(
@@ -573,30 +576,48 @@ def cpu_only_context(n_gpu_layers: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _model_params(*, extra_bufts: bool) -> Iterator[None]:
-    """Load with llama.cpp's extra buffer types off when asked (``llama-bench --repack 0``).
+def _model_params(*, extra_bufts: bool, label: str) -> Iterator[None]:
+    """Load with llama.cpp's extra buffer types off when asked (``llama-bench --repack 0``),
+    and with llama.cpp's load progress sent to the progress sink when one is installed.
 
-    ``Llama`` takes no argument for ``use_extra_bufts``; it fills its model parameters from
+    ``Llama`` takes no argument for either; it fills its model parameters from
     ``llama_model_default_params()``, so for the duration of the load that function returns
-    defaults with the flag cleared. Loads happen one at a time, on one thread.
+    defaults with the flag cleared and the callback set. Loads happen one at a time, on one
+    thread.
     """
-    if extra_bufts:
+    sink = progress.current()
+    if extra_bufts and sink is None:
         yield
         return
     from llama_cpp import llama_cpp as low_level
 
     original = low_level.llama_model_default_params
 
-    def without_extra_bufts() -> Any:
+    def report(fraction: float, _user_data: Any) -> bool:
+        if sink is not None:
+            sink(label, round(fraction * 100), 100)
+        return True  # False would abort the load
+
+    # Kept referenced for the whole load: llama.cpp calls it from native code.
+    callback = low_level.llama_progress_callback(report)
+
+    def adjusted() -> Any:
         params = original()
-        params.use_extra_bufts = False
+        params.use_extra_bufts = extra_bufts
+        if sink is not None:
+            params.progress_callback = callback
         return params
 
-    low_level.llama_model_default_params = without_extra_bufts
+    low_level.llama_model_default_params = adjusted
     try:
         yield
     finally:
         low_level.llama_model_default_params = original
+
+
+def _load_label(model_path: Path, options: LoadOptions) -> str:
+    name = options.model_name or model_path.name
+    return f"loading {name}"
 
 
 def kv_cells_needed(n_ctx: int, n_parallel: int) -> int:

@@ -1,0 +1,83 @@
+"""Progress of long steps deep in the library (a model load, a quantization), for the CLI's bars.
+
+The step that knows how far it is calls :func:`advance`; the command that owns the terminal
+decides whether anything is drawn by installing a sink with :func:`reporting` (the CLI's
+``ProgressBars``, only on a terminal without ``--json``). With no sink installed, ``advance``
+does nothing, so library callers and tests see no output and pay nothing.
+
+A context variable rather than a parameter: the steps sit several calls below the commands
+(``eval`` → runner → engine load; ``build`` → variants → quantize) and every caller in between
+would otherwise carry a callback it never uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+# label, units done, units in all (None: unknown). ``done == total`` ends the step.
+Sink = Callable[[str, int, int | None], None]
+
+_sink: contextvars.ContextVar[Sink | None] = contextvars.ContextVar("progress_sink", default=None)
+
+
+@contextlib.contextmanager
+def reporting(sink: Sink | None) -> Iterator[None]:
+    """Send :func:`advance` calls made inside the block (on this thread) to ``sink``."""
+    token = _sink.set(sink)
+    try:
+        yield
+    finally:
+        _sink.reset(token)
+
+
+def current() -> Sink | None:
+    """The installed sink, to hand to a worker thread (context variables do not follow)."""
+    return _sink.get()
+
+
+def advance(label: str, done: int, total: int | None) -> None:
+    sink = _sink.get()
+    if sink is not None:
+        sink(label, done, total)
+
+
+@contextlib.contextmanager
+def file_growth(
+    label: str, path: Path, expected_bytes: int, *, every_s: float = 0.25
+) -> Iterator[None]:
+    """Report ``path``'s size against ``expected_bytes`` while the block writes it.
+
+    For native calls that write their output tensor by tensor and offer no callback
+    (``llama_model_quantize``); ctypes releases the GIL during the call, so a thread can
+    watch. The bar stops one short of the end until the block finishes, because the
+    expected size is an estimate.
+    """
+    sink = current()
+    if sink is None or expected_bytes <= 0:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            sink(label, min(size, expected_bytes - 1), expected_bytes)
+
+    watcher = threading.Thread(target=watch, name="progress-file-growth", daemon=True)
+    watcher.start()
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        stop.set()
+        watcher.join()
+        if finished:
+            sink(label, expected_bytes, expected_bytes)

@@ -1,0 +1,81 @@
+"""Progress of long library steps (model load, quantization) reaches the sink the CLI installs."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from lifecycle import progress
+from lifecycle.engines.base import LoadOptions
+from lifecycle.engines.llama_cpp import LlamaCppEngine
+from lifecycle.gguf import read_gguf
+from lifecycle.quantize import expected_size, quantize_blob
+from lifecycle.store import Store
+
+Report = tuple[str, int, int | None]
+
+
+def _recorder() -> tuple[list[Report], progress.Sink]:
+    seen: list[Report] = []
+    return seen, lambda label, done, total: seen.append((label, done, total))
+
+
+def _stored(tmp_path: Path, model: Path) -> tuple[Store, str]:
+    store = Store(tmp_path / "home")
+    store.blobs.mkdir(parents=True)
+    digest = "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    shutil.copy(model, store.blob_path(digest))
+    return store, digest
+
+
+def test_model_load_reports_llama_cpp_progress_to_the_end(tiny_model: Path) -> None:
+    seen, sink = _recorder()
+    with progress.reporting(sink):
+        model = LlamaCppEngine().load(tiny_model, LoadOptions(n_ctx=256, model_name="tiny:f32"))
+    model.close()
+    assert seen, "llama.cpp's load callback never reached the sink"
+    assert {label for label, _, _ in seen} == {"loading tiny:f32"}
+    done = [d for _, d, _ in seen]
+    assert done == sorted(done) and done[-1] == 100 and {t for _, _, t in seen} == {100}
+
+
+def test_load_without_a_sink_reports_nothing_and_still_loads(tiny_model: Path) -> None:
+    # No sink installed: the default model parameters are used untouched.
+    model = LlamaCppEngine().load(tiny_model, LoadOptions(n_ctx=256))
+    assert model.tokenize("hi")
+    model.close()
+
+
+def test_quantize_reports_file_growth_ending_at_the_estimate(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    store, digest = _stored(tmp_path, tiny_model)
+    seen, sink = _recorder()
+    with progress.reporting(sink):
+        result = quantize_blob(store, digest, "Q8_0")
+    expected = expected_size(read_gguf(tiny_model), "Q8_0")
+    assert seen[-1] == ("quantize Q8_0", expected, expected)
+    assert all(done <= expected for _, done, _ in seen)
+    # The estimate is a progress figure, but a sane one: within a third of the real file.
+    assert 0.66 < result.size / expected < 1.5, (result.size, expected)
+    # A cached result does no work and reports none.
+    seen.clear()
+    with progress.reporting(sink):
+        assert quantize_blob(store, digest, "Q8_0").cached
+    assert seen == []
+
+
+def test_expected_size_is_zero_for_a_type_it_cannot_size(tiny_model: Path) -> None:
+    assert expected_size(read_gguf(tiny_model), "NOT_A_TYPE") == 0
+    # K-quant mixes are sized by their base block type.
+    assert expected_size(read_gguf(tiny_model), "Q4_K_M") > 0
+
+
+def test_advance_outside_a_reporting_block_is_a_no_op() -> None:
+    progress.advance("nothing listens", 1, 2)  # must not raise
+    seen, sink = _recorder()
+    with progress.reporting(sink):
+        progress.advance("step", 1, 2)
+    progress.advance("step", 2, 2)
+    assert seen == [("step", 1, 2)]
