@@ -426,48 +426,23 @@ def resolve_subjects(
     names: Sequence[str], workspace: Workspace | None, store: Any
 ) -> list[Subject]:
     """Workspace variants (or every variant of a model), tags, or GGUF paths, in order."""
-    from lifecycle.gguf import read_gguf
-    from lifecycle.sources import resolve_tag
-    from lifecycle.store import SCHEMES, parse_tag
+    from lifecycle.targets import resolve_target
 
     subjects: list[Subject] = []
-    known: set[str] = set()
-    if workspace is not None:
-        known = set(workspace.models)
-        for settings in workspace.models.values():
-            from lifecycle.variants import matrix_names
-
-            known.update(matrix_names(settings))
     for name in names:
-        if name in known:
-            from lifecycle.variants import resolve_variants
+        target = resolve_target(name, store, workspace=workspace)
+        if target is None:
+            if workspace is not None:
+                from lifecycle.variants import resolve_variants
 
-            assert workspace is not None  # names are only known from a workspace
-            for variant in resolve_variants(workspace, store, [name]):
-                subjects.append(
-                    Subject(
-                        variant.name, "variant", variant.blob_path, variant.blob_digest, variant
-                    )
-                )
-            continue
-        scheme = name.split(":", 1)[0]
-        if name.startswith("oci://") or (scheme in SCHEMES and ":" in name):
-            manifest = resolve_tag(store, parse_tag(name))
-            subjects.append(Subject(name, "file", store.model_path(manifest), manifest.digest))
-            continue
-        path = Path(name).expanduser()
-        if path.is_file():
-            read_gguf(path)  # a corrupt file fails here, before any model loads
-            subjects.append(Subject(name, "file", path, None))
-            continue
-        if workspace is not None:
-            from lifecycle.variants import resolve_variants
-
-            resolve_variants(workspace, store, [name])  # raises with a did-you-mean
-        raise UsageError(
-            f"unknown variant, tag or file {name!r} (outside a workspace, name a tag such as "
-            "file:model.gguf or hf:owner/repo:Q4_K_M, or a GGUF path)"
-        )
+                resolve_variants(workspace, store, [name])  # raises with a did-you-mean
+            raise UsageError(
+                f"unknown variant, tag or file {name!r} (outside a workspace, name a tag such as "
+                "file:model.gguf or hf:owner/repo:Q4_K_M, or a GGUF path)"
+            )
+        subjects += [
+            Subject(v.name, "variant", v.blob_path, v.blob_digest, v) for v in target.variants
+        ] or [Subject(name, "file", target.path, target.digest)]
     seen: set[str] = set()
     unique = []
     for subject in subjects:

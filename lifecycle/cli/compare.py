@@ -160,26 +160,17 @@ def quantize_command(
 
 def _source_digest(store: Any, tag: str) -> str:
     """The store digest of TAG: a digest as is, a tag resolved (pulled), a path imported."""
-    from lifecycle.gguf import read_gguf
-    from lifecycle.sources import pull_file, resolve_tag
-    from lifecycle.store import SCHEMES, parse_tag, validate_digest
+    from lifecycle.sources import pull_file
+    from lifecycle.targets import resolve_target
 
-    if tag.startswith("sha256:"):
-        validate_digest(tag)
-        if not store.has(tag):
-            raise UsageError(f"blob {tag} is not in the store")
-        return tag
-    scheme = tag.split(":", 1)[0]
-    if tag.startswith("oci://") or (scheme in SCHEMES and ":" in tag):
-        manifest = resolve_tag(store, parse_tag(tag))
-        return str(manifest.digest)
-    path = Path(tag).expanduser()
-    if not path.is_file():
+    target = resolve_target(tag, store)
+    if target is None:
         raise UsageError(
             f"{tag!r} is neither a tag (hf:, ollama:, oci://, pypi:, file:) nor a file"
         )
-    read_gguf(path)
-    return str(pull_file(store, path).digest)
+    if target.digest is None:  # a GGUF file outside the store: import it
+        return str(pull_file(store, target.path).digest)
+    return target.digest
 
 
 def render_quantized(results: list[dict[str, Any]]) -> str:
