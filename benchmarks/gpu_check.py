@@ -243,7 +243,7 @@ def main() -> int:
 
     from tinymodel import write_tiny_llama
 
-    from lifecycle.bench import ggml_devices, gpu_memory
+    from lifecycle.engines.devices import ggml_devices, gpu_memory
     from lifecycle.engines.llama_cpp import physical_cores
 
     threads = args.threads or physical_cores()

@@ -17,53 +17,45 @@ Memory per point: RSS before load, after load, at the end and at peak (``ru_maxr
 buffers llama.cpp allocated (weights, KV cache, compute, output, from its load log); VRAM used
 by the process through NVML on CUDA machines (``null`` with a reason elsewhere).
 
-Where a point ran is read from llama.cpp's own buffer log, not from what was asked: each row
-carries ``backend`` ("CPU", "CUDA0", "CPU+CUDA0") from the devices its weights, KV cache and
-compute buffers were allocated on, and a row asked to run on the CPU (``n_gpu_layers`` 0) that
-allocated GPU buffers or held VRAM is flagged (``backend_note`` and a point warning).
+Where a point ran is read from llama.cpp's own buffer log, not from what was asked
+(:mod:`lifecycle.engines.devices`): each row carries ``backend`` ("CPU", "CUDA0", "CPU+CUDA0"),
+and a row asked to run on the CPU that allocated GPU buffers or held VRAM is flagged
+(``backend_note`` and a point warning). When a point's KV cache or compute buffers live on a
+GPU, RSS comparisons are null with the reason and a sweep compares VRAM growth instead.
 
-The physical limit: generating a token reads every weight once, so tg speed is bounded by
-memory bandwidth / bytes per token. For rows whose weights and KV cache are in host RAM, the
-read bandwidth is probed the way a decode step reads: the same number of threads, each
-re-reading its own slice of a buffer the size of what one token reads (so caches help the probe
-exactly as they help the decode), SIMD max-reductions (not the compute-bound float sum), best
-of several passes. Beyond the caches the size no longer matters, so one figure measured over a
-buffer of at least four times the last-level cache serves every larger working set. Figures are
-cached under ``LIFECYCLE_HOME/bench`` with when they were taken and how busy the machine was;
-one older than a week or taken under load is measured again. Rows whose weights or KV cache
-live on a GPU are never bounded by host RAM: their bound is null with the reason unless a GPU
-bandwidth figure is given (``gpu_bandwidth_bytes_per_s``). A row that ran faster than its
-bound gets no fraction (the ratio is kept in ``bandwidth_ratio`` and the reason in
-``bandwidth_note``).
-
-When a point's KV cache or compute buffers live on a GPU, its RSS says nothing about them:
-RSS comparisons are null with the reason, and a context sweep compares the estimate's growth
-with the VRAM growth NVML measured instead.
+Each host-RAM row's tg speed is set against the memory-bandwidth bound
+(:mod:`lifecycle.bandwidth`); GPU rows get a bound only from a given GPU bandwidth figure.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lifecycle.bandwidth import bandwidth_bound, measure_bandwidth
 from lifecycle.clock import utc_now as _now
+from lifecycle.engines.devices import (
+    backend_mismatch,
+    buffer_placement,
+    ggml_devices,
+    gpu_environment,
+    gpu_memory,
+    gpu_unavailable_reason,
+    rss_comparison,
+    vram_figures,
+)
 from lifecycle.errors import EngineError, UsageError
-from lifecycle.hostinfo import physical_cores
+from lifecycle.hostinfo import available_memory, peak_rss, physical_cores, reset_peak_rss
 from lifecycle.results import percentile
+from lifecycle.texttable import mib
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -71,15 +63,8 @@ __all__ = [
     "BenchResult",
     "ContextPoint",
     "SpeedRow",
-    "bandwidth_bound",
-    "buffer_placement",
     "eval_latency",
-    "ggml_devices",
-    "gpu_memory",
-    "gpu_unavailable_reason",
-    "measure_bandwidth",
     "measure_point",
-    "rss_comparison",
     "run_bench",
 ]
 
@@ -340,11 +325,11 @@ def run_bench(
                 continue
             warnings.append(message + "; measured anyway")
         if options.preflight:
-            available = _available_memory()
+            available = available_memory()
             if estimate.total_bytes > available:
                 reason = (
-                    f"estimated {_mib(estimate.total_bytes)} exceeds the "
-                    f"{_mib(available)} of memory available"
+                    f"estimated {mib(estimate.total_bytes)} exceeds the "
+                    f"{mib(available)} of memory available"
                 )
                 points.append(_failed(n_ctx, depth, reason, estimate.to_dict()))
                 say(f"ctx {n_ctx}: not run, {reason}")
@@ -395,7 +380,7 @@ def run_bench(
         "n_batch": options.n_batch,
         "n_gpu_layers": options.n_gpu_layers,
         "extra_bufts": options.extra_bufts,
-        **_gpu_environment(inventory, nvml),
+        **gpu_environment(inventory, nvml),
         **host_environment(),
     }
     latency = None
@@ -518,532 +503,10 @@ def eval_latency(runs_dir: Path, variant_name: str) -> dict[str, Any] | None:
     return figures
 
 
-def gpu_memory(pid: int | None) -> dict[str, Any]:
-    """VRAM used by ``pid`` (all of the process's compute contexts) through NVML.
-
-    Returns ``vram_used_bytes`` / ``vram_total_bytes`` / ``gpu``, all None with a
-    ``vram_reason`` when pynvml is missing or no NVIDIA driver/GPU answers. ``pid=None`` only
-    names the GPUs and their total memory.
-    """
-    empty: dict[str, Any] = {"vram_used_bytes": None, "vram_total_bytes": None, "gpu": None}
-    try:
-        import pynvml  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return {**empty, "vram_reason": "pynvml is not installed (pip install nvidia-ml-py)"}
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError subclasses: no driver, no device, ...
-        return {**empty, "vram_reason": f"no NVIDIA GPU available to NVML: {exc}"}
-    try:
-        names, total, used = [], 0, 0
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
-            names.append(name.decode() if isinstance(name, bytes) else str(name))
-            total += int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-            if pid is not None:
-                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                    if proc.pid == pid and proc.usedGpuMemory is not None:
-                        used += int(proc.usedGpuMemory)
-        if not names:
-            return {**empty, "vram_reason": "NVML reports no GPU"}
-        return {
-            "vram_used_bytes": used if pid is not None else None,
-            "vram_total_bytes": total,
-            "gpu": ", ".join(names),
-            "vram_reason": None,
-        }
-    finally:
-        pynvml.nvmlShutdown()
-
-
-_PROBE_METHOD = (
-    "numpy float32 max-reduction (SIMD), one slice per thread re-read in place, "
-    "best of 7 timed passes after a warm-up"
-)
-_PROBE_VERSION = 2  # part of the cache key: figures of the old float-sum probe are not reused
-# A cached bandwidth figure is reused for a week, and only if it was taken on a quiet machine:
-# the same 15 % of the CPU used by other processes that the gate's speed checks allow.
-BANDWIDTH_MAX_AGE_S = 7 * 24 * 3600.0
-BANDWIDTH_MAX_FOREIGN_SHARE = 0.15
-
-
-def measure_bandwidth(
-    threads: int,
-    *,
-    home: Path | None = None,
-    buffer_bytes: int = 256 * 1024 * 1024,
-    working_set_bytes: int | None = None,
-    max_age_s: float = BANDWIDTH_MAX_AGE_S,
-    max_foreign_share: float = BANDWIDTH_MAX_FOREIGN_SHARE,
-) -> dict[str, Any]:
-    """Sustained read bandwidth with ``threads`` readers, cached per machine.
-
-    Without ``working_set_bytes``: the main-memory figure, over a buffer of at least
-    ``buffer_bytes`` and four times the last-level cache. With it: the bandwidth a decode
-    step reading that many bytes per token can use, i.e. the same threads re-reading a buffer
-    of that size (rounded up to a quarter octave), where the caches help as they help the
-    decode; working sets at least as large as the main-memory buffer get the main-memory
-    figure. Each thread max-reduces its own slice (numpy releases the GIL; the float sum the
-    first probe used is compute-bound at about 12 GB/s per thread and read low), repeated
-    inside the thread so that a pass lasts milliseconds, not the thread pool's dispatch time.
-    The result is cached in ``<home>/bench/bandwidth.json`` under a key of probe version,
-    CPU model, cores, RAM, threads and buffer size (``cached: true`` when reused), with when
-    it was measured and ``foreign_cpu_share``, the CPU other processes used meanwhile. A
-    figure older than ``max_age_s``, or taken while others used more than
-    ``max_foreign_share`` of the CPU (or with that unknown), is measured again rather than
-    reused: a probe that competed for the cores reads low, and would bound every later bench
-    low too. ``remeasured`` says why a cached figure was replaced; ``age_s`` how old a reused
-    one is.
-    """
-    import numpy as np
-
-    from lifecycle.config import lifecycle_home
-    from lifecycle.fsutil import atomic_write_text
-    from lifecycle.results import ForeignLoad, host_environment
-
-    threads = max(1, int(threads))
-    llc = last_level_cache_bytes()
-    main_buffer = max(int(buffer_bytes), 4 * (llc or 0), threads * 4096)
-    size = main_buffer
-    if working_set_bytes is not None and 0 < working_set_bytes < main_buffer:
-        size = _quarter_octave(max(int(working_set_bytes), threads * 4096))
-    host = host_environment()
-    machine = f"{host['cpu']}|{host['cpu_count_logical']}|{host['ram_bytes']}|{threads}"
-    key_source = f"v{_PROBE_VERSION}|{machine}|{size}"
-    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    cache = (home or lifecycle_home()) / "bench" / "bandwidth.json"
-    try:
-        entries = json.loads(cache.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        entries = {}
-    remeasured = None
-    if isinstance(entries, dict) and isinstance(entries.get(key), dict):
-        old = entries[key]
-        age = _age_s(old.get("measured_at"))
-        share = old.get("foreign_cpu_share")
-        if age is None or age > max_age_s:
-            remeasured = "stale" if age is not None else "no measurement time"
-        elif not isinstance(share, int | float):
-            remeasured = "load at measurement unknown"
-        elif share > max_foreign_share:
-            remeasured = f"taken under load (others used {share:.0%} of the CPU)"
-        else:
-            return {**old, "cached": True, "age_s": round(age)}
-
-    from concurrent.futures import ThreadPoolExecutor
-
-    buffer = np.ones(max(size // 4, threads * 1024), dtype=np.float32)
-    chunks = np.array_split(buffer, threads)
-    repeats = max(1, (64 * 1024 * 1024) // max(buffer.nbytes, 1))  # >= 64 MiB read per pass
-    barrier = threading.Barrier(threads)
-
-    def read(chunk: Any) -> None:
-        barrier.wait()
-        for _ in range(repeats):
-            np.maximum.reduce(chunk)
-
-    best = math.inf
-    load, load_started = ForeignLoad().start(), time.monotonic()
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for attempt in range(8):  # the first pass warms pages, caches and threads up
-            start = time.perf_counter()
-            list(pool.map(read, chunks))
-            elapsed = time.perf_counter() - start
-            if attempt:
-                best = min(best, elapsed)
-    entry = {
-        "read_bytes_per_s": int(buffer.nbytes * repeats / best),
-        "threads": threads,
-        "buffer_bytes": int(buffer.nbytes),
-        "main_memory": size >= main_buffer,
-        "llc_bytes": llc,
-        "method": _PROBE_METHOD,
-        "measured_at": _now(),
-        "foreign_cpu_share": _load_share(load, load_started),
-        "machine": machine,
-    }
-    entries = entries if isinstance(entries, dict) else {}
-    entries[key] = entry
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cache, json.dumps(entries, indent=2, sort_keys=True) + "\n")
-    return {**entry, "cached": False, "age_s": 0, "remeasured": remeasured}
-
-
-def _load_share(load: Any, started: float, window_s: float = 0.5) -> float:
-    """Others' CPU share over at least ``window_s``: a probe of a few milliseconds is shorter
-    than the kernel's CPU-time tick, and its raw share reads 0 % or over 100 %."""
-    time.sleep(max(0.0, window_s - (time.monotonic() - started)))
-    return float(min(1.0, load.share()))
-
-
-def _age_s(stamp: Any) -> float | None:
-    """Seconds since an ISO-8601 timestamp; None when it is missing or unreadable."""
-    try:
-        then = datetime.fromisoformat(str(stamp))
-    except ValueError:
-        return None
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=UTC)
-    return max(0.0, (datetime.now(UTC) - then).total_seconds())
-
-
-def last_level_cache_bytes() -> int | None:
-    """The machine's last-level CPU cache, summed over its instances (Linux sysfs; else None).
-
-    On a many-chiplet CPU each chiplet has its own L3; their sum is what a multi-threaded
-    decode can keep in cache, which is why a model smaller than it can beat RAM bandwidth.
-    """
-    seen: dict[tuple[int, str], int] = {}
-    root = Path("/sys/devices/system/cpu")
-    for index in root.glob("cpu[0-9]*/cache/index[0-9]*"):
-        try:
-            level = int((index / "level").read_text().strip())
-            if (index / "type").read_text().strip() == "Instruction":
-                continue
-            text = (index / "size").read_text().strip().upper()
-            shared = (index / "shared_cpu_list").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
-        try:
-            size = int(text.rstrip("KMG")) * scale
-        except ValueError:
-            continue
-        seen[(level, shared)] = size
-    if not seen:
-        return None
-    top = max(level for level, _ in seen)
-    return sum(size for (level, _), size in seen.items() if level == top)
-
-
-def _quarter_octave(n: int) -> int:
-    """``n`` rounded up to the next 2**(k/4) MiB step (coarse buckets for the probe cache)."""
-    mib = max(n / (1024 * 1024), 1.0)
-    step = math.ceil(math.log2(mib) * 4 - 1e-9)
-    return int(math.ceil(2 ** (step / 4) * 1024 * 1024 / 4096) * 4096)
-
-
-# --- where a point ran: llama.cpp's buffers, its devices, NVML ---------------------------
-
-# Buffer types that live in host memory though their name does not start with "CPU".
-_HOST_BUFFER_TYPES = ("AMX", "BLAS")
-# Backend registries that are not GPUs (a GPU registry with no device means none answered).
-_NON_GPU_BACKENDS = ("CPU", "BLAS", "RPC", "AMX", "zDNN", "ZenDNN")
-
-
-def is_host_buffer(name: str) -> bool:
-    """Whether a llama.cpp buffer (``"CPU_Mapped model"``, ``"CUDA_Host output"``) is host RAM."""
-    device = name.split()[0] if name.split() else name
-    return device.startswith("CPU") or device.endswith("_Host") or device in _HOST_BUFFER_TYPES
-
-
-def buffer_placement(devices: Mapping[str, int] | None) -> dict[str, Any]:
-    """Where llama.cpp put a context's buffers, from its load log (``LlamaBuffers.devices``).
-
-    ``devices`` maps ``"<buffer type> <kind>"`` (kinds: model, KV, compute, output) to bytes.
-    Returns ``backend`` ("CPU"; the GPU devices, e.g. "CUDA0", when the weights and the KV
-    cache are all there; "CPU+CUDA0" when split), ``offload`` ("none"; "full"; "partial":
-    layers split; "ops": only compute buffers on a GPU, i.e. llama.cpp ran host-resident
-    weights' ops on the GPU), the GPU devices and the bytes on them by kind. ``backend`` is
-    None when the buffers are unknown.
-    """
-    if devices is None:
-        return {
-            "backend": None,
-            "offload": None,
-            "gpu_devices": [],
-            "gpu_bytes": {},
-            "host_bytes": {},
-            "gpu_buffer_bytes": None,
-        }
-    gpu: dict[str, int] = {}
-    host: dict[str, int] = {}
-    names: set[str] = set()
-    for name, size in devices.items():
-        parts = name.split()
-        kind = parts[-1] if len(parts) > 1 else "other"
-        if size <= 0:
-            continue
-        if is_host_buffer(name):
-            host[kind] = host.get(kind, 0) + int(size)
-        else:
-            gpu[kind] = gpu.get(kind, 0) + int(size)
-            names.add(parts[0])
-    gpu_devices = sorted(names)
-    if not gpu_devices:
-        offload, backend = "none", "CPU"
-    elif gpu.get("model") and not host.get("KV") and gpu.get("KV"):
-        offload, backend = "full", "+".join(gpu_devices)
-    elif gpu.get("model") or gpu.get("KV"):
-        offload, backend = "partial", "+".join(["CPU", *gpu_devices])
-    else:
-        offload, backend = "ops", "+".join(["CPU", *gpu_devices])
-    return {
-        "backend": backend,
-        "offload": offload,
-        "gpu_devices": gpu_devices,
-        "gpu_bytes": gpu,
-        "host_bytes": host,
-        "gpu_buffer_bytes": sum(gpu.values()),
-    }
-
-
-def backend_mismatch(
-    n_gpu_layers: int, placement: Mapping[str, Any], vram_used_bytes: int | None
-) -> str | None:
-    """Why a point did not run where ``n_gpu_layers`` said it would, or None when it did."""
-    offload = placement.get("offload")
-    if n_gpu_layers == 0:
-        if offload not in (None, "none"):
-            kinds = ", ".join(
-                f"{kind} {_mib(size)}" for kind, size in sorted(placement["gpu_bytes"].items())
-            )
-            return (
-                f"n_gpu_layers 0 asked for the CPU, but llama.cpp allocated buffers on "
-                f"{'+'.join(placement['gpu_devices'])} ({kinds}): this row ran partly on the GPU"
-            )
-        if vram_used_bytes:
-            return (
-                f"n_gpu_layers 0 asked for the CPU and llama.cpp allocated no GPU buffer, but "
-                f"the process held {_mib(vram_used_bytes)} of VRAM (a GPU context)"
-            )
-        return None
-    if offload == "none":
-        return (
-            f"n_gpu_layers {n_gpu_layers} asked for GPU offload, but llama.cpp allocated "
-            "every buffer in host memory: this row ran on the CPU"
-        )
-    return None
-
-
 def _relabel(row: SpeedRow, backend: str | None, note: str | None) -> SpeedRow:
     data = row.to_dict()
     data["backend"], data["backend_note"] = backend, note
     return SpeedRow.from_dict(data)
-
-
-def ggml_devices() -> dict[str, Any]:
-    """The backends compiled into llama.cpp and the devices they answered with.
-
-    llama-cpp-python 0.3.36 binds no ggml device API, so this calls ``libggml`` through ctypes
-    (``ggml_backend_reg_*``, ``ggml_backend_dev_*``; device types: 0 CPU, 1 GPU, 2 IGPU,
-    3 ACCEL). Returns ``backends`` (registry name -> device count), ``devices`` (name,
-    description, type, memory) and ``reason`` (why it could not be read, else None).
-    """
-    import ctypes
-
-    empty: dict[str, Any] = {"backends": {}, "devices": [], "reason": None}
-    try:
-        import llama_cpp
-
-        llama_cpp.llama_supports_gpu_offload()  # loads dynamic backends when the build has them
-        from llama_cpp import _ggml
-
-        lib = _ggml.libggml
-        lib.ggml_backend_reg_count.restype = ctypes.c_size_t
-        lib.ggml_backend_reg_get.restype = ctypes.c_void_p
-        lib.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
-        lib.ggml_backend_reg_name.restype = ctypes.c_char_p
-        lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
-        lib.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
-        lib.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
-        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-            getattr(lib, name).restype = ctypes.c_char_p
-            getattr(lib, name).argtypes = [ctypes.c_void_p]
-        lib.ggml_backend_dev_type.restype = ctypes.c_int
-        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-        size_p = ctypes.POINTER(ctypes.c_size_t)
-        lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
-        lib.ggml_backend_dev_memory.restype = None
-        backends = {}
-        for i in range(int(lib.ggml_backend_reg_count())):
-            reg = lib.ggml_backend_reg_get(i)
-            backends[(lib.ggml_backend_reg_name(reg) or b"?").decode()] = int(
-                lib.ggml_backend_reg_dev_count(reg)
-            )
-        devices = []
-        types = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL"}
-        for i in range(int(lib.ggml_backend_dev_count())):
-            dev = lib.ggml_backend_dev_get(i)
-            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-            lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-            devices.append(
-                {
-                    "name": (lib.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
-                    "description": (lib.ggml_backend_dev_description(dev) or b"").decode(
-                        errors="replace"
-                    ),
-                    "type": types.get(int(lib.ggml_backend_dev_type(dev)), "OTHER"),
-                    "memory_total_bytes": int(total.value),
-                    "memory_free_bytes": int(free.value),
-                }
-            )
-        return {"backends": backends, "devices": devices, "reason": None}
-    except Exception as exc:  # a build without these symbols, or no llama_cpp at all
-        return {**empty, "reason": f"llama.cpp's device list could not be read: {exc}"}
-
-
-def _gpu_backends(inventory: Mapping[str, Any]) -> list[str]:
-    return sorted(b for b in inventory.get("backends", {}) if b not in _NON_GPU_BACKENDS)
-
-
-def _gpu_device_names(inventory: Mapping[str, Any]) -> list[str]:
-    return [d["name"] for d in inventory.get("devices", []) if d.get("type") in ("GPU", "IGPU")]
-
-
-def gpu_unavailable_reason(
-    gpu_offload: bool, inventory: Mapping[str, Any], nvml: Mapping[str, Any]
-) -> str | None:
-    """Why ``--gpu`` cannot run here, telling a build without a GPU backend from a GPU backend
-    with no device (e.g. ``CUDA_VISIBLE_DEVICES=""``); None when a GPU device answered.
-
-    ``gpu_offload`` is ``llama_supports_gpu_offload()``, which is false in both cases (it asks
-    for a GPU *device*); ``inventory`` is :func:`ggml_devices`, ``nvml`` :func:`gpu_memory`.
-    """
-    if _gpu_device_names(inventory):
-        return None
-    backends = _gpu_backends(inventory)
-    if inventory.get("reason") and not backends:
-        if gpu_offload:
-            return None
-        return f"llama.cpp reports no GPU offload ({inventory['reason']})"
-    if backends:
-        seen = f"; NVML sees {nvml['gpu']}" if nvml.get("gpu") else ""
-        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
-        why = (
-            f" (CUDA_VISIBLE_DEVICES={hidden!r} hides them)"
-            if hidden is not None and "CUDA" in backends
-            else ""
-        )
-        return (
-            f"no GPU device answered: this llama.cpp build has the {', '.join(backends)} "
-            f"backend, which reports 0 devices{why}{seen}"
-        )
-    return (
-        "this llama.cpp build has no GPU backend "
-        "(reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_CUDA=on)"
-    )
-
-
-def _gpu_environment(inventory: Mapping[str, Any], nvml: Mapping[str, Any]) -> dict[str, Any]:
-    """The run environment's GPU fields: the GPU is named only when llama.cpp can use one."""
-    devices = [d for d in inventory.get("devices", []) if d.get("type") in ("GPU", "IGPU")]
-    reason = None
-    if not devices:
-        reason = gpu_unavailable_reason(False, inventory, nvml)
-    return {
-        "gpu": (nvml.get("gpu") or ", ".join(d["description"] for d in devices))
-        if devices
-        else None,
-        "gpu_offload": bool(devices),
-        "gpu_devices": devices,
-        "gpu_backends": _gpu_backends(inventory),
-        "gpu_reason": reason,
-    }
-
-
-def vram_figures(nvml: Mapping[str, Any], inventory: Mapping[str, Any]) -> dict[str, Any]:
-    """A point's VRAM fields: NVML's figures when llama.cpp had a GPU device, else null ones
-    with the reason (NVML ignores ``CUDA_VISIBLE_DEVICES`` and would name a hidden GPU)."""
-    if nvml.get("gpu") is None or _gpu_device_names(inventory) or inventory.get("reason"):
-        return dict(nvml)
-    return {
-        "vram_used_bytes": None,
-        "vram_total_bytes": None,
-        "gpu": None,
-        "vram_reason": f"llama.cpp had no GPU device (NVML sees {nvml['gpu']}, hidden from it)",
-    }
-
-
-def bandwidth_bound(
-    per_token_bytes: int,
-    avg_ts: float,
-    offload: str | None,
-    n_gpu_layers: int,
-    host: Mapping[str, Any] | None,
-    gpu_bytes_per_s: float | None,
-) -> dict[str, Any]:
-    """The tg bound of one row and its speed against it.
-
-    ``offload`` is :func:`buffer_placement`'s (None: unknown, then ``n_gpu_layers`` decides);
-    ``host`` the host-memory figure (:func:`measure_bandwidth`) for ``per_token_bytes``.
-    Returns ``bandwidth_bound_ts``, ``bandwidth_fraction`` (only when <= 1),
-    ``bandwidth_ratio``, ``bandwidth_bytes_per_s`` and ``bandwidth_note`` (the reason when a
-    bound or a fraction is missing).
-    """
-    out: dict[str, Any] = {
-        "bandwidth_bound_ts": None,
-        "bandwidth_fraction": None,
-        "bandwidth_ratio": None,
-        "bandwidth_bytes_per_s": None,
-        "bandwidth_note": None,
-    }
-    if offload is None:
-        offload = "none" if n_gpu_layers == 0 else "unknown"
-    figure: float | None
-    if offload == "none":
-        figure = float(host["read_bytes_per_s"]) if host else None
-        if figure is None:
-            out["bandwidth_note"] = "host memory bandwidth not measured"
-            return out
-        source = "host memory"
-    elif offload == "full":
-        if not gpu_bytes_per_s:
-            out["bandwidth_note"] = (
-                "weights and KV cache are on the GPU: host RAM bandwidth does not bound this "
-                "row, and no GPU memory bandwidth figure is known"
-            )
-            return out
-        figure, source = float(gpu_bytes_per_s), "GPU memory (given)"
-    else:
-        what = {
-            "partial": "layers split between host RAM and the GPU",
-            "ops": "weights in host RAM but ops offloaded to the GPU",
-            "unknown": "where llama.cpp put the buffers is unknown",
-        }.get(offload, offload)
-        out["bandwidth_note"] = f"{what}: no single memory bandwidth bounds this row"
-        return out
-    if per_token_bytes <= 0 or figure <= 0:
-        out["bandwidth_note"] = "no bytes per token to bound"
-        return out
-    bound = figure / per_token_bytes
-    ratio = avg_ts / bound
-    out.update(
-        bandwidth_bound_ts=round(bound, 3),
-        bandwidth_ratio=round(ratio, 4),
-        bandwidth_bytes_per_s=int(figure),
-    )
-    if ratio <= 1.0:
-        out["bandwidth_fraction"] = round(ratio, 4)
-    else:
-        out["bandwidth_note"] = (
-            f"ran at {ratio:.2f}x the {source} bound: the bandwidth figure "
-            f"({figure / 1e9:.1f} GB/s) is below what this decode used, so the fraction means "
-            "nothing; re-measure the bandwidth on a quiet machine"
-        )
-    return out
-
-
-def rss_comparison(placement: Mapping[str, Any] | None) -> str | None:
-    """Why RSS cannot be compared with the estimate for a point (None: it can).
-
-    RSS is host memory; when the KV cache or the compute buffers live on a GPU, the growth the
-    estimate predicts happens in VRAM and RSS barely moves (or shrinks).
-    """
-    if not placement or placement.get("offload") in (None, "none"):
-        return None
-    kinds = sorted(k for k in placement.get("gpu_bytes", {}) if k in ("KV", "compute"))
-    if not kinds:
-        return None
-    where = "+".join(placement.get("gpu_devices", [])) or "the GPU"
-    return (
-        f"{' and '.join(kinds)} buffers are on {where}: RSS does not hold them, "
-        "so it is not compared with the estimate (VRAM is)"
-    )
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -1389,32 +852,6 @@ def _failed(n_ctx: int, depth: int, reason: str, estimate: dict[str, Any] | None
     )
 
 
-def _available_memory() -> int:
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def reset_peak_rss() -> None:
-    """Start the peak-RSS high-water mark afresh (Linux >= 4.0; elsewhere a no-op)."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
-
-
-def peak_rss() -> int:
-    """The process's peak RSS: VmHWM on Linux (resettable), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if platform.system() == "Darwin" else peak * 1024)  # Linux reports KiB
-
-
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -1436,10 +873,6 @@ def _error_pct(estimate: int | None, measured: int | None) -> float | None:
 
 def _diff(a: int | None, b: int | None) -> int | None:
     return a - b if a is not None and b is not None else None
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024 / 1024:.0f} MiB"
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:

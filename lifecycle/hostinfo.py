@@ -7,8 +7,10 @@ the CPU model is read one way everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+from pathlib import Path
 
 
 def physical_cores() -> int:
@@ -38,3 +40,58 @@ def ram_bytes() -> int:
     import psutil
 
     return int(psutil.virtual_memory().total)
+
+
+def available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def reset_peak_rss() -> None:
+    """Start the peak-RSS high-water mark afresh (Linux >= 4.0; elsewhere a no-op)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+
+
+def peak_rss() -> int:
+    """The process's peak RSS: VmHWM on Linux (resettable), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if platform.system() == "Darwin" else peak * 1024)  # Linux reports KiB
+
+
+def last_level_cache_bytes() -> int | None:
+    """The machine's last-level CPU cache, summed over its instances (Linux sysfs; else None).
+
+    On a many-chiplet CPU each chiplet has its own L3; their sum is what a multi-threaded
+    decode can keep in cache, which is why a model smaller than it can beat RAM bandwidth.
+    """
+    seen: dict[tuple[int, str], int] = {}
+    root = Path("/sys/devices/system/cpu")
+    for index in root.glob("cpu[0-9]*/cache/index[0-9]*"):
+        try:
+            level = int((index / "level").read_text().strip())
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            text = (index / "size").read_text().strip().upper()
+            shared = (index / "shared_cpu_list").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+        try:
+            size = int(text.rstrip("KMG")) * scale
+        except ValueError:
+            continue
+        seen[(level, shared)] = size
+    if not seen:
+        return None
+    top = max(level for level, _ in seen)
+    return sum(size for (level, _), size in seen.items() if level == top)

@@ -38,3 +38,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
     return str(value)
+
+
+def mib(n: int) -> str:
+    """Bytes as whole MiB, for messages (``512 MiB``)."""
+    return f"{n / 1024 / 1024:.0f} MiB"

@@ -11,27 +11,28 @@ from pathlib import Path
 
 import pytest
 
+from lifecycle.bandwidth import bandwidth_bound, measure_bandwidth
 from lifecycle.bench import (
     BenchOptions,
     BenchResult,
     ContextPoint,
-    _gpu_environment,
     _scaling,
-    backend_mismatch,
-    bandwidth_bound,
-    buffer_placement,
     eval_latency,
+    run_bench,
+)
+from lifecycle.engines.devices import (
+    backend_mismatch,
+    buffer_placement,
     ggml_devices,
+    gpu_environment,
     gpu_memory,
     gpu_unavailable_reason,
-    last_level_cache_bytes,
-    measure_bandwidth,
     rss_comparison,
-    run_bench,
     vram_figures,
 )
 from lifecycle.engines.llama_cpp import parse_buffer_log
 from lifecycle.errors import ModelError, UsageError
+from lifecycle.hostinfo import last_level_cache_bytes
 
 LLAMA_BENCH_FIELDS = {
     "n_prompt", "n_gen", "n_depth", "n_threads", "n_batch", "n_ubatch", "type_k", "type_v",
@@ -377,10 +378,10 @@ def test_hidden_gpu_is_told_apart_from_a_build_without_gpu_backend(
 
 
 def test_the_json_names_a_gpu_only_when_llama_cpp_can_use_it() -> None:
-    hidden = _gpu_environment(HIDDEN, NVML_H200)
+    hidden = gpu_environment(HIDDEN, NVML_H200)
     assert hidden["gpu"] is None and hidden["gpu_offload"] is False
     assert hidden["gpu_backends"] == ["CUDA"] and "0 devices" in hidden["gpu_reason"]
-    visible = _gpu_environment(VISIBLE, NVML_H200)
+    visible = gpu_environment(VISIBLE, NVML_H200)
     assert visible["gpu"] == "NVIDIA H200" and visible["gpu_offload"] is True
     assert visible["gpu_reason"] is None and visible["gpu_devices"][0]["name"] == "CUDA0"
     point = vram_figures(NVML_H200, HIDDEN)

@@ -83,7 +83,7 @@ def test_gpu_without_gpu_is_a_clear_usage_error(
 ) -> None:
     """No GPU for llama.cpp: on a CPU build, the build has no GPU backend; on a GPU build with
     the devices hidden, the backend is named and no device answered (never "no backend")."""
-    from lifecycle.bench import ggml_devices
+    from lifecycle.engines.devices import ggml_devices
 
     inventory = ggml_devices()
     if any(d["type"] in ("GPU", "IGPU") for d in inventory["devices"]):

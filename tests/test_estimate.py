@@ -18,8 +18,8 @@ try:  # the tiny-model writer is moving into the package (lifecycle doctor's can
 except ImportError:  # pragma: no cover - before that move
     from tinymodel import _vocabulary  # type: ignore[attr-defined,no-redef]
 
-from lifecycle.bench import buffer_placement
 from lifecycle.engines import LoadOptions
+from lifecycle.engines.devices import buffer_placement
 from lifecycle.engines.llama_cpp import LlamaCppEngine
 from lifecycle.errors import UsageError
 from lifecycle.estimate import estimate_file, estimate_memory

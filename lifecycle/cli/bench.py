@@ -405,7 +405,7 @@ def _mib(value: int | None) -> float | None:
 
 def bandwidth_provenance(bandwidth: dict[str, Any]) -> str:
     """When and how the bandwidth figure was taken, so a low one can be told from a slow RAM."""
-    from lifecycle.bench import BANDWIDTH_MAX_FOREIGN_SHARE
+    from lifecycle.bandwidth import BANDWIDTH_MAX_FOREIGN_SHARE
 
     share = bandwidth.get("foreign_cpu_share")
     if isinstance(share, int | float):

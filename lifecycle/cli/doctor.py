@@ -29,7 +29,6 @@ def doctor_command(
     per engine build + CPU + model; `eval`, `smoke` and `gate` run the same check before
     they load a model. Exit codes: 0 every model runs (perhaps degraded); 1 some cannot.
     """
-    from lifecycle.bench import ggml_devices
     from lifecycle.config import lifecycle_home
     from lifecycle.doctor import (
         ENGINE_CHECKS_DIR,
@@ -40,6 +39,7 @@ def doctor_command(
         rebuild_command,
         tiny_canary_model,
     )
+    from lifecycle.engines.devices import ggml_devices
 
     build = engine_build()
     cpu = host_cpu()
