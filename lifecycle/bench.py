@@ -42,6 +42,7 @@ from typing import Any
 
 from lifecycle.bandwidth import bandwidth_bound, measure_bandwidth
 from lifecycle.clock import utc_now as _now
+from lifecycle.engines.base import BenchableModel, ParallelBenchModel
 from lifecycle.engines.devices import (
     backend_mismatch,
     buffer_placement,
@@ -433,10 +434,10 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
         return _failed(n_ctx, depth, str(exc), None).to_dict()
     try:
         memory["rss_after_load_bytes"] = process.memory_info().rss
-        if not all(hasattr(model, m) for m in ("decode_prompt", "decode_tokens", "model_info")):
+        if not isinstance(model, BenchableModel):
             raise EngineError(f"engine {opts.engine!r} cannot run llama-bench-style tests")
         info = model.model_info()
-        buffers = model.buffer_bytes() if hasattr(model, "buffer_bytes") else None
+        buffers = model.buffer_bytes()
         rows = []
         if batched:
             for n_seq in opts.parallel:
@@ -584,7 +585,7 @@ def _run_batched(
     """llama-batched-bench's test at one N: each of ``n_seq`` sequences decodes an
     ``n_prompt`` prompt (all prompts batched together), then ``n_gen`` steps of one token per
     sequence. Two rows: prompt and generation tokens per second summed over the sequences."""
-    if not hasattr(model, "decode_parallel"):
+    if not isinstance(model, ParallelBenchModel):
         raise EngineError(f"engine {opts.engine!r} cannot decode sequences in parallel")
     if opts.warmup:
         model.decode_parallel(min(opts.n_prompt, 16), 1, n_seq, seed=2)

@@ -173,6 +173,7 @@ class Engine(Protocol):
     def load(self, model_path: Path, options: LoadOptions) -> LoadedModel: ...
 
 
+@runtime_checkable
 class BenchableModel(LoadedModel, Protocol):
     """A loaded model that can be measured the way llama-bench measures (optional for engines).
 
@@ -183,6 +184,10 @@ class BenchableModel(LoadedModel, Protocol):
 
     def model_info(self) -> dict[str, Any]: ...
 
+    def buffer_bytes(self) -> Any:
+        """The buffers the engine allocated at load (weights, KV, compute), or None."""
+        ...
+
     def kv_cache_bytes(self) -> int | None: ...
 
     def clear(self) -> None: ...
@@ -192,6 +197,17 @@ class BenchableModel(LoadedModel, Protocol):
     def decode_prompt(self, n_tokens: int, *, seed: int = 0) -> Any: ...
 
     def decode_tokens(self, n_tokens: int, *, seed: int = 0) -> Any: ...
+
+
+@runtime_checkable
+class ParallelBenchModel(BenchableModel, Protocol):
+    """A benchable model that also runs llama-batched-bench's test (``bench --parallel``)."""
+
+    def decode_parallel(
+        self, n_prompt: int, n_gen: int, n_seq: int, *, seed: int = 0
+    ) -> tuple[int, int]:
+        """Prompt and generation wall times (ns) of ``n_seq`` sequences decoded together."""
+        ...
 
 
 def generate_many(
