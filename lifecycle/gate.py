@@ -2,9 +2,10 @@
 
 A baseline is what the currently pinned variants did: per-case verdicts and outputs, summary
 rates, bench figures and the environment, kept in ``baselines/<model>.json`` next to
-``models.lock`` (written by :mod:`lifecycle.pin`). The gate matches the run's variants to the
-baseline's by variant name (a slot of the workspace's variant matrix; its content id changes
-whenever the weights or the Modelfile do) and fails a variant on:
+``models.lock`` (their format is :mod:`lifecycle.baselines`; :mod:`lifecycle.pin` writes
+them). The gate matches the run's variants to the baseline's by variant name (a slot of the
+workspace's variant matrix; its content id changes whenever the weights or the Modelfile do)
+and fails a variant on:
 
 - a regression: a case (suite, mode, id) that passed in the baseline and fails now;
 - a suite pass rate under its threshold, or a variant that did not run at all;
@@ -43,34 +44,25 @@ pinned variant evaluated here (``references``) is the baseline for regressions.
 
 Partial runs (``--limit``, ``--mode``, one shard) are gated on the cases they ran: rates are
 compared with the baseline's rates over the same cases, and the result says so.
+
+The verdict is rendered (terminal, Markdown, JUnit) by :mod:`lifecycle.gaterender`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lifecycle.config import read_toml
-from lifecycle.errors import (
-    EXIT_FAILURE,
-    EXIT_GATE_FAILED,
-    EXIT_OK,
-    ConfigError,
-    UsageError,
-)
-from lifecycle.results import PER_VARIANT_KEYS, RunRecord
+from lifecycle.baselines import Baseline, CaseKey, case_key, variant_environment
+from lifecycle.config import TableReader, read_toml
+from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
+from lifecycle.results import CaseResult, RunRecord, SuiteSummary
 
 if TYPE_CHECKING:
     from lifecycle.calibrate import Outcome, SignalCalibration
     from lifecycle.golden import Calibration
-
-BASELINE_SCHEMA_VERSION = 1
-# Per-case confidence signals a baseline keeps (present only for suites with [calibration]).
-CALIBRATION_CASE_KEYS = ("stated_confidence", "answer_probability", "routed_correct")
-BASELINES_DIR = "baselines"
 
 # Environment keys whose change makes speed and memory incomparable (another machine).
 HARDWARE_KEYS = ("machine", "cpu", "cpu_count_logical", "cpu_count_physical", "ram_bytes")
@@ -315,32 +307,28 @@ class GateResult:
         }
 
 
+# [gate] keys that are switches; every other one is a bound (a number).
+_FLAGS = ("fail_on_regression", "fail_on_candidates", "require_passing_variant")
+
+
 def load_gate_settings(config_path: Path) -> GateSettings:
     """Read ``[gate]`` from ``lifecycle.toml``; errors name ``lifecycle.toml → gate.field``."""
     data = read_toml(config_path)
-    table = data.get("gate", {})
-    if not isinstance(table, dict):
-        raise ConfigError("must be a table", path=config_path, field="gate")
-    defaults = GateSettings()
-    allowed = set(defaults.to_dict())
+    reader = TableReader(config_path, data).table("gate")
+    reader.reject_unknown(set(GateSettings().to_dict()))
     values: dict[str, Any] = {}
-    for key, value in table.items():
-        where = f"gate.{key}"
-        if key not in allowed:
-            hint = ", ".join(sorted(allowed))
-            raise ConfigError(
-                f"unknown key (expected one of: {hint})", path=config_path, field=where
-            )
-        if key in ("fail_on_regression", "fail_on_candidates", "require_passing_variant"):
+    for key, value in reader.data.items():
+        if key in _FLAGS:
             if not isinstance(value, bool):
-                raise ConfigError("must be true or false", path=config_path, field=where)
+                raise reader.fail(key, "must be true or false")
         else:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError("must be a number", path=config_path, field=where)
+                raise reader.fail(key, "must be a number")
             upper = None if key == "max_memory_growth" else 1.0
             if value < 0 or (upper is not None and value > upper):
-                bounds = ">= 0" if upper is None else "between 0 and 1"
-                raise ConfigError(f"must be {bounds}", path=config_path, field=where)
+                raise reader.fail(
+                    key, "must be >= 0" if upper is None else "must be between 0 and 1"
+                )
             value = float(value)
         values[key] = value
     if values.get("max_coverage_drop") is not None or values.get("max_ece_rise") is not None:
@@ -362,132 +350,20 @@ def calibration_tables(config_path: Path, data: Mapping[str, Any]) -> dict[str, 
     return tables
 
 
-def baseline_path(root: Path, model: str) -> Path:
-    """``baselines/<model>.json`` under the workspace root."""
-    if not model or "/" in model or "\\" in model or model.startswith("."):
-        raise UsageError(f"model name {model!r} cannot name a baseline file")
-    return root / BASELINES_DIR / f"{model}.json"
-
-
-def load_baselines(root: Path) -> dict[str, dict[str, Any]]:
-    """Every committed baseline variant entry, by variant name (empty when none exist)."""
-    entries: dict[str, dict[str, Any]] = {}
-    directory = root / BASELINES_DIR
-    if not directory.is_dir():
-        return entries
-    for path in sorted(directory.glob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read baseline: {exc}", path=path) from None
-        if not isinstance(data, dict) or data.get("schema_version") != BASELINE_SCHEMA_VERSION:
-            raise UsageError(
-                f"unsupported baseline (schema_version {BASELINE_SCHEMA_VERSION} expected)",
-                path=path,
-            )
-        for name, entry in data.get("variants", {}).items():
-            entries[name] = entry
-    return entries
-
-
-def baseline_entry(
-    record: RunRecord, variant_name: str, bench: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The baseline of one variant from a run: what a later gate compares against.
-
-    Per-case timings are left out (only summaries keep speed) so that re-pinning identical
-    results is an identical file.
-    """
-    run = next(v for v in record.variants if v.variant.get("name") == variant_name)
-    suites = sorted({c.suite for c in record.cases if c.variant == variant_name})
-    return {
-        "variant": run.variant,
-        "run_id": record.run_id,
-        "environment": variant_environment(record.environment, variant_name),
-        "golden_sets": {s: record.golden_sets[s] for s in suites if s in record.golden_sets},
-        "summaries": [s.to_dict() for s in record.summaries if s.variant == variant_name],
-        "cases": [
-            {
-                "suite": c.suite,
-                "mode": c.mode,
-                "id": c.id,
-                "passed": c.passed,
-                "reason": c.reason,
-                "output": c.output,
-                "parsed": c.parsed,
-                "expected": c.expected,
-                "json_valid": c.json_valid,
-                "schema_valid": c.schema_valid,
-                "diff": c.diff,
-                # Confidence signals (suites with [calibration] only), so that the gate can
-                # recompute the baseline's calibration figures under the current table.
-                **{
-                    key: getattr(c, key)
-                    for key in CALIBRATION_CASE_KEYS
-                    if getattr(c, key) is not None
-                },
-            }
-            for c in record.cases
-            if c.variant == variant_name
-        ],
-        "bench": bench,
-    }
-
-
-def variant_environment(environment: dict[str, Any], variant_name: str) -> dict[str, Any]:
-    """The run environment as it applied to one variant (its thread count, its blob, ...)."""
-    env = {k: v for k, v in environment.items() if k not in PER_VARIANT_KEYS}
-    for key in PER_VARIANT_KEYS:
-        if key == "blobs" or key not in environment:
-            continue
-        value = environment[key]
-        env[key] = value.get(variant_name) if isinstance(value, dict) else value
-    return env
-
-
-def bench_figures(document: dict[str, Any]) -> dict[str, Any] | None:
-    """The gate's figures from a ``lifecycle bench --json`` document (its first good point).
-
-    Returns None when no point was measured. Speeds are llama-bench's mean tokens/sec.
-    """
-    points = [p for p in document.get("points", []) if p.get("ok")]
-    if not points:
-        return None
-    point = points[0]
-    figures: dict[str, Any] = {"n_ctx": point.get("n_ctx")}
-    for row in point.get("rows", []):
-        kind = "tg" if row.get("n_gen") else "pp"
-        figures[f"{kind}_tokens_per_s"] = row.get("avg_ts")
-    memory = point.get("memory") or {}
-    for key in ("peak_rss_bytes", "model_rss_bytes", "allocated_bytes", "vram_used_bytes"):
-        figures[key] = memory.get(key)
-    figures["engine_version"] = (document.get("environment") or {}).get("engine_version")
-    return figures
-
-
-def bench_by_variant(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Bench figures keyed by the variant name each bench document names."""
-    out: dict[str, dict[str, Any]] = {}
-    for doc in documents:
-        name = (doc.get("variant") or {}).get("name")
-        figures = bench_figures(doc)
-        if name and figures:
-            out[str(name)] = figures
-    return out
-
-
 def run_gate(
     record: RunRecord,
-    baselines: dict[str, dict[str, Any]],
+    baselines: Mapping[str, Baseline],
     settings: GateSettings | None = None,
     *,
     bench: dict[str, dict[str, Any]] | None = None,
     pinned: set[str] | None = None,
     references: dict[str, list[dict[str, Any]]] | None = None,
 ) -> GateResult:
-    """Compare ``record`` with ``baselines`` (from :func:`load_baselines`) under ``settings``.
+    """Compare ``record`` with ``baselines`` (from :func:`lifecycle.baselines.load_baselines`)
+    under ``settings``.
 
-    ``bench`` holds optional bench figures by variant name (:func:`bench_by_variant`);
+    ``bench`` holds optional bench figures by variant name
+    (:func:`lifecycle.baselines.bench_by_variant`);
     ``pinned`` names the variants in ``models.lock`` (default: those with a baseline, which
     pin writes together with the lock); ``references`` holds, by variant name, the cases of
     the pinned variant evaluated in this run's environment (see the module docstring).
@@ -519,22 +395,12 @@ def run_gate(
             verdict_cases += [_case_verdict(c, None) for c in cases if c.errored]
             checks += variant_checks
             verdicts.append(
-                VariantVerdict(
-                    variant=name,
-                    model=model,
-                    variant_id=str(run.variant.get("id", "")),
-                    passed=False,
-                    has_baseline=base is not None,
-                    baseline_variant_id=(base or {}).get("variant", {}).get("id"),
-                    failures=[f"engine failed: {engine_error}"],
-                    pinned=name in pinned,
-                    engine_error=engine_error,
+                _verdict(
+                    run.variant, base, [f"engine failed: {engine_error}"], pinned, engine_error
                 )
             )
             continue
-        base_cases_all = (
-            {(c["suite"], c["mode"], c["id"]): c for c in base.get("cases", [])} if base else {}
-        )
+        base_cases_all = base.case_map() if base is not None else {}
         group_partial = _partial_groups(summaries, cases, base_cases_all, record.shard)
         partial += [f"{name} {g}: {text}" for g, text in group_partial.items()]
         for s in summaries:
@@ -571,15 +437,15 @@ def run_gate(
             )
         causes: list[str] = []
         if base is not None:
-            changes = _environment_changes(base.get("environment") or {}, env_now)
+            changes = _environment_changes(base.environment, env_now)
             if changes:
                 env_changes.append({"variant": name, "changes": changes})
-            same_weights = base.get("variant", {}).get("id") == run.variant.get("id")
+            same_weights = base.variant_id == run.variant.get("id")
             if not same_weights:
                 causes.append("model")
             if any(
                 record.golden_sets.get(suite) != digests
-                for suite, digests in (base.get("golden_sets") or {}).items()
+                for suite, digests in base.golden_sets.items()
             ):
                 causes.append("golden set")
             if any(c["key"] in ENGINE_KEYS for c in changes):
@@ -589,7 +455,7 @@ def run_gate(
             reference = references.get(name)
             if numeric_change and reference is not None:
                 # The pinned model, evaluated here: the like-for-like baseline.
-                here = {(c["suite"], c["mode"], c["id"]): c for c in reference}
+                here = {case_key(c): c for c in reference}
                 flips += _flips(name, base_cases_all, here)
                 base_cases, compare_rates = here, True
             elif numeric_change and same_weights:
@@ -608,7 +474,7 @@ def run_gate(
                         old = stored
                     else:
                         if stored is not None and bool(stored["passed"]) != case.passed:
-                            flips.append(_flip(name, stored, case))
+                            flips.append(_flip(name, stored, case.to_dict()))
                         verdict_cases.append(_case_verdict(case, stored, environment_flip=True))
                         continue
                 verdict_cases.append(_case_verdict(case, old))
@@ -670,18 +536,7 @@ def run_gate(
             if c.status == "fail"
         ]
         checks += variant_checks
-        verdicts.append(
-            VariantVerdict(
-                variant=name,
-                model=model,
-                variant_id=str(run.variant.get("id", "")),
-                passed=not failures,
-                has_baseline=base is not None,
-                baseline_variant_id=(base or {}).get("variant", {}).get("id"),
-                failures=failures,
-                pinned=name in pinned,
-            )
-        )
+        verdicts.append(_verdict(run.variant, base, failures, pinned))
     gate_failures = []
     if settings.require_passing_variant:
         for model in sorted({v.model for v in verdicts if not v.engine_error}):
@@ -707,146 +562,25 @@ def run_gate(
     )
 
 
-def render_markdown(result: GateResult) -> str:
-    """The gate verdict as Markdown fit for a PR comment or ``$GITHUB_STEP_SUMMARY``."""
-    if result.engine_failed:
-        icon, word = "⚠️", "ENGINE FAILED (no verdict)"
-    else:
-        icon, word = ("✅", "PASS") if result.passed else ("❌", "FAIL")
-    lines = [f"## {icon} lifecycle gate: {word}", "", f"**{_md(result.headline())}**", ""]
-    lines += [f"Run `{result.run_id}`.", ""]
-    if result.partial:
-        lines += ["Partial run: gated on the cases it ran only —", ""]
-        lines += [f"- {_md(p)}" for p in result.partial]
-        lines.append("")
-    lines += ["| variant | role | id | baseline | verdict |", "| --- | --- | --- | --- | --- |"]
-    for v in result.variants:
-        base = "none (first pin)"
-        if v.has_baseline:
-            base = "same" if v.baseline_variant_id == v.variant_id else f"`{v.baseline_variant_id}`"
-        verdict = v.status if v.passed else f"**{v.status}**: " + "; ".join(v.failures)
-        role = "pinned" if v.pinned else "candidate"
-        lines.append(f"| {_md(v.variant)} | {role} | `{v.variant_id}` | {base} | {_md(verdict)} |")
-    lines.append("")
-    failed = [c for c in result.checks if c.status == "fail"]
-    if failed:
-        lines += ["### Failed checks", ""]
-        for c in failed:
-            where = f" {c.suite}/{c.mode}" if c.suite else ""
-            cause = f" (cause: {c.cause})" if c.cause else ""
-            lines.append(f"- {_md(c.variant)}{where} `{c.name}`: {_md(c.message)}{cause}")
-        lines.append("")
-    if result.regressions:
-        lines += [f"### Regressions ({len(result.regressions)})", ""]
-        for r in result.regressions:
-            cause = f" — changed: {', '.join(r.causes)}" if r.causes else ""
-            lines.append(
-                f"- **{_md(r.variant)}** {r.suite}/{r.mode} `{r.case}`: {_md(r.reason)}{cause}"
-            )
-            body = [f"expected: {json.dumps(r.expected, ensure_ascii=False)}"]
-            body += [f"output:   {r.output.strip()}", f"baseline: {r.baseline_output.strip()}"]
-            if r.diff:
-                body += ["", r.diff]
-            lines += [
-                "  <details><summary>diff</summary>",
-                "",
-                "  ```",
-                *[f"  {line}" for line in "\n".join(body).splitlines()],
-                "  ```",
-                "  </details>",
-            ]
-        lines.append("")
-    if result.environment_flips:
-        lines += [
-            f"### Flipped by the environment alone ({len(result.environment_flips)}; "
-            "not regressions)",
-            "",
-        ]
-        for f in result.environment_flips:
-            was = "pass" if f.baseline_passed else "fail"
-            now = "pass" if f.passed else "fail"
-            lines.append(
-                f"- {_md(f.variant)} {f.suite}/{f.mode} `{f.case}`: {was} → {now} "
-                f"(baseline output `{_md(f.baseline_output.strip()[:80])}`, now "
-                f"`{_md(f.output.strip()[:80])}`)"
-            )
-        lines.append("")
-    if result.environment_changes:
-        lines += ["### Environment changes (not model regressions)", ""]
-        for entry in result.environment_changes:
-            for c in entry["changes"]:
-                lines.append(
-                    f"- {_md(entry['variant'])} {c['key']}: `{c['baseline']}` → `{c['current']}`"
-                )
-        lines.append("")
-    skipped = [c for c in result.checks if c.status == "skip" and c.name != "baseline"]
-    if skipped:
-        lines += ["<details><summary>skipped checks</summary>", ""]
-        lines += [f"- {_md(c.variant)} `{c.name}`: {_md(c.message)}" for c in skipped]
-        lines += ["", "</details>", ""]
-    return "\n".join(lines)
-
-
-def render_junit(result: GateResult) -> str:
-    """JUnit XML: one testcase per golden case (per variant and mode), then the gate checks.
-
-    A case that regressed is a ``<failure>``; a case that fails but also failed in the
-    baseline (or has none) is ``<skipped>`` with the reason, since the gate does not fail on
-    it; a failed threshold, rate or speed check is a ``<failure>`` in the ``gate`` suite.
-    """
-    from xml.etree import ElementTree as ET
-
-    root = ET.Element("testsuites", name="lifecycle gate")
-    by_suite: dict[str, list[CaseVerdict]] = {}
-    for verdict in result.cases:
-        by_suite.setdefault(f"{verdict.variant}.{verdict.suite}", []).append(verdict)
-    for suite_name, cases in by_suite.items():
-        failures = sum(c.regressed for c in cases)
-        errors = sum(c.errored for c in cases)
-        skipped = sum(not c.passed and not c.regressed and not c.errored for c in cases)
-        suite = ET.SubElement(
-            root,
-            "testsuite",
-            name=suite_name,
-            tests=str(len(cases)),
-            failures=str(failures),
-            errors=str(errors),
-            skipped=str(skipped),
-        )
-        for c in cases:
-            tc = ET.SubElement(suite, "testcase", classname=suite_name, name=f"{c.mode}/{c.case}")
-            text = f"{c.reason}\noutput: {c.output}" + (f"\n{c.diff}" if c.diff else "")
-            if c.errored:
-                ET.SubElement(tc, "error", message=_xml_text(f"engine failed: {c.reason}"))
-            elif c.regressed:
-                node = ET.SubElement(tc, "failure", message=f"regression: {c.reason}")
-                node.text = _xml_text(text)
-            elif not c.passed:
-                why = "also fails in the baseline" if c.baseline_passed is False else "no baseline"
-                if c.environment_only and c.baseline_passed:
-                    why = "flipped by the environment alone, same weights"
-                ET.SubElement(tc, "skipped", message=_xml_text(f"fails ({why}): {c.reason}"))
-    gate_checks = [c for c in result.checks if c.name not in ("regressions",)]
-    suite = ET.SubElement(
-        root,
-        "testsuite",
-        name="gate",
-        tests=str(len(gate_checks)),
-        failures=str(sum(c.status == "fail" for c in gate_checks)),
-        errors="0",
-        skipped=str(sum(c.status == "skip" for c in gate_checks)),
+def _verdict(
+    variant: dict[str, Any],
+    base: Baseline | None,
+    failures: list[str],
+    pinned: set[str],
+    engine_error: str | None = None,
+) -> VariantVerdict:
+    name = str(variant.get("name"))
+    return VariantVerdict(
+        variant=name,
+        model=str(variant.get("model") or name),
+        variant_id=str(variant.get("id", "")),
+        passed=not failures and not engine_error,
+        has_baseline=base is not None,
+        baseline_variant_id=base.variant_id if base is not None else None,
+        failures=failures,
+        pinned=name in pinned,
+        engine_error=engine_error,
     )
-    for check in gate_checks:
-        name = check.name + (f" {check.suite}/{check.mode}" if check.suite else "")
-        tc = ET.SubElement(suite, "testcase", classname=f"gate.{check.variant}", name=name)
-        if check.status == "error":
-            ET.SubElement(tc, "error", message=_xml_text(check.message))
-        elif check.status == "fail":
-            ET.SubElement(tc, "failure", message=_xml_text(check.message))
-        elif check.status == "skip":
-            ET.SubElement(tc, "skipped", message=_xml_text(check.message))
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
 def _case_verdict(
@@ -878,7 +612,7 @@ def _engine_errors(summaries: list[Any], cases: list[Any]) -> str | None:
 def _partial_groups(
     summaries: list[Any],
     cases: list[Any],
-    base_cases: dict[tuple[str, str, str], dict[str, Any]],
+    base_cases: Mapping[CaseKey, dict[str, Any]],
     shard: str | None,
 ) -> dict[str, str]:
     """Groups (suite/mode) this run covered only in part, with "k of n cases"."""
@@ -892,42 +626,31 @@ def _partial_groups(
     return out
 
 
-def _flip(variant: str, stored: dict[str, Any], case: Any) -> EnvironmentFlip:
+def _flip(variant: str, old: Mapping[str, Any], now: Mapping[str, Any]) -> EnvironmentFlip:
+    """A case (a baseline's or a run's dict) that passed on one side and fails on the other."""
     return EnvironmentFlip(
         variant=variant,
-        suite=case.suite,
-        mode=case.mode,
-        case=case.id,
-        baseline_passed=bool(stored["passed"]),
-        passed=case.passed,
-        output=case.output,
-        baseline_output=str(stored.get("output", "")),
+        suite=now["suite"],
+        mode=now["mode"],
+        case=now["id"],
+        baseline_passed=bool(old["passed"]),
+        passed=bool(now["passed"]),
+        output=str(now.get("output", "")),
+        baseline_output=str(old.get("output", "")),
     )
 
 
 def _flips(
     variant: str,
-    stored: dict[tuple[str, str, str], dict[str, Any]],
-    here: dict[tuple[str, str, str], dict[str, Any]],
+    stored: Mapping[CaseKey, dict[str, Any]],
+    here: Mapping[CaseKey, dict[str, Any]],
 ) -> list[EnvironmentFlip]:
     """Cases the pinned model answers differently here than in its baseline's environment."""
-    out = []
-    for key, now in here.items():
-        old = stored.get(key)
-        if old is not None and bool(old["passed"]) != bool(now["passed"]):
-            out.append(
-                EnvironmentFlip(
-                    variant=variant,
-                    suite=key[0],
-                    mode=key[1],
-                    case=key[2],
-                    baseline_passed=bool(old["passed"]),
-                    passed=bool(now["passed"]),
-                    output=str(now.get("output", "")),
-                    baseline_output=str(old.get("output", "")),
-                )
-            )
-    return out
+    return [
+        _flip(variant, old, now)
+        for key, now in here.items()
+        if (old := stored.get(key)) is not None and bool(old["passed"]) != bool(now["passed"])
+    ]
 
 
 def numeric_changes(base: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -955,7 +678,7 @@ def _rate_checks(
     name: str,
     settings: GateSettings,
     causes: list[str],
-    base_cases: dict[tuple[str, str, str], dict[str, Any]],
+    base_cases: Mapping[CaseKey, dict[str, Any]],
 ) -> list[Check]:
     """Rates now vs the baseline's, over the cases both have (like with like).
 
@@ -969,17 +692,10 @@ def _rate_checks(
         ("schema_valid_rate", "schema_valid", settings.max_schema_valid_drop),
     )
     for s in (s for s in record.summaries if s.variant == name):
-        ran = [
-            c for c in record.cases if c.variant == name and (c.suite, c.mode) == (s.suite, s.mode)
-        ]
-        common = [
-            (c, base_cases[(c.suite, c.mode, c.id)])
-            for c in ran
-            if (c.suite, c.mode, c.id) in base_cases
-        ]
+        ran, common = _common_cases(record, s, base_cases)
         if not common:
             continue
-        scope = "" if len(common) == len(ran) else f" over the {len(common)} cases both ran"
+        scope = "" if len(common) == ran else f" over the {len(common)} cases both ran"
         for key, attr, limit in limits:
             was = sum(bool(old.get(attr)) for _c, old in common) / len(common)
             now = sum(bool(getattr(c, attr)) for c, _old in common) / len(common)
@@ -992,12 +708,31 @@ def _rate_checks(
     return checks
 
 
+def _common_cases(
+    record: RunRecord,
+    summary: SuiteSummary,
+    base_cases: Mapping[CaseKey, dict[str, Any]],
+    *,
+    answered_only: bool = False,
+) -> tuple[int, list[tuple[CaseResult, dict[str, Any]]]]:
+    """How many cases of a summary's variant and suite/mode ran now, and those the baseline
+    has too, each with its baseline entry (like with like)."""
+    ran = [
+        c
+        for c in record.cases
+        if (c.variant, c.suite, c.mode) == (summary.variant, summary.suite, summary.mode)
+        and not (answered_only and c.errored)
+    ]
+    common = [(c, base_cases[key]) for c in ran if (key := (c.suite, c.mode, c.id)) in base_cases]
+    return len(ran), common
+
+
 def _calibration_checks(
     record: RunRecord,
     name: str,
     settings: GateSettings,
     causes: list[str],
-    base_cases: dict[tuple[str, str, str], dict[str, Any]],
+    base_cases: Mapping[CaseKey, dict[str, Any]],
 ) -> list[Check]:
     """Coverage at the target accuracy and ECE now vs the baseline's, over common cases.
 
@@ -1013,16 +748,8 @@ def _calibration_checks(
         table = settings.calibration.get(s.suite)
         if table is None:
             continue
-        ran = [
-            c
-            for c in record.cases
-            if c.variant == name and (c.suite, c.mode) == (s.suite, s.mode) and not c.errored
-        ]
-        common = [
-            (c.to_dict(), base_cases[(c.suite, c.mode, c.id)])
-            for c in ran
-            if (c.suite, c.mode, c.id) in base_cases
-        ]
+        _ran, answered = _common_cases(record, s, base_cases, answered_only=True)
+        common = [(c.to_dict(), old) for c, old in answered]
         if not common:
             continue
         if table.routed_field and any("routed_correct" not in old for _c, old in common):
@@ -1130,26 +857,26 @@ def _coverage(result: SignalCalibration) -> float | None:
 def _speed_checks(
     record: RunRecord,
     name: str,
-    base: dict[str, Any],
+    base: Baseline,
     bench_now: dict[str, Any] | None,
     settings: GateSettings,
     hardware_changed: bool,
     causes: list[str],
 ) -> list[Check]:
     pairs: list[tuple[str, float | None, float | None, bool]] = []  # name, old, new, lower-worse
-    old_speed = _eval_speed(base.get("summaries", []))
+    old_speed = _eval_speed(base.summaries)
     new_speed = _eval_speed([s.to_dict() for s in record.summaries if s.variant == name])
     # Speeds measured while other processes kept the CPU busy say nothing about the engine.
     busy = [
         share
         for share in (
-            (base.get("environment") or {}).get("foreign_cpu_share"),
+            base.environment.get("foreign_cpu_share"),
             variant_environment(record.environment, name).get("foreign_cpu_share"),
         )
         if isinstance(share, int | float) and share > settings.max_foreign_cpu_share
     ]
     pairs.append(("generation_tokens_per_s", old_speed, new_speed, True))
-    old_bench, new_bench = base.get("bench") or {}, bench_now or {}
+    old_bench, new_bench = base.bench or {}, bench_now or {}
     if old_bench or new_bench:
         pairs.append(
             (
@@ -1246,12 +973,3 @@ def _num(value: float) -> str:
     if value >= 2**20 and float(value).is_integer():
         return f"{value / 2**20:.1f} MiB"
     return f"{value:.1f}"
-
-
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _xml_text(text: str) -> str:
-    # XML 1.0 cannot carry most control characters, and model output may contain them.
-    return "".join(ch for ch in text if ch in "\t\n\r" or ord(ch) >= 0x20)

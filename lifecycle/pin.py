@@ -24,7 +24,7 @@ the golden-set digests or the engine build. Otherwise the old entry, time includ
 so re-pinning with nothing changed is an empty diff. Local ``FROM ./x.gguf`` files record no
 revision (theirs is a file mtime, which a fresh clone changes); the digest is the identity.
 
-Baselines (:mod:`lifecycle.gate`) are written first and the lock last, each atomically (temp
+Baselines (:mod:`lifecycle.baselines`) are written first and the lock last, each atomically (temp
 file, fsync, rename): an interrupted pin leaves the previous lock whole.
 """
 
@@ -33,19 +33,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lifecycle.baselines import (
+    BaselineFile,
+    baseline_entry,
+    baseline_path,
+    read_baseline_file,
+    variant_environment,
+)
 from lifecycle.clock import utc_now
 from lifecycle.errors import UsageError
 from lifecycle.fsutil import atomic_write_text
-from lifecycle.gate import (
-    BASELINE_SCHEMA_VERSION,
-    GateResult,
-    baseline_entry,
-    baseline_path,
-)
+from lifecycle.gate import GateResult
 from lifecycle.results import RunRecord
 from lifecycle.store import Manifest, Part, Store
 from lifecycle.tags import from_tag, parse_tag
@@ -180,7 +182,7 @@ def pin(
     lock_path = root / LOCK_FILE
     lock = read_lock(lock_path)
     entries: dict[str, Any] = dict(lock["variants"])
-    baselines: dict[str, dict[str, Any]] = {}
+    baselines: dict[str, BaselineFile] = {}
     changes: list[PinChange] = []
     now = utc_now()
 
@@ -219,8 +221,7 @@ def pin(
         )
         baseline = baselines.setdefault(model, _read_baseline(root, model))
         variant = baseline_entry(record, name, bench.get(name))
-        variant["variant"] = _portable_variant(root, variant["variant"])
-        baseline["variants"][name] = variant
+        baseline.variants[name] = replace(variant, variant=_portable_variant(root, variant.variant))
 
     if keep is not None:
         for name in sorted(set(entries) - keep):
@@ -239,7 +240,7 @@ def pin(
                 )
             )
             baseline = baselines.setdefault(model, _read_baseline(root, model))
-            baseline["variants"].pop(name, None)
+            baseline.variants.pop(name, None)
 
     written: list[Path] = [baseline_path(root, model) for model in sorted(baselines)]
     if baselines:
@@ -248,7 +249,7 @@ def pin(
     repo = _prepare_commit(root, [*written, lock_path], branch) if commit or branch else None
 
     for model, baseline in sorted(baselines.items()):
-        atomic_write_text(baseline_path(root, model), render_json(baseline))
+        atomic_write_text(baseline_path(root, model), render_json(baseline.to_dict()))
     if baselines:
         atomic_write_text(
             lock_path, render_json({"lock_version": LOCK_VERSION, "variants": entries})
@@ -267,8 +268,6 @@ def lock_entry(
     pinned_at: str,
 ) -> dict[str, Any]:
     """The lock entry of one variant of ``record``."""
-    from lifecycle.gate import variant_environment
-
     run = next(v for v in record.variants if v.variant.get("name") == name)
     v = run.variant
     env = variant_environment(record.environment, name)
@@ -373,17 +372,12 @@ def _identity(entry: dict[str, Any]) -> tuple[Any, ...]:
     return (entry.get("variant_id"), entry.get("golden_sets"), entry.get("engine"))
 
 
-def _read_baseline(root: Path, model: str) -> dict[str, Any]:
+def _read_baseline(root: Path, model: str) -> BaselineFile:
+    """The model's baseline file as committed; a new one when there is none (or of another
+    schema version, which the pin then replaces)."""
     path = baseline_path(root, model)
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read baseline: {exc}", path=path) from None
-        if isinstance(data, dict) and data.get("schema_version") == BASELINE_SCHEMA_VERSION:
-            data.setdefault("variants", {})
-            return data
-    return {"schema_version": BASELINE_SCHEMA_VERSION, "model": model, "variants": {}}
+    found = read_baseline_file(path, model) if path.is_file() else None
+    return found if found is not None else BaselineFile(model=model)
 
 
 def _portable_variant(root: Path, variant: dict[str, Any]) -> dict[str, Any]:

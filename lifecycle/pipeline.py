@@ -27,18 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lifecycle.baselines import Baseline, bench_by_variant, load_baselines, variant_environment
 from lifecycle.clock import utc_now
 from lifecycle.config import Workspace
 from lifecycle.errors import LifecycleError
 from lifecycle.fsutil import atomic_write_text
-from lifecycle.gate import (
-    GateResult,
-    GateSettings,
-    bench_by_variant,
-    load_baselines,
-    load_gate_settings,
-    run_gate,
-)
+from lifecycle.gate import GateResult, GateSettings, load_gate_settings, numeric_changes, run_gate
 from lifecycle.pin import LOCK_FILE, PinResult, locked_manifest, pin, read_lock
 from lifecycle.results import (
     PER_VARIANT_KEYS,
@@ -124,8 +118,8 @@ def run_smoke(
     progress: Progress | None = None,
 ) -> SmokeResult:
     """Run the whole smoke on ``workspace``; see the module docstring."""
+    from lifecycle.baselines import baseline_path
     from lifecycle.engines import get_engine
-    from lifecycle.gate import baseline_path
     from lifecycle.golden import load_suites
     from lifecycle.pin import check_repository
     from lifecycle.report import build_report, write_report
@@ -313,12 +307,11 @@ def gate_workspace(
 def reference_runs(
     workspace: Workspace,
     record: RunRecord,
-    baselines: dict[str, dict[str, Any]],
+    baselines: dict[str, Baseline],
     store: Store,
     say: Progress,
 ) -> dict[str, list[dict[str, Any]]]:
     """The pinned variants evaluated on this machine, where the gate needs them (by name)."""
-    from lifecycle.gate import numeric_changes, variant_environment
     from lifecycle.runner import EvalOptions, run_eval
     from lifecycle.variants import pinned_variant, resolve_variants
 
@@ -326,17 +319,15 @@ def reference_runs(
     for run in record.variants:
         name = str(run.variant.get("name"))
         base = baselines.get(name)
-        if base is None or run.error or base.get("variant", {}).get("id") == run.variant.get("id"):
+        if base is None or run.error or base.variant_id == run.variant.get("id"):
             continue
-        changed = numeric_changes(
-            base.get("environment") or {}, variant_environment(record.environment, name)
-        )
+        changed = numeric_changes(base.environment, variant_environment(record.environment, name))
         if not changed:
             continue
         modes = sorted({c.mode for c in record.cases if c.variant == name})
         key_parts = [
             CACHE_VERSION,
-            base["variant"].get("id"),
+            base.variant.get("id"),
             record.golden_sets,
             modes,
             variant_environment(record.environment, name),
@@ -351,7 +342,7 @@ def reference_runs(
             (current,) = resolve_variants(workspace, store, [name])
         except ValueError:
             continue
-        pinned = pinned_variant(current, base["variant"], store)
+        pinned = pinned_variant(current, base.variant, store)
         if pinned is None:
             say(f"gate {name}: the pinned variant cannot be rebuilt here; stored baseline used")
             continue

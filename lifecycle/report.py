@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lifecycle.baselines import bench_figures
 from lifecycle.fsutil import atomic_write_text
-from lifecycle.gate import GateResult, bench_figures, render_markdown
+from lifecycle.gate import GateResult
+from lifecycle.gaterender import render_markdown
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"

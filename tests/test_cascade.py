@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from test_calibrate import FIXED
 
+from lifecycle.baselines import baseline_entry
 from lifecycle.calibrate import (
     CaseCost,
     Outcome,
@@ -30,7 +31,7 @@ from lifecycle.calibrate import (
 )
 from lifecycle.confidence import answer_probability
 from lifecycle.errors import ConfigError
-from lifecycle.gate import GateSettings, baseline_entry, load_gate_settings, run_gate
+from lifecycle.gate import GateSettings, load_gate_settings, run_gate
 from lifecycle.golden import load_suite
 from lifecycle.results import RunRecord
 from lifecycle.tinymodel import write_tiny_llama
@@ -367,7 +368,7 @@ def test_gate_calibration_bounds(tiny_workspace: Path, run_cli: Run) -> None:
     assert "calibration" not in settings.to_dict()
 
     base = baseline_entry(record, "tiny", None)
-    for case in base["cases"]:  # the baseline keeps the signals
+    for case in base.cases:  # the baseline keeps the signals
         assert {"answer_probability", "routed_correct"} <= set(case)
     same = run_gate(record, {"tiny": base}, settings)
     checks = [c for c in same.checks if c.name in ("coverage_at_target", "ece")]
@@ -377,9 +378,9 @@ def test_gate_calibration_bounds(tiny_workspace: Path, run_cli: Run) -> None:
     # Same answers, worse calibration: hand-set baseline engine probabilities, so that the
     # baseline was perfectly calibrated (1.0 on right cases, 0.0 on wrong ones): ECE 0 and
     # every right case kept at 100% accuracy.
-    for case in base["cases"]:
+    for case in base.cases:
         case["answer_probability"] = 1.0 if case["routed_correct"] else 0.0
-    right = sum(bool(c["routed_correct"]) for c in base["cases"])
+    right = sum(bool(c["routed_correct"]) for c in base.cases)
     assert 0 < right < 4, "the tiny model needs right and wrong cases here"
     now = calibrate_outcomes(
         outcomes_for(
@@ -401,7 +402,7 @@ def test_gate_calibration_bounds(tiny_workspace: Path, run_cli: Run) -> None:
     assert not result.passed if "fail" in (ece.status, coverage.status) else result.passed
 
     # A baseline pinned before [calibration] holds no signals: skipped, with the remedy.
-    for case in base["cases"]:
+    for case in base.cases:
         del case["routed_correct"]
     old = run_gate(record, {"tiny": base}, settings)
     (skip,) = [c for c in old.checks if c.name == "calibration"]

@@ -14,12 +14,13 @@ import pytest
 from _promote import make_record
 from _pull_fixtures import store  # noqa: F401  (fixture)
 
+from lifecycle.baselines import baseline_entry
 from lifecycle.bench import measure_bandwidth
 from lifecycle.charts import bar_labels, grouped_bar_figure
 from lifecycle.cli.bench import bandwidth_provenance
 from lifecycle.compare import CompareOptions, compare, render_report
 from lifecycle.config import load_workspace
-from lifecycle.gate import GateSettings, baseline_entry, run_gate
+from lifecycle.gate import GateSettings, run_gate
 from lifecycle.gguf import read_gguf
 from lifecycle.report import build_report
 from lifecycle.results import summarise

@@ -11,21 +11,16 @@ from xml.etree import ElementTree as ET
 import pytest
 from _promote import make_record, pass_schema_cases, schema_only
 
+from lifecycle.baselines import Baseline, baseline_entry
 from lifecycle.errors import ConfigError
-from lifecycle.gate import (
-    GateSettings,
-    baseline_entry,
-    load_gate_settings,
-    render_junit,
-    render_markdown,
-    run_gate,
-)
+from lifecycle.gate import GateSettings, load_gate_settings, run_gate
+from lifecycle.gaterender import render_junit, render_markdown
 from lifecycle.results import RunRecord
 
 Run = Callable[..., tuple[int, str, str]]
 
 
-def baselines_of(record: RunRecord, bench: dict[str, Any] | None = None) -> dict[str, Any]:
+def baselines_of(record: RunRecord, bench: dict[str, Any] | None = None) -> dict[str, Baseline]:
     return {
         v.variant["name"]: baseline_entry(record, v.variant["name"], bench) for v in record.variants
     }

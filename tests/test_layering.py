@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "gotemplate",
             "prompt",
             "results",
+            "baselines",  # baselines/<model>.json: pin writes, the gate reads (from results)
             "tinymodel",
             "confidence",
             "charts",  # PNG rendering from plain dicts: used by report, compare, bench
@@ -55,7 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engines", ("engines", "crashguard", "doctor")),
     ("golden/bench", ("golden", "bench", "lint", "runner")),
     ("gate/compare", ("gate", "compare", "calibrate")),
-    ("report/pin", ("report", "pin")),
+    ("report/pin", ("report", "gaterender", "pin")),
     ("pipeline", ("pipeline",)),
     ("cli", ("cli", "__main__")),
 ]

@@ -15,8 +15,9 @@ import git
 import pytest
 from _promote import init_repo, make_record
 
+from lifecycle.baselines import load_baselines
 from lifecycle.config import lifecycle_home
-from lifecycle.gate import GateSettings, load_baselines, run_gate
+from lifecycle.gate import GateSettings, run_gate
 from lifecycle.pin import GitStateError, commit_message, pin, read_lock
 from lifecycle.results import RunRecord
 from lifecycle.store import Store

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from _promote import make_record, schema_only
 
-from lifecycle.gate import GateSettings, baseline_entry, run_gate
+from lifecycle.baselines import baseline_entry
+from lifecycle.gate import GateSettings, run_gate
 from lifecycle.report import build_report, write_report
 
 Run = Callable[..., tuple[int, str, str]]

@@ -11,7 +11,8 @@ from pathlib import Path
 from _promote import init_repo, make_record, pass_schema_cases, schema_only, write_cases
 from tinymodel import write_tiny_llama
 
-from lifecycle.gate import GateSettings, baseline_entry, run_gate
+from lifecycle.baselines import baseline_entry
+from lifecycle.gate import GateSettings, run_gate
 
 Run = Callable[..., tuple[int, str, str]]
 

@@ -284,8 +284,8 @@ def check_lock_command(workspace_dir: Path | None, as_json: bool) -> int:
 def _gate(
     workspace_dir: Path | None, run_ref: str | None, bench_files: tuple[Path, ...]
 ) -> tuple[Workspace, RunRecord, GateResult, dict[str, dict[str, Any]]]:
-    from lifecycle.config import load_workspace
     from lifecycle.baselines import bench_by_variant
+    from lifecycle.config import load_workspace
     from lifecycle.pipeline import gate_workspace
 
     workspace = load_workspace(workspace_dir)

@@ -1,0 +1,246 @@
+"""Baselines: what the pinned variants did, in ``baselines/<model>.json`` next to ``models.lock``.
+
+:mod:`lifecycle.pin` writes them (with the lock), :mod:`lifecycle.gate` reads them. One file
+per model, one entry per variant name (a slot of the variant matrix)::
+
+    {
+      "schema_version": 1,
+      "model": "harbor-triage",
+      "variants": {
+        "harbor-triage:q4_k_m": {
+          "variant": {"name": …, "id": …, "blob_digest": …, "modelfile_text": …, …},
+          "run_id": "…",
+          "environment": {"engine": …, "engine_version": …, "cpu": …, "threads": …, …},
+          "golden_sets": {"triage": {"golden_digest": …, "schema_digest": …}},
+          "summaries": [{"suite": …, "mode": …, "pass_rate": …, …}],
+          "cases": [{"suite": …, "mode": …, "id": …, "passed": …, "output": …, …}],
+          "bench": {"tg_tokens_per_s": …, "peak_rss_bytes": …, …} | null
+        }
+      }
+    }
+
+:class:`BaselineFile` is one file and :class:`Baseline` one variant entry; both turn back into
+exactly the dict they were read from (pin renders it with sorted keys), so re-pinning
+identical results leaves the file byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lifecycle.errors import UsageError
+from lifecycle.results import PER_VARIANT_KEYS, RunRecord
+
+BASELINE_SCHEMA_VERSION = 1
+BASELINES_DIR = "baselines"
+# Per-case confidence signals a baseline keeps (present only for suites with [calibration]).
+CALIBRATION_CASE_KEYS = ("stated_confidence", "answer_probability", "routed_correct")
+
+CaseKey = tuple[str, str, str]  # (suite, mode, case id)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One variant's entry in a baseline file: what a later gate compares a run against.
+
+    ``cases`` and ``summaries`` keep the run's own dict forms (the cases without timings).
+    """
+
+    variant: dict[str, Any]
+    run_id: str
+    environment: dict[str, Any]
+    golden_sets: dict[str, Any] = field(default_factory=dict)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    bench: dict[str, Any] | None = None
+
+    @property
+    def variant_id(self) -> str | None:
+        """The content id of the pinned variant (weights + Modelfile)."""
+        value = self.variant.get("id")
+        return None if value is None else str(value)
+
+    def case_map(self) -> dict[CaseKey, dict[str, Any]]:
+        """The cases by (suite, mode, id)."""
+        return {case_key(c): c for c in self.cases}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Baseline:
+        return cls(
+            variant=data.get("variant") or {},
+            run_id=str(data.get("run_id") or ""),
+            environment=data.get("environment") or {},
+            golden_sets=data.get("golden_sets") or {},
+            summaries=list(data.get("summaries") or []),
+            cases=list(data.get("cases") or []),
+            bench=data.get("bench"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "run_id": self.run_id,
+            "environment": self.environment,
+            "golden_sets": self.golden_sets,
+            "summaries": self.summaries,
+            "cases": self.cases,
+            "bench": self.bench,
+        }
+
+
+@dataclass
+class BaselineFile:
+    """``baselines/<model>.json``: the baselines of one model's pinned variants, by name."""
+
+    model: str
+    variants: dict[str, Baseline] = field(default_factory=dict)
+    schema_version: int = BASELINE_SCHEMA_VERSION
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], model: str = "") -> BaselineFile:
+        return cls(
+            model=str(data.get("model", model)),
+            variants={
+                str(name): Baseline.from_dict(entry)
+                for name, entry in (data.get("variants") or {}).items()
+            },
+            schema_version=int(data.get("schema_version", BASELINE_SCHEMA_VERSION)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "model": self.model,
+            "variants": {name: entry.to_dict() for name, entry in self.variants.items()},
+        }
+
+
+def case_key(case: Mapping[str, Any]) -> CaseKey:
+    """A case dict's (suite, mode, id)."""
+    return (case["suite"], case["mode"], case["id"])
+
+
+def baseline_path(root: Path, model: str) -> Path:
+    """``baselines/<model>.json`` under the workspace root."""
+    if not model or "/" in model or "\\" in model or model.startswith("."):
+        raise UsageError(f"model name {model!r} cannot name a baseline file")
+    return root / BASELINES_DIR / f"{model}.json"
+
+
+def read_baseline_file(path: Path, model: str = "") -> BaselineFile | None:
+    """The baseline file at ``path``; None when it is not of this tool's schema version.
+
+    Raises UsageError (naming the file) when it cannot be read or is not JSON.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read baseline: {exc}", path=path) from None
+    if not isinstance(data, dict) or data.get("schema_version") != BASELINE_SCHEMA_VERSION:
+        return None
+    return BaselineFile.from_dict(data, model)
+
+
+def load_baselines(root: Path) -> dict[str, Baseline]:
+    """Every committed baseline variant entry, by variant name (empty when none exist)."""
+    entries: dict[str, Baseline] = {}
+    directory = root / BASELINES_DIR
+    if not directory.is_dir():
+        return entries
+    for path in sorted(directory.glob("*.json")):
+        document = read_baseline_file(path)
+        if document is None:
+            raise UsageError(
+                f"unsupported baseline (schema_version {BASELINE_SCHEMA_VERSION} expected)",
+                path=path,
+            )
+        entries.update(document.variants)
+    return entries
+
+
+def baseline_entry(record: RunRecord, variant_name: str, bench: dict[str, Any] | None) -> Baseline:
+    """The baseline of one variant from a run: what a later gate compares against.
+
+    Per-case timings are left out (only summaries keep speed) so that re-pinning identical
+    results is an identical file.
+    """
+    run = next(v for v in record.variants if v.variant.get("name") == variant_name)
+    suites = sorted({c.suite for c in record.cases if c.variant == variant_name})
+    return Baseline(
+        variant=run.variant,
+        run_id=record.run_id,
+        environment=variant_environment(record.environment, variant_name),
+        golden_sets={s: record.golden_sets[s] for s in suites if s in record.golden_sets},
+        summaries=[s.to_dict() for s in record.summaries if s.variant == variant_name],
+        cases=[
+            {
+                "suite": c.suite,
+                "mode": c.mode,
+                "id": c.id,
+                "passed": c.passed,
+                "reason": c.reason,
+                "output": c.output,
+                "parsed": c.parsed,
+                "expected": c.expected,
+                "json_valid": c.json_valid,
+                "schema_valid": c.schema_valid,
+                "diff": c.diff,
+                # Confidence signals (suites with [calibration] only), so that the gate can
+                # recompute the baseline's calibration figures under the current table.
+                **{
+                    key: getattr(c, key)
+                    for key in CALIBRATION_CASE_KEYS
+                    if getattr(c, key) is not None
+                },
+            }
+            for c in record.cases
+            if c.variant == variant_name
+        ],
+        bench=bench,
+    )
+
+
+def variant_environment(environment: dict[str, Any], variant_name: str) -> dict[str, Any]:
+    """The run environment as it applied to one variant (its thread count, its blob, ...)."""
+    env = {k: v for k, v in environment.items() if k not in PER_VARIANT_KEYS}
+    for key in PER_VARIANT_KEYS:
+        if key == "blobs" or key not in environment:
+            continue
+        value = environment[key]
+        env[key] = value.get(variant_name) if isinstance(value, dict) else value
+    return env
+
+
+def bench_figures(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The gate's figures from a ``lifecycle bench --json`` document (its first good point).
+
+    Returns None when no point was measured. Speeds are llama-bench's mean tokens/sec.
+    """
+    points = [p for p in document.get("points", []) if p.get("ok")]
+    if not points:
+        return None
+    point = points[0]
+    figures: dict[str, Any] = {"n_ctx": point.get("n_ctx")}
+    for row in point.get("rows", []):
+        kind = "tg" if row.get("n_gen") else "pp"
+        figures[f"{kind}_tokens_per_s"] = row.get("avg_ts")
+    memory = point.get("memory") or {}
+    for key in ("peak_rss_bytes", "model_rss_bytes", "allocated_bytes", "vram_used_bytes"):
+        figures[key] = memory.get(key)
+    figures["engine_version"] = (document.get("environment") or {}).get("engine_version")
+    return figures
+
+
+def bench_by_variant(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Bench figures keyed by the variant name each bench document names."""
+    out: dict[str, dict[str, Any]] = {}
+    for doc in documents:
+        name = (doc.get("variant") or {}).get("name")
+        figures = bench_figures(doc)
+        if name and figures:
+            out[str(name)] = figures
+    return out

@@ -1,0 +1,67 @@
+"""Baseline files (lifecycle.baselines): the typed documents turn back into the very file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _promote import make_record
+
+from lifecycle.baselines import (
+    Baseline,
+    BaselineFile,
+    baseline_entry,
+    baseline_path,
+    load_baselines,
+    read_baseline_file,
+)
+from lifecycle.errors import UsageError
+from lifecycle.pin import render_json
+
+REPO = Path(__file__).resolve().parent.parent
+COMMITTED = sorted((REPO / "baselines").glob("*.json"))
+
+
+def test_the_example_has_baselines() -> None:
+    assert COMMITTED, "the example's baselines/ holds no file"
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_committed_baselines_round_trip_byte_for_byte(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text)
+    document = BaselineFile.from_dict(data)
+    assert document.to_dict() == data
+    for name, entry in data["variants"].items():
+        assert Baseline.from_dict(entry).to_dict() == entry, name
+    # What pin writes for an unchanged model is the committed file itself.
+    assert render_json(document.to_dict()) == text
+    found = read_baseline_file(path)
+    assert found is not None and render_json(found.to_dict()) == text
+
+
+def test_a_run_entry_round_trips_and_loads(tmp_path: Path) -> None:
+    record = make_record({"a": True, "b": False})
+    entry = baseline_entry(record, "tiny", {"tg_tokens_per_s": 10.0})
+    assert Baseline.from_dict(entry.to_dict()) == entry
+    assert entry.variant_id == record.variants[0].variant["id"]
+    assert set(entry.case_map()) == {(c.suite, c.mode, c.id) for c in record.cases}
+    path = baseline_path(tmp_path, "tiny")
+    path.parent.mkdir()
+    path.write_text(render_json(BaselineFile("tiny", {"tiny": entry}).to_dict()), "utf-8")
+    assert load_baselines(tmp_path) == {"tiny": entry}
+
+
+def test_unreadable_or_foreign_baselines_are_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "baselines"
+    directory.mkdir()
+    (directory / "x.json").write_text('{"schema_version": 99, "variants": {}}', "utf-8")
+    assert read_baseline_file(directory / "x.json") is None
+    with pytest.raises(UsageError, match="unsupported baseline"):
+        load_baselines(tmp_path)
+    (directory / "x.json").write_text("{", "utf-8")
+    with pytest.raises(UsageError, match="cannot read baseline"):
+        load_baselines(tmp_path)
+    with pytest.raises(UsageError, match="cannot name a baseline file"):
+        baseline_path(tmp_path, "../x")
