@@ -340,36 +340,31 @@ def sweep_point(scored: Sequence[tuple[float, bool]], total: int, threshold: flo
 
 def recommend(sweep: Sequence[SweepPoint], target: float) -> Recommendation:
     """The lowest threshold whose kept cases reach ``target`` (the most coverage that does)."""
-    reaching = [p for p in sweep if p.accuracy is not None and p.accuracy >= target]
-    if reaching:
-        best = min(reaching, key=lambda p: p.threshold)
-        return Recommendation(
-            target=target,
-            reached=True,
-            threshold=best.threshold,
-            coverage=best.coverage,
-            accuracy=best.accuracy,
-            statement=(
-                f"threshold {best.threshold:g} keeps {best.coverage:.0%} local at "
-                f"{best.accuracy:.0%} accuracy (target {target:.0%})"
-            ),
-        )
     scored = [p for p in sweep if p.accuracy is not None]
     if not scored:
         return Recommendation(
             target, False, None, None, None, "no case has a confidence: nothing to threshold"
         )
-    best = max(scored, key=lambda p: (p.accuracy or 0.0, p.coverage))
+    reaching = [p for p in scored if (p.accuracy or 0.0) >= target]
+    if reaching:
+        best = min(reaching, key=lambda p: p.threshold)
+        statement = (
+            f"threshold {best.threshold:g} keeps {best.coverage:.0%} local at "
+            f"{best.accuracy:.0%} accuracy (target {target:.0%})"
+        )
+    else:
+        best = max(scored, key=lambda p: (p.accuracy or 0.0, p.coverage))
+        statement = (
+            f"no threshold reaches {target:.0%} accuracy; the best is {best.accuracy:.0%} "
+            f"at threshold {best.threshold:g}, keeping {best.coverage:.0%} local"
+        )
     return Recommendation(
         target=target,
-        reached=False,
+        reached=bool(reaching),
         threshold=best.threshold,
         coverage=best.coverage,
         accuracy=best.accuracy,
-        statement=(
-            f"no threshold reaches {target:.0%} accuracy; the best is {best.accuracy:.0%} "
-            f"at threshold {best.threshold:g}, keeping {best.coverage:.0%} local"
-        ),
+        statement=statement,
     )
 
 

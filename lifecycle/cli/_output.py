@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -18,6 +18,14 @@ from lifecycle.texttable import table as table  # re-exported: every command pri
 def emit_json(document: Any) -> None:
     """Print one JSON document on stdout."""
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def emit(as_json: bool, document: Any, text: Callable[[], str]) -> None:
+    """A command's result: ``document`` as JSON with --json, else ``text()`` for a person."""
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(text())
 
 
 def progress(message: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from lifecycle.cli._options import workspace_option
-from lifecycle.cli._output import emit_json, library_progress, progress, table
+from lifecycle.cli._output import emit, emit_json, library_progress, progress, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_OK
 
 
@@ -135,10 +135,7 @@ def bench_command(
         document["chart"] = str(path)
         if not quiet:
             progress(f"chart: {path}")
-    if as_json:
-        emit_json(document)
-    else:
-        click.echo(render_bench(document))
+    emit(as_json, document, lambda: render_bench(document))
     return EXIT_OK if any(p.ok for p in result.points) else EXIT_FAILURE
 
 

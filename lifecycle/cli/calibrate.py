@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from lifecycle.cli._options import json_option, workspace_option
-from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.cli._output import emit, progress, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_OK, LifecycleError
 
 if TYPE_CHECKING:
@@ -113,10 +113,7 @@ def calibrate_command(
             report.chart = str(reliability_chart(report, path))
         except OSError as exc:
             raise LifecycleError(f"cannot write the chart: {exc}", path=path) from None
-    if as_json:
-        emit_json(report.to_dict())
-    else:
-        click.echo(render_calibration(report))
+    emit(as_json, report.to_dict(), lambda: render_calibration(report))
     if report.chart:
         progress(f"reliability diagram: {report.chart}")
     failed = [g.tier_error for g in report.groups if g.tier_error]

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from lifecycle.cli._options import json_option, workspace_option
-from lifecycle.cli._output import emit_json, progress, table
+from lifecycle.cli._output import emit, progress, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_OK, LifecycleError
 
 
@@ -85,10 +85,7 @@ def doctor_command(
         "rebuild": rebuild_command(cpu, version) if degraded or not ok else None,
         "workspace": skipped,
     }
-    if as_json:
-        emit_json(document)
-    else:
-        click.echo(_render(document))
+    emit(as_json, document, lambda: _render(document))
     return EXIT_OK if ok else EXIT_FAILURE
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lifecycle.cli._options import workspace_option
-from lifecycle.cli._output import emit_json, library_progress, progress, table
+from lifecycle.cli._output import emit, library_progress, progress, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -161,10 +161,7 @@ def _save_and_report(
 
     path = save_run(record, workspace.runs_dir)
     pinned = set(read_lock(workspace.root / LOCK_FILE)["variants"])
-    if as_json:
-        emit_json(record.to_dict())
-    else:
-        click.echo(render_run(record.to_dict(), pinned))
+    emit(as_json, record.to_dict(), lambda: render_run(record.to_dict(), pinned))
     progress(f"run record: {path}")
     failed = engine_failures(record)
     if failed:

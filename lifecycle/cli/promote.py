@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lifecycle.cli._options import json_option, workspace_option
-from lifecycle.cli._output import emit_json, library_progress, progress, table
+from lifecycle.cli._output import emit, emit_json, library_progress, progress, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -75,10 +75,7 @@ def gate_command(
 
         atomic_write_text(junit, render_junit(gate))
         progress(f"junit: {junit}")
-    if as_json:
-        emit_json(gate.to_dict())
-    else:
-        click.echo(render_gate_text(gate))
+    emit(as_json, gate.to_dict(), lambda: render_gate_text(gate))
     return gate.exit_code
 
 
@@ -178,10 +175,7 @@ def report_command(
     report = build_report(record.to_dict(), gate, bench=docs, quants=quants)
     html_path, md_path = write_report(report, out_dir or workspace.root / "reports")
     document = {"verdict": report.verdict, "html": str(html_path), "markdown": str(md_path)}
-    if as_json:
-        emit_json(document)
-    else:
-        click.echo(f"{report.verdict}: {html_path}, {md_path}")
+    emit(as_json, document, lambda: f"{report.verdict}: {html_path}, {md_path}")
     return EXIT_OK
 
 
@@ -250,10 +244,7 @@ def smoke_command(
     with library_progress(enabled=not (as_json or quiet)):
         result = run_smoke(workspace, options, progress=None if quiet else progress)
     _write_outputs(render_markdown(result.gate), None)
-    if as_json:
-        emit_json(result.to_dict())
-    else:
-        click.echo(render_summary(result))
+    emit(as_json, result.to_dict(), lambda: render_summary(result))
     return result.exit_code
 
 

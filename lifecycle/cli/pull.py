@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lifecycle.cli._options import json_option, workspace_option
-from lifecycle.cli._output import emit_json, progress, progress_bars, table
+from lifecycle.cli._output import emit, emit_json, progress, progress_bars, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_OK, EXIT_UPSTREAM_CHANGED, UsageError
 
 if TYPE_CHECKING:
@@ -58,10 +58,8 @@ def pull_command(
     if check:
         changes = [sources.check(store, tag) for tag in selected]
         changed = any(c.changed for c in changes)
-        if as_json:
-            emit_json({"changed": changed, "tags": [c.to_dict() for c in changes]})
-        else:
-            click.echo(render_changes([c.to_dict() for c in changes]))
+        documents = [c.to_dict() for c in changes]
+        emit(as_json, {"changed": changed, "tags": documents}, lambda: render_changes(documents))
         return EXIT_UPSTREAM_CHANGED if changed else EXIT_OK
     bars = progress_bars(enabled=not as_json)
     manifests = []
@@ -71,10 +69,7 @@ def pull_command(
             manifests.append(sources.pull(store, tag, progress=bars))
     finally:
         bars.close()
-    if as_json:
-        emit_json({"pulled": [m.to_dict() for m in manifests]})
-    else:
-        click.echo(render_manifests(manifests))
+    emit(as_json, {"pulled": [m.to_dict() for m in manifests]}, lambda: render_manifests(manifests))
     return EXIT_OK
 
 
@@ -141,10 +136,7 @@ def push_command(
 def list_command(as_json: bool) -> int:
     """List the tags in the store with their digest, size and upstream revision."""
     manifests = _store().list_manifests()
-    if as_json:
-        emit_json({"models": [m.to_dict() for m in manifests]})
-    else:
-        click.echo(render_manifests(manifests))
+    emit(as_json, {"models": [m.to_dict() for m in manifests]}, lambda: render_manifests(manifests))
     return EXIT_OK
 
 
@@ -200,10 +192,7 @@ def show_command(
         "gguf": info.to_dict(include_tensors=tensors),
         "modelfile": modelfile,
     }
-    if as_json:
-        emit_json(document)
-    else:
-        click.echo(render_show(document))
+    emit(as_json, document, lambda: render_show(document))
     return EXIT_OK
 
 
@@ -376,10 +365,7 @@ def _pull_from_mirror(
             manifests.append(mirror.pull_locked(store, base, locked, progress=bars))
     finally:
         bars.close()
-    if as_json:
-        emit_json({"pulled": [m.to_dict() for m in manifests]})
-    else:
-        click.echo(render_manifests(manifests))
+    emit(as_json, {"pulled": [m.to_dict() for m in manifests]}, lambda: render_manifests(manifests))
     return EXIT_OK
 
 
