@@ -14,8 +14,8 @@ import pytest
 from _promote import make_record
 from _pull_fixtures import store  # noqa: F401  (fixture)
 
+from lifecycle.bandwidth import measure_bandwidth
 from lifecycle.baselines import baseline_entry
-from lifecycle.bench import measure_bandwidth
 from lifecycle.charts import bar_labels, grouped_bar_figure
 from lifecycle.cli.bench import bandwidth_provenance
 from lifecycle.compare import CompareOptions, compare, render_report

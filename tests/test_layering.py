@@ -54,7 +54,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("sources", ("sources",)),
     ("variants", ("quantize", "variants", "targets", "estimate")),
     ("engines", ("engines", "crashguard", "doctor")),
-    ("golden/bench", ("golden", "bench", "lint", "runner")),
+    ("golden/bench", ("golden", "bench", "bandwidth", "lint", "runner")),
     ("gate/compare", ("gate", "compare", "calibrate")),
     ("report/pin", ("report", "gaterender", "pin")),
     ("pipeline", ("pipeline",)),
@@ -79,10 +79,6 @@ ALLOWED_LLAMA_CPP: dict[str, str] = {
     "lifecycle.quantize": (
         "llama_model_quantize is not an engine operation (no model is loaded); imported "
         "inside quantize_blob/normalise_quant only, so variants imports without llama_cpp"
-    ),
-    "lifecycle.bench": (
-        "the bandwidth probe reads ggml's buffer types from llama_cpp._ggml; lazy, only when "
-        "a bench row runs on llama.cpp"
     ),
     "lifecycle.doctor": (
         "doctor reports the llama.cpp build (version, system info, backends) it diagnoses; "
