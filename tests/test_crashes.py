@@ -211,3 +211,11 @@ def test_each_crash_signal_has_a_remedy(sig: str, words: str) -> None:
     )
     assert message.startswith(f"llama.cpp crashed ({sig}) generating case c1 on m:q4 (sha256:")
     assert words in message
+
+
+def test_a_supervised_command_names_itself_lifecycle_in_usage_errors() -> None:
+    # The child runs as ``python -m lifecycle.cli``; the user typed ``lifecycle``.
+    done = lifecycle("eval", "--no-such-option")
+    assert done.returncode == 2
+    assert "Usage: lifecycle eval [OPTIONS]" in done.stderr, done.stderr
+    assert "python -m" not in done.stderr

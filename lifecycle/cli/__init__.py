@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(crashguard.supervise(args))
     if engine_command:
         _load_engine_first()
-    code = handle_errors(lambda: cli.main(args=args, standalone_mode=False))
+    code = handle_errors(lambda: cli.main(args=args, prog_name="lifecycle", standalone_mode=False))
     sys.exit(code)
 
 
