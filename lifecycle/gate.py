@@ -388,7 +388,7 @@ def run_gate(
         variant_checks: list[Check] = []
         summaries = [s for s in record.summaries if s.variant == name]
         cases = [c for c in record.cases if c.variant == name]
-        engine_error = run.error or _engine_errors(summaries, cases)
+        engine_error = run.error or _engine_errors(cases)
         if engine_error:
             # No verdict on a model the engine could not run: not a regression, not a refusal.
             variant_checks.append(Check("ran", name, "error", f"engine failed: {engine_error}"))
@@ -584,7 +584,7 @@ def _verdict(
 
 
 def _case_verdict(
-    case: Any, old: dict[str, Any] | None, *, environment_flip: bool = False
+    case: CaseResult, old: Mapping[str, Any] | None, *, environment_flip: bool = False
 ) -> CaseVerdict:
     return CaseVerdict(
         variant=case.variant,
@@ -601,7 +601,7 @@ def _case_verdict(
     )
 
 
-def _engine_errors(summaries: list[Any], cases: list[Any]) -> str | None:
+def _engine_errors(cases: list[CaseResult]) -> str | None:
     """Why the engine could not answer some of a variant's cases (None when it answered all)."""
     errored = [c for c in cases if c.errored]
     if not errored:
@@ -610,8 +610,8 @@ def _engine_errors(summaries: list[Any], cases: list[Any]) -> str | None:
 
 
 def _partial_groups(
-    summaries: list[Any],
-    cases: list[Any],
+    summaries: list[SuiteSummary],
+    cases: list[CaseResult],
     base_cases: Mapping[CaseKey, dict[str, Any]],
     shard: str | None,
 ) -> dict[str, str]:
@@ -815,7 +815,7 @@ def _bound_check(
     name: str,
     ok: bool,
     message: str,
-    summary: Any,
+    summary: SuiteSummary,
     was: float,
     now: float,
     limit: float,
