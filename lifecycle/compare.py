@@ -27,21 +27,35 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lifecycle.config import Workspace, read_toml
-from lifecycle.errors import ConfigError, EngineError, UsageError
+from lifecycle.config import TableReader, Workspace, read_toml
+from lifecycle.errors import EngineError, UsageError
 from lifecycle.hostinfo import peak_rss, reset_peak_rss
+from lifecycle.results import RunRecord
 from lifecycle.store import now
+from lifecycle.tokenstats import (
+    SCORE_MODES,
+    ReferenceScores,
+    chunk_tokens,
+    logits_block,
+    score_against,
+    score_reference,
+    self_stats,
+    vocab_mismatch,
+)
 
 SCHEMA_VERSION = 1
+# lifecycle.toml → compare: its keys, each read by read_compare_settings.
+SETTINGS_KEYS = {
+    "reference", "text", "ctx", "chunks", "top_k",
+    "max_pass_rate_drop", "max_mean_kld", "max_ppl_ratio", "min_same_top_p",
+}  # fmt: skip
+
 Progress = Callable[[str], None]
 # (label, done, total): a progress bar's update, e.g. the CLI's ProgressBars on a terminal.
 Ticker = Callable[[str, int, int | None], None]
@@ -80,6 +94,63 @@ class CompareOptions:
 
 
 @dataclass(frozen=True)
+class CompareSettings:
+    """``lifecycle.toml → compare``; ``None``: not set there (the command's defaults apply)."""
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    reference: str | None = None
+    text: Path | None = None  # resolved against the workspace root
+    ctx: int | None = None
+    chunks: int | None = None
+    top_k: int | None = None
+
+
+@dataclass
+class CompareReport:
+    """One comparison: the JSON document (:meth:`to_dict`) and the eval run it made.
+
+    ``variants`` holds one entry per subject, reference first, as the JSON has them.
+    ``run_record`` is the eval run of the task-quality pass (None without one): saved beside
+    the report as ``<id>.run.json``, never inline. ``chart``, ``chart_error`` and
+    ``eval_run`` are filled in when the report is saved.
+    """
+
+    compare_id: str
+    created_at: str
+    reference: str
+    token_settings: dict[str, Any] | None
+    thresholds: Thresholds
+    eval_run_id: str | None
+    variants: list[dict[str, Any]]
+    verdict: dict[str, Any]
+    run_record: RunRecord | None = None
+    chart: Path | None = None
+    chart_error: str | None = None
+    eval_run: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document ``lifecycle compare --json`` prints and ``<id>.json`` holds."""
+        document: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "compare",
+            "created_at": self.created_at,
+            "reference": self.reference,
+            "token_settings": self.token_settings,
+            "thresholds": self.thresholds.to_dict(),
+            "eval_run_id": self.eval_run_id,
+            "variants": self.variants,
+            "verdict": self.verdict,
+            "compare_id": self.compare_id,
+        }
+        if self.chart_error is not None:
+            document["chart_error"] = self.chart_error
+        document["chart"] = str(self.chart) if self.chart else None
+        if self.eval_run is not None:
+            document["eval_run"] = str(self.eval_run)
+        return document
+
+
+@dataclass(frozen=True)
 class Subject:
     """One thing being compared: a workspace variant, or a GGUF named by tag or path."""
 
@@ -104,8 +175,8 @@ def compare(
     store: Any = None,
     progress: Progress | None = None,
     ticker: Ticker | None = None,
-) -> dict[str, Any]:
-    """Compare ``names`` (variants, model names, tags or GGUF paths); return the JSON report.
+) -> CompareReport:
+    """Compare ``names`` (variants, model names, tags or GGUF paths); return the report.
 
     Everything that can fail without a model (names, text file, quant names, config) fails
     before any model loads. ``progress`` gets a line per step; ``ticker`` a count of scored
@@ -119,14 +190,14 @@ def compare(
         raise UsageError("name at least one variant, model or tag to compare")
     if options.score not in SCORE_MODES:
         raise UsageError(f"unknown score mode {options.score!r}; use one of {SCORE_MODES}")
-    settings = read_compare_settings(workspace) if workspace else {}
-    thresholds = options.thresholds or settings.get("thresholds") or Thresholds()
-    n_ctx = options.n_ctx or settings.get("ctx") or 512
-    top_k = options.top_k or settings.get("top_k") or 1024
-    chunks = options.chunks or settings.get("chunks")
+    settings = read_compare_settings(workspace) if workspace else CompareSettings()
+    thresholds = options.thresholds or settings.thresholds
+    n_ctx = options.n_ctx or settings.ctx or 512
+    top_k = options.top_k or settings.top_k or 1024
+    chunks = options.chunks or settings.chunks
     if n_ctx < 8:
         raise UsageError(f"--ctx {n_ctx} is too small to score (at least 8 tokens)")
-    text_path = options.text or settings.get("text")
+    text_path = options.text or settings.text
     text, text_label = load_text(text_path) if options.token_quality else ("", "")
 
     if store is None:
@@ -134,7 +205,7 @@ def compare(
 
         store = Store(workspace.home if workspace else lifecycle_home())
     subjects = resolve_subjects(names, workspace, store)
-    reference = _pick_reference(subjects, options.reference or settings.get("reference"))
+    reference = _pick_reference(subjects, options.reference or settings.reference)
     infos = {s.name: _gguf_summary(s.path) for s in subjects}
     if reference.name != subjects[0].name:
         subjects = [reference, *[s for s in subjects if s.name != reference.name]]
@@ -174,11 +245,9 @@ def compare(
         )
         text_settings["text"] = text_label
 
-    run_id = None
     run_record = None
     if options.task_quality:
         run_record = _task_pass(subjects, reference, entries, workspace, options, say)
-        run_id = run_record.run_id if run_record else None
 
     measured = {
         "token_quality": options.token_quality,
@@ -187,78 +256,58 @@ def compare(
     for entry in entries.values():
         entry["checks"] = _checks(entry, thresholds, measured)
         entry["within_thresholds"] = all(c["ok"] for c in entry["checks"])
-    verdict = _verdict(list(entries.values()), reference.name)
     created = now()
-    report: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "compare",
-        "created_at": created,
-        "reference": reference.name,
-        "token_settings": text_settings or None,
-        "thresholds": thresholds.to_dict(),
-        "eval_run_id": run_id,
-        "variants": list(entries.values()),
-        "verdict": verdict,
-    }
-    report["compare_id"] = _compare_id(created, report)
-    if run_record is not None:
-        report["_run_record"] = run_record  # saved by save_report, never serialised inline
-    return report
+    return CompareReport(
+        compare_id=_compare_id(created, list(entries.values())),
+        created_at=created,
+        reference=reference.name,
+        token_settings=text_settings or None,
+        thresholds=thresholds,
+        eval_run_id=run_record.run_id if run_record else None,
+        variants=list(entries.values()),
+        verdict=_verdict(list(entries.values()), reference.name),
+        run_record=run_record,
+    )
 
 
-def read_compare_settings(workspace: Workspace) -> dict[str, Any]:
+def read_compare_settings(workspace: Workspace) -> CompareSettings:
     """``lifecycle.toml → compare``: reference, thresholds, text, ctx, chunks, top_k."""
     path = workspace.config_path
-    table = read_toml(path).get("compare", {})
-    if not isinstance(table, dict):
-        raise ConfigError("must be a table", path=path, field="compare")
-    known = {
-        "reference", "text", "ctx", "chunks", "top_k",
-        "max_pass_rate_drop", "max_mean_kld", "max_ppl_ratio", "min_same_top_p",
-    }  # fmt: skip
-    for key in table:
-        if key not in known:
-            raise ConfigError(
-                f"unknown key (expected one of: {', '.join(sorted(known))})",
-                path=path,
-                field=f"compare.{key}",
-            )
+    reader = TableReader(path, read_toml(path)).table("compare")
+    reader.reject_unknown(SETTINGS_KEYS)
 
     def number(key: str, default: float | None) -> float | None:
-        value = table.get(key, default)
+        value = reader.data.get(key, default)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigError("must be a non-negative number", path=path, field=f"compare.{key}")
+            raise reader.fail(key, "must be a non-negative number")
         return float(value)
 
     def integer(key: str) -> int | None:
-        value = table.get(key)
+        value = reader.data.get(key)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError("must be a positive integer", path=path, field=f"compare.{key}")
+            raise reader.fail(key, "must be a positive integer")
         return value
 
-    settings: dict[str, Any] = {
-        "thresholds": Thresholds(
-            max_pass_rate_drop=number("max_pass_rate_drop", 0.02) or 0.0,
-            max_mean_kld=number("max_mean_kld", 0.05) or 0.0,
-            max_ppl_ratio=number("max_ppl_ratio", None),
-            min_same_top_p=number("min_same_top_p", None),
-        ),
-        "ctx": integer("ctx"),
-        "chunks": integer("chunks"),
-        "top_k": integer("top_k"),
-    }
-    for key in ("reference", "text"):
-        value = table.get(key)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError("must be a string", path=path, field=f"compare.{key}")
-        settings[key] = value
-    if settings["text"]:
-        settings["text"] = workspace.root / settings["text"]
-    return settings
+    thresholds = Thresholds(
+        max_pass_rate_drop=number("max_pass_rate_drop", 0.02) or 0.0,
+        max_mean_kld=number("max_mean_kld", 0.05) or 0.0,
+        max_ppl_ratio=number("max_ppl_ratio", None),
+        min_same_top_p=number("min_same_top_p", None),
+    )
+    ctx, chunks, top_k = integer("ctx"), integer("chunks"), integer("top_k")
+    reference, text = reader.string("reference", None), reader.string("text", None)
+    return CompareSettings(
+        thresholds=thresholds,
+        reference=reference,
+        text=workspace.root / text if text else None,
+        ctx=ctx,
+        chunks=chunks,
+        top_k=top_k,
+    )
 
 
 def load_text(path: Path | None) -> tuple[str, str]:
@@ -309,28 +358,6 @@ def resolve_subjects(
             seen.add(subject.name)
             unique.append(subject)
     return unique
-
-
-def save_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path | None]:
-    """Write ``<id>.json`` (and the eval run as ``<id>.run.json``) and the chart ``<id>.png``."""
-    from lifecycle.fsutil import atomic_write_text
-
-    directory.mkdir(parents=True, exist_ok=True)
-    record = report.pop("_run_record", None)
-    base = directory / report["compare_id"]
-    chart: Path | None = None
-    try:
-        chart = comparison_chart(report, base.with_suffix(".png"))
-    except (ImportError, ValueError, OSError) as exc:  # the report matters more than the chart
-        report["chart_error"] = str(exc)
-    report["chart"] = str(chart) if chart else None
-    if record is not None:
-        run_path = base.with_name(base.name + ".run.json")
-        atomic_write_text(run_path, json.dumps(record.to_dict(), indent=2) + "\n")
-        report["eval_run"] = str(run_path)
-    path = base.with_suffix(".json")
-    atomic_write_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    return path, chart
 
 
 # --- token-level quality -----------------------------------------------------------------------
@@ -386,7 +413,7 @@ def _token_pass(
                 ref_scores = score_reference(
                     model, ref_tokens, n_ctx, score, top_k, block, on_chunk=tick
                 )
-                stats = _self_stats(ref_scores)
+                stats = self_stats(ref_scores)
                 settings.update(
                     tokens=len(text_ids) + (bos is not None),
                     chunks=len(ref_tokens) // n_ctx,
@@ -395,7 +422,7 @@ def _token_pass(
                 )
             else:
                 assert ref_scores is not None
-                reason = _vocab_mismatch(ref_scores, ref_tokens, text_ids, bos, n_vocab, n_ctx)
+                reason = vocab_mismatch(ref_scores, ref_tokens, text_ids, bos, n_vocab, n_ctx)
                 if reason:
                     entry["token_quality_skipped"] = reason
                     say(f"warning: {subject.name}: {reason}")
@@ -446,7 +473,7 @@ def _task_pass(
     workspace: Workspace | None,
     options: CompareOptions,
     say: Progress,
-) -> Any:
+) -> RunRecord | None:
     """One eval run of every workspace variant; fill task_quality and the eval-run costs."""
     from lifecycle.runner import EvalOptions, run_eval
 
@@ -609,7 +636,7 @@ def _verdict(entries: list[dict[str, Any]], reference: str) -> dict[str, Any]:
     choice = min(within, key=lambda e: e["cost"]["file_size_bytes"])
     ref = next(e for e in entries if e["name"] == reference)
     size = choice["cost"]["file_size_bytes"]
-    parts = [f"{_mib(size)} vs {_mib(ref['cost']['file_size_bytes'])} for the reference"]
+    parts = [f"{mib(size)} vs {mib(ref['cost']['file_size_bytes'])} for the reference"]
     for check in choice["checks"]:
         parts.append(f"{check['check']} {check['value']:.4g} (limit {check['limit']:g})")
     summary = (
@@ -622,7 +649,8 @@ def _verdict(entries: list[dict[str, Any]], reference: str) -> dict[str, Any]:
     return {"choice": choice["name"], "within": [e["name"] for e in within], "summary": summary}
 
 
-def _mib(size: int) -> str:
+def mib(size: int) -> str:
+    """A file size as the report writes it (``123.4 MiB``)."""
     return f"{size / 2**20:.1f} MiB"
 
 
@@ -649,9 +677,20 @@ def _gguf_summary(path: Path) -> dict[str, Any]:
     }
 
 
-def _compare_id(created: str, report: dict[str, Any]) -> str:
+def _compare_id(created: str, entries: list[dict[str, Any]]) -> str:
     stamp = created.replace("-", "").replace(":", "")
-    salt = json.dumps([[e["digest"] for e in report["variants"]], time.time_ns()])
+    salt = json.dumps([[e["digest"] for e in entries], time.time_ns()])
     return f"{stamp}-{hashlib.sha256(salt.encode()).hexdigest()[:8]}"
 
 
+__all__ = [
+    "CompareOptions",
+    "CompareReport",
+    "CompareSettings",
+    "Thresholds",
+    "compare",
+    "load_text",
+    "mib",
+    "read_compare_settings",
+    "resolve_subjects",
+]

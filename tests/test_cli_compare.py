@@ -77,6 +77,12 @@ def test_compare_reports_token_and_task_quality_cost_and_flips(
     chart = Path(doc["chart"])
     assert chart.parent == workspace / ".lifecycle" / "compare"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --json prints exactly the saved document; the eval run is a file beside it, not inline.
+    saved = chart.with_suffix(".json").read_text(encoding="utf-8")
+    assert saved == json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    assert list(doc)[-3:] == ["compare_id", "chart", "eval_run"] and "_run_record" not in saved
+    assert Path(doc["eval_run"]) == chart.with_name(f"{doc['compare_id']}.run.json")
+    assert run["run_id"] == doc["eval_run_id"]
 
 
 def test_verdict_is_the_smallest_variant_within_thresholds(workspace: Path, run_cli: Run) -> None:

@@ -7,26 +7,21 @@ llama-cpp-python's own ``logits_all`` path, which shares no code with lifecycle.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lifecycle.compare import (
-    CompareOptions,
-    ReferenceScores,
-    _vocab_mismatch,
-    chunk_tokens,
-    compare,
-    load_text,
-    read_compare_settings,
-)
+from lifecycle.compare import CompareOptions, compare, load_text, read_compare_settings
+from lifecycle.comparerender import save_report
 from lifecycle.config import load_workspace
 from lifecycle.errors import ConfigError, UsageError
 from lifecycle.quantize import quantize_blob
 from lifecycle.sources import pull_file
 from lifecycle.store import Store
+from lifecycle.tokenstats import ReferenceScores, chunk_tokens, vocab_mismatch
 
 N_CTX = 64
 TEXT = load_text(None)[0][:700]  # a slice of the packaged text: ~700 tokens on the tiny vocab
@@ -58,7 +53,7 @@ def token_compare(names: list[str], text: Path, **kwargs: object) -> dict[str, d
         threads=1,
         **kwargs,  # type: ignore[arg-type]
     )
-    report = compare(names, options)
+    report = compare(names, options).to_dict()
     return {e["name"]: e for e in report["variants"]} | {"_report": report}
 
 
@@ -151,13 +146,54 @@ def test_chunking_follows_llama_perplexity() -> None:
     assert chunk_tokens(list(range(10, 40)), None, 8, 2) == list(range(10, 26))
 
 
+def test_saved_report_is_the_json_document_with_nothing_hidden(
+    quants: dict[str, Path], text_file: Path, tmp_path: Path
+) -> None:
+    options = CompareOptions(text=text_file, n_ctx=N_CTX, chunks=2, task_quality=False, threads=1)
+    report = compare([str(quants["F32"]), str(quants["Q8_0"])], options)
+    assert report.run_record is None  # no eval run: nothing to save beside the report
+    path, chart = save_report(report, tmp_path / "compare")
+    text = path.read_text(encoding="utf-8")
+    assert text == json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    doc = json.loads(text)
+    # The document's keys, in order, as before the report became a typed object.
+    assert list(doc) == [
+        "schema_version", "kind", "created_at", "reference", "token_settings", "thresholds",
+        "eval_run_id", "variants", "verdict", "compare_id", "chart",
+    ]  # fmt: skip
+    assert doc["schema_version"] == 1 and doc["kind"] == "compare"
+    assert path.name == f"{doc['compare_id']}.json" and doc["chart"] == str(chart)
+    assert doc["thresholds"] == {
+        "max_pass_rate_drop": 0.02, "max_mean_kld": 0.05, "max_ppl_ratio": None,
+        "min_same_top_p": None,
+    }  # fmt: skip
+    assert list(doc["token_settings"]) == [
+        "n_ctx", "score", "top_k", "tokens", "chunks", "n_vocab", "block", "scored_positions",
+        "text",
+    ]  # fmt: skip
+    entry = doc["variants"][1]
+    assert list(entry) == [
+        "name", "kind", "path", "digest", "quant", "is_reference", "token_quality",
+        "token_quality_skipped", "task_quality", "task_quality_skipped", "cost", "checks",
+        "within_thresholds",
+    ]  # fmt: skip
+    assert list(entry["token_quality"]) == [
+        "kld", "same_top_p", "same_top_p_stderr", "rms_dp", "rms_dp_stderr", "ppl",
+        "ppl_stderr", "ppl_reference", "ppl_ratio", "ppl_ratio_stderr", "positions",
+    ]  # fmt: skip
+    assert list(entry["token_quality"]["kld"]) == [
+        "mean", "stderr", "median", "p90", "p95", "p99", "max",
+    ]  # fmt: skip
+    assert list(doc["verdict"]) == ["choice", "within", "summary"]
+
+
 def test_different_vocabularies_are_refused_with_a_reason() -> None:
     ref = ReferenceScores(tokens=[1, 5, 6, 7], n_vocab=100)
     assert "different vocabulary (90 tokens" in str(
-        _vocab_mismatch(ref, [1, 5, 6, 7], [5, 6, 7], 1, 90, 4)
+        vocab_mismatch(ref, [1, 5, 6, 7], [5, 6, 7], 1, 90, 4)
     )
-    assert "tokenizer differs" in str(_vocab_mismatch(ref, [1, 5, 6, 7], [5, 9, 7], 1, 100, 4))
-    assert _vocab_mismatch(ref, [1, 5, 6, 7], [5, 6, 7, 8], 1, 100, 4) is None
+    assert "tokenizer differs" in str(vocab_mismatch(ref, [1, 5, 6, 7], [5, 9, 7], 1, 100, 4))
+    assert vocab_mismatch(ref, [1, 5, 6, 7], [5, 6, 7, 8], 1, 100, 4) is None
 
 
 def test_packaged_reference_text_is_long_prose_with_json() -> None:

@@ -18,7 +18,8 @@ from lifecycle.bandwidth import measure_bandwidth
 from lifecycle.baselines import baseline_entry
 from lifecycle.charts import bar_labels, grouped_bar_figure
 from lifecycle.cli.bench import bandwidth_provenance
-from lifecycle.compare import CompareOptions, compare, render_report
+from lifecycle.compare import CompareOptions, compare
+from lifecycle.comparerender import render_report
 from lifecycle.config import load_workspace
 from lifecycle.gate import GateSettings, run_gate
 from lifecycle.gguf import read_gguf
@@ -156,14 +157,15 @@ def test_compare_ticks_while_scoring_text_and_fits_100_columns(tiny_workspace: P
         workspace=load_workspace(tiny_workspace),
         ticker=lambda label, done, total: ticks.append((label, done, total)),
     )
-    chunks = report["token_settings"]["chunks"]
+    assert report.token_settings is not None
+    chunks = report.token_settings["chunks"]
     assert chunks >= 2
     for name in ("tiny:f32", "tiny:q8_0"):
         mine = [(done, total) for label, done, total in ticks if label.endswith(name)]
         assert mine == [(i, chunks) for i in range(1, chunks + 1)], ticks
 
     # The example's long names: the shared model name goes above the tables, once.
-    for entry, name in zip(report["variants"], EXAMPLE_VARIANTS, strict=False):
+    for entry, name in zip(report.variants, EXAMPLE_VARIANTS, strict=False):
         entry["name"] = name
     text_out = render_report(report)
     assert text_out.startswith("model: harbor-triage\n")

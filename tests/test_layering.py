@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "baselines",  # baselines/<model>.json: pin writes, the gate reads (from results)
             "tinymodel",
             "confidence",
+            "tokenstats",  # numpy token statistics (KLD, PPL) over any ScoringModel
             "charts",  # PNG rendering from plain dicts: used by report, compare, bench
         ),
     ),
@@ -56,7 +57,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engines", ("engines", "crashguard", "doctor")),
     ("golden/bench", ("golden", "bench", "bandwidth", "lint", "runner")),
     ("gate/compare", ("gate", "compare", "calibrate")),
-    ("report/pin", ("report", "gaterender", "pin")),
+    ("report/pin", ("report", "gaterender", "comparerender", "pin")),
     ("pipeline", ("pipeline",)),
     ("cli", ("cli", "__main__")),
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from lifecycle.cli._options import workspace_option
-from lifecycle.cli._output import emit_json, progress, progress_bars, table
+from lifecycle.cli._output import emit, progress, progress_bars, table
 from lifecycle.errors import EXIT_OK, UsageError
 
 
@@ -64,7 +64,8 @@ def compare_command(
     chart under .lifecycle/compare/. Exit codes: 0 compared; 2 usage or config error; 1 the
     tool failed.
     """
-    from lifecycle.compare import CompareOptions, compare, render_report, save_report
+    from lifecycle.compare import CompareOptions, compare
+    from lifecycle.comparerender import render_report, save_report
     from lifecycle.config import lifecycle_home, load_workspace
     from lifecycle.errors import ConfigError
 
@@ -78,19 +79,15 @@ def compare_command(
         if workspace_dir is not None:
             raise
         workspace = None  # tags and paths can be compared outside a workspace
+    # The options named as CompareOptions names them pass through as they are.
+    given = click.get_current_context().params
+    same = ("reference", "text", "n_ctx", "chunks", "score", "top_k", "limit", "threads")
     options = CompareOptions(
-        reference=reference,
-        text=text,
-        n_ctx=n_ctx,
-        chunks=chunks,
-        score=score,
-        top_k=top_k,
+        **{name: given[name] for name in same},
         token_quality=not no_text,
         task_quality=not no_eval,
         suites=suites or None,
         modes=modes or None,
-        limit=limit,
-        threads=threads,
     )
     # A live bar per subject while the reference text is scored (minutes on a CPU), on a
     # terminal only: with --json, -q or a redirected stderr the step prints one line.
@@ -107,11 +104,8 @@ def compare_command(
         bars.close()
     out_dir = (workspace.root / ".lifecycle" if workspace else lifecycle_home()) / "compare"
     path, _chart = save_report(report, out_dir)
-    if as_json:
-        emit_json(report)
-    else:
-        click.echo(render_report(report))
-    progress(f"comparison: {path}" + (f"; chart: {report['chart']}" if report["chart"] else ""))
+    emit(as_json, report.to_dict(), lambda: render_report(report))
+    progress(f"comparison: {path}" + (f"; chart: {report.chart}" if report.chart else ""))
     return EXIT_OK
 
 
@@ -151,10 +145,8 @@ def quantize_command(
         row["path"] = str(store.blob_path(result.digest))
         row["bits_per_weight"] = read_gguf(store.blob_path(result.digest)).bits_per_weight
         results.append(row)
-    if as_json:
-        emit_json({"source": tag, "source_digest": source, "quantized": results})
-    else:
-        click.echo(render_quantized(results))
+    document = {"source": tag, "source_digest": source, "quantized": results}
+    emit(as_json, document, lambda: render_quantized(results))
     return EXIT_OK
 
 
