@@ -30,7 +30,6 @@ file, fsync, rename): an interrupted pin leaves the previous lock whole.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -48,12 +47,10 @@ from lifecycle.clock import utc_now
 from lifecycle.errors import UsageError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gate import GateResult
+from lifecycle.lockfile import LOCK_FILE, Lock, LockEntry, read_lock, render_json
 from lifecycle.results import RunRecord
-from lifecycle.store import Manifest, Part, Store
+from lifecycle.store import Manifest, Store
 from lifecycle.tags import from_tag, parse_tag
-
-LOCK_FILE = "models.lock"
-LOCK_VERSION = 1
 
 
 class GitStateError(UsageError):
@@ -120,43 +117,6 @@ class LockCheck:
         return asdict(self)
 
 
-def read_lock(path: Path) -> dict[str, Any]:
-    """The lock at ``path``; an empty lock when the file does not exist."""
-    if not path.exists():
-        return {"lock_version": LOCK_VERSION, "variants": {}}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read lockfile: {exc}", path=path) from None
-    if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION:
-        raise UsageError(f"unsupported lockfile (lock_version {LOCK_VERSION} expected)", path=path)
-    if not isinstance(data.get("variants"), dict):
-        raise UsageError("lockfile has no 'variants' table", path=path, field="variants")
-    return data
-
-
-def render_json(data: Any) -> str:
-    """The one deterministic JSON form of the lock and baselines."""
-    return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
-
-
-def locked_manifest(entry: dict[str, Any]) -> Manifest | None:
-    """The store manifest a lock entry pins, for ``sources.check(..., baseline=...)``."""
-    if not entry.get("tag"):
-        return None
-    return Manifest(
-        tag=entry["tag"],
-        source=entry.get("source") or "",
-        revision=entry.get("revision") or "",
-        filename=entry.get("filename") or "",
-        size=int(entry.get("size") or 0),
-        digest=entry["blob_sha256"],
-        pulled_at=entry.get("pinned_at") or "",
-        parts=tuple(Part(**p) for p in entry.get("parts") or ()),
-        upstream=entry.get("upstream") or "",
-    )
-
-
 def pin(
     root: Path,
     record: RunRecord,
@@ -181,7 +141,7 @@ def pin(
     bench = bench or {}
     lock_path = root / LOCK_FILE
     lock = read_lock(lock_path)
-    entries: dict[str, Any] = dict(lock["variants"])
+    entries: dict[str, LockEntry] = dict(lock.variants)
     baselines: dict[str, BaselineFile] = {}
     changes: list[PinChange] = []
     now = utc_now()
@@ -191,8 +151,8 @@ def pin(
         model = str(run.variant.get("model") or name)
         old = entries.get(name)
         verdict = gate.verdict(name)
-        old_digest = old.get("blob_sha256") if old else None
-        old_id = old.get("variant_id") if old else None
+        old_digest = old.blob_sha256 if old else None
+        old_id = old.variant_id if old else None
         if verdict is not None and verdict.engine_error:
             changes.append(
                 PinChange(
@@ -207,7 +167,7 @@ def pin(
             )
             continue
         entry = lock_entry(root, record, name, store, bench.get(name), now)
-        if old and not refresh and _identity(old) == _identity(entry):
+        if old and not refresh and old.identity() == entry.identity():
             changes.append(
                 PinChange(name, model, "unchanged", old_digest, old_digest, old_id, old_id)
             )
@@ -215,9 +175,7 @@ def pin(
         entries[name] = entry
         status = "updated" if old else "new"
         changes.append(
-            PinChange(
-                name, model, status, old_digest, entry["blob_sha256"], old_id, entry["variant_id"]
-            )
+            PinChange(name, model, status, old_digest, entry.blob_sha256, old_id, entry.variant_id)
         )
         baseline = baselines.setdefault(model, _read_baseline(root, model))
         variant = baseline_entry(record, name, bench.get(name))
@@ -226,15 +184,15 @@ def pin(
     if keep is not None:
         for name in sorted(set(entries) - keep):
             old = entries.pop(name)
-            model = str(old.get("model") or name.split(":")[0])
+            model = old.model or name.split(":")[0]
             changes.append(
                 PinChange(
                     name,
                     model,
                     "pruned",
-                    old.get("blob_sha256"),
+                    old.blob_sha256,
                     None,
-                    old.get("variant_id"),
+                    old.variant_id,
                     None,
                     ["no longer in the variant matrix"],
                 )
@@ -251,9 +209,7 @@ def pin(
     for model, baseline in sorted(baselines.items()):
         atomic_write_text(baseline_path(root, model), render_json(baseline.to_dict()))
     if baselines:
-        atomic_write_text(
-            lock_path, render_json({"lock_version": LOCK_VERSION, "variants": entries})
-        )
+        atomic_write_text(lock_path, render_json(Lock(entries).to_dict()))
     if repo is not None:
         result.commit = _commit(repo, root, written, commit_message(changes))
     return result
@@ -266,7 +222,7 @@ def lock_entry(
     store: Store,
     bench: dict[str, Any] | None,
     pinned_at: str,
-) -> dict[str, Any]:
+) -> LockEntry:
     """The lock entry of one variant of ``record``."""
     run = next(v for v in record.variants if v.variant.get("name") == name)
     v = run.variant
@@ -287,30 +243,30 @@ def lock_entry(
         for s in record.summaries
         if s.variant == name
     }
-    return {
-        "model": v.get("model") or name,
-        "variant_id": v.get("id"),
-        "from": v.get("source"),
-        "tag": manifest.tag if manifest else None,
-        "source": manifest.source if manifest else "file",
-        "revision": manifest.revision if manifest else None,
-        "upstream": manifest.upstream if manifest else None,
-        "filename": manifest.filename if manifest else None,
-        "parts": [asdict(p) for p in manifest.parts] if manifest and manifest.parts else [],
-        "blob_sha256": v.get("blob_digest"),
-        "size": v.get("blob_size"),
-        "quant": v.get("quant") or quant_of(store, str(v.get("blob_digest"))),
-        "modelfile": _rel(root, Path(str(v.get("modelfile")))) if v.get("modelfile") else None,
-        "modelfile_digest": v.get("modelfile_digest"),
-        "parameters": v.get("parameters") or {},
-        "golden_sets": {s: record.golden_sets[s] for s in suites if s in record.golden_sets},
-        "engine": {"name": env.get("engine"), "version": env.get("engine_version")},
-        "eval": eval_summary,
-        "bench": bench,
-        "run_id": record.run_id,
-        "pinned_at": pinned_at,
-        "baseline": _rel(root, baseline_path(root, str(v.get("model") or name))),
-    }
+    return LockEntry(
+        model=str(v.get("model") or name),
+        variant_id=v.get("id"),
+        from_=v.get("source"),
+        tag=manifest.tag if manifest else None,
+        source=manifest.source if manifest else "file",
+        revision=manifest.revision if manifest else None,
+        upstream=manifest.upstream if manifest else None,
+        filename=manifest.filename if manifest else None,
+        parts=[asdict(p) for p in manifest.parts] if manifest and manifest.parts else [],
+        blob_sha256=str(v.get("blob_digest")),
+        size=v.get("blob_size"),
+        quant=v.get("quant") or quant_of(store, str(v.get("blob_digest"))),
+        modelfile=_rel(root, Path(str(v.get("modelfile")))) if v.get("modelfile") else None,
+        modelfile_digest=v.get("modelfile_digest"),
+        parameters=v.get("parameters") or {},
+        golden_sets={s: record.golden_sets[s] for s in suites if s in record.golden_sets},
+        engine={"name": env.get("engine"), "version": env.get("engine_version")},
+        eval=eval_summary,
+        bench=bench,
+        run_id=record.run_id,
+        pinned_at=pinned_at,
+        baseline=_rel(root, baseline_path(root, str(v.get("model") or name))),
+    )
 
 
 def verify_lock(root: Path, store: Store) -> list[LockCheck]:
@@ -319,8 +275,8 @@ def verify_lock(root: Path, store: Store) -> list[LockCheck]:
     lock = read_lock(root / LOCK_FILE)
     blob_checks = {c.digest: c for c in store.verify()}
     checks = []
-    for name, entry in sorted(lock["variants"].items()):
-        digest = str(entry.get("blob_sha256"))
+    for name, entry in sorted(lock.variants.items()):
+        digest = entry.blob_sha256
         found = blob_checks.get(digest)
         if found is None or found.status == "missing":
             checks.append(LockCheck(name, digest, "missing", "blob not in the store"))
@@ -328,7 +284,7 @@ def verify_lock(root: Path, store: Store) -> list[LockCheck]:
         if found.status != "ok":
             checks.append(LockCheck(name, digest, "corrupt", f"hashes to {found.actual_digest}"))
             continue
-        manifest = locked_manifest(entry)
+        manifest = entry.manifest()
         if manifest is not None:
             current = store.read_manifest(parse_tag(manifest.tag))
             if current is not None and current.digest != digest:
@@ -366,10 +322,6 @@ def commit_message(changes: list[PinChange]) -> str:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _identity(entry: dict[str, Any]) -> tuple[Any, ...]:
-    return (entry.get("variant_id"), entry.get("golden_sets"), entry.get("engine"))
 
 
 def _read_baseline(root: Path, model: str) -> BaselineFile:

@@ -33,7 +33,8 @@ from lifecycle.config import Workspace
 from lifecycle.errors import LifecycleError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gate import GateResult, GateSettings, load_gate_settings, numeric_changes, run_gate
-from lifecycle.pin import LOCK_FILE, PinResult, locked_manifest, pin, read_lock
+from lifecycle.lockfile import LOCK_FILE, read_lock
+from lifecycle.pin import PinResult, pin
 from lifecycle.results import (
     PER_VARIANT_KEYS,
     CaseResult,
@@ -297,7 +298,7 @@ def gate_workspace(
     root = workspace.root
     settings = settings or load_gate_settings(workspace.config_path)
     baselines = load_baselines(root)
-    pinned = set(read_lock(root / LOCK_FILE)["variants"])
+    pinned = set(read_lock(root / LOCK_FILE).variants)
     references = reference_runs(
         workspace, record, baselines, store or Store(workspace.home), progress or (lambda _m: None)
     )
@@ -383,12 +384,11 @@ def _pull_moved(
     """Check tracked tags against the lock (or the store) and pull those that moved."""
     from lifecycle import sources
 
-    lock = read_lock(workspace.root / LOCK_FILE)
-    pinned = {e.get("tag"): e for e in lock["variants"].values() if e.get("tag")}
+    pinned = read_lock(workspace.root / LOCK_FILE).by_tag()
     changes, pulled = [], []
     for tag in sources.tracked_tags(workspace):
         key = str(sources.canonical(tag))
-        baseline = locked_manifest(pinned[key]) if key in pinned else None
+        baseline = pinned[key].manifest() if key in pinned else None
         change = sources.check(store, tag, baseline=baseline)
         changes.append(change.to_dict())
         current = store.read_manifest(sources.canonical(tag))

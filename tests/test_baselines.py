@@ -17,7 +17,7 @@ from lifecycle.baselines import (
     read_baseline_file,
 )
 from lifecycle.errors import UsageError
-from lifecycle.pin import render_json
+from lifecycle.lockfile import render_json
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = sorted((REPO / "baselines").glob("*.json"))

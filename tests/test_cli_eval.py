@@ -76,7 +76,8 @@ def test_under_threshold_a_candidate_is_refused_and_a_pinned_variant_fails(
     assert "refused" in out and "verdict: 1 candidate(s) refused (under threshold)" in out
     assert "not JSON" in out  # failing cases are listed with their reason
 
-    lock = {"lock_version": 1, "variants": {"tiny": {"variant_id": "pinned-before"}}}
+    pinned = {"variant_id": "pinned-before", "blob_sha256": "sha256:" + "0" * 64}
+    lock = {"lock_version": 1, "variants": {"tiny": pinned}}
     (tiny_workspace / "models.lock").write_text(json.dumps(lock))
     code, out, _ = run_cli("eval", "-C", str(tiny_workspace), "--mode", "free", "-q")
     assert code == 3  # production under its threshold

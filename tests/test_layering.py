@@ -51,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "charts",  # PNG rendering from plain dicts: used by report, compare, bench
         ),
     ),
-    ("store", ("store",)),
+    ("store", ("store", "lockfile")),
     ("sources", ("sources",)),
     ("variants", ("quantize", "variants", "targets", "estimate")),
     ("engines", ("engines", "crashguard", "doctor")),

@@ -18,7 +18,8 @@ from _promote import init_repo, make_record
 from lifecycle.baselines import load_baselines
 from lifecycle.config import lifecycle_home
 from lifecycle.gate import GateSettings, run_gate
-from lifecycle.pin import GitStateError, commit_message, pin, read_lock
+from lifecycle.lockfile import read_lock
+from lifecycle.pin import GitStateError, commit_message, pin
 from lifecycle.results import RunRecord
 from lifecycle.store import Store
 
@@ -58,7 +59,7 @@ def test_lock_is_deterministic_and_repin_is_a_no_op(tmp_path: Path) -> None:
     # A new variant id is an update, old → new in the message.
     updated = pin_record(root, make_record({"a": True, "b": True}, variant_id="v2"))
     assert [c.status for c in updated.changes] == ["updated"]
-    assert read_lock(root / "models.lock")["variants"]["tiny"]["variant_id"] == "v2"
+    assert read_lock(root / "models.lock").variants["tiny"].variant_id == "v2"
     assert "(variant v1 → v2)" in commit_message(updated.changes)
 
 
@@ -178,7 +179,7 @@ def test_killed_mid_write_leaves_the_old_lock_whole(tmp_path: Path) -> None:
     finally:
         proc.wait()
     assert (root / "models.lock").read_bytes() == before
-    assert read_lock(root / "models.lock")["variants"]["tiny"]["variant_id"] == "v1"
+    assert read_lock(root / "models.lock").variants["tiny"].variant_id == "v1"
 
 
 def test_check_lock(tiny_workspace: Path, run_cli: Run) -> None:
@@ -188,7 +189,7 @@ def test_check_lock(tiny_workspace: Path, run_cli: Run) -> None:
     assert code == 0 and json.loads(out)["pinned"] == ["tiny"]
     code, out, _ = run_cli("check-lock", "-C", ws, "--json")
     assert code == 0 and json.loads(out)["ok"] is True
-    digest = read_lock(tiny_workspace / "models.lock")["variants"]["tiny"]["blob_sha256"]
+    digest = read_lock(tiny_workspace / "models.lock").variants["tiny"].blob_sha256
     blob = Store(lifecycle_home()).blob_path(digest)
     blob.chmod(0o644)
     with blob.open("r+b") as handle:

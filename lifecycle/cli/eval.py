@@ -156,11 +156,11 @@ def _save_and_report(
     record: RunRecord, workspace: Workspace, as_json: bool, *, exit_zero: bool = False
 ) -> int:
     """Save the run, print it (JSON or table), and return the eval exit code."""
-    from lifecycle.pin import LOCK_FILE, read_lock
+    from lifecycle.lockfile import LOCK_FILE, read_lock
     from lifecycle.runner import save_run
 
     path = save_run(record, workspace.runs_dir)
-    pinned = set(read_lock(workspace.root / LOCK_FILE)["variants"])
+    pinned = set(read_lock(workspace.root / LOCK_FILE).variants)
     emit(as_json, record.to_dict(), lambda: render_run(record.to_dict(), pinned))
     progress(f"run record: {path}")
     failed = engine_failures(record)

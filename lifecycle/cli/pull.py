@@ -372,15 +372,15 @@ def _pull_from_mirror(
 def _locked_manifests(workspace_dir: Path | None, tags: tuple[str, ...]) -> list[Manifest]:
     """The distinct models models.lock pins (optionally only ``tags``), one per tag+digest."""
     from lifecycle.config import load_workspace
-    from lifecycle.pin import LOCK_FILE, locked_manifest, read_lock
+    from lifecycle.lockfile import LOCK_FILE, read_lock
     from lifecycle.sources import canonical
     from lifecycle.store import parse_tag
 
     root = load_workspace(workspace_dir).root
     lock = read_lock(root / LOCK_FILE)
     found: dict[tuple[str, str], Manifest] = {}
-    for _name, entry in sorted(lock["variants"].items()):
-        manifest = locked_manifest(entry)
+    for _name, entry in sorted(lock.variants.items()):
+        manifest = entry.manifest()
         if manifest is not None and not manifest.tag.startswith("file:"):
             found.setdefault((manifest.tag, manifest.digest), manifest)
     wanted = {str(canonical(parse_tag(t))) for t in tags}
