@@ -70,3 +70,24 @@ def test_estimate_accepts_a_variant_name(tiny_workspace: Path, run_cli: Run) -> 
     # An unknown name with a colon is still read as a tag, and refused as one.
     code, _, err = run_cli("estimate", "tiny:nope", "-C", str(tiny_workspace))
     assert code == 2 and "tag" in err
+
+
+def test_estimate_reads_paths_file_tags_and_stored_digests_without_pulling(
+    tiny_model: Path, run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One resolver (lifecycle.targets) for compare, estimate and quantize: the same forms.
+    from lifecycle.config import lifecycle_home
+    from lifecycle.sources import pull_file
+    from lifecycle.store import Store
+
+    monkeypatch.chdir(tmp_path)  # no workspace here
+    digest = pull_file(Store(lifecycle_home()), tiny_model).digest
+    for target in (str(tiny_model), f"file:{tiny_model}", digest):
+        code, out, err = run_cli("estimate", target, "--ctx", "512", "--json")
+        assert code == 0, err
+        assert json.loads(out)["estimates"][0]["weights_bytes"] > 0
+    # estimate reads headers only: a tag never pulled is refused, not pulled.
+    code, _, err = run_cli("estimate", "hf:owner/repo:Q4_K_M")
+    assert code == 2 and "not in the local store; run `lifecycle pull hf:owner/repo:Q4_K_M`" in err
+    code, _, err = run_cli("estimate", "sha256:" + "0" * 64)
+    assert code == 2 and "is not in the store" in err
