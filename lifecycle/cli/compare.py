@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from lifecycle.cli._options import workspace_option
-from lifecycle.cli._output import emit, progress, progress_bars, table
+from lifecycle.cli._output import emit, library_progress, progress, table
 from lifecycle.errors import EXIT_OK, UsageError
 
 
@@ -89,10 +89,10 @@ def compare_command(
         suites=suites or None,
         modes=modes or None,
     )
-    # A live bar per subject while the reference text is scored (minutes on a CPU), on a
-    # terminal only: with --json, -q or a redirected stderr the step prints one line.
-    bars = progress_bars(enabled=not (as_json or quiet))
-    try:
+    # A live bar per subject while the reference text is scored (minutes on a CPU), and per
+    # model load and quantization, on a terminal only: with --json, -q or a redirected stderr
+    # the step prints one line.
+    with library_progress(enabled=not (as_json or quiet)) as bars:
         report = compare(
             list(names),
             options,
@@ -100,8 +100,6 @@ def compare_command(
             progress=None if quiet else progress,
             ticker=bars,
         )
-    finally:
-        bars.close()
     out_dir = (workspace.root / ".lifecycle" if workspace else lifecycle_home()) / "compare"
     path, _chart = save_report(report, out_dir)
     emit(as_json, report.to_dict(), lambda: render_report(report))
@@ -138,9 +136,10 @@ def quantize_command(
     results = []
     for target in dict.fromkeys(wanted):
         progress(f"quantizing {tag} to {target}")
-        result = quantize_blob(
-            store, source, target, allow_requantize=allow_requantize, threads=threads
-        )
+        with library_progress(enabled=not as_json):
+            result = quantize_blob(
+                store, source, target, allow_requantize=allow_requantize, threads=threads
+            )
         row = result.to_dict()
         row["path"] = str(store.blob_path(result.digest))
         row["bits_per_weight"] = read_gguf(store.blob_path(result.digest)).bits_per_weight
