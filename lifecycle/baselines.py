@@ -204,7 +204,7 @@ def baseline_entry(record: RunRecord, variant_name: str, bench: dict[str, Any] |
     )
 
 
-def variant_environment(environment: dict[str, Any], variant_name: str) -> dict[str, Any]:
+def variant_environment(environment: Mapping[str, Any], variant_name: str) -> dict[str, Any]:
     """The run environment as it applied to one variant (its thread count, its blob, ...)."""
     env = {k: v for k, v in environment.items() if k not in PER_VARIANT_KEYS}
     for key in PER_VARIANT_KEYS:

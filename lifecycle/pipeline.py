@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lifecycle.baselines import Baseline, bench_by_variant, load_baselines, variant_environment
 from lifecycle.clock import utc_now
@@ -38,6 +38,7 @@ from lifecycle.pin import PinResult, pin
 from lifecycle.results import (
     PER_VARIANT_KEYS,
     CaseResult,
+    RunEnvironment,
     RunRecord,
     SuiteSummary,
     VariantRun,
@@ -522,7 +523,7 @@ def _combine(pieces: list[dict[str, Any]], fresh: RunRecord | None, keys: list[s
         run_id=run_id,
         started_at=fresh.started_at if fresh else now,
         finished_at=fresh.finished_at if fresh else now,
-        environment=environment,
+        environment=cast(RunEnvironment, environment),  # merged from records of one schema
         golden_sets=golden,
         variants=variants,
         summaries=summaries,

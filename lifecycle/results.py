@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
 
@@ -120,6 +120,39 @@ class VariantRun:
         return cls(**_known(cls, data))
 
 
+class HostEnvironment(TypedDict, total=False):
+    """The machine a run or a bench ran on (:func:`host_environment`)."""
+
+    python: str
+    platform: str
+    machine: str
+    cpu: str
+    cpu_count_logical: int | None
+    cpu_count_physical: int | None
+    ram_bytes: int | None
+
+
+class RunEnvironment(HostEnvironment, total=False):
+    """What a run record says it ran under, so that a change of environment is never taken
+    for a model regression. The ``PER_VARIANT_KEYS`` map variant names to that variant's
+    value; :func:`lifecycle.baselines.variant_environment` flattens them for one variant.
+    Keys are optional: older records lack the newer ones."""
+
+    tool: str
+    tool_version: str
+    engine: str
+    engine_version: str
+    engine_details: dict[str, Any]
+    threads: dict[str, int]
+    parallel: dict[str, int]
+    extra_bufts: dict[str, bool]
+    foreign_cpu_share: dict[str, float]
+    batch_size: int
+    gpu_layers: int
+    seed: int
+    blobs: dict[str, str]
+
+
 @dataclass
 class RunRecord:
     """Everything one ``lifecycle eval`` produced."""
@@ -127,7 +160,7 @@ class RunRecord:
     run_id: str
     started_at: str
     finished_at: str
-    environment: dict[str, Any]
+    environment: RunEnvironment
     golden_sets: dict[str, dict[str, str]]
     variants: list[VariantRun]
     summaries: list[SuiteSummary]
@@ -366,7 +399,7 @@ def _tree_cpu_seconds() -> float:
     return total + mine.children_user + mine.children_system
 
 
-def host_environment() -> dict[str, Any]:
+def host_environment() -> HostEnvironment:
     """Hardware and interpreter facts recorded with every run."""
     import psutil
 

@@ -41,6 +41,7 @@ from lifecycle.prompt import render_prompt
 from lifecycle.results import (
     CaseResult,
     ForeignLoad,
+    RunEnvironment,
     RunRecord,
     SuiteSummary,
     VariantRun,
@@ -199,7 +200,7 @@ def run_eval(
         foreign[variant.name] = load.share()
         variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=round(model.load_ms, 2)))
 
-    environment: dict[str, Any] = {
+    environment: RunEnvironment = {
         "tool": "lifecycle",
         "tool_version": __version__,
         "engine": engine_info.name,
@@ -655,7 +656,7 @@ def _engine_failure(error: EngineError) -> str:
     return f"engine error: {error}"
 
 
-def _run_id(finished: str, environment: dict[str, Any], golden: dict[str, Any]) -> str:
+def _run_id(finished: str, environment: RunEnvironment, golden: dict[str, Any]) -> str:
     stamp = finished.replace("-", "").replace(":", "")
     salt = json.dumps([environment.get("blobs"), golden, time.time_ns()], sort_keys=True)
     return f"{stamp}-{hashlib.sha256(salt.encode()).hexdigest()[:8]}"
