@@ -27,7 +27,6 @@ for that variant are reused) and :func:`cascade_figures` compares the cascade wi
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -467,17 +466,6 @@ def calibrate_run(
             )
         )
     return CalibrationReport(run_id=record.run_id, groups=groups, skipped_suites=skipped)
-
-
-def load_run(path: Path) -> RunRecord:
-    """A run record from ``run.json``, a run directory or ``latest.json``."""
-    file = path / "run.json" if path.is_dir() else path
-    try:
-        return RunRecord.from_dict(json.loads(file.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise UsageError("no run record here; run `lifecycle eval` first", path=file) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"not a run record: {exc}", path=file) from None
 
 
 def reliability_chart(report: CalibrationReport, path: Path, *, curves: bool = True) -> Path:

@@ -81,13 +81,14 @@ def calibrate_command(
     with [calibration]); 1 the tool failed (the chart could not be written, or the
     escalation tier could not answer: the local figures are still reported).
     """
-    from lifecycle.calibrate import SIGNALS, calibrate_run, escalate, load_run, reliability_chart
+    from lifecycle.calibrate import SIGNALS, calibrate_run, escalate, reliability_chart
     from lifecycle.config import load_workspace
     from lifecycle.errors import UsageError
     from lifecycle.golden import load_suites
+    from lifecycle.runs import LATEST, read_run
 
     workspace = load_workspace(workspace_dir)
-    record = load_run(run_path or workspace.runs_dir / "latest.json")
+    record = read_run(run_path or workspace.runs_dir / LATEST)
     names = list(dict.fromkeys(c.suite for c in record.cases))
     suites = {s.name: s for s in load_suites(workspace.evals_dir, names)}
     report = calibrate_run(record, suites, variants=variants or None, signals=signals or SIGNALS)

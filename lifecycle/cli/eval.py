@@ -133,18 +133,12 @@ def merge_command(
     like an unsharded run. Exit codes follow `eval`: 3 when a pinned variant's pass rate is
     under its threshold (unless --exit-zero), 1 when the engine failed on some case.
     """
-    import json
 
     from lifecycle.config import load_workspace
-    from lifecycle.results import RunRecord, merge_runs
+    from lifecycle.results import merge_runs
+    from lifecycle.runs import read_run
 
-    records = []
-    for path in runs:
-        file = path / "run.json" if path.is_dir() else path
-        try:
-            records.append(RunRecord.from_dict(json.loads(file.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"not a run record: {exc}", path=file) from None
+    records = [read_run(path) for path in runs]
     try:
         merged = merge_runs(records)
     except ValueError as exc:

@@ -172,10 +172,10 @@ def lint_command(
 
 def _run_cases(workspace: Any, run_ref: str | None) -> dict[str, list[dict[str, Any]]]:
     """A run record's cases by variant id; empty when there is no run yet (lint needs none)."""
-    from lifecycle.cli.promote import load_run
+    from lifecycle.runs import find_run
 
     try:
-        run = load_run(workspace, run_ref).to_dict()
+        run = find_run(workspace.runs_dir, run_ref).to_dict()
     except UsageError:
         if run_ref is not None:
             raise

@@ -278,19 +278,13 @@ def _gate(
     from lifecycle.baselines import bench_by_variant
     from lifecycle.config import load_workspace
     from lifecycle.pipeline import gate_workspace
+    from lifecycle.runs import find_run
 
     workspace = load_workspace(workspace_dir)
-    record = load_run(workspace, run_ref)
+    record = find_run(workspace.runs_dir, run_ref)
     bench = bench_by_variant([_read_json(p) for p in bench_files])
     gate = gate_workspace(workspace, record, bench=bench, progress=progress)
     return workspace, record, gate, bench
-
-
-def load_run(workspace: Workspace, run_ref: str | None) -> RunRecord:
-    """A run record by path or run id; the workspace's latest run by default."""
-    from lifecycle.runs import find_run
-
-    return find_run(workspace.runs_dir, run_ref)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
