@@ -44,7 +44,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from lifecycle.config import load_workspace
-    from lifecycle.doctor import host_cpu
+    from lifecycle.engines.doctor import host_cpu
     from lifecycle.store import Store
     from lifecycle.variants import resolve_variants
 

@@ -97,7 +97,7 @@ class BenchOptions:
     bandwidth_buffer_bytes: int = 256 * 1024 * 1024  # at least; 4x the last-level cache
     gpu_bandwidth_bytes_per_s: float | None = None  # a known GPU figure bounds GPU rows
     # llama.cpp's extra buffer types (repacked weights): the engine canary turns them off on
-    # machines where their kernels crash (see lifecycle.doctor).
+    # machines where their kernels crash (see lifecycle.engines.doctor).
     extra_bufts: bool = True
     # Batched rows (llama-batched-bench): N sequences of n_prompt + n_gen tokens decoded
     # together, for each N here, in one context with N sequences' KV cells. Empty: none.
@@ -273,7 +273,7 @@ def run_bench(
             f"do not fit in num_ctx {options.n_ctx}"
         )
     if options.engine in ("llama-cpp", "llama-cpp-isolated"):
-        from lifecycle.doctor import extra_bufts_for
+        from lifecycle.engines.doctor import extra_bufts_for
 
         name = str((variant or {}).get("name") or model_path.name)
         digest = (variant or {}).get("blob_digest")

@@ -448,7 +448,7 @@ def _token_pass(
 def _load(engine: Any, subject: Subject, options: Any) -> Any:
     from dataclasses import replace
 
-    from lifecycle.doctor import extra_bufts_for
+    from lifecycle.engines.doctor import extra_bufts_for
 
     extra_bufts = extra_bufts_for(subject.path, name=subject.name, digest=subject.digest)
     model = engine.load(subject.path, replace(options, extra_bufts=extra_bufts))

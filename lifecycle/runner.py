@@ -354,7 +354,7 @@ def _checked_load_options(
     """Ask the engine canary whether (and how) this model runs here; raise if it cannot."""
     from dataclasses import replace
 
-    from lifecycle.doctor import extra_bufts_for
+    from lifecycle.engines.doctor import extra_bufts_for
 
     extra_bufts = extra_bufts_for(
         variant.blob_path,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lifecycle.config import load_workspace
-from lifecycle.doctor import (
+from lifecycle.engines.doctor import (
     ENGINE_CHECKS_DIR,
     EngineCheck,
     check_model,

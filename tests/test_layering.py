@@ -54,7 +54,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("store", ("store", "lockfile")),
     ("sources", ("sources",)),
     ("variants", ("quantize", "variants", "targets", "estimate")),
-    ("engines", ("engines", "crashguard", "doctor")),
+    ("engines", ("engines", "crashguard")),
     ("golden/bench", ("golden", "bench", "bandwidth", "lint", "runner")),
     ("gate/compare", ("gate", "compare", "calibrate")),
     ("report/pin", ("report", "gaterender", "comparerender", "pin")),
@@ -80,10 +80,6 @@ ALLOWED_LLAMA_CPP: dict[str, str] = {
     "lifecycle.quantize": (
         "llama_model_quantize is not an engine operation (no model is loaded); imported "
         "inside quantize_blob/normalise_quant only, so variants imports without llama_cpp"
-    ),
-    "lifecycle.doctor": (
-        "doctor reports the llama.cpp build (version, system info, backends) it diagnoses; "
-        "lazy, inside the probe functions"
     ),
 }
 

@@ -30,7 +30,8 @@ def doctor_command(
     they load a model. Exit codes: 0 every model runs (perhaps degraded); 1 some cannot.
     """
     from lifecycle.config import lifecycle_home
-    from lifecycle.doctor import (
+    from lifecycle.engines.devices import ggml_devices
+    from lifecycle.engines.doctor import (
         ENGINE_CHECKS_DIR,
         check_model,
         engine_build,
@@ -39,7 +40,6 @@ def doctor_command(
         rebuild_command,
         tiny_canary_model,
     )
-    from lifecycle.engines.devices import ggml_devices
 
     build = engine_build()
     cpu = host_cpu()

@@ -308,8 +308,8 @@ def run_canary(
 ) -> CanaryRun:
     """Load ``model_path`` and decode a few tokens in a fresh subprocess; report how it went."""
     note(phase="canary", model=name or model_path.name)
-    args = [sys.executable, "-m", "lifecycle.doctor", str(model_path), str(int(extra_bufts))]
-    args.append(str(n_gpu_layers))
+    args = [sys.executable, "-m", "lifecycle.engines.doctor", str(model_path)]
+    args += [str(int(extra_bufts)), str(n_gpu_layers)]
     started = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -382,7 +382,8 @@ def file_digest(path: Path) -> str:
 
 
 def _canary_main(argv: list[str]) -> int:
-    """``python -m lifecycle.doctor MODEL EXTRA_BUFTS N_GPU_LAYERS``: one JSON line per phase."""
+    """``python -m lifecycle.engines.doctor MODEL EXTRA_BUFTS N_GPU_LAYERS``: a JSON line a
+    phase."""
     from lifecycle.engines.base import GenerationRequest, LoadOptions
     from lifecycle.engines.llama_cpp import LlamaCppModel
 
