@@ -79,11 +79,15 @@ def compare_command(
         if workspace_dir is not None:
             raise
         workspace = None  # tags and paths can be compared outside a workspace
-    # The options named as CompareOptions names them pass through as they are.
-    given = click.get_current_context().params
-    same = ("reference", "text", "n_ctx", "chunks", "score", "top_k", "limit", "threads")
     options = CompareOptions(
-        **{name: given[name] for name in same},
+        reference=reference,
+        text=text,
+        n_ctx=n_ctx,
+        chunks=chunks,
+        score=score,
+        top_k=top_k,
+        limit=limit,
+        threads=threads,
         token_quality=not no_text,
         task_quality=not no_eval,
         suites=suites or None,
