@@ -100,3 +100,64 @@ def test_engine_info_names_the_build() -> None:
     info = get_engine("llama-cpp").info()
     assert info.name == "llama-cpp" and info.version.startswith("llama-cpp-python 0.")
     assert "AVX" in info.details["system_info"] or "NEON" in info.details["system_info"]
+
+
+def test_greedy_under_a_grammar_probes_the_top_logits_and_agrees_with_the_full_mask(
+    model: LlamaCppModel,
+) -> None:
+    import numpy as np
+
+    from lifecycle.engines.llama_cpp import GRAMMAR_PROBE
+
+    grammar = model._grammar_sampler(model._gbnf_for(TINY_SCHEMA))
+    try:
+        n_vocab = model._llm.n_vocab()
+        every = np.arange(n_vocab)
+        rng = np.random.default_rng(7)
+        decided = 0
+        for trial in range(200):
+            logits = rng.normal(size=n_vocab).astype(np.float32)
+            if trial % 3 == 0:  # ties at the top, the cut-off and everywhere
+                logits = np.round(logits).astype(np.float32)
+            allowed = grammar.allows(logits, every)
+            expected = int(np.argmax(np.where(allowed, logits, -np.inf)))  # first max: lower id
+            # The (cached) mask is the grammar's verdict on every token.
+            assert np.array_equal(np.isfinite(grammar.masked(logits)), allowed)
+            found = grammar.greedy_among_top(logits)
+            if found is not None:
+                decided += 1
+                assert found == expected, trial
+        # At the start of a JSON object few tokens are allowed: many draws have none among the
+        # top GRAMMAR_PROBE and fall back to the mask; the others are decided by the probe.
+        assert n_vocab > GRAMMAR_PROBE
+        assert decided > 0
+        # Every top logit equal and the allowed token far below: nothing to decide here.
+        only = np.full(n_vocab, 5.0, dtype=np.float32)
+        only[int(np.flatnonzero(allowed)[0])] = -5.0
+        assert grammar.greedy_among_top(only) is None
+    finally:
+        grammar.free()
+
+
+def test_grammar_masks_are_cached_by_state_and_differ_between_states(
+    model: LlamaCppModel,
+) -> None:
+    import numpy as np
+
+    gbnf = model._gbnf_for(TINY_SCHEMA)
+    first, second = model._grammar_sampler(gbnf), model._grammar_sampler(gbnf)
+    try:
+        logits = np.zeros(model._llm.n_vocab(), dtype=np.float32)
+        start = np.isfinite(first.masked(logits))
+        brace = int(np.flatnonzero(start)[0])
+        for grammar in (first, second):
+            grammar.accept(brace)
+        after = np.isfinite(first.masked(logits))
+        assert not np.array_equal(start, after)  # another state, another mask
+        # The second sampler reached the same state: its mask comes from the cache and
+        # agrees with what its own grammar says of every token.
+        assert np.array_equal(np.isfinite(second.masked(logits)), after)
+        assert np.array_equal(second.allows(logits, np.arange(len(logits))), after)
+    finally:
+        first.free()
+        second.free()

@@ -321,5 +321,5 @@ def _common_prefix(prompts: list[list[int]]) -> list[int]:
 def _free_samplers(seq: _Sequence) -> None:
     seq.chain.close()
     if seq.grammar:
-        llama_cpp.llama_sampler_free(seq.grammar)
+        seq.grammar.free()
         seq.grammar = None
