@@ -61,6 +61,22 @@ def test_pull_picks_the_quant_case_insensitively(
     assert resolves == [f"/{REPO}/resolve/{commit}/tiny-q4_k_m.gguf"]
 
 
+def test_a_pull_on_the_way_reports_to_the_commands_progress_bars(
+    hub: Hub,  # noqa: F811
+    store: Store,  # noqa: F811
+    tiny_bytes: bytes,  # noqa: F811
+    other_tiny_bytes: bytes,  # noqa: F811
+) -> None:
+    from lifecycle import progress
+
+    publish_quants(hub, tiny_bytes, other_tiny_bytes)
+    seen: list[tuple[str, int, int | None]] = []
+    with progress.reporting(lambda label, done, total: seen.append((label, done, total))):
+        # resolve_tag pulls a FROM that is not in the store yet, as eval and smoke do.
+        sources.resolve_tag(store, parse_tag(f"hf:{REPO}:Q4_K_M"))
+    assert seen and seen[-1][1] == len(tiny_bytes) == seen[-1][2]
+
+
 def test_quant_selection_rules() -> None:
     names = [
         "a/model-Q4_K_M.gguf",

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from lifecycle import modelfile as mf
+from lifecycle import progress as library_progress
 from lifecycle.config import Workspace
 from lifecycle.sources import file, hf, oci, pypi
 from lifecycle.sources.base import Upstream as Upstream
@@ -56,7 +57,13 @@ def resolve(tag: Tag) -> Upstream:
 
 
 def pull(store: Store, tag: Tag, *, progress: ProgressFn | None = None) -> Manifest:
-    """Pull ``tag`` into the store and record its manifest; a blob already there is reused."""
+    """Pull ``tag`` into the store and record its manifest; a blob already there is reused.
+
+    Without ``progress``, a download reports to the command's progress bars when it has
+    installed them (a pull on the way: ``smoke``, ``eval`` or ``build`` resolving a FROM).
+    """
+    if progress is None:
+        progress = library_progress.current()
     return _module(tag).pull(store, canonical(tag), progress)
 
 
