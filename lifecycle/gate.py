@@ -89,6 +89,9 @@ NUMERIC_KEYS = (
     "extra_bufts",
     "parallel",
 )
+# Eval speed is judged only when both runs generated for at least this long: a tiny model's
+# fraction of a second of generation measures the machine's jitter, not the model.
+MIN_SPEED_SAMPLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -864,8 +867,9 @@ def _speed_checks(
     causes: list[str],
 ) -> list[Check]:
     pairs: list[tuple[str, float | None, float | None, bool]] = []  # name, old, new, lower-worse
-    old_speed = _eval_speed(base.summaries)
-    new_speed = _eval_speed([s.to_dict() for s in record.summaries if s.variant == name])
+    old_speed, old_s = _eval_speed(base.summaries)
+    new_speed, new_s = _eval_speed([s.to_dict() for s in record.summaries if s.variant == name])
+    too_short = min(old_s, new_s) < MIN_SPEED_SAMPLE_S
     # Speeds measured while other processes kept the CPU busy say nothing about the engine.
     busy = [
         share
@@ -895,6 +899,19 @@ def _speed_checks(
             if was is None and now is None:
                 continue
             checks.append(Check(key, name, "skip", f"{key}: not measured in both runs"))
+            continue
+        if key == "generation_tokens_per_s" and too_short:
+            checks.append(
+                Check(
+                    key,
+                    name,
+                    "skip",
+                    f"{key}: not judged, {min(old_s, new_s):.2f} s of generation is too short "
+                    f"a sample (at least {MIN_SPEED_SAMPLE_S:g} s in both runs)",
+                    baseline=was,
+                    current=now,
+                )
+            )
             continue
         if busy and lower_is_worse:
             checks.append(
@@ -949,20 +966,22 @@ def _speed_checks(
     return checks
 
 
-def _eval_speed(summaries: list[dict[str, Any]]) -> float | None:
-    """Generation tokens/sec over a variant's summaries, weighted by tokens generated."""
+def _eval_speed(summaries: list[dict[str, Any]]) -> tuple[float | None, float]:
+    """Generation tokens/sec over a variant's summaries, weighted by tokens generated, and
+    the seconds of generation behind it (0 when unknown)."""
     pairs = [
         (float(s["generation_tokens_per_s"]), int(s.get("completion_tokens") or 0))
         for s in summaries
         if s.get("generation_tokens_per_s")
     ]
     if not pairs:
-        return None
+        return None, 0.0
     tokens = sum(n for _, n in pairs)
     if tokens <= 0:
-        return sum(r for r, _ in pairs) / len(pairs)
+        return sum(r for r, _ in pairs) / len(pairs), 0.0
     # Harmonic weighting: total tokens over total time, time per summary = tokens / rate.
-    return round(tokens / sum(n / r for r, n in pairs), 2)
+    seconds = sum(n / r for r, n in pairs)
+    return round(tokens / seconds, 2), seconds
 
 
 def _pct(value: float | None) -> str:

@@ -117,11 +117,13 @@ def make_record(
             diff=None if passed else "Value of root['category'] changed from 'sales' to 'billing'.",
             latency_ms=10.0,
             prompt_tokens=20,
-            completion_tokens=10,
+            # 250 tokens: seconds of generation at these rates, enough for the gate to judge
+            # speed (it leaves samples under MIN_SPEED_SAMPLE_S alone).
+            completion_tokens=250,
             prompt_eval_tokens=20,
             prompt_ms=1.0,
-            eval_tokens=10,
-            generation_ms=(10 / tokens_per_s * 1000) if tokens_per_s else 0.0,
+            eval_tokens=250,
+            generation_ms=(250 / tokens_per_s * 1000) if tokens_per_s else 0.0,
             finish_reason="stop",
         )
         for case_id, passed in verdicts.items()

@@ -102,6 +102,19 @@ def test_speed_drop_fails_and_hardware_change_skips() -> None:
     assert result.environment_changes[0]["changes"][0]["key"] == "cpu"
 
 
+def test_a_speed_measured_over_a_fraction_of_a_second_is_not_judged() -> None:
+    from dataclasses import replace
+
+    base = make_record({"a": True}, tokens_per_s=100.0)
+    slow = make_record({"a": True}, tokens_per_s=50.0)
+    # Half the speed, but over 10 tokens: 0.2 s of generation, the machine's jitter.
+    slow = replace(slow, summaries=[replace(s, completion_tokens=10) for s in slow.summaries])
+    result = run_gate(slow, baselines_of(base), GateSettings(max_tokens_per_s_drop=0.3))
+    [check] = [c for c in result.checks if c.name == "generation_tokens_per_s"]
+    assert check.status == "skip" and "too short a sample" in check.message
+    assert result.passed
+
+
 def test_engine_upgrade_slowdown_is_attributed_to_environment() -> None:
     base = make_record({"a": True}, tokens_per_s=100.0)
     now = make_record({"a": True}, tokens_per_s=40.0, engine_version="llama-cpp-python 0.4.0")
