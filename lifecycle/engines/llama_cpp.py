@@ -318,25 +318,26 @@ class LlamaCppModel:
             return token, _logprob(self._logits(ctx, idx), token) if logprob else math.nan
         logits = self._logits(ctx, idx)
         masked: np.ndarray | None = None  # the logits under the grammar, once computed
-        found = grammar.greedy_among_top(logits) if greedy else None
-        if found is not None:
-            token = found
+        # Sample on the raw logits, then ask the grammar whether that token is allowed (a
+        # single-candidate check, cheap); most steps end here.
+        if greedy:
+            token = int(np.argmax(logits))
         else:
-            # Sample on a copy of the logits, then ask the grammar whether that token is
-            # allowed (a single-candidate check, cheap).
-            if greedy:
-                token = int(np.argmax(logits))
+            candidates = _CandidateArray(logits)
+            llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
+            token = candidates.selected_token()
+        if not grammar.allows(logits, np.array([token]))[0]:
+            # Rejected. A greedy step looks among the top logits first; otherwise (or when
+            # that cannot decide) the grammar masks the whole vocabulary and the chain samples.
+            found = grammar.greedy_among_top(logits) if greedy else None
+            if found is not None:
+                token = found
             else:
-                candidates = _CandidateArray(logits)
-                llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
-                token = candidates.selected_token()
-            if not grammar.allows(logits, np.array([token]))[0]:
-                # Rejected: mask the full vocabulary with the grammar, then sample again.
                 masked = grammar.masked(logits)
-                candidates = _CandidateArray(masked)
                 if not np.isfinite(masked).any():
                     # Accepting any token now would make llama.cpp abort the process.
                     raise RuntimeError("the grammar allows no token here")
+                candidates = _CandidateArray(masked)
                 llama_cpp.llama_sampler_apply(chain.sampler, candidates.pointer)
                 token = candidates.selected_token()
         value = math.nan
