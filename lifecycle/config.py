@@ -164,13 +164,7 @@ def load_workspace(root: Path | None = None) -> Workspace:
                     field=f"models.{name}.variants.{key}",
                 )
             axes[key] = tuple(values)
-        allow_requantize = matrix.data.get("allow_requantize", False)
-        if not isinstance(allow_requantize, bool):
-            raise ConfigError(
-                "must be true or false",
-                path=path,
-                field=f"models.{name}.variants.allow_requantize",
-            )
+        allow_requantize = matrix.boolean("allow_requantize", False)
         models[name] = ModelSettings(
             name=name,
             modelfile=root / modelfile,
@@ -264,6 +258,37 @@ class TableReader:
         if minimum is not None and value < minimum:
             raise self.fail(key, f"must be >= {minimum}")
         return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "must be true or false")
+        return value
+
+    def number(
+        self,
+        key: str,
+        default: float | None,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> float | None:
+        """A number (an integer is taken as a float) within the bounds given; None only when
+        absent and the default is None."""
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, "must be a number")
+        low = minimum is None or value >= minimum
+        high = maximum is None or value <= maximum
+        if not (low and high):
+            if minimum is not None and maximum is not None:
+                raise self.fail(key, f"must be between {minimum:g} and {maximum:g}")
+            if minimum is not None:
+                raise self.fail(key, f"must be >= {minimum:g}")
+            raise self.fail(key, f"must be <= {maximum:g}")
+        return float(value)
 
     def string_list(self, key: str, default: list[str]) -> list[str]:
         value = self.data.get(key, default)

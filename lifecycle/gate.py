@@ -320,20 +320,12 @@ def load_gate_settings(config_path: Path) -> GateSettings:
     reader = TableReader(config_path, data).table("gate")
     reader.reject_unknown(set(GateSettings().to_dict()))
     values: dict[str, Any] = {}
-    for key, value in reader.data.items():
+    for key in reader.data:  # in the file's order, so the first bad key is the one named
         if key in _FLAGS:
-            if not isinstance(value, bool):
-                raise reader.fail(key, "must be true or false")
+            values[key] = reader.boolean(key, False)
         else:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise reader.fail(key, "must be a number")
-            upper = None if key == "max_memory_growth" else 1.0
-            if value < 0 or (upper is not None and value > upper):
-                raise reader.fail(
-                    key, "must be >= 0" if upper is None else "must be between 0 and 1"
-                )
-            value = float(value)
-        values[key] = value
+            upper = None if key == "max_memory_growth" else 1.0  # growth may exceed 100 %
+            values[key] = reader.number(key, None, minimum=0.0, maximum=upper)
     if values.get("max_coverage_drop") is not None or values.get("max_ece_rise") is not None:
         values["calibration"] = calibration_tables(config_path, data)
     return GateSettings(**values)
