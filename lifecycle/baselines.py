@@ -57,6 +57,7 @@ class Baseline:
     summaries: list[dict[str, Any]] = field(default_factory=list)
     cases: list[dict[str, Any]] = field(default_factory=list)
     bench: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer tool wrote: kept
 
     @property
     def variant_id(self) -> str | None:
@@ -78,6 +79,7 @@ class Baseline:
             summaries=list(data.get("summaries") or []),
             cases=list(data.get("cases") or []),
             bench=data.get("bench"),
+            extra={k: v for k, v in data.items() if k not in _BASELINE_KEYS},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,7 +91,11 @@ class Baseline:
             "summaries": self.summaries,
             "cases": self.cases,
             "bench": self.bench,
+            **self.extra,
         }
+
+
+_BASELINE_KEYS = ("variant", "run_id", "environment", "golden_sets", "summaries", "cases", "bench")
 
 
 @dataclass

@@ -65,3 +65,19 @@ def test_unreadable_or_foreign_baselines_are_refused(tmp_path: Path) -> None:
         load_baselines(tmp_path)
     with pytest.raises(UsageError, match="cannot name a baseline file"):
         baseline_path(tmp_path, "../x")
+
+
+def test_keys_a_newer_tool_wrote_survive_a_rewrite() -> None:
+    entry = {
+        "variant": {"name": "tiny", "id": "v1"},
+        "run_id": "r",
+        "environment": {},
+        "golden_sets": {},
+        "summaries": [],
+        "cases": [],
+        "bench": None,
+        "judged_by": "lifecycle 9.9",
+    }
+    baseline = Baseline.from_dict(entry)
+    assert baseline.extra == {"judged_by": "lifecycle 9.9"}
+    assert baseline.to_dict() == entry
