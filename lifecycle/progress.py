@@ -1,9 +1,9 @@
 """Progress of long steps deep in the library (a model load, a quantization), for the CLI's bars.
 
-The step that knows how far it is calls :func:`advance`; the command that owns the terminal
-decides whether anything is drawn by installing a sink with :func:`reporting` (the CLI's
-``ProgressBars``, only on a terminal without ``--json``). With no sink installed, ``advance``
-does nothing, so library callers and tests see no output and pay nothing.
+The command that owns the terminal decides whether anything is drawn by installing a sink
+with :func:`reporting` (the CLI's ``ProgressBars``, only on a terminal without ``--json``);
+the step that knows how far it is reports to :func:`current` when there is one. With no sink
+installed, library callers and tests see no output and pay nothing.
 
 A context variable rather than a parameter: the steps sit several calls below the commands
 (``eval`` → runner → engine load; ``build`` → variants → quantize) and every caller in between
@@ -35,14 +35,9 @@ def reporting(sink: Sink | None) -> Iterator[None]:
 
 
 def current() -> Sink | None:
-    """The installed sink, to hand to a worker thread (context variables do not follow)."""
+    """The installed sink, or None (capture it before handing it to another thread or to
+    native code: context variables do not follow)."""
     return _sink.get()
-
-
-def advance(label: str, done: int, total: int | None) -> None:
-    sink = _sink.get()
-    if sink is not None:
-        sink(label, done, total)
 
 
 @contextlib.contextmanager

@@ -72,10 +72,12 @@ def test_expected_size_is_zero_for_a_type_it_cannot_size(tiny_model: Path) -> No
     assert expected_size(read_gguf(tiny_model), "Q4_K_M") > 0
 
 
-def test_advance_outside_a_reporting_block_is_a_no_op() -> None:
-    progress.advance("nothing listens", 1, 2)  # must not raise
-    seen, sink = _recorder()
+def test_a_sink_is_installed_only_inside_its_reporting_block() -> None:
+    assert progress.current() is None
+    _seen, sink = _recorder()
     with progress.reporting(sink):
-        progress.advance("step", 1, 2)
-    progress.advance("step", 2, 2)
-    assert seen == [("step", 1, 2)]
+        assert progress.current() is sink
+        with progress.reporting(None):  # a --json command inside: nothing is drawn
+            assert progress.current() is None
+        assert progress.current() is sink
+    assert progress.current() is None

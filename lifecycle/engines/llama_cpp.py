@@ -295,7 +295,7 @@ class LlamaCppModel:
     def _sample(
         self,
         chain: Any,
-        grammar: Any,
+        grammar: Grammar | None,
         ctx: Any,
         *,
         logprob: bool = False,
@@ -517,12 +517,8 @@ class LlamaCppModel:
             raise GoldenSetError(f"JSON Schema cannot be compiled to a grammar: {exc}") from None
         # llama-cpp-python only parses the grammar lazily inside the sampler, where a failure
         # yields a NULL sampler; compile it here so a bad grammar is an error up front.
-        vocab = self._llm._model.vocab
         with quiet_stderr():
-            sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
-        if not sampler:
-            raise GoldenSetError("llama.cpp rejected the grammar compiled from the JSON Schema")
-        llama_cpp.llama_sampler_free(sampler)
+            self._grammar_sampler(gbnf).free()
         self._grammars[key] = gbnf
         return gbnf
 
