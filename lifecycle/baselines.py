@@ -33,12 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.errors import UsageError
+from lifecycle.journal import recover
 from lifecycle.results import PER_VARIANT_KEYS, RunRecord
 
 BASELINE_SCHEMA_VERSION = 1
 BASELINES_DIR = "baselines"
 # Per-case confidence signals a baseline keeps (present only for suites with [calibration]).
 CALIBRATION_CASE_KEYS = ("stated_confidence", "answer_probability", "routed_correct")
+# Per-case decision margins (absent when the engine gave no logits, or in baselines pinned
+# before margins): the gate's evidence for telling noise from a regression.
+MARGIN_CASE_KEYS = ("margin", "margin_step", "field_margin")
 
 CaseKey = tuple[str, str, str]  # (suite, mode, case id)
 
@@ -153,6 +157,7 @@ def read_baseline_file(path: Path, model: str = "") -> BaselineFile | None:
 
 def load_baselines(root: Path) -> dict[str, Baseline]:
     """Every committed baseline variant entry, by variant name (empty when none exist)."""
+    recover(root)  # a pin cut short between its renames is finished first
     entries: dict[str, Baseline] = {}
     directory = root / BASELINES_DIR
     if not directory.is_dir():
@@ -199,7 +204,7 @@ def baseline_entry(record: RunRecord, variant_name: str, bench: dict[str, Any] |
                 # recompute the baseline's calibration figures under the current table.
                 **{
                     key: getattr(c, key)
-                    for key in CALIBRATION_CASE_KEYS
+                    for key in (*CALIBRATION_CASE_KEYS, *MARGIN_CASE_KEYS)
                     if getattr(c, key) is not None
                 },
             }

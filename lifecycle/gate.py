@@ -50,7 +50,7 @@ The verdict is rendered (terminal, Markdown, JUnit) by :mod:`lifecycle.gaterende
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,7 @@ from lifecycle.baselines import Baseline, CaseKey, case_key, variant_environment
 from lifecycle.config import TableReader, read_toml
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
 from lifecycle.results import CaseResult, RunRecord, SuiteSummary
+from lifecycle.stats import mcnemar_exact, wilson_interval
 
 if TYPE_CHECKING:
     from lifecycle.calibrate import Outcome, SignalCalibration
@@ -76,9 +77,11 @@ ENGINE_KEYS = (
     "seed",
     "extra_bufts",
     "parallel",
+    "kv_cache_type",
+    "flash_attention",
 )
-# Keys whose change can alter greedy outputs themselves (other kernels, other rounding): with
-# the same weights, a flip across such a change is the environment's, not the model's.
+# Keys whose change can alter greedy outputs themselves (other kernels, other rounding,
+# another KV cache precision): across such a change a flip is judged by its decision margin.
 # (Batched decoding groups other tokens into each matrix product: "parallel" is one such key.)
 NUMERIC_KEYS = (
     "engine",
@@ -88,7 +91,12 @@ NUMERIC_KEYS = (
     "gpu_layers",
     "extra_bufts",
     "parallel",
+    "kv_cache_type",
+    "flash_attention",
 )
+# The default [gate] noise_margin, in logits (= nats of log-probability). Chosen from the
+# verdict-trust benchmark (benchmarks/verdict_trust.py; the README has the table).
+NOISE_MARGIN = 0.5
 # Eval speed is judged only when both runs generated for at least this long: a tiny model's
 # fraction of a second of generation measures the machine's jitter, not the model.
 MIN_SPEED_SAMPLE_S = 2.0
@@ -116,6 +124,10 @@ class GateSettings:
     # drop of the coverage at the suite's target accuracy, and rise of the ECE (absolute).
     max_coverage_drop: float | None = None
     max_ece_rise: float | None = None
+    # A flip across a numeric environment change (engine build, CPU, batching, KV cache) is
+    # noise only when the case's decision margin (logit gap of its deciding token) is under
+    # this in both runs; any other flip is a regression. See the module docstring.
+    noise_margin: float = NOISE_MARGIN
     # The suites' [calibration] tables by suite name, read by load_gate_settings when a
     # calibration bound is set (not a [gate] key).
     calibration: Mapping[str, Calibration] = field(default_factory=dict)
@@ -160,6 +172,10 @@ class Regression:
     baseline_output: str
     expected: Any
     causes: list[str]
+    # Decision margins of the case (see decision_margin) in the baseline and now; None when
+    # unknown. Shown so a reader sees how confident the lost answer was.
+    baseline_margin: float | None = None
+    margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -224,8 +240,15 @@ class VariantVerdict:
 
 @dataclass(frozen=True)
 class EnvironmentFlip:
-    """A case whose verdict changed between the baseline and now with the same weights and
-    prompt: the environment (CPU, engine build) changed it, not the model."""
+    """A case whose verdict changed across a numeric environment change (engine build, CPU,
+    batching, KV cache), with both decision margins and what the gate made of it:
+
+    - ``noise``: a near tie in both runs (margins under ``noise_margin``), not a regression;
+    - ``regression``: a confident case lost (listed under regressions too);
+    - ``gained``: failed in the baseline, passes now;
+    - ``unknown``: a margin is missing (a baseline pinned before margins, an engine without
+      logits): the old rule applies, the environment's, and the gate says so.
+    """
 
     variant: str
     suite: str
@@ -235,6 +258,9 @@ class EnvironmentFlip:
     passed: bool
     output: str
     baseline_output: str
+    judged: str = "unknown"
+    baseline_margin: float | None = None
+    margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -287,8 +313,12 @@ class GateResult:
             for key, one, many in words
             if counts.get(key)
         ]
-        if self.environment_flips:
-            parts.append(f"{len(self.environment_flips)} case(s) flipped by the environment")
+        unknown = sum(1 for f in self.environment_flips if f.judged == "unknown")
+        noise = sum(1 for f in self.environment_flips if f.judged == "noise")
+        if unknown:
+            parts.append(f"{unknown} case(s) flipped by the environment")
+        if noise:
+            parts.append(f"{noise} near tie(s) flipped (noise)")
         return "; ".join(parts + self.failures) or "nothing to gate"
 
     def to_dict(self) -> dict[str, Any]:
@@ -324,7 +354,8 @@ def load_gate_settings(config_path: Path) -> GateSettings:
         if key in _FLAGS:
             values[key] = reader.boolean(key, False)
         else:
-            upper = None if key == "max_memory_growth" else 1.0  # growth may exceed 100 %
+            # Growth may exceed 100 %; a margin is in logits, unbounded above.
+            upper = None if key in ("max_memory_growth", "noise_margin") else 1.0
             values[key] = reader.number(key, None, minimum=0.0, maximum=upper)
     if values.get("max_coverage_drop") is not None or values.get("max_ece_rise") is not None:
         values["calibration"] = calibration_tables(config_path, data)
@@ -438,42 +469,64 @@ def run_gate(
             same_weights = base.variant_id == run.variant.get("id")
             if not same_weights:
                 causes.append("model")
-            if any(
+            golden_changed = any(
                 record.golden_sets.get(suite) != digests
                 for suite, digests in base.golden_sets.items()
-            ):
+            )
+            if golden_changed:
                 causes.append("golden set")
             if any(c["key"] in ENGINE_KEYS for c in changes):
                 causes.append("environment")
-            numeric_change = any(c["key"] in NUMERIC_KEYS for c in changes)
             hardware_changed = any(c["key"] in HARDWARE_KEYS for c in changes)
-            reference = references.get(name)
-            if numeric_change and reference is not None:
-                # The pinned model, evaluated here: the like-for-like baseline.
-                here = {case_key(c): c for c in reference}
-                flips += _flips(name, base_cases_all, here)
-                base_cases, compare_rates = here, True
-            elif numeric_change and same_weights:
-                base_cases, compare_rates = {}, False
-            else:
-                base_cases, compare_rates = base_cases_all, True
+            source = baseline_source(
+                base_cases_all,
+                references.get(name),
+                [c["key"] for c in changes if c["key"] in NUMERIC_KEYS],
+            )
+            if source.kind == "reference":
+                # The pinned model evaluated here against its stored baseline: what the runtime
+                # change did to production on its own. A confident case lost is the runtime's
+                # regression, whatever the candidate does.
+                moved = [
+                    judge_flip(name, stored, now, settings.noise_margin, same_weights=True)
+                    for key, now in source.cases.items()
+                    if (stored := base_cases_all.get(key)) is not None
+                    and bool(stored["passed"]) != bool(now["passed"])
+                ]
+                flips += moved
+                lost = [f for f in moved if f.judged == "regression"]
+                if lost:
+                    variant_checks.append(
+                        Check(
+                            "runtime",
+                            name,
+                            "fail",
+                            f"{len(lost)} confident case(s) of the pinned model flipped across "
+                            f"the runtime change ({', '.join(source.numeric_keys)}): "
+                            + ", ".join(f"{f.suite}/{f.mode} {f.case}" for f in lost[:5]),
+                            current=float(len(lost)),
+                            cause="environment",
+                        )
+                    )
             for case in cases:
-                key = (case.suite, case.mode, case.id)
-                old = base_cases.get(key)
-                if numeric_change and same_weights and reference is None:
-                    stored = base_cases_all.get(key)
-                    same_output = stored is not None and stored.get("output") == case.output
-                    if same_output and "golden set" in causes:
-                        # The golden set changed and the very same output now scores
-                        # otherwise: the golden set did that, not the environment.
-                        old = stored
-                    else:
-                        if stored is not None and bool(stored["passed"]) != case.passed:
-                            flips.append(_flip(name, stored, case.to_dict()))
-                        verdict_cases.append(_case_verdict(case, stored, environment_flip=True))
+                old = source.cases.get((case.suite, case.mode, case.id))
+                if old is None:
+                    verdict_cases.append(_case_verdict(case, None))
+                    continue
+                flip: EnvironmentFlip | None = None
+                # The golden set changed and the very same output now scores otherwise: the
+                # golden set did that, not the environment.
+                rescored = golden_changed and old.get("output") == case.output
+                if source.numeric and bool(old["passed"]) != case.passed and not rescored:
+                    flip = judge_flip(
+                        name, old, case.to_dict(), settings.noise_margin, same_weights
+                    )
+                    flips.append(flip)
+                    if flip.judged != "regression":
+                        verdict_cases.append(_case_verdict(case, old, environment_flip=True))
                         continue
                 verdict_cases.append(_case_verdict(case, old))
-                if old and old["passed"] and not case.passed:
+                if old["passed"] and not case.passed:
                     regressions.append(
                         Regression(
                             variant=name,
@@ -487,24 +540,42 @@ def run_gate(
                             baseline_output=str(old.get("output", "")),
                             expected=case.expected,
                             causes=list(causes),
+                            baseline_margin=flip.baseline_margin if flip else None,
+                            margin=flip.margin if flip else None,
                         )
                     )
-            if compare_rates:
-                variant_checks += _rate_checks(record, name, settings, causes, base_cases)
-                variant_checks += _calibration_checks(record, name, settings, causes, base_cases)
-            else:
+            unknown = [f for f in flips if f.variant == name and f.judged == "unknown"]
+            if unknown:
+                variant_checks.append(
+                    Check(
+                        "margins",
+                        name,
+                        "skip",
+                        f"{len(unknown)} flipped case(s) without decision margins (a baseline "
+                        "pinned before margins, or an engine that returns no logits): blamed on "
+                        "the environment by the rule before margins; re-pin to judge them",
+                        cause="environment",
+                    )
+                )
+            judged = source.judged_pairs(cases, settings.noise_margin, same_weights)
+            if judged is None:
                 variant_checks.append(
                     Check(
                         "rates",
                         name,
                         "skip",
-                        "same weights and prompt as the baseline in another environment "
-                        "("
-                        + ", ".join(c["key"] for c in changes if c["key"] in NUMERIC_KEYS)
-                        + "): rate changes are the environment's",
+                        "same weights and prompt as the baseline in another environment ("
+                        + ", ".join(source.numeric_keys)
+                        + ") and the baseline predates decision margins: rate changes are "
+                        "not judged (re-pin to judge them)",
                         cause="environment",
                     )
                 )
+            else:
+                variant_checks += _rate_checks(
+                    record, name, settings, causes, source.cases, keep=judged
+                )
+                variant_checks += _calibration_checks(record, name, settings, causes, source.cases)
             variant_checks += _speed_checks(
                 record, name, base, bench.get(name), settings, hardware_changed, causes
             )
@@ -554,6 +625,125 @@ def run_gate(
         environment_flips=flips,
         partial=partial,
         failures=gate_failures,
+    )
+
+
+# Which (run case, baseline case) pairs a rate check counts.
+PairFilter = Callable[[CaseResult, Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class BaselineSource:
+    """What a variant's cases are judged against, chosen once per variant:
+
+    - ``stored``: the committed baseline, recorded in this same numeric environment (greedy
+      decoding is deterministic there, so every flip is caused by what changed: a
+      regression when a pass is lost);
+    - ``stored-across-runtime``: the committed baseline, recorded under another engine build,
+      CPU, batching or KV cache (``numeric_keys``): each flip is judged by its margins;
+    - ``reference``: the pinned model evaluated here (a changed variant after a runtime
+      change), so the candidate is judged like for like, in this environment.
+    """
+
+    kind: str
+    cases: Mapping[CaseKey, Mapping[str, Any]]
+    numeric_keys: tuple[str, ...] = ()
+
+    @property
+    def numeric(self) -> bool:
+        """The pair of runs differs in its numeric environment: flips need margins."""
+        return self.kind == "stored-across-runtime"
+
+    def judged_pairs(
+        self, cases: list[CaseResult], noise_margin: float, same_weights: bool
+    ) -> PairFilter | None:
+        """Which (run, baseline) case pairs the rate checks count: every pair in one
+        environment; across a runtime change, those that are not a near tie on both sides.
+        None when no pair can be judged (margins unknown with the same weights: the rule
+        before margins, which lets the environment move the rates)."""
+        if not self.numeric:
+            return _every_pair
+
+        def keep(case: CaseResult, old: Mapping[str, Any]) -> bool:
+            was, now = decision_margins(old, case.to_dict())
+            if was is None or now is None:
+                return not same_weights
+            return not (was < noise_margin and now < noise_margin)
+
+        keys = [(c, self.cases[k]) for c in cases if (k := (c.suite, c.mode, c.id)) in self.cases]
+        return keep if any(keep(c, old) for c, old in keys) or not keys else None
+
+
+def _every_pair(_case: CaseResult, _old: Mapping[str, Any]) -> bool:
+    return True
+
+
+def baseline_source(
+    stored: Mapping[CaseKey, Mapping[str, Any]],
+    reference: list[dict[str, Any]] | None,
+    numeric_keys: list[str],
+) -> BaselineSource:
+    """Choose what a variant is judged against (see :class:`BaselineSource`)."""
+    if not numeric_keys:
+        return BaselineSource("stored", stored)
+    if reference is not None:
+        here = {case_key(c): c for c in reference}
+        return BaselineSource("reference", here, tuple(numeric_keys))
+    return BaselineSource("stored-across-runtime", stored, tuple(numeric_keys))
+
+
+def decision_margins(
+    old: Mapping[str, Any], now: Mapping[str, Any]
+) -> tuple[float | None, float | None]:
+    """The margins that decided a case in the baseline and now.
+
+    The routed field's margin when both runs wrote that field (the value the verdict
+    hinges on, where a near tie on a confidence digit would hide a confident category);
+    otherwise the whole output's smallest margin. None where a run recorded none.
+    """
+    if old.get("field_margin") is not None and now.get("field_margin") is not None:
+        return float(old["field_margin"]), float(now["field_margin"])
+    was, is_ = old.get("margin"), now.get("margin")
+    return (
+        None if was is None else float(was),
+        None if is_ is None else float(is_),
+    )
+
+
+def judge_flip(
+    variant: str,
+    old: Mapping[str, Any],
+    now: Mapping[str, Any],
+    noise_margin: float,
+    same_weights: bool,
+) -> EnvironmentFlip:
+    """A case whose verdict differs across a numeric environment change, judged by margin.
+
+    Noise only when it was a near tie in both runs; a lost confident case is a regression
+    whatever changed. Without both margins the rule before margins holds: with the same
+    weights the environment is blamed (and the flip says ``unknown``), otherwise the model.
+    """
+    was, is_ = decision_margins(old, now)
+    if not old["passed"]:
+        judged = "gained"
+    elif was is None or is_ is None:
+        judged = "unknown" if same_weights else "regression"
+    elif was < noise_margin and is_ < noise_margin:
+        judged = "noise"
+    else:
+        judged = "regression"
+    return EnvironmentFlip(
+        variant=variant,
+        suite=str(now["suite"]),
+        mode=str(now["mode"]),
+        case=str(now["id"]),
+        baseline_passed=bool(old["passed"]),
+        passed=bool(now["passed"]),
+        output=str(now.get("output", "")),
+        baseline_output=str(old.get("output", "")),
+        judged=judged,
+        baseline_margin=was,
+        margin=is_,
     )
 
 
@@ -607,7 +797,7 @@ def _engine_errors(cases: list[CaseResult]) -> str | None:
 def _partial_groups(
     summaries: list[SuiteSummary],
     cases: list[CaseResult],
-    base_cases: Mapping[CaseKey, dict[str, Any]],
+    base_cases: Mapping[CaseKey, Mapping[str, Any]],
     shard: str | None,
 ) -> dict[str, str]:
     """Groups (suite/mode) this run covered only in part, with "k of n cases"."""
@@ -619,33 +809,6 @@ def _partial_groups(
             of = f"{ran} of {known}" if known else f"{ran}"
             out[f"{s.suite}/{s.mode}"] = f"{of} cases" + (f", shard {shard}" if shard else "")
     return out
-
-
-def _flip(variant: str, old: Mapping[str, Any], now: Mapping[str, Any]) -> EnvironmentFlip:
-    """A case (a baseline's or a run's dict) that passed on one side and fails on the other."""
-    return EnvironmentFlip(
-        variant=variant,
-        suite=now["suite"],
-        mode=now["mode"],
-        case=now["id"],
-        baseline_passed=bool(old["passed"]),
-        passed=bool(now["passed"]),
-        output=str(now.get("output", "")),
-        baseline_output=str(old.get("output", "")),
-    )
-
-
-def _flips(
-    variant: str,
-    stored: Mapping[CaseKey, dict[str, Any]],
-    here: Mapping[CaseKey, dict[str, Any]],
-) -> list[EnvironmentFlip]:
-    """Cases the pinned model answers differently here than in its baseline's environment."""
-    return [
-        _flip(variant, old, now)
-        for key, now in here.items()
-        if (old := stored.get(key)) is not None and bool(old["passed"]) != bool(now["passed"])
-    ]
 
 
 def numeric_changes(base: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -673,12 +836,17 @@ def _rate_checks(
     name: str,
     settings: GateSettings,
     causes: list[str],
-    base_cases: Mapping[CaseKey, dict[str, Any]],
+    base_cases: Mapping[CaseKey, Mapping[str, Any]],
+    *,
+    keep: PairFilter = _every_pair,
 ) -> list[Check]:
-    """Rates now vs the baseline's, over the cases both have (like with like).
+    """Rates now vs the baseline's, over the cases both have (like with like) and ``keep``
+    accepts (across a runtime change: the cases that are not near ties in both runs).
 
     A case added to the golden set since the baseline is judged by the suite threshold only,
-    and a partial run is compared on the cases it ran.
+    and a partial run is compared on the cases it ran. The pass rate's message carries both
+    rates' Wilson intervals and the exact McNemar p-value of the flips, so a reader sees
+    whether a move is beyond chance.
     """
     checks = []
     limits = (
@@ -687,29 +855,52 @@ def _rate_checks(
         ("schema_valid_rate", "schema_valid", settings.max_schema_valid_drop),
     )
     for s in (s for s in record.summaries if s.variant == name):
-        ran, common = _common_cases(record, s, base_cases)
+        ran, both = _common_cases(record, s, base_cases)
+        common = [(c, old) for c, old in both if keep(c, old)]
         if not common:
             continue
         scope = "" if len(common) == ran else f" over the {len(common)} cases both ran"
+        if len(common) < len(both):
+            scope = (
+                f" over the {len(common)} cases not near ties in both runs "
+                f"({len(both) - len(common)} left out)"
+            )
         for key, attr, limit in limits:
-            was = sum(bool(old.get(attr)) for _c, old in common) / len(common)
-            now = sum(bool(getattr(c, attr)) for c, _old in common) / len(common)
+            was_n = sum(bool(old.get(attr)) for _c, old in common)
+            now_n = sum(bool(getattr(c, attr)) for c, _old in common)
+            was, now = was_n / len(common), now_n / len(common)
             drop = round(was - now, 6)
             ok = drop <= limit
             message = f"{key.replace('_', ' ')} {was:.0%} → {now:.0%}{scope}"
+            if key == "pass_rate":
+                message += _chance(common, was_n, now_n)
             if not ok:
                 message += f" (drop {drop:.0%} > allowed {limit:.0%})"
             checks.append(_bound_check(key, name, ok, message, s, was, now, limit, causes))
     return checks
 
 
+def _chance(pairs: list[tuple[CaseResult, Mapping[str, Any]]], was_n: int, now_n: int) -> str:
+    """ "; 95 % CI a–b % → c–d %, flips 3 lost / 1 gained, McNemar p=0.62" for a pass rate."""
+    lost = sum(1 for c, old in pairs if old.get("passed") and not c.passed)
+    gained = sum(1 for c, old in pairs if not old.get("passed") and c.passed)
+    lo0, hi0 = wilson_interval(was_n, len(pairs))
+    lo1, hi1 = wilson_interval(now_n, len(pairs))
+    text = f"; 95% CI {lo0:.0%}–{hi0:.0%} → {lo1:.0%}–{hi1:.0%}"
+    if lost or gained:
+        text += (
+            f", flips {lost} lost / {gained} gained, McNemar p={mcnemar_exact(lost, gained):.2g}"
+        )
+    return text
+
+
 def _common_cases(
     record: RunRecord,
     summary: SuiteSummary,
-    base_cases: Mapping[CaseKey, dict[str, Any]],
+    base_cases: Mapping[CaseKey, Mapping[str, Any]],
     *,
     answered_only: bool = False,
-) -> tuple[int, list[tuple[CaseResult, dict[str, Any]]]]:
+) -> tuple[int, list[tuple[CaseResult, Mapping[str, Any]]]]:
     """How many cases of a summary's variant and suite/mode ran now, and those the baseline
     has too, each with its baseline entry (like with like)."""
     ran = [
@@ -727,7 +918,7 @@ def _calibration_checks(
     name: str,
     settings: GateSettings,
     causes: list[str],
-    base_cases: Mapping[CaseKey, dict[str, Any]],
+    base_cases: Mapping[CaseKey, Mapping[str, Any]],
 ) -> list[Check]:
     """Coverage at the target accuracy and ECE now vs the baseline's, over common cases.
 

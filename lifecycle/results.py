@@ -56,6 +56,12 @@ class CaseResult:
     answer_probability: float | None = None
     answer_probability_note: str | None = None
     routed_correct: bool | None = None  # the routed field's value matched the expected one
+    # Decision margins (logit gap between the chosen token and the best other allowed one;
+    # see lifecycle.engines.decoding.Margins): the smallest over the output, its step, and
+    # the smallest over the routed field's value. None: unknown (the engine gave no logits).
+    margin: float | None = None
+    margin_step: int | None = None
+    field_margin: float | None = None
 
     @property
     def errored(self) -> bool:
@@ -146,6 +152,11 @@ class RunEnvironment(HostEnvironment, total=False):
     threads: dict[str, int]
     parallel: dict[str, int]
     extra_bufts: dict[str, bool]
+    # KV cache element types and flash attention per variant; None: the engine (a server)
+    # could not say. Absent in records from before they were settings (f16, f16, off).
+    kv_cache_type_k: dict[str, str | None]
+    kv_cache_type_v: dict[str, str | None]
+    flash_attention: dict[str, bool | None]
     foreign_cpu_share: dict[str, float]
     batch_size: int
     gpu_layers: int
@@ -345,7 +356,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # Environment keys recorded per variant ({variant name: value}) rather than per run.
-PER_VARIANT_KEYS = ("threads", "parallel", "blobs", "extra_bufts", "foreign_cpu_share")
+PER_VARIANT_KEYS = (
+    "threads",
+    "parallel",
+    "blobs",
+    "extra_bufts",
+    "kv_cache_type_k",
+    "kv_cache_type_v",
+    "flash_attention",
+    "foreign_cpu_share",
+)
 
 
 class ForeignLoad:

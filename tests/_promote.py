@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import git
 
@@ -94,8 +95,11 @@ def make_record(
     engine_version: str = "llama-cpp-python 0.3.9",
     cpu: str = "Test CPU",
     threshold: float | None = 0.0,
+    margins: dict[str, float] | None = None,
+    environment: dict[str, Any] | None = None,
 ) -> RunRecord:
-    """A run record with one schema-mode case per ``verdicts`` entry (id → passed)."""
+    """A run record with one schema-mode case per ``verdicts`` entry (id → passed), each
+    with its decision margin from ``margins`` (id → margin; none when not given)."""
     from lifecycle.results import CaseResult, VariantRun, overall, summarise
 
     cases = [
@@ -125,6 +129,7 @@ def make_record(
             eval_tokens=250,
             generation_ms=(250 / tokens_per_s * 1000) if tokens_per_s else 0.0,
             finish_reason="stop",
+            margin=(margins or {}).get(case_id),
         )
         for case_id, passed in verdicts.items()
     ]
@@ -146,6 +151,7 @@ def make_record(
             "cpu_count_logical": 4,
             "cpu_count_physical": 2,
             "ram_bytes": 8 << 30,
+            **(environment or {}),
         },
         golden_sets={
             "triage": {"golden_digest": golden_digest, "schema_digest": "sha256:" + "2" * 64}

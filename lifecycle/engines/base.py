@@ -36,6 +36,11 @@ class LoadOptions:
     # llama.cpp's extra buffer types (repacked weights, AMX). False is the fallback for CPUs
     # whose repacked kernels crash (AMX advertised inside a VM); `lifecycle doctor` decides.
     extra_bufts: bool = True
+    # KV cache element types (llama.cpp's --cache-type-k/-v names) and flash attention; a
+    # quantized V cache needs flash attention (config checks it before a load).
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool = False
     # For engines that create the model from its recipe (ollama) or prepend its SYSTEM and
     # MESSAGE history themselves (openai): the variant's Modelfile text and a name for it.
     modelfile: str | None = None
@@ -66,6 +71,9 @@ class GenerationRequest:
     # With logprobs: only at the steps where this JSON field's value can be written
     # (confidence.value_open); NaN at the others, which saves a vocabulary pass per step.
     logprob_field: str | None = None
+    # The JSON field whose value decides the verdict (a suite's routed field): its decision
+    # margin is recorded apart from the whole output's (Generation.field_margin).
+    margin_field: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,13 @@ class Generation:
     # When cases share decode steps (batched decoding): this case's share of the engine's wall
     # time (its part of each step, plus its own sampling). None: the case had the engine alone.
     work_ms: float | None = None
+    # Decision margins (engines.decoding.Margins): the smallest gap between the chosen token's
+    # logit and the best other allowed one over the generated tokens, the step where it
+    # occurred, and the smallest over the steps writing request.margin_field's value. None:
+    # the engine cannot say (no logits) or no step had an alternative.
+    margin: float | None = None
+    margin_step: int | None = None
+    field_margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

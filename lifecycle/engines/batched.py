@@ -35,6 +35,7 @@ from lifecycle.engines.base import (
     GenerationRequest,
 )
 from lifecycle.engines.decoding import Batch, Scored, first_stop, plain_greedy, wants_logprob
+from lifecycle.engines.margins import Margins
 from lifecycle.errors import EngineError
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class _Sequence:
     grammar: Any
     started: float
     scored: Scored | None
+    margins: Margins
     own_prompt_tokens: int
     generated: list[int] = field(default_factory=list)
     next_token: int | None = None  # sampled, to be decoded in the next step
@@ -182,6 +184,7 @@ class BatchedDecoder:
             grammar=model._grammar_sampler(gbnf) if gbnf is not None else None,
             started=time.perf_counter(),
             scored=Scored() if request.logprobs else None,
+            margins=Margins(request.margin_field),
             own_prompt_tokens=len(tokens) - prefix,
         )
 
@@ -251,14 +254,16 @@ class BatchedDecoder:
         start = time.perf_counter()
         try:
             want = seq.scored is not None and wants_logprob(request, seq.text)
-            token, logprob = model._sample(
+            token, logprob, margin = model._sample(
                 seq.chain,
                 seq.grammar,
                 self.ctx,
                 logprob=want,
                 idx=batch_index,
                 greedy=plain_greedy(request),
+                margin_floor=seq.margins.floor(seq.text),
             )
+            seq.margins.add(margin, seq.text)
         except RuntimeError as exc:  # e.g. a grammar that allows no token here
             return EngineError(f"generation failed: {exc}")
         finish: str | None = None
@@ -288,6 +293,7 @@ class BatchedDecoder:
         n = len(seq.generated)
         # Sequential decoding evaluates every generated token but the last one it keeps.
         decoded = n - 1 if finish == "length" or stop_at is not None else n
+        smallest, smallest_step, field_margin = seq.margins.summary()
         return Generation(
             text=text,
             prompt_tokens=len(seq.tokens),
@@ -301,6 +307,9 @@ class BatchedDecoder:
             token_logprobs=tuple(seq.scored.logprobs) if seq.scored else None,
             token_offsets=tuple(seq.scored.offsets) if seq.scored else None,
             work_ms=seq.prompt_ms + seq.generation_ms + seq.sample_ms,
+            margin=smallest,
+            margin_step=smallest_step,
+            field_margin=field_margin,
         )
 
 

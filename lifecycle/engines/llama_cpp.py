@@ -41,6 +41,8 @@ from lifecycle.engines.base import (
 )
 from lifecycle.engines.batched import BatchedDecoder, OnLive, OnResult
 from lifecycle.engines.decoding import Batch, Scored, first_stop, plain_greedy, wants_logprob
+from lifecycle.engines.devices import ggml_build
+from lifecycle.engines.margins import Margins
 from lifecycle.errors import EngineError, GoldenSetError
 from lifecycle.fsutil import quiet_stderr
 from lifecycle.hostinfo import physical_cores  # re-exported: benchmarks import it here
@@ -61,6 +63,7 @@ class LlamaCppEngine:
                 "llama_cpp_python": llama_cpp.__version__,
                 "system_info": text.strip(),
                 "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+                **ggml_build(),
             },
         )
 
@@ -118,6 +121,9 @@ class LlamaCppModel:
                     seed=options.seed,
                     use_mmap=options.use_mmap,
                     verbose=False,
+                    flash_attn=options.flash_attn,
+                    type_k=ggml_type(options.type_k),
+                    type_v=ggml_type(options.type_v),
                     **cpu_only_context(options.n_gpu_layers),
                 )
         except (ValueError, RuntimeError, OSError) as exc:
@@ -183,11 +189,12 @@ class LlamaCppModel:
         llama_cpp.llama_perf_context_reset(ctx)
         start = time.perf_counter()
         try:
-            text, n_generated, finish, scored = self._decode(tokens, request, gbnf)
+            text, n_generated, finish, scored, margins = self._decode(tokens, request, gbnf)
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"generation failed: {exc}") from None
         latency_ms = (time.perf_counter() - start) * 1000.0
         perf = llama_cpp.llama_perf_context(ctx)
+        margin, margin_step, field_margin = margins.summary()
         return Generation(
             text=text,
             prompt_tokens=len(tokens),
@@ -200,11 +207,14 @@ class LlamaCppModel:
             finish_reason=finish,
             token_logprobs=tuple(scored.logprobs) if scored else None,
             token_offsets=tuple(scored.offsets) if scored else None,
+            margin=margin,
+            margin_step=margin_step,
+            field_margin=field_margin,
         )
 
     def _decode(
         self, tokens: list[int], request: GenerationRequest, gbnf: str | None
-    ) -> tuple[str, int, str, Scored | None]:
+    ) -> tuple[str, int, str, Scored | None, Margins]:
         """Evaluate the prompt (reusing the cached prefix) and sample until a stop condition.
 
         Grammar-constrained sampling checks the token the sampler picked first and only masks
@@ -213,7 +223,8 @@ class LlamaCppModel:
         262k-token vocabulary (Gemma 3) costs more than the forward pass.
 
         With ``request.logprobs`` each generated token's log-probability is recorded (see
-        :meth:`_logprob`) with the character offset where its text starts.
+        :meth:`_logprob`) with the character offset where its text starts. Every step's
+        decision margin is recorded (:class:`~lifecycle.engines.margins.Margins`).
         """
         llm = self._llm
         note(phase="prompt")
@@ -225,14 +236,21 @@ class LlamaCppModel:
         ctx = llm._ctx.ctx
         generated: list[int] = []
         scored = Scored() if request.logprobs else None
+        margins = Margins(request.margin_field)
         text = ""
         finish = "length"
         try:
             while len(generated) < request.max_tokens:
                 want = scored is not None and wants_logprob(request, text)
-                token, logprob = self._sample(
-                    chain, grammar, ctx, logprob=want, greedy=plain_greedy(request)
+                token, logprob, margin = self._sample(
+                    chain,
+                    grammar,
+                    ctx,
+                    logprob=want,
+                    greedy=plain_greedy(request),
+                    margin_floor=margins.floor(text),
                 )
+                margins.add(margin, text)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = "stop"
                     break
@@ -244,14 +262,14 @@ class LlamaCppModel:
                 text = self._detokenize(generated, tokens, errors="ignore")
                 hit = first_stop(text, request.stop)
                 if hit is not None:
-                    return text[:hit], len(generated), "stop", scored
+                    return text[:hit], len(generated), "stop", scored, margins
                 llm.eval([token])
         finally:
             chain.close()
             if grammar:
                 grammar.free()
         text = self._detokenize(generated, tokens, errors="replace")
-        return text, len(generated), finish, scored
+        return text, len(generated), finish, scored, margins
 
     def _detokenize(self, generated: list[int], prompt: list[int], *, errors: str) -> str:
         """The completion's text (the prompt decides leading-space handling)."""
@@ -301,21 +319,25 @@ class LlamaCppModel:
         logprob: bool = False,
         idx: int = -1,
         greedy: bool = False,
-    ) -> tuple[int, float]:
-        """The next token from the logits of batch position ``idx``, and its log-probability
-        when ``logprob`` (else NaN).
+        margin_floor: float = math.inf,
+    ) -> tuple[int, float, float]:
+        """The next token from the logits of batch position ``idx``, its log-probability
+        when ``logprob`` (else NaN), and its decision margin (exact below ``margin_floor``,
+        else possibly a lower bound at or above it: see :meth:`Grammar.margin`).
 
         ``greedy`` (temperature 0, no repeat penalty: see :func:`plain_greedy`) takes the
         first highest logit straight from llama.cpp's buffer, which is what the chain's
         greedy sampler picks, without copying the vocabulary into a candidate array first.
         """
         if grammar is None:
+            logits = self._logits(ctx, idx)
             if greedy:
-                token = int(np.argmax(self._logits(ctx, idx)))
+                token = int(np.argmax(logits))
                 chain.accept(token)
             else:
                 token = int(chain.sample(self._llm._ctx, idx))
-            return token, _logprob(self._logits(ctx, idx), token) if logprob else math.nan
+            value = _logprob(logits, token) if logprob else math.nan
+            return token, value, float(logits[token]) - _best_other(logits, token)
         logits = self._logits(ctx, idx)
         masked: np.ndarray | None = None  # the logits under the grammar, once computed
         # Sample on the raw logits, then ask the grammar whether that token is allowed (a
@@ -347,9 +369,10 @@ class LlamaCppModel:
             if masked is None:
                 masked = grammar.masked(logits)
             value = _logprob(masked, token)
+        margin = grammar.margin(logits, token, margin_floor, masked)
         grammar.accept(token)
         chain.accept(token)
-        return token, value
+        return token, value, margin
 
     def _logits(self, ctx: Any, idx: int = -1) -> np.ndarray:
         """Logits of batch position ``idx`` (-1: the last), a view of llama.cpp's buffer."""
@@ -613,6 +636,14 @@ def _model_params(*, extra_bufts: bool, label: str) -> Iterator[None]:
         low_level.llama_model_default_params = original
 
 
+def ggml_type(name: str) -> int:
+    """The ggml type id of a KV cache type name ("f16", "q8_0", ...) for ``Llama(type_k=)``."""
+    value = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", None)
+    if not isinstance(value, int):
+        raise EngineError(f"this llama-cpp-python has no KV cache type {name!r}")
+    return value
+
+
 def _load_label(model_path: Path, options: LoadOptions) -> str:
     name = options.model_name or model_path.name
     return f"loading {name}"
@@ -863,6 +894,42 @@ class Grammar:
             return None  # ties the cut-off: a left-out token could win the tie
         return token
 
+    def margin(
+        self,
+        logits: np.ndarray,
+        token: int,
+        floor: float = math.inf,
+        masked: np.ndarray | None = None,
+    ) -> float:
+        """``logits[token]`` minus the best other token the grammar allows next (inf when
+        the grammar allows no other: a forced token decides nothing).
+
+        Cheapest evidence first, since most steps need no exact figure: the best other token
+        overall gives a lower bound (the best allowed one is no higher), which is returned
+        when it is at least ``floor`` (the caller keeps only margins below it). Otherwise the
+        ``GRAMMAR_PROBE`` highest logits are asked, exact when one of them is allowed; only
+        then the whole vocabulary is masked (cached by grammar state).
+        """
+        chosen = float(logits[token])
+        if masked is None:
+            bound = chosen - _best_other(logits, token)
+            if bound >= floor:
+                return bound
+            n = len(logits)
+            k = min(GRAMMAR_PROBE + 1, n)
+            top = np.argpartition(logits, n - k)[n - k :]
+            others = top[top != token]
+            ok = self.allows(logits, others)
+            if ok.any():  # any allowed token outside the probe is no higher than these
+                return chosen - float(logits[others][ok].max())
+            if k == n:
+                return math.inf
+            if chosen - float(logits[top].min()) >= floor:
+                return chosen - float(logits[top].min())
+            masked = self.masked(logits)
+        best = _best_other(masked, token)
+        return chosen - best if math.isfinite(best) else math.inf
+
     def accept(self, token: int) -> None:
         llama_cpp.llama_sampler_accept(self.sampler, token)
         self.accepted.append(token)
@@ -871,6 +938,13 @@ class Grammar:
         if self.sampler:
             llama_cpp.llama_sampler_free(self.sampler)
             self.sampler = None
+
+
+def _best_other(logits: np.ndarray, token: int) -> float:
+    """The highest logit of any token but ``token`` (two reductions, no copy of the vocabulary)."""
+    before = logits[:token].max(initial=-np.inf)
+    after = logits[token + 1 :].max(initial=-np.inf)
+    return float(max(before, after))
 
 
 def _logprob(logits: np.ndarray, token: int) -> float:

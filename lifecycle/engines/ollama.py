@@ -35,6 +35,7 @@ from lifecycle.engines.base import (
     LoadOptions,
 )
 from lifecycle.engines.http import HttpClient, HttpStatusError, normalise_base_url, schema_enforced
+from lifecycle.engines.margins import server_margins
 from lifecycle.errors import EngineError, GoldenSetError
 
 ENV_HOST = "OLLAMA_HOST"  # Ollama's own variable: "host:port" or a URL
@@ -155,6 +156,9 @@ class OllamaModel:
         }
         if request.json_schema is not None:
             body["format"] = dict(request.json_schema)
+        # Ollama 0.12.11+ returns per-token log-probabilities with alternatives: each token's
+        # decision margin (older daemons ignore the fields; margins are then unknown).
+        body.update(logprobs=True, top_logprobs=2)
         start = time.perf_counter()
         answer = self._post("api/chat", body, request.timeout_s or self.engine.client.timeout_s)
         latency_ms = (time.perf_counter() - start) * 1000.0
@@ -163,6 +167,8 @@ class OllamaModel:
         finish = "length" if answer.get("done_reason") == "length" else "stop"
         prompt_tokens = int(answer.get("prompt_eval_count") or 0)
         eval_count = int(answer.get("eval_count") or 0)
+        margins = server_margins(answer.get("logprobs"), text, request.margin_field)
+        margin, margin_step, field_margin = margins.summary() if margins else (None, None, None)
         return Generation(
             text=text,
             # Ollama reports only the prompt tokens it evaluated (a cached prefix is left out).
@@ -175,6 +181,9 @@ class OllamaModel:
             latency_ms=latency_ms,
             finish_reason=finish,
             schema_enforced=schema_enforced(text, request.json_schema, finish),
+            margin=margin,
+            margin_step=margin_step,
+            field_margin=field_margin,
         )
 
     def tokenize(self, text: str) -> list[int]:

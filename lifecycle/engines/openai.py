@@ -39,6 +39,7 @@ from lifecycle.engines.base import (
     LoadOptions,
 )
 from lifecycle.engines.http import HttpClient, HttpStatusError, normalise_base_url, schema_enforced
+from lifecycle.engines.margins import server_margins
 from lifecycle.errors import EngineError
 
 ENV_BASE_URL = "LIFECYCLE_OPENAI_BASE_URL"  # then OPENAI_BASE_URL, then DEFAULT_BASE_URL
@@ -134,10 +135,11 @@ class OpenAIModel:
         else:
             path, body = "completions", {"prompt": request.prompt}
         body.update(self._sampling(request))
-        if request.logprobs and path == "chat/completions":
+        if path == "chat/completions":
             # Chat completions return per-token log-probabilities only with top_logprobs set
             # (llama-cpp-python's server); servers that ignore it leave the signal unrecorded.
-            body.update(logprobs=True, top_logprobs=1)
+            # Two alternatives give each token's decision margin (the gate's noise evidence).
+            body.update(logprobs=True, top_logprobs=2)
         start = time.perf_counter()
         answer = self._post_with_schema(path, body, request)
         latency_ms = (time.perf_counter() - start) * 1000.0
@@ -260,8 +262,13 @@ class OpenAIModel:
         completion_tokens = int(usage.get("completion_tokens") or 0)
         timings = answer.get("timings") or {}  # llama-server's own counters, when present
         scored = None
-        if request.logprobs and isinstance(choice.get("logprobs"), dict):
-            scored = server_token_logprobs(choice["logprobs"].get("content"), text)
+        entries = None
+        if isinstance(choice.get("logprobs"), dict):
+            entries = choice["logprobs"].get("content")
+        if request.logprobs:
+            scored = server_token_logprobs(entries, text)
+        margins = server_margins(entries, text, request.margin_field)
+        margin, margin_step, field_margin = margins.summary() if margins else (None, None, None)
         return Generation(
             text=text,
             prompt_tokens=prompt_tokens,
@@ -276,6 +283,9 @@ class OpenAIModel:
             schema_enforced=schema_enforced(text, request.json_schema, finish),
             token_logprobs=scored[0] if scored else None,
             token_offsets=scored[1] if scored else None,
+            margin=margin,
+            margin_step=margin_step,
+            field_margin=field_margin,
         )
 
 
