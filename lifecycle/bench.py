@@ -42,6 +42,7 @@ from typing import Any
 
 from lifecycle.bandwidth import bandwidth_bound, measure_bandwidth
 from lifecycle.clock import utc_now as _now
+from lifecycle.crashguard import child_environment, die_with_parent
 from lifecycle.engines.base import BenchableModel, ParallelBenchModel
 from lifecycle.engines.devices import (
     backend_mismatch,
@@ -684,7 +685,7 @@ def _run_point_process(spec: dict[str, Any], options: BenchOptions) -> ContextPo
     with tempfile.TemporaryDirectory(prefix="lifecycle-bench-") as tmp:
         out = Path(tmp) / "point.json"
         spec = {**spec, "output": str(out)}
-        env = dict(os.environ)
+        env = child_environment()
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
@@ -897,4 +898,5 @@ def _worker_main() -> int:
 
 
 if __name__ == "__main__":
+    die_with_parent()
     sys.exit(_worker_main())

@@ -9,11 +9,17 @@ the model and the remedy, and exits 1 (the tool failed; never a verdict on the m
 
 The cost is one extra interpreter start per command (about 0.3 s) and three short writes
 per case. ``LIFECYCLE_NO_SUPERVISOR=1`` runs commands directly (for a debugger).
+
+Every process the tool starts to run Python code of its own (the supervised child, the
+isolated engine's worker, the canary, a bench point) dies with the process that started it
+(:func:`die_with_parent`): a killed ``lifecycle`` must not leave a child that goes on to
+evaluate, gate and pin on its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -28,6 +34,9 @@ from lifecycle.errors import EXIT_FAILURE
 
 ENV_PHASE_PIPE = "LIFECYCLE_PHASE_PIPE"  # "<supervisor pid>:<fd>" in the supervised child
 ENV_NO_SUPERVISOR = "LIFECYCLE_NO_SUPERVISOR"
+ENV_PARENT = "LIFECYCLE_PARENT_PID"  # the pid of the process that started this one
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 # Signals that mean the process crashed (as opposed to being interrupted or terminated).
 CRASH_SIGNALS = ("SIGSEGV", "SIGILL", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL")
@@ -48,10 +57,34 @@ def note(**facts: Any) -> None:
 
 
 def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    """``env`` (default: ours) without the breadcrumb pipe, for processes we start."""
+    """``env`` (default: ours) for processes we start: without the breadcrumb pipe, and
+    naming us as the parent they must die with (see :func:`die_with_parent`)."""
     out = dict(os.environ if env is None else env)
     out.pop(ENV_PHASE_PIPE, None)
+    out[ENV_PARENT] = str(os.getpid())
     return out
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the parent named in the environment dies.
+
+    Called first thing by each of the tool's child processes. PR_SET_PDEATHSIG only covers a
+    parent that dies after the call, so a parent that died in between (we were already
+    re-parented) ends us here. The signal fires when the parent *thread* that started us
+    exits: every spawner runs on the thread that lives as long as the command.
+    A no-op outside Linux and when no parent is named.
+    """
+    try:
+        parent = int(os.environ.get(ENV_PARENT, ""))
+    except ValueError:
+        return
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -78,6 +111,7 @@ def supervise(argv: Sequence[str]) -> int:
     """
     read_fd, write_fd = os.pipe()
     env = dict(os.environ)
+    env[ENV_PARENT] = str(os.getpid())
     env[ENV_PHASE_PIPE] = f"{os.getpid()}:{write_fd}"
     try:
         child = subprocess.Popen(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.errors import UsageError
+from lifecycle.journal import recover
 from lifecycle.store import Manifest, Part
 
 LOCK_FILE = "models.lock"
@@ -118,6 +119,7 @@ class Lock:
 
 def read_lock(path: Path) -> Lock:
     """The lock at ``path``; an empty lock when the file does not exist."""
+    recover(path.parent)  # a pin cut short between its renames is finished first
     if not path.exists():
         return Lock()
     try:

@@ -24,8 +24,9 @@ the golden-set digests or the engine build. Otherwise the old entry, time includ
 so re-pinning with nothing changed is an empty diff. Local ``FROM ./x.gguf`` files record no
 revision (theirs is a file mtime, which a fresh clone changes); the digest is the identity.
 
-Baselines (:mod:`lifecycle.baselines`) are written first and the lock last, each atomically (temp
-file, fsync, rename): an interrupted pin leaves the previous lock whole.
+The baselines (:mod:`lifecycle.baselines`) and the lock are published together through a
+journal (:mod:`lifecycle.journal`): a pin killed at any point leaves both old or both new, and
+the next pin deletes the temp files a killed one left.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.baselines import (
+    BASELINES_DIR,
     BaselineFile,
     baseline_entry,
     baseline_path,
@@ -45,8 +47,8 @@ from lifecycle.baselines import (
 )
 from lifecycle.clock import utc_now
 from lifecycle.errors import UsageError
-from lifecycle.fsutil import atomic_write_text
 from lifecycle.gate import GateResult
+from lifecycle.journal import publish, remove_temps, transaction
 from lifecycle.lockfile import LOCK_FILE, Lock, LockEntry, read_lock, render_json
 from lifecycle.results import RunRecord
 from lifecycle.store import Manifest, Store
@@ -138,7 +140,23 @@ def pin(
     variant names of the workspace's matrices), lock and baseline entries of any other
     variant are removed (``pruned``).
     """
-    bench = bench or {}
+    with transaction(root):  # one pin at a time reads and rewrites the files
+        remove_temps(root, LOCK_FILE)
+        remove_temps(root / BASELINES_DIR)
+        return _pin(root, record, gate, store, bench or {}, commit, branch, refresh, keep)
+
+
+def _pin(
+    root: Path,
+    record: RunRecord,
+    gate: GateResult,
+    store: Store,
+    bench: dict[str, dict[str, Any]],
+    commit: bool,
+    branch: str | None,
+    refresh: bool,
+    keep: set[str] | None,
+) -> PinResult:
     lock_path = root / LOCK_FILE
     lock = read_lock(lock_path)
     entries: dict[str, LockEntry] = dict(lock.variants)
@@ -206,10 +224,13 @@ def pin(
     result = PinResult(lock_path, changes, [_rel(root, p) for p in written], branch=branch)
     repo = _prepare_commit(root, [*written, lock_path], branch) if commit or branch else None
 
-    for model, baseline in sorted(baselines.items()):
-        atomic_write_text(baseline_path(root, model), render_json(baseline.to_dict()))
+    files = {
+        baseline_path(root, model): render_json(baseline.to_dict())
+        for model, baseline in sorted(baselines.items())
+    }
     if baselines:
-        atomic_write_text(lock_path, render_json(Lock(entries).to_dict()))
+        files[lock_path] = render_json(Lock(entries).to_dict())
+    publish(root, files)
     if repo is not None:
         result.commit = _commit(repo, root, written, commit_message(changes))
     return result
@@ -425,15 +446,54 @@ def check_repository(root: Path, paths: list[Path]) -> Any:
                 f"the repository is in the middle of {what}; finish or abort it before pinning"
             )
     work = Path(repo.working_tree_dir)
+    _check_index_lock(git_dir, work)
     rel = [_rel(work, p) for p in paths]
     dirty = repo.git.status("--porcelain", "--untracked-files=all", "--", *rel)
     if dirty.strip():
-        names = ", ".join(sorted({line[3:] for line in dirty.splitlines()}))
+        lines = dirty.splitlines()
+        names = ", ".join(sorted({line[3:] for line in lines}))
+        # Staged and not committed is what a `pin --commit` killed before its commit leaves.
+        staged = all(line[0] not in " ?" for line in lines)
         raise GitStateError(
-            f"uncommitted changes to {names}; commit or discard them before `pin --commit` "
+            f"uncommitted changes to {names}"
+            + (" (staged: an interrupted `pin --commit`?)" if staged else "")
+            + "; commit or discard them before `pin --commit` "
             "(pin without --commit only writes the files)"
         )
     return repo
+
+
+def _check_index_lock(git_dir: Path, work: Path) -> None:
+    """Refuse while ``.git/index.lock`` exists, saying whether a git process still holds it.
+
+    git leaves the file behind when it is killed mid-command (a killed ``pin --commit``
+    among them), and every later commit fails on it until it is removed.
+    """
+    lock = git_dir / "index.lock"
+    if not lock.exists():
+        return
+    if _git_running_in(work):
+        raise GitStateError(
+            f"another git command is running in {work} ({lock} exists); pin when it is done"
+        )
+    raise GitStateError(
+        f"stale {lock} (no git process is running; an interrupted git command left it): "
+        f"remove it with `rm {lock}` and pin again"
+    )
+
+
+def _git_running_in(work: Path) -> bool:
+    """Whether a live git process works in ``work`` (or one whose directory we cannot see)."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "cwd", "status"]):
+        info = proc.info
+        if info["name"] != "git" or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cwd = info["cwd"]
+        if cwd is None or Path(cwd).resolve().is_relative_to(work.resolve()):
+            return True
+    return False
 
 
 def _commit(repo: Any, root: Path, paths: list[Path], message: str) -> str | None:

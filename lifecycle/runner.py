@@ -19,6 +19,7 @@ from typing import Any
 from lifecycle import __version__
 from lifecycle import gguf as gguf_reader
 from lifecycle import modelfile as mf
+from lifecycle.checkpoints import CheckpointFile, Checkpoints
 from lifecycle.confidence import confidence_signals
 from lifecycle.config import Workspace
 from lifecycle.crashguard import note
@@ -34,7 +35,7 @@ from lifecycle.engines import (
     get_engine,
 )
 from lifecycle.errors import EngineError, GoldenSetError, ModelError, UsageError
-from lifecycle.fsutil import atomic_write_text
+from lifecycle.fsutil import atomic_write_text, exclusive_lock
 from lifecycle.golden import MODES, GoldenCase, Suite, load_suites, score_output
 from lifecycle.lint import lint_variant
 from lifecycle.prompt import render_prompt
@@ -49,6 +50,7 @@ from lifecycle.results import (
     overall,
     summarise,
 )
+from lifecycle.runs import LATEST, RUN_FILE
 from lifecycle.store import Store, now
 from lifecycle.variants import Variant, resolve_variants
 
@@ -78,8 +80,9 @@ class EvalOptions:
     parallel: int | None = None
     timeout_s: float | None = None  # wall-clock limit per case (None: the engine default)
     engine_settings: dict[str, Any] = field(default_factory=dict)  # e.g. base_url, host
-    # Results are appended to .lifecycle/checkpoints as they are produced, so an interrupted
-    # run resumes where it stopped; False starts every case afresh.
+    # Results are appended to this run's files in .lifecycle/checkpoints as they are produced,
+    # so an interrupted run resumes where it stopped (see lifecycle.checkpoints); False starts
+    # every case afresh.
     resume: bool = True
     canary: bool = True  # run the engine canary (lifecycle doctor) before loading a model
 
@@ -239,14 +242,29 @@ def run_eval(
 
 
 def save_run(record: RunRecord, runs_dir: Path) -> Path:
-    """Write ``runs_dir/<run_id>/run.json`` atomically and point ``latest.json`` at it."""
+    """Write ``runs_dir/<run_id>/run.json`` atomically; ``latest.json`` names the newest run.
+
+    Two runs at once in one workspace both save: ``latest.json`` is then the one that
+    finished last, not whichever happened to save last (decided under a lock).
+    """
     run_dir = runs_dir / record.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n"
-    path = run_dir / "run.json"
+    path = run_dir / RUN_FILE
     atomic_write_text(path, text)
-    atomic_write_text(runs_dir / "latest.json", text)
+    with exclusive_lock(runs_dir / ".latest.lock"):
+        if (record.finished_at, record.run_id) >= _finished(runs_dir / LATEST):
+            atomic_write_text(runs_dir / LATEST, text)
     return path
+
+
+def _finished(path: Path) -> tuple[str, str]:
+    """(finished_at, run_id) of the run record at ``path``; empty when there is none."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return str(data["finished_at"]), str(data["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "", ""
 
 
 def _plan(
@@ -278,54 +296,6 @@ def _plan(
             modelfile_path=variant.modelfile_path,
         )
     return plans
-
-
-class CheckpointFile:
-    """One (variant, suite, mode) group's verdicts so far, one JSON line per case."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, CaseResult]:
-        """Cases a previous, interrupted run finished (a torn last line is ignored)."""
-        done: dict[str, CaseResult] = {}
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except OSError:
-            return done
-        for line in lines:
-            try:
-                result = CaseResult.from_dict(json.loads(line))
-            except (ValueError, TypeError):
-                continue
-            done[result.id] = result
-        return done
-
-    def append(self, result: CaseResult) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
-            handle.flush()
-
-
-class Checkpoints:
-    """The checkpoint files a run writes; removed when the run completes."""
-
-    def __init__(self, directory: Path, *, enabled: bool = True) -> None:
-        self.directory = directory
-        self.enabled = enabled
-        self._used: list[CheckpointFile] = []
-
-    def group(self, key: str) -> CheckpointFile | None:
-        if not self.enabled:
-            return None
-        book = CheckpointFile(self.directory / f"{key}.jsonl")
-        self._used.append(book)
-        return book
-
-    def finish(self) -> None:
-        for book in self._used:
-            book.path.unlink(missing_ok=True)
 
 
 def _group_key(

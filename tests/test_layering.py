@@ -45,6 +45,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "prompt",
             "results",
             "baselines",  # baselines/<model>.json: pin writes, the gate reads (from results)
+            "journal",  # models.lock and baselines/ published together (pin; readers recover)
+            "checkpoints",  # per-run eval checkpoints (the runner writes, a later run takes over)
             "tinymodel",
             "confidence",
             "tokenstats",  # numpy token statistics (KLD, PPL) over any ScoringModel

@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         and not os.environ.get(crashguard.ENV_NO_SUPERVISOR)
     ):
         sys.exit(crashguard.supervise(args))
+    if os.environ.get(crashguard.ENV_PHASE_PIPE):
+        crashguard.die_with_parent()  # started by a supervisor: never outlive it
     if engine_command:
         _load_engine_first()
     code = handle_errors(lambda: cli.main(args=args, prog_name="lifecycle", standalone_mode=False))

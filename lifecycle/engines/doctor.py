@@ -412,4 +412,7 @@ def _canary_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from lifecycle.crashguard import die_with_parent
+
+    die_with_parent()
     raise SystemExit(_canary_main(sys.argv[1:]))

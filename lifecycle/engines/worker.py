@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle import errors
-from lifecycle.crashguard import child_environment, remedy
+from lifecycle.crashguard import child_environment, die_with_parent, remedy
 from lifecycle.engines.base import (
     DEFAULT_CASE_TIMEOUT_S,
     CaseTimeout,
@@ -239,6 +239,7 @@ def serve(conn: Connection) -> None:
 
 def main(argv: list[str]) -> None:
     """Entry point of ``python -m lifecycle.engines.worker FD``."""
+    die_with_parent()  # a worker outliving its run would hold the model's memory for nothing
     serve(Connection(int(argv[0])))
 
 
