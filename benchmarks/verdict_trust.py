@@ -14,10 +14,23 @@ the weekly job (`lifecycle smoke --offline --no-bench --no-cache`) on:
 - unchanged re-runs while a busy process outside the job keeps one core loaded (speeds taken
   on a busy machine are not judged, and the gate says so: load alone must not fail it).
 
+With ``--runtime`` it judges runtime changes instead, with the weights byte-identical: the
+example's first N tickets in both modes, pinned under the example's engine settings
+(parallel 4, f16 KV cache), then the weekly job re-run under
+
+- noise changes: threads 2 → 1, batched decoding off (parallel 4 → 1), flash attention on;
+- degradations: KV cache q8_0 (K and V), q4_0 (K and V), q4_0 for K alone.
+
+For each it prints the exit code, every flip with its decision margins (baseline → now) and
+what the gate made of it, and finally every flip's larger margin by kind of change: the
+noise bound must sit above the noise flips' and below the confident losses'. ``--png``
+draws the two histograms.
+
 Prints caught/injected and false alarms/re-runs; asserts nothing. Needs the example model in
 the store (`lifecycle build` in the repository first, which the quickstart does).
 
     python benchmarks/verdict_trust.py [--cases 12] [--reruns 5]
+    python benchmarks/verdict_trust.py --runtime [--cases 60] [--png docs/margins.png]
 """
 
 from __future__ import annotations
@@ -41,6 +54,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--reruns", type=int, default=5)
+    parser.add_argument("--runtime", action="store_true", help="judge runtime changes")
+    parser.add_argument("--png", type=Path, help="with --runtime: the margin histogram")
     args = parser.parse_args()
 
     from lifecycle.config import load_workspace
@@ -53,6 +68,8 @@ def main() -> int:
     good = variants["harbor-triage:q4_k_m-ctx1024"].blob_path
     worse = variants["harbor-triage:q4_0-ctx1024"].blob_path
 
+    if args.runtime:
+        return runtime_changes(good, args.cases, args.png)
     root = Path(tempfile.mkdtemp(prefix="verdict-trust-"))
     try:
         setup(root, good, args.cases)
@@ -118,12 +135,118 @@ def main() -> int:
     return 0
 
 
+# (name, noise?, [engine] lines replacing the pinned ones)
+RUNTIME_CHANGES = (
+    ("threads 2 → 1", True, {"threads": "1"}),
+    ("batched decoding off (parallel 4 → 1)", True, {"parallel": "1"}),
+    ("flash attention on", True, {"flash_attention": "true"}),
+    ("KV cache q8_0 (K and V)", False, {"kv_cache_type": '"q8_0"', "flash_attention": "true"}),
+    ("KV cache q4_0 (K and V)", False, {"kv_cache_type": '"q4_0"', "flash_attention": "true"}),
+    ("KV cache q4_0 (K only)", False, {"kv_cache_type_k": '"q4_0"'}),
+)
+PINNED_ENGINE = {"threads": "2", "parallel": "4"}
+
+
+def runtime_changes(weights: Path, cases: int, png: Path | None) -> int:
+    """Pin under the example's engine settings, then judge each runtime change."""
+    from lifecycle.engines.doctor import host_cpu
+
+    root = Path(tempfile.mkdtemp(prefix="verdict-runtime-"))
+    rows = []
+    try:
+        setup(root, weights, cases, modes=("free", "schema"))
+        set_engine(root, PINNED_ENGINE)
+        git(root, "commit", "-qam", "pinned engine settings")
+        pinned = smoke(root, commit=True)
+        if pinned["exit_code"] != 0:
+            print(f"baseline smoke failed: {pinned.get('headline')}", file=sys.stderr)
+            return 1
+        for name, noise, engine in RUNTIME_CHANGES:
+            reset(root, weights)
+            set_engine(root, {**PINNED_ENGINE, **engine})
+            started = time.perf_counter()
+            rows.append((name, noise, smoke(root), time.perf_counter() - started))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"cpu: {host_cpu()['model']}; {cases} tickets x free+schema, {VARIANT} Q4_K_M")
+    alarms = caught = degradations = 0
+    kinds: dict[bool, list[float]] = {True: [], False: []}
+    for name, noise, doc, seconds in rows:
+        flips = doc["gate"]["environment_flips"]
+        lost = [f for f in flips if f["judged"] == "regression"]
+        verdict = "exit 3 (regression)" if doc["exit_code"] == 3 else f"exit {doc['exit_code']}"
+        if noise:
+            alarms += doc["exit_code"] != 0
+        else:
+            degradations += 1
+            caught += doc["exit_code"] == 3
+        print(
+            f"  {name:40} {len(flips):3} flips, {len(lost)} confident lost: {verdict} "
+            f"({seconds:.0f} s)"
+        )
+        for f in flips:
+            was, now = f["baseline_margin"], f["margin"]
+            print(
+                f"      {f['mode']:6} {f['case']:>4} {'pass' if f['baseline_passed'] else 'fail'}"
+                f" → {'pass' if f['passed'] else 'fail'}  margin {fmt(was)} → {fmt(now)}  "
+                f"{f['judged']}"
+            )
+            if f["baseline_passed"] and was is not None and now is not None:
+                kinds[noise].append(max(was, now))
+    print(
+        f"noise changes: {alarms} false alarm(s); degradations: {caught}/{degradations} failed "
+        "the gate"
+    )
+    for noise, values in kinds.items():
+        label = "noise changes" if noise else "degradations"
+        shown = ", ".join(f"{v:.2f}" for v in sorted(values)) or "none"
+        print(f"  lost cases' larger margin, {label}: {shown}")
+    if png is not None:
+        histogram(kinds, png)
+    return 0
+
+
+def fmt(value: float | None) -> str:
+    return "  ?  " if value is None else f"{value:5.2f}"
+
+
+def histogram(kinds: dict[bool, list[float]], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lifecycle.gate import NOISE_MARGIN
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    top = max([*kinds[True], *kinds[False], NOISE_MARGIN]) * 1.1
+    bins = [top * i / 30 for i in range(31)]
+    ax.hist(kinds[True], bins=bins, alpha=0.7, label="noise changes (threads, batching, FA)")
+    ax.hist(kinds[False], bins=bins, alpha=0.7, label="KV cache quantized (same weights)")
+    ax.axvline(NOISE_MARGIN, color="black", linestyle="--", label=f"noise_margin {NOISE_MARGIN}")
+    ax.set_xlabel("larger decision margin of a lost case (baseline, now), logits")
+    ax.set_ylabel("cases")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"histogram: {png}")
+
+
+def set_engine(root: Path, values: dict[str, str]) -> None:
+    """Rewrite the workspace's [engine] table with these keys (others as set up)."""
+    config = root / "lifecycle.toml"
+    _engine, _, rest = config.read_text(encoding="utf-8").partition("\n\n")
+    lines = ["[engine]", 'name = "llama-cpp"', "seed = 42"]
+    lines += [f"{key} = {value}" for key, value in values.items()]
+    config.write_text("\n".join(lines) + "\n\n" + rest, encoding="utf-8")
+
+
 def speed_check(doc: dict[str, Any]) -> str:
     checks = doc["gate"]["checks"]
     return next((c["message"] for c in checks if c["name"] == "generation_tokens_per_s"), "-")
 
 
-def setup(root: Path, weights: Path, cases: int) -> None:
+def setup(root: Path, weights: Path, cases: int, modes: tuple[str, ...] = ("schema",)) -> None:
     """The example workspace, trimmed to one variant of a local file and the first tickets."""
     for name in ("modelfiles", "golden", "evals"):
         shutil.copytree(REPO / name, root / name)
@@ -144,8 +267,8 @@ def setup(root: Path, weights: Path, cases: int) -> None:
     suite = root / "evals" / "triage.toml"
     suite.write_text(
         suite.read_text(encoding="utf-8")
-        .replace('modes = ["free", "schema"]', 'modes = ["schema"]')
-        .replace("threshold = { free = 0.0, schema = 0.5 }", "threshold = 0.0"),
+        .replace('modes = ["free", "schema"]', f"modes = {json.dumps(list(modes))}")
+        .replace("threshold = { free = 0.4, schema = 0.5 }", "threshold = 0.0"),
         encoding="utf-8",
     )
     (root / "lifecycle.toml").write_text(

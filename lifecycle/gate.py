@@ -59,6 +59,7 @@ from lifecycle.baselines import Baseline, CaseKey, case_key, variant_environment
 from lifecycle.config import TableReader, read_toml
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
 from lifecycle.results import CaseResult, RunRecord, SuiteSummary
+from lifecycle.runtime import environment_runtime_change, runtime_defaults
 from lifecycle.stats import mcnemar_exact, wilson_interval
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ ENGINE_KEYS = (
     "seed",
     "extra_bufts",
     "parallel",
-    "kv_cache_type",
+    "kv_cache_type_k",
+    "kv_cache_type_v",
     "flash_attention",
 )
 # Keys whose change can alter greedy outputs themselves (other kernels, other rounding,
@@ -91,7 +93,8 @@ NUMERIC_KEYS = (
     "gpu_layers",
     "extra_bufts",
     "parallel",
-    "kv_cache_type",
+    "kv_cache_type_k",
+    "kv_cache_type_v",
     "flash_attention",
 )
 # The default [gate] noise_margin, in logits (= nats of log-probability). Chosen from the
@@ -281,6 +284,9 @@ class GateResult:
     environment_flips: list[EnvironmentFlip] = field(default_factory=list)
     partial: list[str] = field(default_factory=list)  # "variant suite/mode: k of n cases"
     failures: list[str] = field(default_factory=list)  # gate-wide (require_passing_variant)
+    # Per variant: "runtime changed: llama-cpp-python 0.3.36 → 0.3.37, kv_cache_type f16 →
+    # q4_0" when the runtime differs from its baseline's (lifecycle.runtime).
+    runtime_changes: dict[str, str] = field(default_factory=dict)
 
     def verdict(self, variant: str) -> VariantVerdict | None:
         return next((v for v in self.variants if v.variant == variant), None)
@@ -319,6 +325,7 @@ class GateResult:
             parts.append(f"{unknown} case(s) flipped by the environment")
         if noise:
             parts.append(f"{noise} near tie(s) flipped (noise)")
+        parts += sorted(set(self.runtime_changes.values()))
         return "; ".join(parts + self.failures) or "nothing to gate"
 
     def to_dict(self) -> dict[str, Any]:
@@ -330,6 +337,7 @@ class GateResult:
             "partial": self.partial,
             "failures": self.failures,
             "environment_flips": [f.to_dict() for f in self.environment_flips],
+            "runtime_changes": self.runtime_changes,
             "run_id": self.run_id,
             "variants": [v.to_dict() for v in self.variants],
             "regressions": [r.to_dict() for r in self.regressions],
@@ -405,6 +413,7 @@ def run_gate(
     env_changes: list[dict[str, Any]] = []
     flips: list[EnvironmentFlip] = []
     partial: list[str] = []
+    runtime_moves: dict[str, str] = {}
 
     for run in record.variants:
         name = str(run.variant.get("name"))
@@ -466,6 +475,9 @@ def run_gate(
             changes = _environment_changes(base.environment, env_now)
             if changes:
                 env_changes.append({"variant": name, "changes": changes})
+            moved = environment_runtime_change(base.environment, env_now)
+            if moved:
+                runtime_moves[name] = moved
             same_weights = base.variant_id == run.variant.get("id")
             if not same_weights:
                 causes.append("model")
@@ -487,14 +499,14 @@ def run_gate(
                 # The pinned model evaluated here against its stored baseline: what the runtime
                 # change did to production on its own. A confident case lost is the runtime's
                 # regression, whatever the candidate does.
-                moved = [
+                own_flips = [
                     judge_flip(name, stored, now, settings.noise_margin, same_weights=True)
                     for key, now in source.cases.items()
                     if (stored := base_cases_all.get(key)) is not None
                     and bool(stored["passed"]) != bool(now["passed"])
                 ]
-                flips += moved
-                lost = [f for f in moved if f.judged == "regression"]
+                flips += own_flips
+                lost = [f for f in own_flips if f.judged == "regression"]
                 if lost:
                     variant_checks.append(
                         Check(
@@ -527,6 +539,7 @@ def run_gate(
                         continue
                 verdict_cases.append(_case_verdict(case, old))
                 if old["passed"] and not case.passed:
+                    margins = decision_margins(old, case.to_dict())
                     regressions.append(
                         Regression(
                             variant=name,
@@ -540,8 +553,8 @@ def run_gate(
                             baseline_output=str(old.get("output", "")),
                             expected=case.expected,
                             causes=list(causes),
-                            baseline_margin=flip.baseline_margin if flip else None,
-                            margin=flip.margin if flip else None,
+                            baseline_margin=margins[0],
+                            margin=margins[1],
                         )
                     )
             unknown = [f for f in flips if f.variant == name and f.judged == "unknown"]
@@ -625,6 +638,7 @@ def run_gate(
         environment_flips=flips,
         partial=partial,
         failures=gate_failures,
+        runtime_changes=runtime_moves,
     )
 
 
@@ -817,6 +831,9 @@ def numeric_changes(base: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 def _environment_changes(base: dict[str, Any], now: dict[str, Any]) -> list[dict[str, Any]]:
+    # A baseline recorded before the KV cache was a setting ran with llama.cpp's defaults.
+    base = {**runtime_defaults(base), **base}
+    now = {**runtime_defaults(now), **now}
     return [
         {"key": key, "baseline": base.get(key), "current": now.get(key)}
         for key in (*ENGINE_KEYS, *HARDWARE_KEYS)

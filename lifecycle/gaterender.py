@@ -8,9 +8,13 @@ the report), the JUnit XML to ``--junit``, the text to the terminal.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from lifecycle.gate import CaseVerdict, GateResult
 from lifecycle.texttable import table
+
+if TYPE_CHECKING:
+    from lifecycle.gitbase import BaseReview
 
 
 def render_gate_text(gate: GateResult) -> str:
@@ -33,22 +37,38 @@ def render_gate_text(gate: GateResult) -> str:
     if gate.regressions:
         lines += ["", f"regressions ({len(gate.regressions)}):"]
         for r in gate.regressions:
-            lines.append(f"  {r.variant} {r.suite}/{r.mode} {r.case}: {r.reason}")
+            margins = (
+                f" (margin {_margin(r.baseline_margin)} → {_margin(r.margin)})"
+                if r.baseline_margin is not None or r.margin is not None
+                else ""
+            )
+            lines.append(f"  {r.variant} {r.suite}/{r.mode} {r.case}: {r.reason}{margins}")
             lines.append(f"      now:      {_one_line(r.output)}")
             lines.append(f"      baseline: {_one_line(r.baseline_output)}")
     if gate.environment_flips:
-        lines += ["", f"flipped by the environment alone ({len(gate.environment_flips)}):"]
+        lines += [
+            "",
+            f"flipped across an environment change ({len(gate.environment_flips)}; decision "
+            f"margins baseline → now, noise under {gate.settings.noise_margin:g}):",
+        ]
         for f in gate.environment_flips:
             was, now = ("pass" if f.baseline_passed else "fail"), ("pass" if f.passed else "fail")
-            lines.append(f"  {f.variant} {f.suite}/{f.mode} {f.case}: {was} → {now}")
+            lines.append(
+                f"  {f.variant} {f.suite}/{f.mode} {f.case}: {was} → {now}, "
+                f"margin {_margin(f.baseline_margin)} → {_margin(f.margin)}: {f.judged}"
+            )
     changes = [
         f"  {entry['variant']} {c['key']}: {c['baseline']} → {c['current']}"
         for entry in gate.environment_changes
         for c in entry["changes"]
     ]
     if changes:
-        lines += ["", "environment changes (not model regressions):", *changes]
+        lines += ["", "environment changes (flips across them judged by margin, above):", *changes]
     return "\n".join(lines)
+
+
+def _margin(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.2f}"
 
 
 def _one_line(text: str, width: int = 90) -> str:
@@ -107,21 +127,25 @@ def render_markdown(result: GateResult) -> str:
         lines.append("")
     if result.environment_flips:
         lines += [
-            f"### Flipped by the environment alone ({len(result.environment_flips)}; "
-            "not regressions)",
+            f"### Flipped across an environment change ({len(result.environment_flips)})",
+            "",
+            f"A flip is noise only when the case was a near tie (decision margin under "
+            f"{result.settings.noise_margin:g}) in both runs; a confident case lost is a "
+            "regression whatever changed.",
             "",
         ]
         for f in result.environment_flips:
             was = "pass" if f.baseline_passed else "fail"
             now = "pass" if f.passed else "fail"
             lines.append(
-                f"- {_md(f.variant)} {f.suite}/{f.mode} `{f.case}`: {was} → {now} "
+                f"- {_md(f.variant)} {f.suite}/{f.mode} `{f.case}`: {was} → {now}, "
+                f"margin {_margin(f.baseline_margin)} → {_margin(f.margin)}: **{f.judged}** "
                 f"(baseline output `{_md(f.baseline_output.strip()[:80])}`, now "
                 f"`{_md(f.output.strip()[:80])}`)"
             )
         lines.append("")
     if result.environment_changes:
-        lines += ["### Environment changes (not model regressions)", ""]
+        lines += ["### Environment changes", ""]
         for entry in result.environment_changes:
             for c in entry["changes"]:
                 lines.append(
@@ -173,7 +197,7 @@ def render_junit(result: GateResult) -> str:
             elif not c.passed:
                 why = "also fails in the baseline" if c.baseline_passed is False else "no baseline"
                 if c.environment_only and c.baseline_passed:
-                    why = "flipped by the environment alone, same weights"
+                    why = "a near tie flipped across an environment change (noise)"
                 ET.SubElement(tc, "skipped", message=_xml_text(f"fails ({why}): {c.reason}"))
     gate_checks = [c for c in result.checks if c.name not in ("regressions",)]
     suite = ET.SubElement(
@@ -205,3 +229,50 @@ def _md(text: str) -> str:
 def _xml_text(text: str) -> str:
     # XML 1.0 cannot carry most control characters, and model output may contain them.
     return "".join(ch for ch in text if ch in "\t\n\r" or ord(ch) >= 0x20)
+
+
+def render_base_text(review: BaseReview) -> str:
+    """``--base``: what the change lowered against the base, for a terminal."""
+    lines = ["", f"against {review.ref} ({review.commit[:12]}): " + _base_verdict(review)]
+    lines += [f"  {line}" for line in _base_items(review)]
+    lines += [f"  acknowledged by {a.commit[:12]}: {a.reason}" for a in review.acknowledgements]
+    return "\n".join(lines)
+
+
+def render_base_markdown(review: BaseReview) -> str:
+    """``--base``: a Markdown section listing what the change lowered and who acknowledged."""
+    lines = [f"### Bar of `{_md(review.ref)}` (`{review.commit[:12]}`)", ""]
+    lines += [f"**{_md(_base_verdict(review))}**", ""]
+    lines += [f"- {_md(line)}" for line in _base_items(review)]
+    if review.acknowledgements:
+        lines += ["", "Acknowledged (`Lifecycle-Rebaseline`):", ""]
+        lines += [f"- `{a.commit[:12]}`: {_md(a.reason)}" for a in review.acknowledgements]
+    return "\n".join(lines) + "\n"
+
+
+def _base_verdict(review: BaseReview) -> str:
+    if not review.changes:
+        return "nothing lowered; judged against its pins, baselines and bounds"
+    what = f"{review.changes} change(s) lower the bar"
+    if review.acknowledged:
+        return what + ", acknowledged"
+    return what + ", NOT acknowledged: add a commit trailer 'Lifecycle-Rebaseline: <reason>'"
+
+
+def _base_items(review: BaseReview) -> list[str]:
+    def show(value: object) -> str:
+        return "none" if value is None else json.dumps(value, ensure_ascii=False)
+
+    lines = [
+        f"re-baselined pass → fail: {r.variant} {r.suite}/{r.mode} {r.case}"
+        for r in review.rebaselined
+    ]
+    lines += [f"lowered: {b.where} {b.key}: {show(b.base)} → {show(b.now)}" for b in review.lowered]
+    for e in review.expectations:
+        change = (
+            e.change
+            if e.base is None or e.now is None
+            else (f"{e.change}: {show(e.base)} → {show(e.now)}")
+        )
+        lines.append(f"expectation: {e.suite} {e.case}: {change}")
+    return lines

@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "clock",
             "runs",
             "texttable",
+            "stats",
             "tags",
             "hostinfo",
             "config",
@@ -55,11 +56,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("store", ("store", "lockfile")),
     ("sources", ("sources",)),
-    ("variants", ("quantize", "variants", "targets", "estimate")),
+    ("variants", ("quantize", "variants", "targets", "estimate", "runtime", "retention")),
     ("engines", ("engines", "crashguard")),
     ("golden/bench", ("golden", "bench", "bandwidth", "lint", "runner")),
     ("gate/compare", ("gate", "compare", "calibrate")),
-    ("report/pin", ("report", "gaterender", "comparerender", "pin")),
+    # gitbase: the bar (pins, baselines, bounds, suites) as of a git ref, for `gate --base`
+    ("report/pin", ("report", "gaterender", "comparerender", "pin", "gitbase")),
     ("pipeline", ("pipeline",)),
     ("cli", ("cli", "__main__")),
 ]

@@ -29,9 +29,8 @@ def _gate(now_verdicts, now_margins, base_margins=CONFIDENT, **env):
         now_verdicts,
         margins=now_margins,
         threshold=0.5,
-        environment=env or {"kv_cache_type": "q4_0"},
+        environment=env or {"kv_cache_type_k": "q4_0", "kv_cache_type_v": "q4_0"},
     )
-    base.environment["kv_cache_type"] = "f16"
     return run_gate(now, {"tiny": baseline_entry(base, "tiny", None)}, GateSettings())
 
 
@@ -42,7 +41,11 @@ def test_a_confident_case_lost_after_a_kv_cache_change_is_a_regression() -> None
     regression = gate.regressions[0]
     assert (regression.baseline_margin, regression.margin) == (3.0, 0.1)
     assert [(f.case, f.judged) for f in gate.environment_flips] == [("c3", "regression")]
-    assert any(c["key"] == "kv_cache_type" for e in gate.environment_changes for c in e["changes"])
+    assert any(
+        c["key"] == "kv_cache_type_v" for e in gate.environment_changes for c in e["changes"]
+    )
+    assert gate.runtime_changes == {"tiny": "runtime changed: kv_cache_type f16 → q4_0"}
+    assert "runtime changed: kv_cache_type f16 → q4_0" in gate.headline()
 
 
 def test_a_near_tie_that_flips_after_an_engine_upgrade_is_noise() -> None:
