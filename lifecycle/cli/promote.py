@@ -16,6 +16,7 @@ from lifecycle.errors import EXIT_FAILURE, EXIT_OK, UsageError
 if TYPE_CHECKING:
     from lifecycle.config import Workspace
     from lifecycle.gate import GateResult
+    from lifecycle.gitbase import BaseReview
     from lifecycle.results import RunRecord
 
 ENV_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
@@ -48,6 +49,14 @@ bench_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the Markdown summary to this file.",
 )
+@click.option(
+    "--base",
+    "base_ref",
+    metavar="REF",
+    help="Gate against the pins, baselines, [gate] and suites of this git ref (a PR's base "
+    "branch), and fail on what the change lowered unless a commit in REF..HEAD has a "
+    "'Lifecycle-Rebaseline: <reason>' trailer.",
+)
 @json_option
 def gate_command(
     workspace_dir: Path | None,
@@ -55,6 +64,7 @@ def gate_command(
     bench_files: tuple[Path, ...],
     junit: Path | None,
     markdown: Path | None,
+    base_ref: str | None,
     as_json: bool,
 ) -> int:
     """Compare the latest run with the committed baselines under the [gate] thresholds.
@@ -63,19 +73,34 @@ def gate_command(
     under its threshold, a rate drop or a speed/memory change over its threshold. The Markdown
     summary is appended to $GITHUB_STEP_SUMMARY when that is set.
     """
-    from lifecycle.gaterender import render_gate_text, render_junit, render_markdown
+    from lifecycle.gaterender import (
+        render_base_markdown,
+        render_base_text,
+        render_gate_text,
+        render_junit,
+        render_markdown,
+    )
 
-    _workspace, _record, gate, _bench = _gate(workspace_dir, run_ref, bench_files)
+    if base_ref is None:
+        _workspace, _record, gate, _bench = _gate(workspace_dir, run_ref, bench_files)
+        review = None
+    else:
+        gate, review = _gate_base(workspace_dir, run_ref, bench_files, base_ref)
     if gate.engine_failed:
         progress("error: the engine failed on some variant: no verdict on it (exit 1)")
-    text = render_markdown(gate)
+    text = render_markdown(gate) + (render_base_markdown(review) if review else "")
     _write_outputs(text, markdown)
     if junit is not None:
         from lifecycle.fsutil import atomic_write_text
 
         atomic_write_text(junit, render_junit(gate))
         progress(f"junit: {junit}")
-    emit(as_json, gate.to_dict(), lambda: render_gate_text(gate))
+    document = gate.to_dict() | ({"base": review.to_dict()} if review else {})
+    emit(
+        as_json,
+        document,
+        lambda: render_gate_text(gate) + (render_base_text(review) if review else ""),
+    )
     return gate.exit_code
 
 
@@ -285,6 +310,37 @@ def _gate(
     bench = bench_by_variant([_read_json(p) for p in bench_files])
     gate = gate_workspace(workspace, record, bench=bench, progress=progress)
     return workspace, record, gate, bench
+
+
+def _gate_base(
+    workspace_dir: Path | None, run_ref: str | None, bench_files: tuple[Path, ...], ref: str
+) -> tuple[GateResult, BaseReview]:
+    """The gate against the bar of git ref ``ref`` (see :mod:`lifecycle.gitbase`)."""
+    from lifecycle import gitbase
+    from lifecycle.baselines import bench_by_variant
+    from lifecycle.config import load_workspace
+    from lifecycle.gate import run_gate
+    from lifecycle.pipeline import reference_runs
+    from lifecycle.runs import find_run
+    from lifecycle.store import Store
+
+    workspace = load_workspace(workspace_dir)
+    record = find_run(workspace.runs_dir, run_ref)
+    bench = bench_by_variant([_read_json(p) for p in bench_files])
+    base, head, review = gitbase.review_base(workspace.root, ref)
+    judged = gitbase.judged_inputs(record, base, head, review)
+    store = Store(workspace.home)
+    references = reference_runs(workspace, judged.record, judged.baselines, store, progress)
+    gate = run_gate(
+        judged.record,
+        judged.baselines,
+        judged.settings,
+        bench=bench,
+        pinned=judged.pinned,
+        references=judged.over_references(references),
+    )
+    gitbase.apply_review(gate, review)
+    return gate, review
 
 
 def _read_json(path: Path) -> dict[str, Any]:
