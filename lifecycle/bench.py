@@ -103,6 +103,11 @@ class BenchOptions:
     # Batched rows (llama-batched-bench): N sequences of n_prompt + n_gen tokens decoded
     # together, for each N here, in one context with N sequences' KV cells. Empty: none.
     parallel: tuple[int, ...] = ()
+    # KV cache element types and flash attention (the variant's, from config.cache_settings):
+    # the cache's size and the attention kernels both follow them.
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -318,7 +323,7 @@ def run_bench(
     for n_ctx in contexts:
         depth = _depth_for(options, n_ctx)
         warnings: list[str] = []
-        estimate = estimate_memory(info, n_ctx, n_batch=options.n_batch)
+        estimate = estimate_memory(info, n_ctx, n_batch=options.n_batch, **_cache_kwargs(options))
         if estimate.exceeds_trained_context:
             message = f"context {n_ctx} is above the model's trained context {info.context_length}"
             if options.strict:
@@ -367,7 +372,11 @@ def run_bench(
             "batched": True,
         }
         estimate = estimate_memory(
-            info, n_ctx, n_batch=options.n_batch, n_seq=max(options.parallel)
+            info,
+            n_ctx,
+            n_batch=options.n_batch,
+            n_seq=max(options.parallel),
+            **_cache_kwargs(options),
         )
         batched = _run_point_process(spec, options)
         batched = replace(batched, estimate=estimate.to_dict())
@@ -428,6 +437,9 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
         n_gpu_layers=opts.n_gpu_layers,
         extra_bufts=opts.extra_bufts,
         n_parallel=max(opts.parallel) if batched else 1,
+        type_k=opts.type_k,
+        type_v=opts.type_v,
+        flash_attn=opts.flash_attn,
     )
     try:
         model: Any = load(Path(spec["model_path"]), load_options)
@@ -514,6 +526,11 @@ def _relabel(row: SpeedRow, backend: str | None, note: str | None) -> SpeedRow:
 # --- helpers ------------------------------------------------------------------------------
 
 _OPTION_NAMES = {f.name for f in fields(BenchOptions)}
+
+
+def _cache_kwargs(options: BenchOptions) -> dict[str, Any]:
+    """The estimate's KV cache arguments for what the bench loads."""
+    return {"type_k": options.type_k, "type_v": options.type_v, "flash_attn": options.flash_attn}
 
 
 def _check_options(options: BenchOptions) -> None:

@@ -8,6 +8,7 @@ are loaded by :mod:`lifecycle.golden`. Every error names the file and the offend
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tomllib
@@ -18,6 +19,7 @@ from typing import Any
 from platformdirs import user_cache_dir
 
 from lifecycle.errors import ConfigError
+from lifecycle.fsutil import OutsideRoot, confine
 
 CONFIG_FILE = "lifecycle.toml"
 
@@ -33,6 +35,15 @@ DEFAULT_ENGINE = "llama-cpp"
 # gave the most cases per second; more cost attention over a larger cache for little gain.
 DEFAULT_PARALLEL = 4
 
+# KV cache element types llama.cpp accepts (--cache-type-k/-v); Ollama's server takes f16,
+# q8_0 and q4_0. Quantized types other than these two are rarely used but load the same way.
+KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+# Unquantized types: llama.cpp needs flash attention for any other V cache type.
+PLAIN_KV_TYPES = ("f32", "f16", "bf16")
+# Runtime settings of [engine] that a model's [models.<name>.variants] table may also set:
+# a single value for every variant of the model, a list for a matrix axis.
+CACHE_KEYS = ("kv_cache_type", "kv_cache_type_k", "kv_cache_type_v", "flash_attention")
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -45,6 +56,40 @@ class EngineSettings:
     gpu_layers: int = 0
     # Cases decoded together in one llama.cpp context (continuous batching); 1 = one at a time.
     parallel: int = DEFAULT_PARALLEL
+    # KV cache element types and flash attention: they change the numerics (and memory).
+    kv_cache_type_k: str = "f16"
+    kv_cache_type_v: str = "f16"
+    flash_attention: bool = False
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The KV cache settings one variant runs with ([engine] defaults, then the model's)."""
+
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attention: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kv_cache_type_k": self.type_k,
+            "kv_cache_type_v": self.type_v,
+            "flash_attention": self.flash_attention,
+        }
+
+
+def cache_settings(
+    engine: EngineSettings, overrides: dict[str, Any] | None = None
+) -> CacheSettings:
+    """``engine``'s KV cache settings with a variant's ``overrides`` (CACHE_KEYS) applied;
+    ``kv_cache_type`` sets K and V, ``kv_cache_type_k``/``_v`` then set one each."""
+    o = overrides or {}
+    both = o.get("kv_cache_type")
+    return CacheSettings(
+        type_k=o.get("kv_cache_type_k", both or engine.kv_cache_type_k),
+        type_v=o.get("kv_cache_type_v", both or engine.kv_cache_type_v),
+        flash_attention=bool(o.get("flash_attention", engine.flash_attention)),
+    )
 
 
 @dataclass(frozen=True)
@@ -68,6 +113,9 @@ class ModelSettings:
     quants: tuple[str, ...] = ()
     axes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     allow_requantize: bool = False
+    # KV cache settings (CACHE_KEYS) for every variant of the model, and as matrix axes.
+    cache: dict[str, Any] = field(default_factory=dict)
+    cache_axes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,11 +167,14 @@ def load_workspace(root: Path | None = None) -> Workspace:
 
     ws = reader.table("workspace")
     ws.reject_unknown({"name", "evals_dir", "runs_dir"})
-    evals_dir = root / ws.string("evals_dir", "evals")
-    runs_dir = root / ws.string("runs_dir", ".lifecycle/runs")
+    evals_dir = ws.confined_path("evals_dir", "evals", root=root)
+    runs_dir = ws.confined_path("runs_dir", ".lifecycle/runs", root=root)
 
     eng = reader.table("engine")
-    eng.reject_unknown({"name", "threads", "batch_size", "seed", "gpu_layers", "parallel"})
+    eng.reject_unknown(
+        {"name", "threads", "batch_size", "seed", "gpu_layers", "parallel", *CACHE_KEYS}
+    )
+    both = eng.choice("kv_cache_type", "f16", KV_CACHE_TYPES)
     engine = EngineSettings(
         name=eng.string("name", DEFAULT_ENGINE),
         threads=eng.integer("threads", 0, minimum=0),
@@ -131,7 +182,11 @@ def load_workspace(root: Path | None = None) -> Workspace:
         seed=eng.integer("seed", 42),
         gpu_layers=eng.integer("gpu_layers", 0, minimum=-1),
         parallel=eng.integer("parallel", DEFAULT_PARALLEL, minimum=1),
+        kv_cache_type_k=eng.choice("kv_cache_type_k", both, KV_CACHE_TYPES),
+        kv_cache_type_v=eng.choice("kv_cache_type_v", both, KV_CACHE_TYPES),
+        flash_attention=eng.boolean("flash_attention", False),
     )
+    _check_flash_attention(eng, cache_settings(engine), {})
 
     # Read here, not left to bench: a table nobody reads lets a typo pass silently.
     bench_table = reader.table("bench")
@@ -154,8 +209,9 @@ def load_workspace(root: Path | None = None) -> Workspace:
         matrix = m.table("variants")
         quants = matrix.string_list("quant", []) if "quant" in matrix.data else []
         axes: dict[str, tuple[Any, ...]] = {}
+        cache, cache_axes = _cache_matrix(matrix, engine)
         for key, values in matrix.data.items():
-            if key in ("quant", "allow_requantize"):
+            if key in ("quant", "allow_requantize", *CACHE_KEYS):
                 continue
             if not isinstance(values, list) or not values:
                 raise ConfigError(
@@ -167,11 +223,13 @@ def load_workspace(root: Path | None = None) -> Workspace:
         allow_requantize = matrix.boolean("allow_requantize", False)
         models[name] = ModelSettings(
             name=name,
-            modelfile=root / modelfile,
+            modelfile=m.confined_path("modelfile", modelfile, root=root),
             suites=tuple(m.string_list("suites", [])),
             quants=tuple(quants),
             axes=axes,
             allow_requantize=allow_requantize,
+            cache=cache,
+            cache_axes=cache_axes,
         )
     if not models:
         raise ConfigError("at least one model is required", path=path, field="models")
@@ -182,6 +240,53 @@ def load_workspace(root: Path | None = None) -> Workspace:
         evals_dir=evals_dir,
         runs_dir=runs_dir,
         bench=bench,
+    )
+
+
+def _cache_matrix(
+    matrix: TableReader, engine: EngineSettings
+) -> tuple[dict[str, Any], dict[str, tuple[Any, ...]]]:
+    """A model's KV cache settings from its variants table: a value applies to every variant,
+    a list is a matrix axis. Every combination is checked against the engine's defaults."""
+    fixed: dict[str, Any] = {}
+    axes: dict[str, tuple[Any, ...]] = {}
+    for key in CACHE_KEYS:
+        if key not in matrix.data:
+            continue
+        raw = matrix.data[key]
+        values = raw if isinstance(raw, list) else [raw]
+        if not values:
+            raise matrix.fail(key, "must be a value or a non-empty list of values")
+        for value in values:
+            if key == "flash_attention" and not isinstance(value, bool):
+                raise matrix.fail(key, "must be true or false, or a list of them")
+            if key != "flash_attention" and value not in KV_CACHE_TYPES:
+                raise matrix.fail(key, f"must be one of: {', '.join(KV_CACHE_TYPES)}")
+        checked = list(values)
+        if isinstance(raw, list):
+            axes[key] = tuple(checked)
+        else:
+            fixed[key] = checked[0]
+    for combo in itertools.product(*axes.values()):
+        overrides = {**fixed, **dict(zip(axes, combo, strict=True))}
+        _check_flash_attention(matrix, cache_settings(engine, overrides), overrides)
+    return fixed, axes
+
+
+def _check_flash_attention(
+    table: TableReader, cache: CacheSettings, overrides: dict[str, Any]
+) -> None:
+    """llama.cpp refuses a quantized V cache without flash attention: say so at load time."""
+    if cache.type_v in PLAIN_KV_TYPES or cache.flash_attention:
+        return
+    # Name the key that asked for it: the model's override, else the [engine] key.
+    given = overrides if overrides else table.data
+    named = [k for k in ("kv_cache_type_v", "kv_cache_type", "flash_attention") if k in given]
+    key = named[0] if named else "kv_cache_type"
+    raise table.fail(
+        key,
+        f"a {cache.type_v} V cache needs flash attention in llama.cpp: "
+        "set flash_attention = true (or keep the V cache f16)",
     )
 
 
@@ -289,6 +394,32 @@ class TableReader:
                 raise self.fail(key, f"must be >= {minimum:g}")
             raise self.fail(key, f"must be <= {maximum:g}")
         return float(value)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        """A string that must be one of ``choices``."""
+        value = self.data.get(key, default)
+        if not isinstance(value, str) or value not in choices:
+            raise self.fail(key, f"must be one of: {', '.join(choices)}")
+        return value
+
+    def confined_path(
+        self, key: str, default: str, *, root: Path, base: Path | None = None
+    ) -> Path:
+        """A path string joined to ``base`` (default: ``root``) that must stay inside ``root``
+        through ``..`` and symlinks, as FROM paths must; returned joined, not resolved."""
+        value = self.string(key, default)
+        if not value:
+            raise self.fail(key, "must be a non-empty path")
+        candidate = (base or root) / value
+        try:
+            confine(candidate, root)
+        except OutsideRoot as exc:
+            raise self.fail(
+                key, f"{value!r} resolves to {exc.resolved}, outside the workspace {exc.root}"
+            ) from None
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise self.fail(key, f"cannot resolve {value!r}: {exc}") from None
+        return candidate
 
     def string_list(self, key: str, default: list[str]) -> list[str]:
         value = self.data.get(key, default)

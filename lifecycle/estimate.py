@@ -29,13 +29,11 @@ from typing import Any
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from lifecycle.config import KV_CACHE_TYPES
 from lifecycle.errors import ModelError, UsageError
 from lifecycle.gguf import GGUFInfo, read_gguf
 
-__all__ = ["KV_CACHE_TYPES", "MemoryEstimate", "estimate_file", "estimate_memory"]
-
-# KV cache element types llama.cpp accepts for --cache-type-k / --cache-type-v.
-KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+__all__ = ["KV_CACHE_TYPES", "MemoryEstimate", "estimate_file", "estimate_memory", "kv_type_bytes"]
 
 # llama.cpp's built-in sliding-window period per architecture when the GGUF has no
 # sliding_window_pattern: (period, dense_first). See each src/models/<arch>.cpp.
@@ -120,8 +118,8 @@ def estimate_memory(
         raise UsageError(f"context size must be a positive number of tokens, got {n_ctx}")
     if n_batch <= 0 or n_ubatch <= 0:
         raise UsageError("batch sizes must be positive")
-    k_elem = _type_bytes(type_k)
-    v_elem = _type_bytes(type_v)
+    k_elem = kv_type_bytes(type_k)
+    v_elem = kv_type_bytes(type_v)
     n_layer = info.block_count
     if not n_layer or info.key_length is None or info.value_length is None:
         raise ModelError(
@@ -187,8 +185,9 @@ def estimate_memory(
     )
 
 
-def _type_bytes(name: str) -> float:
-    """Bytes per element of a KV cache type (quantised types count their block overhead)."""
+def kv_type_bytes(name: str) -> float:
+    """Bytes per element of a KV cache type, block scales included: f16 2, q8_0 34/32,
+    q4_0 18/32 (a block of 32 values stores one f16 scale with them)."""
     if name not in KV_CACHE_TYPES:
         raise UsageError(f"unknown KV cache type {name!r}; one of: {', '.join(KV_CACHE_TYPES)}")
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]]

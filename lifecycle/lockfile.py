@@ -11,7 +11,9 @@
           "upstream": …, "filename": …, "parts": [], "blob_sha256": "sha256:…", "size": …,
           "quant": …, "modelfile": …, "modelfile_digest": …, "parameters": {…},
           "golden_sets": {…}, "engine": {"name": …, "version": …}, "eval": {…},
-          "bench": {…} | null, "run_id": …, "pinned_at": …, "baseline": "baselines/….json"
+          "bench": {…} | null, "run_id": …, "pinned_at": …, "baseline": "baselines/….json",
+          "runtime": {"engine_version": …, "ggml_commit": …, "cpu_features": […], "backends": […],
+                      "kv_cache_type_k": "f16", "kv_cache_type_v": "f16", "flash_attention": false}
         }
       }
     }
@@ -34,6 +36,8 @@ from lifecycle.store import Manifest, Part
 
 LOCK_FILE = "models.lock"
 LOCK_VERSION = 1
+# Runtime facts of the machine rather than of the pinned configuration (lifecycle.runtime).
+MACHINE_RUNTIME_KEYS = ("cpu_features", "backends")
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,24 @@ class LockEntry:
     run_id: str | None = None
     pinned_at: str | None = None
     baseline: str | None = None
+    # What the numerics depend on besides the weights (lifecycle.runtime); empty in locks
+    # written before it was recorded, and then not written back.
+    runtime: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer tool wrote
 
     def identity(self) -> tuple[Any, ...]:
-        """What makes a re-pin a change: the variant's content, the golden sets, the engine."""
-        return (self.variant_id, self.golden_sets, self.engine)
+        """What makes a re-pin a change: the variant's content, the golden sets, the engine,
+        and the runtime settings that change numerics (not the machine's CPU features or
+        backend: re-pinning on another machine alone is no change)."""
+        settings = {k: v for k, v in self.runtime.items() if k not in MACHINE_RUNTIME_KEYS}
+        return (self.variant_id, self.golden_sets, self.engine, settings)
+
+    def same_pin(self, new: LockEntry) -> bool:
+        """Whether ``new`` pins what this entry pins; an entry older than the runtime record
+        is compared without it (its runtime is unknown, not different)."""
+        if not self.runtime:
+            return self.identity()[:3] == new.identity()[:3]
+        return self.identity() == new.identity()
 
     def manifest(self) -> Manifest | None:
         """The store manifest this entry pins (for ``sources.check(..., baseline=...)``);
@@ -96,6 +113,8 @@ class LockEntry:
 
     def to_dict(self) -> dict[str, Any]:
         out = {_key(f.name): getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if not self.runtime:
+            del out["runtime"]  # an older entry round-trips byte for byte
         return {**out, **self.extra}
 
 

@@ -51,6 +51,7 @@ from lifecycle.gate import GateResult
 from lifecycle.journal import publish, remove_temps, transaction
 from lifecycle.lockfile import LOCK_FILE, Lock, LockEntry, read_lock, render_json
 from lifecycle.results import RunRecord
+from lifecycle.runtime import runtime_changes, runtime_of
 from lifecycle.store import Manifest, Store
 from lifecycle.tags import from_tag, parse_tag
 
@@ -72,6 +73,7 @@ class PinChange:
     old_variant_id: str | None
     new_variant_id: str | None
     reasons: list[str] = field(default_factory=list)
+    runtime: list[str] = field(default_factory=list)  # runtime moves (lifecycle.runtime)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,15 +187,25 @@ def _pin(
             )
             continue
         entry = lock_entry(root, record, name, store, bench.get(name), now)
-        if old and not refresh and old.identity() == entry.identity():
+        if old and not refresh and old.same_pin(entry):
             changes.append(
                 PinChange(name, model, "unchanged", old_digest, old_digest, old_id, old_id)
             )
             continue
         entries[name] = entry
         status = "updated" if old else "new"
+        moved = runtime_changes(old.runtime, entry.runtime) if old else []
         changes.append(
-            PinChange(name, model, status, old_digest, entry.blob_sha256, old_id, entry.variant_id)
+            PinChange(
+                name,
+                model,
+                status,
+                old_digest,
+                entry.blob_sha256,
+                old_id,
+                entry.variant_id,
+                runtime=moved,
+            )
         )
         baseline = baselines.setdefault(model, _read_baseline(root, model))
         variant = baseline_entry(record, name, bench.get(name))
@@ -287,6 +299,7 @@ def lock_entry(
         run_id=record.run_id,
         pinned_at=pinned_at,
         baseline=_rel(root, baseline_path(root, str(v.get("model") or name))),
+        runtime=runtime_of(env),
     )
 
 
@@ -333,6 +346,8 @@ def commit_message(changes: list[PinChange]) -> str:
                 f"{c.variant}: {c.old_digest} → {c.new_digest} "
                 f"(variant {c.old_variant_id} → {c.new_variant_id})"
             )
+        if c.runtime:  # next to the model move: the weekly PR body is this message
+            lines.append(f"{c.variant}: runtime changed: {', '.join(c.runtime)}")
     refused = [c for c in changes if c.status == "refused"]
     for c in refused:
         lines.append(f"{c.variant}: not pinned, gate failed ({'; '.join(c.reasons)})")

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from lifecycle.baselines import Baseline, bench_by_variant, load_baselines, variant_environment
 from lifecycle.clock import utc_now
-from lifecycle.config import Workspace
+from lifecycle.config import Workspace, cache_settings
 from lifecycle.errors import LifecycleError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gate import GateResult, GateSettings, load_gate_settings, numeric_changes, run_gate
@@ -48,7 +48,8 @@ from lifecycle.results import (
 from lifecycle.store import Store
 
 Progress = Callable[[str], None]
-CACHE_VERSION = 1
+# 2: case results carry decision margins (older cached results have none).
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def run_smoke(
     keys: dict[str, str] = {}
     for variant in variants:
         suites = load_suites(workspace.evals_dir, list(workspace.models[variant.model].suites))
-        keys[variant.name] = _eval_key(variant.id, suites, engine_info, workspace, options)
+        keys[variant.name] = _eval_key(variant, suites, engine_info, workspace, options)
     cache_dir = root / ".lifecycle" / "cache"
     slices: dict[str, dict[str, Any]] = {}
     if options.use_cache:
@@ -262,9 +263,12 @@ def render_summary(result: SmokeResult) -> str:
         lines.append(f"gate {v.variant}: {state}")
     lines.append(f"regressions: {len(result.gate.regressions)}")
     if result.gate.environment_flips:
+        judged: dict[str, int] = {}
+        for flip in result.gate.environment_flips:
+            judged[flip.judged] = judged.get(flip.judged, 0) + 1
         lines.append(
-            f"flipped by the environment alone (not regressions): "
-            f"{len(result.gate.environment_flips)}"
+            "flipped across an environment change: "
+            + ", ".join(f"{n} {kind}" for kind, n in sorted(judged.items()))
         )
     for c in result.pins.changes:
         detail = f" ({'; '.join(c.reasons)})" if c.reasons else ""
@@ -406,7 +410,7 @@ def _pull_moved(
 
 
 def _eval_key(
-    variant_id: str,
+    variant: Any,
     suites: list[Any],
     engine_info: Any,
     workspace: Workspace,
@@ -414,7 +418,7 @@ def _eval_key(
 ) -> str:
     parts = {
         "cache_version": CACHE_VERSION,
-        "variant_id": variant_id,
+        "variant_id": variant.id,
         "suites": [
             {
                 "name": s.name,
@@ -425,6 +429,9 @@ def _eval_key(
             for s in suites
         ],
         "engine": [engine_info.name, engine_info.version],
+        # A rebuilt engine of the same version, or another KV cache type, decodes differently.
+        "ggml_commit": engine_info.details.get("ggml_commit"),
+        "cache": cache_settings(workspace.engine, variant.cache).to_dict(),
         # Greedy outputs can differ across CPUs (other kernels): results are per machine kind.
         "host": [host_environment().get("machine"), host_environment().get("cpu")],
         "settings": [
@@ -449,6 +456,7 @@ def _bench(
     from lifecycle.bench import BenchOptions, run_bench
 
     engine, short = workspace.engine, workspace.bench
+    cache = cache_settings(engine, variant.cache)
     bench_options = BenchOptions(
         n_prompt=short.n_prompt,
         n_gen=short.n_gen,
@@ -459,6 +467,9 @@ def _bench(
         n_gpu_layers=variant.engine_int("num_gpu", engine.gpu_layers),
         engine=engine.name,
         bandwidth=False,
+        type_k=cache.type_k,
+        type_v=cache.type_v,
+        flash_attn=cache.flash_attention,
         timeout_s=600.0,
     )
     key_parts = [CACHE_VERSION, variant.id, engine_info.version, bench_options.to_dict()]

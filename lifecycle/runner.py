@@ -21,7 +21,7 @@ from lifecycle import gguf as gguf_reader
 from lifecycle import modelfile as mf
 from lifecycle.checkpoints import CheckpointFile, Checkpoints
 from lifecycle.confidence import confidence_signals
-from lifecycle.config import Workspace
+from lifecycle.config import CacheSettings, Workspace, cache_settings
 from lifecycle.crashguard import note
 from lifecycle.engines import (
     BatchedModel,
@@ -59,6 +59,11 @@ Progress = Callable[[str], None]
 # Engines that run llama.cpp on this machine, whose build the canary must vouch for.
 CANARY_ENGINES = ("llama-cpp", "llama-cpp-isolated")
 CHECKPOINTS_DIR = Path(".lifecycle") / "checkpoints"
+# Where engines that cannot set the KV cache per model take it from (recorded as unknown).
+CACHE_ELSEWHERE = {
+    "ollama": "the Ollama server's OLLAMA_KV_CACHE_TYPE and OLLAMA_FLASH_ATTENTION",
+    "openai": "the server's own flags (llama-server --cache-type-k/-v, --flash-attn)",
+}
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,8 @@ def run_eval(
     threads_used: dict[str, int] = {}
     parallel_used: dict[str, int] = {}
     engine_modes: dict[str, bool] = {}  # variant -> extra buffer types on (the canary's call)
+    # variant -> KV cache settings it ran with; None where the engine cannot say (a server)
+    caches: dict[str, dict[str, Any] | None] = {}
     foreign: dict[str, float] = {}  # variant -> CPU share other processes used meanwhile
     checkpoints = Checkpoints(workspace.root / CHECKPOINTS_DIR, enabled=options.resume)
     slot = 0  # position in the (variant, suite, mode, case) order that shards slice
@@ -143,6 +150,7 @@ def run_eval(
         if not any(mine):
             continue
         load_options = _load_options(workspace, variant, options)
+        caches[variant.name] = _applied_cache(engine.name, variant.name, load_options, say)
         note(variant=variant.name, digest=variant.blob_digest)
         try:
             if options.canary and engine.name in CANARY_ENGINES:
@@ -212,6 +220,9 @@ def run_eval(
         "threads": threads_used,
         "parallel": parallel_used,
         "extra_bufts": engine_modes,
+        "kv_cache_type_k": {n: c["kv_cache_type_k"] if c else None for n, c in caches.items()},
+        "kv_cache_type_v": {n: c["kv_cache_type_v"] if c else None for n, c in caches.items()},
+        "flash_attention": {n: c["flash_attention"] if c else None for n, c in caches.items()},
         "foreign_cpu_share": foreign,
         "batch_size": workspace.engine.batch_size,
         "gpu_layers": workspace.engine.gpu_layers,
@@ -313,6 +324,7 @@ def _group_key(
         engine_info.version,
         [load.n_ctx, load.n_threads, load.n_batch, load.n_gpu_layers, load.seed, load.n_parallel],
         load.extra_bufts,
+        [load.type_k, load.type_v, load.flash_attn],
         host_environment().get("cpu"),
     ]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -404,6 +416,7 @@ def _load_options(workspace: Workspace, variant: Variant, options: EvalOptions) 
 
     engine = options.engine or workspace.engine.name
     parallel = options.parallel if options.parallel is not None else workspace.engine.parallel
+    cache = cache_settings(workspace.engine, variant.cache)
     return LoadOptions(
         n_ctx=variant.int_parameter("num_ctx"),
         # Only the in-process llama.cpp engine batches sequences; the others run one case at
@@ -414,9 +427,29 @@ def _load_options(workspace: Workspace, variant: Variant, options: EvalOptions) 
         n_gpu_layers=setting("num_gpu", workspace.engine.gpu_layers),
         seed=setting("seed", workspace.engine.seed),
         use_mmap=bool(params.get("use_mmap", True)),
+        type_k=cache.type_k,
+        type_v=cache.type_v,
+        flash_attn=cache.flash_attention,
         modelfile=mf.serialise(variant.modelfile),
         model_name=variant.name,
     )
+
+
+def _applied_cache(
+    engine: str, variant: str, load: LoadOptions, say: Progress
+) -> dict[str, Any] | None:
+    """The KV cache settings the run records for a variant: what the llama.cpp engines were
+    given; None (unknown) for a server, which takes them from its own configuration."""
+    cache = CacheSettings(load.type_k, load.type_v, load.flash_attn)
+    if engine in CANARY_ENGINES:
+        return cache.to_dict()
+    if cache != CacheSettings():
+        where = CACHE_ELSEWHERE.get(engine, "the server's configuration")
+        say(
+            f"warning: {variant}: the {engine} engine cannot set the KV cache type or flash "
+            f"attention per model; they come from {where} (recorded as unknown)"
+        )
+    return None
 
 
 def _run_group(
@@ -547,6 +580,7 @@ def case_request(
         # The routed field's probability needs each token's log-probability (costs a softmax).
         logprobs=bool(suite.calibration and suite.calibration.routed_field),
         logprob_field=suite.calibration.routed_field if suite.calibration else None,
+        margin_field=suite.calibration.routed_field if suite.calibration else None,
     )
 
 
@@ -585,6 +619,9 @@ def _scored(
         finish_reason=generation.finish_reason,
         schema_enforced=generation.schema_enforced,
         wall_share_ms=round(wall_share_s * 1000.0, 2),
+        margin=generation.margin,
+        margin_step=generation.margin_step,
+        field_margin=generation.field_margin,
         **confidence_signals(suite, case, generation, score.parsed),
     )
 

@@ -49,6 +49,9 @@ class Variant:
     manifest: Manifest
     quant: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
+    # The model's KV cache settings for this variant (config.CACHE_KEYS): runtime, not recipe,
+    # so [engine] fills in the rest (config.cache_settings) and they are not PARAMETERs.
+    cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def blob_digest(self) -> str:
@@ -96,6 +99,7 @@ class Variant:
             "revision": self.manifest.revision,
             "quant": self.quant,
             "overrides": dict(self.overrides),
+            "cache": dict(self.cache),
             "parameters": dict(self.modelfile.parameters),
             # The canonical recipe itself, so a pinned variant can be re-run exactly as pinned.
             "modelfile_text": mf.serialise(self.modelfile),
@@ -150,7 +154,8 @@ def resolve_variants(
     missing = sorted(wanted - found)
     if missing:
         known = sorted({v for m in workspace.models.values() for v in matrix_names(m)})
-        known += sorted(workspace.models)
+        # A model without a matrix has one variant, named like the model: list it once.
+        known += sorted(set(workspace.models) - set(known))
         close = difflib.get_close_matches(missing[0], known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UsageError(
@@ -161,10 +166,18 @@ def resolve_variants(
 
 def expand_variants(workspace: Workspace, store: Store, settings: ModelSettings) -> list[Variant]:
     """One model's variants: its quant levels × the cartesian product of its PARAMETER axes."""
+    axes = _validated_axes(workspace, settings)  # before anything is pulled or quantized
     modelfile = mf.parse_file(settings.modelfile)
+    for name, minimum in _PARAMETER_MINIMUMS.items():
+        value = modelfile.parameters.get(name)
+        if name not in axes and isinstance(value, int) and value < minimum:
+            raise ModelfileError(
+                f"must be >= {minimum}, not {value}",
+                path=settings.modelfile,
+                field=f"PARAMETER {name}",
+            )
     source, manifest = _resolve_from(workspace, store, settings, modelfile)
     base_type = (read_gguf(store.model_path(manifest)).file_type or "unknown").upper()
-    axes = _validated_axes(workspace, settings)
     variants = []
     for quant in settings.quants or (base_type,):
         quant_manifest = manifest
@@ -177,14 +190,18 @@ def expand_variants(workspace: Workspace, store: Store, settings: ModelSettings)
                 threads=workspace.engine.threads,
             )
             quant_manifest = result.provenance(manifest)
-        for combo in itertools.product(*axes.values()):
-            overrides = dict(zip(axes, combo, strict=True))
+        for combo in itertools.product(*axes.values(), *settings.cache_axes.values()):
+            overrides = dict(zip(axes, combo[: len(axes)], strict=True))
+            on_axis = dict(zip(settings.cache_axes, combo[len(axes) :], strict=True))
             resolved = replace(modelfile, parameters={**modelfile.parameters, **overrides})
             content = f"{quant_manifest.digest}\n{mf.serialise(resolved)}".encode()
+            # A cache axis tells sibling variants apart, so its value joins their ids; a
+            # model-wide cache setting does not: like [engine]'s, it is the runtime's.
+            content += "".join(f"\n#cache {k}={v}" for k, v in on_axis.items()).encode()
             variants.append(
                 Variant(
                     id=hashlib.sha256(content).hexdigest()[:16],
-                    name=_variant_name(settings, quant, overrides),
+                    name=_variant_name(settings, quant, {**overrides, **on_axis}),
                     model=settings.name,
                     modelfile_path=settings.modelfile,
                     modelfile=resolved,
@@ -194,6 +211,7 @@ def expand_variants(workspace: Workspace, store: Store, settings: ModelSettings)
                     manifest=quant_manifest,
                     quant=quant.upper(),
                     overrides=overrides,
+                    cache={**settings.cache, **on_axis},
                 )
             )
     return variants
@@ -249,19 +267,44 @@ def _validated_axes(workspace: Workspace, settings: ModelSettings) -> dict[str, 
                 raise ConfigError(
                     f"{value!r} is not a valid {name}", path=workspace.config_path, field=where
                 )
+            minimum = _PARAMETER_MINIMUMS.get(name)
+            if minimum is not None and value < minimum:
+                raise ConfigError(
+                    f"{value!r} is not a valid {name} (must be >= {minimum})",
+                    path=workspace.config_path,
+                    field=where,
+                )
         axes[name] = tuple(float(v) if name in mf.FLOAT_PARAMETERS else v for v in values)
     return axes
+
+
+# Integer PARAMETERs with a lower bound: a context or batch of no tokens cannot run, and a
+# negative thread count means nothing (0 lets the engine choose).
+_PARAMETER_MINIMUMS = {"num_ctx": 1, "num_batch": 1, "num_thread": 0}
 
 
 def matrix_names(settings: ModelSettings) -> list[str]:
     """The variant names a model's matrix expands to (no pulling, no quantizing)."""
     quants = settings.quants or ("",)
-    combos = list(itertools.product(*settings.axes.values()))
+    axes = {**settings.axes, **settings.cache_axes}
+    combos = list(itertools.product(*axes.values()))
     return [
-        _variant_name(settings, q, dict(zip(settings.axes, c, strict=True)))
-        for q in quants
-        for c in combos
+        _variant_name(settings, q, dict(zip(axes, c, strict=True))) for q in quants for c in combos
     ]
+
+
+def matrix_caches(workspace: Workspace) -> dict[str, dict[str, Any]]:
+    """Every variant name's KV cache overrides (config.CACHE_KEYS), without resolving."""
+    out = {}
+    for settings in workspace.models.values():
+        quants = settings.quants or ("",)
+        axes = {**settings.axes, **settings.cache_axes}
+        for quant in quants:
+            for combo in itertools.product(*axes.values()):
+                values = dict(zip(axes, combo, strict=True))
+                on_axis = {k: v for k, v in values.items() if k in settings.cache_axes}
+                out[_variant_name(settings, quant, values)] = {**settings.cache, **on_axis}
+    return out
 
 
 def workspace_names(workspace: Workspace) -> set[str]:
@@ -274,13 +317,24 @@ def workspace_names(workspace: Workspace) -> set[str]:
 
 def _variant_name(settings: ModelSettings, quant: str, overrides: dict[str, Any]) -> str:
     """``model`` alone without a matrix; else ``model:q4_k_m-ctx2048-temp0.2``."""
-    if not settings.quants and not settings.axes:
+    if not settings.quants and not settings.axes and not settings.cache_axes:
         return settings.name
     parts = [quant.lower()] if settings.quants else []
     for name, value in overrides.items():
         label = _AXIS_LABELS.get(name, name)
-        parts.append(f"{label}{value:g}" if isinstance(value, float) else f"{label}{value}")
+        if name == "flash_attention":
+            parts.append(f"{label}{'on' if value else 'off'}")
+        else:
+            parts.append(f"{label}{value:g}" if isinstance(value, float) else f"{label}{value}")
     return f"{settings.name}:{'-'.join(parts)}"
 
 
-_AXIS_LABELS = {"num_ctx": "ctx", "temperature": "temp", "num_thread": "threads"}
+_AXIS_LABELS = {
+    "num_ctx": "ctx",
+    "temperature": "temp",
+    "num_thread": "threads",
+    "kv_cache_type": "kv",
+    "kv_cache_type_k": "kvk",
+    "kv_cache_type_v": "kvv",
+    "flash_attention": "fa",
+}

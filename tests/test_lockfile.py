@@ -46,3 +46,22 @@ def test_a_missing_lock_is_empty_and_a_bad_entry_is_named(tmp_path: Path) -> Non
     path.write_text(json.dumps({"lock_version": 9, "variants": {}}), "utf-8")
     with pytest.raises(UsageError, match="lock_version 1 expected"):
         read_lock(path)
+
+
+def test_the_runtime_round_trips_and_a_new_machine_alone_is_no_change(tmp_path: Path) -> None:
+    base = {"model": "m", "blob_sha256": "sha256:" + "a" * 64, "variant_id": "v1"}
+    runtime = {"engine_version": "llama-cpp-python 0.3.36", "kv_cache_type_k": "f16"}
+    entry = LockEntry.from_dict({**base, "runtime": {**runtime, "cpu_features": ["AVX2"]}})
+    path = tmp_path / LOCK_FILE
+    text = render_json(Lock({"m": entry}).to_dict())
+    path.write_text(text, encoding="utf-8")
+    assert render_json(read_lock(path).to_dict()) == text
+    assert '"runtime"' in text and "runtime" not in entry.extra
+    elsewhere = LockEntry.from_dict({**base, "runtime": {**runtime, "cpu_features": ["AVX512F"]}})
+    assert entry.same_pin(elsewhere)
+    q4 = LockEntry.from_dict({**base, "runtime": {**runtime, "kv_cache_type_k": "q4_0"}})
+    assert not entry.same_pin(q4)
+    # An entry pinned before the runtime was recorded: unknown, not different, and written
+    # back without a runtime key.
+    older = LockEntry.from_dict(base)
+    assert older.same_pin(q4) and "runtime" not in older.to_dict()

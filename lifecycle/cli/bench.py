@@ -89,7 +89,7 @@ def bench_command(
     reported, not fatal); 1 every point failed (e.g. the model does not load); 2 usage error.
     """
     from lifecycle.bench import BenchOptions, run_bench
-    from lifecycle.config import load_workspace
+    from lifecycle.config import cache_settings, load_workspace
     from lifecycle.errors import EngineError
     from lifecycle.store import Store
     from lifecycle.variants import resolve_variants
@@ -99,6 +99,7 @@ def bench_command(
     with library_progress(enabled=not (as_json or quiet)):  # a quant level made on the way
         variant = resolve_variants(workspace, store, [model])[0]
     params = variant.modelfile.parameters
+    cache = cache_settings(workspace.engine, variant.cache)
     options = BenchOptions(
         n_prompt=n_prompt,
         n_gen=n_gen,
@@ -115,6 +116,9 @@ def bench_command(
         bandwidth=not no_bandwidth,
         parallel=tuple(parallel or ()),
         gpu_bandwidth_bytes_per_s=gpu_bandwidth * 1e9 if gpu_bandwidth else None,
+        type_k=cache.type_k,
+        type_v=cache.type_v,
+        flash_attn=cache.flash_attention,
     )
     result = run_bench(
         variant.blob_path,
@@ -145,13 +149,20 @@ def bench_command(
 @click.option("--ctx", "contexts", type=ContextSizes(), default="2048", show_default=True)
 @click.option("--batch", "n_batch", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--ubatch", "n_ubatch", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--cache-type-k", "type_k", default="f16", show_default=True)
-@click.option("--cache-type-v", "type_v", default="f16", show_default=True)
+@click.option(
+    "--cache-type-k", "type_k", help="KV cache K type (default: the variant's, else f16)."
+)
+@click.option(
+    "--cache-type-v", "type_v", help="KV cache V type (default: the variant's, else f16)."
+)
 @click.option(
     "--swa-full/--no-swa-full", default=True, show_default=True,
     help="Full-size sliding-window caches (llama-cpp-python's default; llama-server: off).",
 )  # fmt: skip
-@click.option("--flash-attn", is_flag=True, help="Flash attention (smaller compute buffer).")
+@click.option(
+    "--flash-attn/--no-flash-attn", default=None,
+    help="Flash attention, a smaller compute buffer (default: the variant's, else off).",
+)  # fmt: skip
 @click.option(
     "--parallel", type=click.IntRange(min=1), default=1, show_default=True,
     help="Sequences decoded together (batched eval): each gets --ctx cells of KV cache.",
@@ -163,10 +174,10 @@ def estimate_command(
     contexts: list[int],
     n_batch: int,
     n_ubatch: int,
-    type_k: str,
-    type_v: str,
+    type_k: str | None,
+    type_v: str | None,
     swa_full: bool,
-    flash_attn: bool,
+    flash_attn: bool | None,
     parallel: int,
     as_json: bool,
 ) -> int:
@@ -177,7 +188,10 @@ def estimate_command(
     """
     from lifecycle.estimate import estimate_file
 
-    path = _resolve_target(target, workspace_dir)
+    path, cache = _resolve_target_cache(target, workspace_dir)
+    type_k = type_k or cache.type_k
+    type_v = type_v or cache.type_v
+    flash_attn = cache.flash_attention if flash_attn is None else flash_attn
     estimates = [
         estimate_file(
             path,
@@ -218,7 +232,9 @@ def estimate_command(
         cache = "full-size caches" if first.swa_full else f"{first.swa_cells} cells each"
         swa = f", {first.layers_swa} sliding-window layers ({cache})"
     click.echo(
-        f"KV cache {first.type_k}/{first.type_v}, {first.layers_full} full-attention layers{swa}; "
+        f"KV cache {first.type_k}/{first.type_v} ({_per_element(first.type_k, first.type_v)} "
+        f"bytes per element), flash attention {'on' if first.flash_attn else 'off'}, "
+        f"{first.layers_full} full-attention layers{swa}; "
         f"{first.kv_bytes_per_token} bytes per token of context"
     )
     return EXIT_OK
@@ -272,6 +288,12 @@ def render_bench(result: dict[str, Any]) -> str:
         "estimate MiB", "est. error", "VRAM MiB",
     ]  # fmt: skip
     lines.append(table(headers, memory_rows))
+    opts = result.get("options") or {}
+    type_k, type_v = opts.get("type_k", "f16"), opts.get("type_v", "f16")
+    lines.append(
+        f"KV cache {type_k}/{type_v} ({_per_element(type_k, type_v)} bytes per element), "
+        f"flash attention {'on' if opts.get('flash_attn') else 'off'}"
+    )
     for point in result["points"]:
         for warning in point["warnings"]:
             lines.append(f"warning: ctx {point['n_ctx']}: {warning}")
@@ -367,6 +389,31 @@ def _scaling_line(scaling: dict[str, Any]) -> str:
     if scaling.get("vram_growth_bytes") is not None:
         parts.append(f"vs VRAM {pct(scaling.get('estimate_vs_vram_error_pct'))}")
     return f"{span}: " + ", ".join(parts)
+
+
+def _per_element(type_k: str, type_v: str) -> str:
+    from lifecycle.estimate import kv_type_bytes
+
+    k, v = f"{kv_type_bytes(type_k):g}", f"{kv_type_bytes(type_v):g}"
+    return k if k == v else f"{k}/{v}"
+
+
+def _resolve_target_cache(target: str, workspace_dir: Path | None) -> tuple[Path, Any]:
+    """The target's GGUF and the KV cache settings it runs with: a workspace variant's (the
+    first, for a model), else llama.cpp's defaults (f16, no flash attention)."""
+    from lifecycle.config import CacheSettings, cache_settings, load_workspace
+    from lifecycle.errors import ConfigError
+    from lifecycle.store import Store
+    from lifecycle.targets import resolve_target
+
+    try:
+        workspace = load_workspace(workspace_dir)
+    except ConfigError:
+        return _resolve_target(target, workspace_dir), CacheSettings()
+    found = resolve_target(target, Store(workspace.home), workspace=workspace, pull=False)
+    if found is None or not found.variants:
+        return _resolve_target(target, workspace_dir), cache_settings(workspace.engine)
+    return found.path, cache_settings(workspace.engine, found.variants[0].cache)
 
 
 def _resolve_target(target: str, workspace_dir: Path | None) -> Path:

@@ -11,7 +11,7 @@ import click
 
 from lifecycle.cli._options import json_option, workspace_option
 from lifecycle.cli._output import emit, emit_json, library_progress, progress, table
-from lifecycle.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from lifecycle.errors import EXIT_FAILURE, EXIT_OK, LifecycleError, UsageError
 
 if TYPE_CHECKING:
     from lifecycle.config import Workspace
@@ -279,20 +279,36 @@ def smoke_command(
 def check_lock_command(workspace_dir: Path | None, as_json: bool) -> int:
     """Check the local store against models.lock: every pinned blob present and intact.
 
-    Exit 1 when a pinned blob is missing or corrupt, or a pinned tag now names another blob.
+    Also says how the runtime here (engine build, CPU features, KV cache settings) differs
+    from the one each variant was pinned under; that is reported, not a failure. Exit 1 when
+    a pinned blob is missing or corrupt, or a pinned tag now names another blob.
     """
     from lifecycle.config import load_workspace
+    from lifecycle.engines import get_engine
+    from lifecycle.lockfile import LOCK_FILE, read_lock
     from lifecycle.pin import verify_lock
+    from lifecycle.runtime import lock_runtime_changes
     from lifecycle.store import Store
+    from lifecycle.variants import matrix_caches
 
     workspace = load_workspace(workspace_dir)
     checks = verify_lock(workspace.root, Store(workspace.home))
     ok = all(c.status == "ok" for c in checks)
+    try:
+        engine = get_engine(workspace.engine.name).info()
+    except (LifecycleError, ImportError) as exc:  # e.g. an ollama daemon that is not running
+        progress(f"warning: runtime not compared: {exc}")
+        moves: dict[str, str] = {}
+    else:
+        lock = read_lock(workspace.root / LOCK_FILE)
+        moves = lock_runtime_changes(workspace, lock, engine, matrix_caches(workspace))
     if as_json:
-        emit_json({"ok": ok, "variants": [c.to_dict() for c in checks]})
+        emit_json({"ok": ok, "variants": [c.to_dict() for c in checks], "runtime_changes": moves})
     else:
         rows = [[c.variant, c.status, c.digest, c.detail] for c in checks]
         click.echo(table(["variant", "status", "digest", "detail"], rows))
+        for name, line in moves.items():
+            click.echo(f"{name}: {line}")
         click.echo(f"{len(checks)} pin(s), " + ("all ok" if ok else "PROBLEMS FOUND"))
     return EXIT_OK if ok else EXIT_FAILURE
 

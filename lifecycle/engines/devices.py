@@ -210,6 +210,28 @@ def ggml_devices() -> dict[str, Any]:
         return {**empty, "reason": f"llama.cpp's device list could not be read: {exc}"}
 
 
+def ggml_build() -> dict[str, Any]:
+    """The ggml library's version and commit (``ggml_version``/``ggml_commit``) and the
+    backends compiled in: the numerics of a llama-cpp-python release follow its vendored
+    llama.cpp, which the package version alone does not name. Empty where unreadable."""
+    import ctypes
+
+    out: dict[str, Any] = {}
+    try:
+        from llama_cpp import _ggml
+
+        lib = _ggml.libggml
+        for name in ("ggml_version", "ggml_commit"):
+            func = getattr(lib, name)
+            func.restype = ctypes.c_char_p
+            func.argtypes = []
+            out[name] = (func() or b"").decode(errors="replace")
+    except Exception:  # an older build without these symbols
+        return out
+    out["backends"] = sorted(ggml_devices()["backends"])
+    return out
+
+
 def _gpu_backends(inventory: Mapping[str, Any]) -> list[str]:
     return sorted(b for b in inventory.get("backends", {}) if b not in _NON_GPU_BACKENDS)
 
