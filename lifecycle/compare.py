@@ -303,7 +303,7 @@ def read_compare_settings(workspace: Workspace) -> CompareSettings:
     return CompareSettings(
         thresholds=thresholds,
         reference=reference,
-        text=workspace.root / text if text else None,
+        text=reader.confined_path("text", text, root=workspace.root) if text else None,
         ctx=ctx,
         chunks=chunks,
         top_k=top_k,

@@ -109,3 +109,29 @@ def quiet_stderr() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+class OutsideRoot(Exception):
+    """A path that resolves (through ``..`` and symlinks) to a place outside its root."""
+
+    def __init__(self, resolved: Path, root: Path) -> None:
+        super().__init__(f"{resolved} is outside {root}")
+        self.resolved = resolved
+        self.root = root
+
+
+def confine(path: Path, root: Path) -> Path:
+    """``path`` resolved through ``..`` and symlinks, or :class:`OutsideRoot` when that is not
+    inside ``root``.
+
+    The one containment check for the paths a workspace names (FROM and ADAPTER files, the
+    paths in lifecycle.toml and in eval suites), so that none of them reads or writes outside
+    the workspace. A path that does not exist yet is resolved as far as it exists. Resolving
+    raises OSError, RuntimeError (a symlink loop) or ValueError (a NUL byte) as
+    :meth:`pathlib.Path.resolve` does.
+    """
+    resolved = path.resolve()
+    real_root = root.resolve()
+    if not resolved.is_relative_to(real_root):
+        raise OutsideRoot(resolved, real_root)
+    return resolved

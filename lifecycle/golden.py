@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 import jsonschema
 from deepdiff import DeepDiff
 
-from lifecycle.config import TableReader, read_toml
+from lifecycle.config import TableReader, find_workspace_root, read_toml
 from lifecycle.errors import ConfigError, GoldenSetError
 
 # "free": the model must write the JSON by itself (what production sees).
@@ -29,6 +30,14 @@ from lifecycle.errors import ConfigError, GoldenSetError
 MODES = ("free", "schema")
 MATCHERS = ("exact", "one_of", "range", "tolerance", "regex", "ignore")
 ROLES = ("system", "user", "assistant")
+# Input bounds per case. llama.cpp's tokenizer takes time quadratic in the length of a text on
+# a byte-level vocabulary (160,000 characters: 2.2 s; a 5 MB line: hours), so a golden case
+# longer than this is refused when the suite loads, not found hung in an eval.
+MAX_MESSAGE_CHARS = 100_000  # one message's content
+MAX_CASE_CHARS = 200_000  # all the messages of one case together
+# Arrays and objects nested deeper than this in a case or a schema are refused: no real case
+# needs it, and deeper values overflow the stack of the JSON, schema and diff code.
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -269,16 +278,28 @@ _SUITE_KEYS = {
 }
 
 
-def load_suite(path: Path) -> Suite:
-    """Read an eval suite file and the golden set and schema it points at."""
+def load_suite(path: Path, *, workspace_root: Path | None = None) -> Suite:
+    """Read an eval suite file and the golden set and schema it points at.
+
+    ``golden`` and ``schema`` must stay inside the workspace (``workspace_root``, else the
+    nearest directory at or above the suite with a lifecycle.toml); a suite outside any
+    workspace is read as it is.
+    """
     data = read_toml(path)
     reader = TableReader(path, data)
     reader.reject_unknown(_SUITE_KEYS)
+    root = workspace_root if workspace_root is not None else _enclosing_workspace(path)
+    found: dict[str, Path] = {}
     for key in ("golden", "schema"):
         if not isinstance(data.get(key), str):
             raise reader.fail(key, "is required and must be a path string")
-    golden_path = (path.parent / data["golden"]).resolve()
-    schema_path = (path.parent / data["schema"]).resolve()
+        joined = (
+            reader.confined_path(key, data[key], root=root, base=path.parent)
+            if root is not None
+            else path.parent / data[key]
+        )
+        found[key] = joined.resolve()
+    golden_path, schema_path = found["golden"], found["schema"]
 
     modes = reader.string_list("modes", ["free"])
     if not modes or any(m not in MODES for m in modes):
@@ -311,6 +332,14 @@ def load_suite(path: Path) -> Suite:
         description=str(data.get("description", "")),
         calibration=calibration,
     )
+
+
+def _enclosing_workspace(path: Path) -> Path | None:
+    """The workspace a suite file belongs to, or None when no lifecycle.toml is above it."""
+    try:
+        return find_workspace_root(path.parent)
+    except ConfigError:
+        return None
 
 
 def parse_calibration(path: Path, table: Any) -> Calibration:
@@ -435,12 +464,12 @@ def _load_schema(path: Path) -> tuple[dict[str, Any], bytes]:
         raw = path.read_bytes()
     except OSError as exc:
         raise GoldenSetError(f"cannot read JSON Schema: {exc.strerror}", path=path) from None
+    text = _decode_utf8(raw, path)
     try:
-        schema = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        line = getattr(exc, "lineno", None)
+        schema = strict_json(text)
+    except JsonValueError as exc:
         raise GoldenSetError(
-            f"JSON Schema is not valid JSON: {exc}", path=path, line=line
+            f"JSON Schema is not valid JSON: {exc}", path=path, line=exc.line
         ) from None
     if not isinstance(schema, dict):
         raise GoldenSetError("JSON Schema must be an object", path=path)
@@ -458,10 +487,7 @@ def _load_cases(path: Path, schema: Mapping[str, Any]) -> tuple[list[GoldenCase]
         raw = path.read_bytes()
     except OSError as exc:
         raise GoldenSetError(f"cannot read golden set: {exc.strerror}", path=path) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise GoldenSetError(f"not UTF-8: {exc}", path=path) from None
+    text = _decode_utf8(raw, path)
 
     cases: list[GoldenCase] = []
     seen: dict[str, int] = {}
@@ -469,11 +495,9 @@ def _load_cases(path: Path, schema: Mapping[str, Any]) -> tuple[list[GoldenCase]
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GoldenSetError(
-                f"malformed JSON ({exc.msg} at column {exc.colno})", path=path, line=number
-            ) from None
+            item = strict_json(line)
+        except JsonValueError as exc:
+            raise GoldenSetError(str(exc), path=path, line=number) from None
         case = _parse_case(item, path, number, schema)
         if case.id in seen:
             raise GoldenSetError(
@@ -499,8 +523,10 @@ def _parse_case(item: Any, path: Path, line: int, schema: Mapping[str, Any]) -> 
         if key not in allowed:
             raise fail(f"unknown key (expected one of: {', '.join(sorted(allowed))})", key)
     case_id = item.get("id")
-    if not isinstance(case_id, str) or not case_id:
+    if case_id is None:
         raise fail("missing 'id' (a non-empty string)", "id")
+    if not isinstance(case_id, str) or not case_id:
+        raise fail(f"'id' must be a non-empty string, not {_show(case_id)[:40]}", "id")
     messages = item.get("messages")
     if not isinstance(messages, list) or not messages:
         raise fail(f"case {case_id!r}: 'messages' must be a non-empty list", "messages")
@@ -515,6 +541,22 @@ def _parse_case(item: Any, path: Path, line: int, schema: Mapping[str, Any]) -> 
                 "string content",
                 f"messages[{i}]",
             )
+    total = 0
+    for i, message in enumerate(messages):
+        size = len(message["content"])
+        total += size
+        if size > MAX_MESSAGE_CHARS:
+            raise fail(
+                f"case {case_id!r}: the message has {size:,} characters, over the limit of "
+                f"{MAX_MESSAGE_CHARS:,} per message",
+                f"messages[{i}].content",
+            )
+    if total > MAX_CASE_CHARS:
+        raise fail(
+            f"case {case_id!r}: its messages have {total:,} characters together, over the "
+            f"limit of {MAX_CASE_CHARS:,} per case",
+            "messages",
+        )
     if messages[-1]["role"] != "user":
         raise fail(f"case {case_id!r}: the last message must be from the user", "messages")
     if "expected" not in item:
@@ -543,6 +585,93 @@ def _parse_case(item: Any, path: Path, line: int, schema: Mapping[str, Any]) -> 
         tags=tuple(tags),
         line=line,
     )
+
+
+class JsonValueError(ValueError):
+    """Text that is not strict JSON; ``line`` is 1-based within the text parsed, when known."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def strict_json(text: str) -> Any:
+    """Parse standard JSON only: no NaN or Infinity (Python's json accepts them, and writes
+    them back into run records that other JSON readers refuse), no number that overflows to
+    infinity, no nesting deeper than :data:`MAX_JSON_DEPTH`."""
+
+    def constant(name: str) -> Any:
+        message = f"{name} is not a JSON value (JSON has no NaN or Infinity)"
+        raise JsonValueError(message, _line_of(text, name))
+
+    def number(literal: str) -> float:
+        value = float(literal)
+        if math.isinf(value):
+            raise JsonValueError(
+                f"number {literal[:24]} is out of range (it overflows to infinity)",
+                _line_of(text, literal),
+            )
+        return value
+
+    try:
+        value = json.loads(text, parse_constant=constant, parse_float=number)
+    except json.JSONDecodeError as exc:
+        raise JsonValueError(
+            f"malformed JSON ({exc.msg} at column {exc.colno})", exc.lineno
+        ) from None
+    except RecursionError:
+        raise JsonValueError(f"nested too deep (over {MAX_JSON_DEPTH} levels)") from None
+    except JsonValueError:
+        raise
+    except ValueError as exc:  # an integer with too many digits for Python to convert
+        raise JsonValueError(f"malformed JSON ({str(exc).split(':')[0]})") from None
+    if _depth_over(value, MAX_JSON_DEPTH):
+        raise JsonValueError(f"nested too deep (over {MAX_JSON_DEPTH} levels)")
+    return value
+
+
+# A JSON string, or a bare token outside strings (a number or a NaN/Infinity constant).
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN|-?[0-9][0-9.eE+-]*)')
+
+
+def _line_of(text: str, literal: str) -> int | None:
+    """The 1-based line of the first bare ``literal`` in JSON ``text`` (not inside a string)."""
+    for found in _JSON_TOKEN.finditer(text):
+        if found.group(1) == literal:
+            return text.count("\n", 0, found.start()) + 1
+    return None
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether arrays/objects in ``value`` nest more than ``limit`` levels (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _decode_utf8(raw: bytes, path: Path) -> str:
+    """UTF-8 text (a BOM is dropped); an invalid byte is named by line and column."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = exc.object[: exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        bad = exc.object[exc.start]
+        raise GoldenSetError(
+            f"not UTF-8: invalid byte 0x{bad:02x} at byte {column} of the line",
+            path=path,
+            line=line,
+        ) from None
 
 
 def _first_schema_error(schema: Mapping[str, Any], instance: Any) -> str | None:

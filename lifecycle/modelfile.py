@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.errors import ModelfileError
+from lifecycle.fsutil import OutsideRoot, confine
 from lifecycle.tags import has_scheme
 
 ParameterValue = int | float | bool | list[str]
@@ -295,19 +296,22 @@ def resolve_local_path(value: str, modelfile_dir: Path, workspace_root: Path) ->
     if not looks_like_path and not _exists(candidate):
         return None
     try:
-        resolved = candidate.resolve()
-        root = Path(workspace_root).resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop on older Pythons
+        return confine(candidate, Path(workspace_root))
+    except OutsideRoot as exc:
+        raise ModelfileError(
+            f"path {value!r} resolves to {exc.resolved}, outside the workspace {exc.root}"
+        ) from None
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop
         raise ModelfileError(f"cannot resolve path {value!r}: {exc}") from exc
-    if not resolved.is_relative_to(root):
-        raise ModelfileError(f"path {value!r} resolves to {resolved}, outside the workspace {root}")
-    return resolved
 
 
 # --- scanning ---------------------------------------------------------------------------
 
 _WS = " \t\r\n"  # what Go's strings.TrimSpace can meet in a value (other spaces are dropped)
 _LINE_BREAK = re.compile(r"[\r\n]")
+# What an instruction name looks like (a typo such as FORM is worth quoting back; a line of
+# another kind of file, say ``AWS_SECRET_ACCESS_KEY=...``, is not).
+_KEYWORD_LIKE = re.compile(r"[A-Za-z]{1,16}")
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_]+")
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -355,12 +359,15 @@ def _scan(text: str, path: str | Path | None) -> list[_Instruction]:
             word, i = _word(text, i)
             kw = word.lower()
             if not (word.isascii() and word.isalpha()) or kw not in INSTRUCTIONS:
+                expected = ", ".join(s.upper() for s in INSTRUCTIONS)
                 if kw in UNSUPPORTED_INSTRUCTIONS:
                     msg = f"{word} is an Ollama instruction this tool does not support"
+                elif _KEYWORD_LIKE.fullmatch(word):
+                    msg = f"unknown instruction {word!r}: expected one of {expected}"
                 else:
-                    msg = f"unknown instruction {word!r}: expected one of " + ", ".join(
-                        s.upper() for s in INSTRUCTIONS
-                    )
+                    # Not even shaped like an instruction: the file may not be a Modelfile
+                    # at all (a .env named by mistake), so none of its text is repeated.
+                    msg = f"not a Modelfile instruction (expected one of {expected})"
                 raise ModelfileError(msg, path=path, line=start)
             what = {"parameter": "a parameter name and ", "message": "a role and "}.get(kw, "")
             i = _separator(text, i, f"{word.upper()} needs {what}a value", path, start)

@@ -488,7 +488,10 @@ def test_every_broken_file_is_tested() -> None:
         ("FROM llama3\nPARAMETER top_p -Inf\n", 2, "finite"),
         ("FROM llama3\nPARAMETER use_mmap 2\n", 2, "expected true or false"),
         ("FROM llama3\nREQUIRES v1.2.3-01\n", 2, "semver"),
-        ("FROM llama3\nFROM:x\n", 2, "unknown instruction 'FROM:x'"),
+        # Not shaped like an instruction name: none of the line is repeated (it may be a
+        # secret from a file that is no Modelfile).
+        ("FROM llama3\nFROM:x\n", 2, "not a Modelfile instruction (expected one of FROM,"),
+        ("API_TOKEN=hunter2\n", 1, "not a Modelfile instruction (expected one of FROM,"),
         ("FROM llama3\n\r\n\r\nPARAM x 1\r\n", 4, "unknown instruction 'PARAM'"),
         ("FROM llama3\nDRAFT ./draft.gguf\n", 2, "DRAFT is an Ollama instruction"),
         ('FROM llama3\nSYSTEM """\nhi\n""\n', 2, 'unterminated """ quote'),

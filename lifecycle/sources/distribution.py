@@ -44,6 +44,7 @@ from lifecycle.sources.retry import (
     RetryPolicy,
     Transient,
     parse_retry_after,
+    through_proxy,
 )
 
 TIMEOUT = 60.0
@@ -134,7 +135,8 @@ class RegistryClient:
                 raise self._http_error(status, label, what, scope) from None
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
-                streak.wait_or_raise(Transient(f"{label}: cannot reach the registry: {reason}"))
+                message = f"{label}: cannot reach the registry{through_proxy(url)}: {reason}"
+                streak.wait_or_raise(Transient(message))
                 continue
             finally:
                 if stream is not None:
@@ -202,7 +204,8 @@ class RegistryClient:
                 streak.wait_or_raise(Transient(message, retry_after=retry_after))
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
-                message = f"{label}: cannot reach the token service {parts.netloc}: {reason}"
+                via = through_proxy(url)
+                message = f"{label}: cannot reach the token service {parts.netloc}{via}: {reason}"
                 streak.wait_or_raise(Transient(message))
         token = _parse_token(raw, label, parts.netloc)
         self._tokens[scope] = token

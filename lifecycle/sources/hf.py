@@ -33,6 +33,7 @@ from lifecycle.sources.retry import (
     Transient,
     parse_retry_after,
     retrying,
+    through_proxy,
 )
 from lifecycle.store import Manifest, Part, ProgressFn, Store, now
 from lifecycle.tags import Tag
@@ -271,7 +272,8 @@ def _hub_errors(tag: Tag) -> Iterator[None]:
             ) from None
         raise StoreError(f"{tag}: hub request failed: {str(exc).splitlines()[0]}") from None
     except httpx2.HTTPError as exc:
-        raise Transient(f"{tag}: cannot reach {endpoint()}: {exc}") from None
+        via = through_proxy(endpoint(), all_proxy=True)
+        raise Transient(f"{tag}: cannot reach {endpoint()}{via}: {exc}") from None
 
 
 def _token_source() -> str | None:

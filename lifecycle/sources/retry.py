@@ -22,10 +22,12 @@ from __future__ import annotations
 import os
 import random
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from lifecycle.errors import ConfigError
 from lifecycle.store import TransferError
@@ -128,6 +130,27 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def through_proxy(url: str, *, all_proxy: bool = False) -> str:
+    """`` through the proxy http://host:3128 (HTTPS_PROXY)`` when the environment sends
+    ``url`` through a proxy, else ``""``: a dead proxy then reads as one, not as a dead host.
+
+    The variables are read as urllib reads them (``<scheme>_proxy``, lower case first, and
+    ``no_proxy``); ``all_proxy`` also counts for clients that honour it (httpx). A user name or
+    password in the proxy's URL is not shown.
+    """
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    keys = [parts.scheme, "all"] if all_proxy else [parts.scheme]
+    key = next((k for k in keys if proxies.get(k)), None)
+    if key is None or (parts.hostname and urllib.request.proxy_bypass(parts.hostname)):
+        return ""
+    proxy = urlsplit(proxies[key])
+    shown = proxy._replace(netloc=proxy.netloc.rpartition("@")[2]).geturl()
+    names = [f"{key}_proxy", f"{key.upper()}_PROXY"]
+    name = next((n for n in names if os.environ.get(n)), names[1])
+    return f" through the proxy {shown} ({name})"
 
 
 def _final(error: Transient, why: str) -> TransferError:
