@@ -95,6 +95,7 @@ def _run_lifecycle(workspace: Any, variant: Any, path: Path_, args: argparse.Nam
         parallel=path.parallel,
         resume=False,
         canary=False,
+        answers=False,  # timed: every case generated
     )
     start = time.perf_counter()
     record = run_eval(workspace, options, variants=[variant])

@@ -49,7 +49,7 @@ def main() -> int:
 
     command = [sys.executable, "-m", "lifecycle.cli", "eval", "-C", str(args.workspace)]
     command += ["-m", args.variant, "--mode", "schema", "--limit", str(args.limit)]
-    command += ["--no-resume", "--json", "-q"]
+    command += ["--no-resume", "--no-cache", "--json", "-q"]
     bare_env = {**os.environ, "LIFECYCLE_NO_SUPERVISOR": "1", "LIFECYCLE_NO_CANARY": "1"}
     guarded: list[float] = []
     bare: list[float] = []

@@ -45,7 +45,9 @@ def main() -> int:
     suite = load_suites(workspace.evals_dir, list(settings.suites))[0]
     cases = list(suite.cases[: args.limit] if args.limit else suite.cases)
     modes = args.modes.split(",")
-    options = EvalOptions(models=[variant.name], suites=[suite.name], modes=modes, limit=args.limit)
+    options = EvalOptions(
+        models=[variant.name], suites=[suite.name], modes=modes, limit=args.limit, answers=False
+    )
 
     params = variant.modelfile.parameters
     threads = int(params.get("num_thread") or workspace.engine.threads or 2)

@@ -93,6 +93,7 @@ def _eval(workspace: Any, variant: str, args: argparse.Namespace) -> tuple[float
         parallel=1,
         resume=False,
         canary=False,
+        answers=False,  # timed: every case generated
     )
     start = time.perf_counter()
     record = run_eval(workspace, options)

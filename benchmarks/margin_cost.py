@@ -90,6 +90,7 @@ def _eval(workspace: Any, variant: str, args: argparse.Namespace) -> tuple[float
         parallel=args.parallel,
         resume=False,
         canary=False,
+        answers=False,  # timed: every case generated
     )
     start = time.perf_counter()
     record = run_eval(workspace, options)

@@ -33,7 +33,9 @@ def main() -> int:
     outputs: dict[str, list[str]] = {}
     for round_index in range(args.repeat):
         for engine in times:
-            options = EvalOptions(models=[args.variant], engine=engine, limit=args.limit)
+            options = EvalOptions(
+                models=[args.variant], engine=engine, limit=args.limit, answers=False
+            )
             start = time.perf_counter()
             record = run_eval(workspace, options)
             times[engine].append(time.perf_counter() - start)

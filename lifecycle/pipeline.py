@@ -167,7 +167,14 @@ def run_smoke(
         say(f"eval: {', '.join(stale_models)} (cached: {', '.join(cached_names) or 'none'})")
         fresh = run_eval(
             workspace,
-            EvalOptions(models=stale_models, threads=options.threads, parallel=options.parallel),
+            EvalOptions(
+                models=stale_models,
+                threads=options.threads,
+                parallel=options.parallel,
+                # Per-case answers (lifecycle.answers): variants that differ only in num_ctx
+                # share them, and a changed golden set generates only its new cases.
+                answers=options.use_cache,
+            ),
             store=store,
             progress=say,
         )

@@ -19,6 +19,16 @@ from typing import Any
 from lifecycle import __version__
 from lifecycle import gguf as gguf_reader
 from lifecycle import modelfile as mf
+from lifecycle.answers import (
+    Answer,
+    AnswerCache,
+    AnswerKey,
+    answer_key,
+    cacheable,
+    max_bytes_from_env,
+    prune,
+    total_bytes,
+)
 from lifecycle.checkpoints import CheckpointFile, Checkpoints
 from lifecycle.confidence import confidence_signals
 from lifecycle.config import CacheSettings, Workspace, cache_settings
@@ -37,6 +47,7 @@ from lifecycle.engines import (
 from lifecycle.errors import EngineError, GoldenSetError, ModelError, UsageError
 from lifecycle.fsutil import atomic_write_text, exclusive_lock
 from lifecycle.golden import MODES, GoldenCase, Suite, load_suites, score_output
+from lifecycle.hostinfo import physical_cores
 from lifecycle.lint import lint_variant
 from lifecycle.prompt import render_prompt
 from lifecycle.results import (
@@ -90,6 +101,9 @@ class EvalOptions:
     # every case afresh.
     resume: bool = True
     canary: bool = True  # run the engine canary (lifecycle doctor) before loading a model
+    # Serve answers generated before from .lifecycle/answers (lifecycle.answers) and record
+    # new ones; False generates every case (`--no-cache`). Scoring always runs again.
+    answers: bool = True
 
     def __post_init__(self) -> None:
         if self.shard is not None:
@@ -103,6 +117,16 @@ class _Plan:
     variant: Variant
     suites: list[Suite]
     chat_template: str | None
+
+
+@dataclass
+class _Reuse:
+    """One variant's cached answers: the key of each work item and the ones found."""
+
+    cache: AnswerCache
+    run_id: str
+    keys: dict[tuple[str, str, str], AnswerKey] = field(default_factory=dict)
+    hits: dict[tuple[str, str, str], Answer] = field(default_factory=dict)
 
 
 def run_eval(
@@ -141,6 +165,19 @@ def run_eval(
     caches: dict[str, dict[str, Any] | None] = {}
     foreign: dict[str, float] = {}  # variant -> CPU share other processes used meanwhile
     checkpoints = Checkpoints(workspace.root / CHECKPOINTS_DIR, enabled=options.resume)
+    golden_sets = {
+        s.name: {"golden_digest": s.golden_digest, "schema_digest": s.schema_digest}
+        for p in plans
+        for s in p.suites
+    }
+    blobs = {p.variant.name: p.variant.blob_digest for p in plans}
+    # Named now: the answers this run generates are cached under it ("from cache (run X)").
+    run_id = _run_id(started, blobs, golden_sets)
+    answers = (
+        AnswerCache.of_workspace(workspace.root, warn=say)
+        if options.answers and cacheable(engine.name)
+        else None
+    )
     slot = 0  # position in the (variant, suite, mode, case) order that shards slice
     for plan in plans:
         variant = plan.variant
@@ -156,21 +193,33 @@ def run_eval(
             if options.canary and engine.name in CANARY_ENGINES:
                 load_options = _checked_load_options(workspace, variant, load_options, say)
             engine_modes[variant.name] = load_options.extra_bufts
-            check_batched_memory(variant.blob_path, load_options)
-            load = ForeignLoad().start()
-            say(
-                f"loading {variant.name} ({variant.blob_digest[:19]}, num_ctx {load_options.n_ctx})"
+            reuse = _find_answers(
+                answers, run_id, plan, work, mine, engine_info, load_options, options
             )
-            model = engine.load(variant.blob_path, load_options)
+            load = ForeignLoad().start()
+            model: LoadedModel | None = None
+            if reuse is not None and len(reuse.hits) == sum(mine):
+                say(f"{variant.name}: every answer is cached; the model is not loaded")
+            else:
+                check_batched_memory(variant.blob_path, load_options)
+                say(
+                    f"loading {variant.name} ({variant.blob_digest[:19]}, "
+                    f"num_ctx {load_options.n_ctx})"
+                )
+                model = engine.load(variant.blob_path, load_options)
         except EngineError as exc:
             # One variant that cannot load (or crashes the engine loading) must not take the
             # rest of the run down with it; the run records why and `eval` exits 1.
             say(f"error: {variant.name}: {exc}")
             variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=None, error=str(exc)))
             continue
-        threads_used[variant.name] = int(getattr(model, "n_threads", load_options.n_threads))
-        parallel_used[variant.name] = model.parallel if isinstance(model, BatchedModel) else 1
-        total_load_ms += model.load_ms
+        if model is None:  # what the engine would have run with: it is in the answers' keys
+            threads_used[variant.name] = load_options.n_threads or physical_cores()
+            parallel_used[variant.name] = load_options.n_parallel
+        else:
+            threads_used[variant.name] = int(getattr(model, "n_threads", load_options.n_threads))
+            parallel_used[variant.name] = model.parallel if isinstance(model, BatchedModel) else 1
+            total_load_ms += model.load_ms
         try:
             for suite, mode in _groups(plan, options):
                 selected = [
@@ -194,6 +243,7 @@ def run_eval(
                     say,
                     load_options.seed,
                     book,
+                    reuse,
                 )
                 cases.extend(results)
                 summaries.append(
@@ -207,9 +257,11 @@ def run_eval(
                     )
                 )
         finally:
-            model.close()
+            if model is not None:
+                model.close()
         foreign[variant.name] = load.share()
-        variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=round(model.load_ms, 2)))
+        load_ms = round(model.load_ms, 2) if model is not None else 0.0
+        variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=load_ms))
 
     environment: RunEnvironment = {
         "tool": "lifecycle",
@@ -227,16 +279,14 @@ def run_eval(
         "batch_size": workspace.engine.batch_size,
         "gpu_layers": workspace.engine.gpu_layers,
         "seed": workspace.engine.seed,
-        "blobs": {p.variant.name: p.variant.blob_digest for p in plans},
+        "blobs": blobs,
         **host_environment(),
     }
-    golden_sets = {
-        s.name: {"golden_digest": s.golden_digest, "schema_digest": s.schema_digest}
-        for p in plans
-        for s in p.suites
-    }
     finished = now()
-    run_id = _run_id(finished, environment, golden_sets)
+    if answers is not None and answers.written:
+        bound = max_bytes_from_env()
+        if total_bytes(answers.directory) > bound:
+            prune(answers.directory, bound)
     checkpoints.finish()  # a complete run needs no resume point
     return RunRecord(
         run_id=run_id,
@@ -328,6 +378,36 @@ def _group_key(
         host_environment().get("cpu"),
     ]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _find_answers(
+    cache: AnswerCache | None,
+    run_id: str,
+    plan: _Plan,
+    work: list[tuple[Suite, str, GoldenCase]],
+    mine: list[bool],
+    engine_info: Any,
+    load: LoadOptions,
+    options: EvalOptions,
+) -> _Reuse | None:
+    """Key every work item of this variant and look its answer up (None: no cache)."""
+    if cache is None:
+        return None
+    reuse = _Reuse(cache=cache, run_id=run_id)
+    cpu = host_environment().get("cpu")
+    variant = plan.variant
+    for (suite, mode, case), keep in zip(work, mine, strict=True):
+        if not keep:
+            continue
+        request = case_request(variant, suite, mode, case, plan.chat_template, load.seed, options)
+        key = answer_key(
+            request, blob_digest=variant.blob_digest, engine=engine_info, load=load, cpu=cpu
+        )
+        reuse.keys[(suite.name, mode, case.id)] = key
+        hit = cache.lookup(key)
+        if hit is not None:
+            reuse.hits[(suite.name, mode, case.id)] = hit
+    return reuse
 
 
 def _checked_load_options(
@@ -453,7 +533,7 @@ def _applied_cache(
 
 
 def _run_group(
-    model: LoadedModel,
+    model: LoadedModel | None,
     variant: Variant,
     suite: Suite,
     mode: str,
@@ -463,13 +543,16 @@ def _run_group(
     say: Progress,
     seed: int,
     book: CheckpointFile | None = None,
+    reuse: _Reuse | None = None,
 ) -> list[CaseResult]:
     """Run one (suite, mode) group of cases; engine failures become errored cases.
 
     Cases already in ``book`` (an interrupted earlier run of the same group) are taken from
-    it; each new verdict is appended to it as soon as it is known.
+    it; each new verdict is appended to it as soon as it is known. Cases whose answer
+    ``reuse`` found are scored on it (``model`` is None when every case's answer was found);
+    each new answer is added to its cache.
     """
-    if mode == "schema":
+    if mode == "schema" and model is not None:
         try:
             model.check_schema(suite.schema)
         except GoldenSetError:
@@ -483,27 +566,44 @@ def _run_group(
     order = {case.id: i for i, case in enumerate(cases)}
     total = len(cases)
     cases = [c for c in cases if c.id not in done]
+    hits = {} if reuse is None else reuse.hits
+    cached = [c for c in cases if (suite.name, mode, c.id) in hits]
+    cases = [c for c in cases if (suite.name, mode, c.id) not in hits]
     requests = [
         case_request(variant, suite, mode, c, plan.chat_template, seed, options) for c in cases
     ]
     results: list[CaseResult] = list(reused)
 
-    def record(case: GoldenCase, outcome: Generation | EngineError, wall_share_s: float) -> None:
+    def record(
+        case: GoldenCase,
+        outcome: Generation | EngineError,
+        wall_share_s: float,
+        cached_from: str | None = None,
+    ) -> None:
         if isinstance(outcome, EngineError):
             result = _failed(variant, suite, mode, case, _engine_failure(outcome))
         else:
-            result = _scored(variant, suite, mode, case, outcome, wall_share_s)
+            result = _scored(variant, suite, mode, case, outcome, wall_share_s, cached_from)
+            if reuse is not None and cached_from is None:
+                reuse.cache.store(reuse.keys[(suite.name, mode, case.id)], outcome, reuse.run_id)
             if book is not None:
                 book.append(result)
         results.append(result)
         mark = "ERROR" if result.errored else "pass" if result.passed else "FAIL"
+        source = f", from cache (run {cached_from})" if cached_from else ""
         say(
             f"[{variant.name} {suite.name}/{mode} {len(results)}/{total}] "
-            f"{case.id}: {mark} ({result.latency_ms:.0f} ms) {result.reason}"
+            f"{case.id}: {mark} ({result.latency_ms:.0f} ms{source}) {result.reason}"
         )
 
+    for case in cached:
+        # No engine time in this run: its share of the wall time is nil.
+        answer = hits[(suite.name, mode, case.id)]
+        record(case, answer.generation, 0.0, answer.run_id)
     if not cases:
         pass
+    elif model is None:
+        raise AssertionError("a variant with answers to generate was not loaded")
     elif isinstance(model, BatchedModel) and model.parallel > 1:
         # Continuous batching: cases finish out of order; each is recorded as it finishes.
         def finished(index: int, outcome: Generation | EngineError) -> None:
@@ -591,6 +691,7 @@ def _scored(
     case: GoldenCase,
     generation: Generation,
     wall_share_s: float,
+    cached_from: str | None = None,
 ) -> CaseResult:
     score = score_output(suite, case, generation.text)
     return CaseResult(
@@ -622,6 +723,7 @@ def _scored(
         margin=generation.margin,
         margin_step=generation.margin_step,
         field_margin=generation.field_margin,
+        cached_from=cached_from,
         **confidence_signals(suite, case, generation, score.parsed),
     )
 
@@ -663,7 +765,7 @@ def _engine_failure(error: EngineError) -> str:
     return f"engine error: {error}"
 
 
-def _run_id(finished: str, environment: RunEnvironment, golden: dict[str, Any]) -> str:
-    stamp = finished.replace("-", "").replace(":", "")
-    salt = json.dumps([environment.get("blobs"), golden, time.time_ns()], sort_keys=True)
+def _run_id(started: str, blobs: dict[str, str], golden: dict[str, Any]) -> str:
+    stamp = started.replace("-", "").replace(":", "")
+    salt = json.dumps([blobs, golden, time.time_ns()], sort_keys=True)
     return f"{stamp}-{hashlib.sha256(salt.encode()).hexdigest()[:8]}"

@@ -52,13 +52,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "confidence",
             "tokenstats",  # numpy token statistics (KLD, PPL) over any ScoringModel
             "charts",  # PNG rendering from plain dicts: used by report, compare, bench
+            "latency",  # percentiles, goodput, Poisson arrivals, the SLA checks the gate makes
         ),
     ),
     ("store", ("store", "lockfile")),
     ("sources", ("sources",)),
     ("variants", ("quantize", "variants", "targets", "estimate", "runtime", "retention")),
-    ("engines", ("engines", "crashguard")),
-    ("golden/bench", ("golden", "bench", "bandwidth", "lint", "runner")),
+    ("engines", ("engines", "crashguard", "answers")),
+    # serve: [serve] and the memory plan (loads models for --measure); loadtest: latency
+    ("golden/bench", ("golden", "bench", "bandwidth", "lint", "runner", "serve", "loadtest")),
     ("gate/compare", ("gate", "compare", "calibrate")),
     # gitbase: the bar (pins, baselines, bounds, suites) as of a git ref, for `gate --base`
     ("report/pin", ("report", "gaterender", "comparerender", "pin", "gitbase")),

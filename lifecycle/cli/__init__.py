@@ -14,6 +14,7 @@ import click
 from lifecycle import __version__
 from lifecycle.cli._errors import handle_errors
 from lifecycle.cli.bench import bench_command, estimate_command
+from lifecycle.cli.cache import cache_command
 from lifecycle.cli.calibrate import calibrate_command
 from lifecycle.cli.compare import compare_command, quantize_command
 from lifecycle.cli.doctor import doctor_command
@@ -34,6 +35,7 @@ from lifecycle.cli.pull import (
     show_command,
     verify_command,
 )
+from lifecycle.cli.serve import loadtest_command, plan_command
 from lifecycle.cli.store import du_command, gc_command
 from lifecycle.config import ENV_DEBUG, ENV_HOME, ENV_WORKSPACE
 
@@ -75,10 +77,24 @@ cli.add_command(smoke_command)
 cli.add_command(check_lock_command)
 cli.add_command(doctor_command)
 cli.add_command(calibrate_command)
+cli.add_command(plan_command)
+cli.add_command(loadtest_command)
+cli.add_command(cache_command)
 
 # Commands that load llama.cpp: they run under the crash supervisor (see lifecycle.crashguard).
 ENGINE_COMMANDS = frozenset(
-    {"eval", "smoke", "compare", "bench", "quantize", "gate", "build", "calibrate"}
+    {
+        "eval",
+        "smoke",
+        "compare",
+        "bench",
+        "quantize",
+        "gate",
+        "build",
+        "calibrate",
+        "plan",
+        "loadtest",
+    }
 )
 
 

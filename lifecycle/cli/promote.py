@@ -210,7 +210,11 @@ def report_command(
 @click.option("--branch", help="Commit on this new branch (implies --commit), for a PR.")
 @click.option("--offline", is_flag=True, help="Do not check or pull upstream tags.")
 @click.option("--no-bench", is_flag=True, help="Skip the short bench.")
-@click.option("--no-cache", is_flag=True, help="Re-evaluate even when cached results match.")
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Re-evaluate and regenerate every answer even when cached ones match.",
+)
 @click.option(
     "--report-dir",
     type=click.Path(file_okay=False, path_type=Path),
