@@ -162,8 +162,10 @@ def load_workspace(root: Path | None = None) -> Workspace:
     path = root / CONFIG_FILE
     data = read_toml(path)
     reader = TableReader(path, data, "")
-    # gate / compare / store tables are read by the modules that own them.
-    reader.reject_unknown({"workspace", "engine", "models", "gate", "compare", "bench", "store"})
+    # gate / compare / store / serve tables are read by the modules that own them.
+    reader.reject_unknown(
+        {"workspace", "engine", "models", "gate", "compare", "bench", "store", "serve"}
+    )
 
     ws = reader.table("workspace")
     ws.reject_unknown({"name", "evals_dir", "runs_dir"})

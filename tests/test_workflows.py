@@ -287,10 +287,15 @@ class World:
     env: dict[str, str]
     gh_log: Path
 
-    def runner(self, *, ref: str = "main", pull_request: bool = False) -> Runner:
+    def runner(
+        self, *, ref: str = "main", pull_request: bool = False, root: Path | None = None
+    ) -> Runner:
+        """A runner for one run of a workflow; another ``root`` for a second run (its jobs
+        and artifacts live there)."""
+        root = root or self.root
         if pull_request:
             return Runner(
-                root=self.root,
+                root=root,
                 origin=self.origin,
                 base_env=self.env,
                 ref=ref,
@@ -298,9 +303,7 @@ class World:
                 event="pull_request",
                 extra_github_env={"GITHUB_HEAD_REF": ref, "GITHUB_BASE_REF": "main"},
             )
-        return Runner(
-            root=self.root, origin=self.origin, base_env=self.env, ref=ref, event="schedule"
-        )
+        return Runner(root=root, origin=self.origin, base_env=self.env, ref=ref, event="schedule")
 
     def gh_calls(self) -> list[dict[str, object]]:
         if not self.gh_log.exists():
@@ -348,6 +351,25 @@ class World:
         git(clone, "commit", "--quiet", "-am", change, env=self.env)
         git(clone, "push", "--quiet", "origin", branch, env=self.env)
         return branch
+        elif change == "rebaseline-itself":
+            # The PR moves its own bar past a broken expectation: case-0 expects another
+            # category, the pinned variants' baselines say it failed all along, and the suite
+            # threshold drops to what is left (7 of 8).
+            cases = read_cases(clone)
+            expected = cases[0]["expected"]
+            assert isinstance(expected, dict)
+            expected["category"] = next(c for c in ALL_CATEGORIES if c != expected["category"])
+            write_cases(clone, cases)
+            suite = clone / "evals" / "triage.toml"
+            text = suite.read_text(encoding="utf-8").replace("threshold = 1.0", "threshold = 0.8")
+            suite.write_text(text, encoding="utf-8")
+            path = clone / "baselines" / f"{MODEL}.json"
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            for entry in doc["variants"].values():
+                for case in entry["cases"]:
+                    if case["id"] == "case-0":
+                        case["passed"] = False
+            path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 @pytest.fixture
@@ -585,3 +607,56 @@ def gate_env(world: World, job: JobResult) -> dict[str, str]:
     env = dict(world.env)
     env["LIFECYCLE_HOME"] = str(job.workspace / ".lifecycle-home")
     return env
+def test_pr_that_moves_its_own_bar_is_red_until_a_commit_says_why(world: World) -> None:
+    branch = world.pull_request("pr/rebaseline-itself", "rebaseline-itself")
+    workflow = Workflow.load(WORKFLOWS / "pr-gate.yml")
+    job = world.runner(ref=branch, pull_request=True).run_job(workflow, "gate")
+    assert job.conclusion == "failure", job.describe()
+    gate_step = job.step("Gate")
+    assert gate_step.exit_code == 3, job.describe()
+    summary = gate_step.summary
+    assert "### Bar of `origin/main`" in summary and "NOT acknowledged" in summary
+    for pinned in PINNED:
+        assert f"re-baselined pass → fail: {pinned} triage/schema case-0" in summary
+    assert "evals/triage.toml threshold.schema: 1.0 → 0.8" in summary
+    assert "expectation: triage case-0: expected changed" in summary
+    # Judged on its own bar, the same PR passes: what the base ref closes.
+    own = lifecycle(job.workspace, "gate", env=gate_env(world, job))
+    assert own.returncode == 0, own.stdout + own.stderr
+
+    clone = world.root / "author-pr-rebaseline-itself"
+    reason = "case-0 is a quote request: sales owns it"
+    git(clone, "commit", "--quiet", "--allow-empty", "-m",
+        f"triage: re-baseline case-0\n\nLifecycle-Rebaseline: {reason}", env=world.env)  # fmt: skip
+    git(clone, "push", "--quiet", "origin", branch, env=world.env)
+    again = world.runner(ref=branch, pull_request=True, root=world.root / "second").run_job(
+        workflow, "gate"
+    )
+    assert again.conclusion == "success", again.describe()
+    summary = again.step("Gate").summary
+    assert "acknowledged" in summary and reason in summary
+
+
+def test_the_weekly_pr_with_passing_pins_is_green_in_the_pr_gate(world: World) -> None:
+    publish(world.setup, world.setup.republished)
+    job = weekly(world)
+    assert job.conclusion == "success", job.describe()
+    branch = job.step("Smoke").outputs["branch"]
+    gate_job = world.runner(ref=branch, pull_request=True, root=world.root / "pr").run_job(
+        Workflow.load(WORKFLOWS / "pr-gate.yml"), "gate"
+    )
+    assert gate_job.conclusion == "success", gate_job.describe()
+    summary = gate_job.step("Gate").summary
+    assert "### Bar of `origin/main`" in summary and "nothing lowered" in summary
+    doc = json.loads(
+        lifecycle(
+            gate_job.workspace, "gate", "--base", "origin/main", "--json",
+            env=gate_env(world, gate_job),
+        ).stdout
+    )  # fmt: skip
+    judged = {v["variant"]: v for v in doc["variants"]}
+    for pinned in PINNED:  # the new pins, judged against main's baselines of the old ones
+        assert judged[pinned]["status"] == "holds"
+        assert judged[pinned]["baseline_variant_id"] != judged[pinned]["variant_id"]
+
+

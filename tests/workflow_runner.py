@@ -11,14 +11,16 @@ commands:
 - ``if:`` is honoured for ``success()``, ``failure()``, ``always()``, ``cancelled()`` and
   ``!cancelled()``; no ``if:`` means ``success()``;
 - the ``${{ ... }}`` expressions the workflows use are substituted (``github.run_id``,
-  ``github.workspace``, ``github.token``, ``github.ref_name``, ``runner.temp``,
+  ``github.workspace``, ``github.token``, ``github.ref_name``, ``github.base_ref`` (from
+  ``GITHUB_BASE_REF`` in the runner's extra environment; empty otherwise), ``runner.temp``,
   ``steps.<id>.outputs.<name>``, ``matrix.<key>``, ``strategy.job-total``,
   ``strategy.job-index``); any other expression fails loudly with :class:`WorkflowError`, so a
   workflow edit that this executor does not understand breaks the test instead of being
   silently mis-run;
 - ``uses:`` steps are not run, except three whose effect the later steps depend on and which
   are emulated on disk: ``actions/checkout`` (a clone of the ``origin`` repository at the
-  job's ref), ``actions/upload-artifact`` and ``actions/download-artifact`` (a folder per
+  job's ref: its last commit only, unless ``fetch-depth: 0``), ``actions/upload-artifact``
+  and ``actions/download-artifact`` (a folder per
   artifact). ``actions/setup-python`` and ``actions/cache`` are skipped: the interpreter is the
   test environment's, and every job starts with an empty model store (a cache miss);
 - the ``Install`` step (``pip install -e .``) is skipped: the test environment already has the
@@ -229,6 +231,7 @@ class Runner:
             job_total=job_total,
         )
         context.temp.mkdir()
+            base_ref=self.extra_github_env.get("GITHUB_BASE_REF", ""),
         env = dict(self.base_env)
         env.update(
             {
@@ -340,7 +343,7 @@ class Runner:
             return
         inputs = {k: context.substitute(_yaml_str(v)) for k, v in (step.get("with") or {}).items()}
         if action.startswith("actions/checkout@"):
-            self._checkout(context.workspace, result)
+            self._checkout(context.workspace, inputs, result)
         elif action.startswith("actions/upload-artifact@"):
             self._upload(context.workspace, inputs, result)
         elif action.startswith("actions/download-artifact@"):
@@ -348,10 +351,22 @@ class Runner:
         else:
             raise WorkflowError(f"action {action!r} is neither emulated nor known to be skippable")
 
-    def _checkout(self, workspace: Path, result: StepResult) -> None:
-        # A full clone (fetch-depth: 0) of the job's ref; `origin` is the bare repository.
+    def _checkout(self, workspace: Path, inputs: dict[str, str], result: StepResult) -> None:
+        # A clone of the job's ref; `origin` is the bare repository. As on GitHub, only the
+        # ref's last commit unless `fetch-depth: 0` asks for every branch and all history.
+        depth = inputs.get("fetch-depth", "1")
+        shallow = [] if depth == "0" else ["--depth", depth, "--single-branch"]
         proc = subprocess.run(
-            ["git", "clone", "--quiet", "--branch", self.ref, str(self.origin), str(workspace)],
+            [
+                "git",
+                "clone",
+                "--quiet",
+                *shallow,
+                "--branch",
+                self.ref,
+                f"file://{self.origin}",
+                str(workspace),
+            ],
             env=dict(self.base_env),
             capture_output=True,
             text=True,
@@ -433,6 +448,7 @@ class _Context:
             return not self.failed
         text = str(condition).strip()
         match = EXPRESSION.fullmatch(text)
+    base_ref: str = ""  # github.base_ref: the PR's target branch (empty for other events)
         if match:
             text = match.group(1).strip()
         if text not in STATUS_FUNCTIONS:
@@ -461,6 +477,7 @@ class _Context:
             "strategy.job-index": str(self.job_index),
         }
         if expr in simple:
+            "github.base_ref": self.base_ref,
             return simple[expr]
         match = re.fullmatch(r"steps\.([A-Za-z_][\w-]*)\.outputs\.([A-Za-z_][\w-]*)", expr)
         if match:

@@ -8,6 +8,7 @@ counters where it has them (llama.cpp's perf context, Ollama's duration fields).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -107,6 +108,9 @@ class Generation:
     margin: float | None = None
     margin_step: int | None = None
     field_margin: float | None = None
+    # Milliseconds from the start of this request's decoding (its admission to a slot) to its
+    # first sampled token: the load test's time to first token. None: the engine cannot say.
+    first_token_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,9 +176,12 @@ class BatchedModel(LoadedModel, Protocol):
         requests: Sequence[GenerationRequest],
         on_result: Callable[[int, Generation | EngineError], None],
         on_live: Callable[[list[int]], None] | None = None,
+        arrived: Arrived | None = None,
     ) -> None:
         """Generate every request; ``on_result(i, outcome)`` as request i finishes (any
-        order); ``on_live(indices)`` before each step with the requests in flight."""
+        order); ``on_live(indices)`` before each step with the requests in flight.
+        ``arrived(i)``: the ``time.perf_counter()`` at which request i arrives (None: not yet
+        known); a request takes a slot only once arrived, in order (a load test's traffic)."""
         ...
 
 
@@ -223,6 +230,20 @@ class ParallelBenchModel(BenchableModel, Protocol):
     ) -> tuple[int, int]:
         """Prompt and generation wall times (ns) of ``n_seq`` sequences decoded together."""
         ...
+
+
+# The perf_counter time request i arrives, None while not known yet (a load test's traffic).
+Arrived = Callable[[int], "float | None"]
+
+
+def wait_until_arrived(arrived: Arrived | None, index: int) -> None:
+    """Block until request ``index`` has arrived (no-op without ``arrived``)."""
+    while arrived is not None:
+        at = arrived(index)
+        now = time.perf_counter()
+        if at is not None and at <= now:
+            return
+        time.sleep(0.001 if at is None else min(at - now, 0.01))
 
 
 def generate_many(

@@ -30,9 +30,11 @@ import llama_cpp
 
 from lifecycle.engines.base import (
     DEFAULT_CASE_TIMEOUT_S,
+    Arrived,
     CaseTimeout,
     Generation,
     GenerationRequest,
+    wait_until_arrived,
 )
 from lifecycle.engines.decoding import Batch, Scored, first_stop, plain_greedy, wants_logprob
 from lifecycle.engines.margins import Margins
@@ -69,6 +71,7 @@ class _Sequence:
     prompt_ms: float = 0.0
     generation_ms: float = 0.0
     sample_ms: float = 0.0
+    first_token_at: float | None = None
 
 
 class BatchedDecoder:
@@ -91,6 +94,7 @@ class BatchedDecoder:
         requests: Sequence[GenerationRequest],
         on_result: OnResult,
         on_live: OnLive | None = None,
+        arrived: Arrived | None = None,
     ) -> None:
         model = self.model
         queue: deque[tuple[int, list[int]]] = deque()
@@ -121,11 +125,14 @@ class BatchedDecoder:
         live: dict[int, _Sequence] = {}
         try:
             while queue or live:
-                while free and queue:
+                while free and queue and _has_arrived(arrived, queue[0][0]):
                     index, tokens = queue.popleft()
                     seq = self._admit(index, requests[index], tokens, len(prefix), free.pop())
                     seq.prompt_ms += prefix_share
                     live[seq.seq_id] = seq
+                if not live:  # idle until the next request arrives
+                    wait_until_arrived(arrived, queue[0][0])
+                    continue
                 if on_live is not None:
                     on_live(sorted(s.index for s in live.values()))
                 outputs = self._step(live)
@@ -263,6 +270,8 @@ class BatchedDecoder:
                 greedy=plain_greedy(request),
                 margin_floor=seq.margins.floor(seq.text),
             )
+            if seq.first_token_at is None:
+                seq.first_token_at = time.perf_counter()
             seq.margins.add(margin, seq.text)
         except RuntimeError as exc:  # e.g. a grammar that allows no token here
             return EngineError(f"generation failed: {exc}")
@@ -310,7 +319,17 @@ class BatchedDecoder:
             margin=smallest,
             margin_step=smallest_step,
             field_margin=field_margin,
+            first_token_ms=None
+            if seq.first_token_at is None
+            else (seq.first_token_at - seq.started) * 1000.0,
         )
+
+
+def _has_arrived(arrived: Arrived | None, index: int) -> bool:
+    if arrived is None:
+        return True
+    at = arrived(index)
+    return at is not None and at <= time.perf_counter()
 
 
 def _common_prefix(prompts: list[list[int]]) -> list[int]:

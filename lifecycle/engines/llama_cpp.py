@@ -34,10 +34,12 @@ from llama_cpp.llama_grammar import json_schema_to_gbnf
 from lifecycle import progress
 from lifecycle.crashguard import note
 from lifecycle.engines.base import (
+    Arrived,
     EngineInfo,
     Generation,
     GenerationRequest,
     LoadOptions,
+    wait_until_arrived,
 )
 from lifecycle.engines.batched import BatchedDecoder, OnLive, OnResult
 from lifecycle.engines.decoding import Batch, Scored, first_stop, plain_greedy, wants_logprob
@@ -158,6 +160,7 @@ class LlamaCppModel:
         requests: Sequence[GenerationRequest],
         on_result: OnResult,
         on_live: OnLive | None = None,
+        arrived: Arrived | None = None,
     ) -> None:
         """Generate every request, ``parallel`` sequences per decode step (continuous batching).
 
@@ -166,6 +169,7 @@ class LlamaCppModel:
         """
         if self.options.n_parallel < 2:
             for index, request in enumerate(requests):
+                wait_until_arrived(arrived, index)
                 try:
                     on_result(index, self.generate(request))
                 except EngineError as exc:
@@ -173,7 +177,7 @@ class LlamaCppModel:
             return
         self._llm.n_tokens = 0  # the sequential prefix cache is gone after batched decoding
         try:
-            BatchedDecoder(self, self.options.n_parallel).run(requests, on_result, on_live)
+            BatchedDecoder(self, self.options.n_parallel).run(requests, on_result, on_live, arrived)
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"batched generation failed: {exc}") from None
 
@@ -210,7 +214,13 @@ class LlamaCppModel:
             margin=margin,
             margin_step=margin_step,
             field_margin=field_margin,
+            first_token_ms=None
+            if self._first_token_at is None
+            else (self._first_token_at - start) * 1000.0,
         )
+
+    # When _decode sampled its first token (perf_counter), for Generation.first_token_ms.
+    _first_token_at: float | None = None
 
     def _decode(
         self, tokens: list[int], request: GenerationRequest, gbnf: str | None
@@ -239,6 +249,7 @@ class LlamaCppModel:
         margins = Margins(request.margin_field)
         text = ""
         finish = "length"
+        self._first_token_at = None
         try:
             while len(generated) < request.max_tokens:
                 want = scored is not None and wants_logprob(request, text)
@@ -250,6 +261,8 @@ class LlamaCppModel:
                     greedy=plain_greedy(request),
                     margin_floor=margins.floor(text),
                 )
+                if self._first_token_at is None:
+                    self._first_token_at = time.perf_counter()
                 margins.add(margin, text)
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = "stop"
