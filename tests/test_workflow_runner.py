@@ -60,7 +60,7 @@ jobs:
       - uses: actions/setup-python@v5
         with: {python-version: "3.11"}
       - name: Install
-        run: python -m pip install -e .
+        run: .ci/install-engine python
       - name: Outputs
         id: out
         env:
@@ -118,6 +118,9 @@ def test_steps_env_outputs_and_status_functions(tmp_path: Path) -> None:
         ("if: github.event_name == 'push'\n        run: true", "status function"),
         ("uses: some/action@v1", "neither emulated"),
         ("run: true\n        continue-on-error: true", "unsupported keys"),
+        # The engine is built only through .ci/install-engine (the project's build flags).
+        ("run: python -m pip install -e .", "runs pip install itself"),
+        ("run: pip3 install llama-cpp-python", "runs pip install itself"),
     ],
 )
 def test_what_the_executor_does_not_know_fails_loudly(

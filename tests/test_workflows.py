@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from workflow_runner import JobResult, Runner, Workflow
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"
+INSTALL_ENGINE = REPO / ".ci" / "install-engine"
 MODEL = "tiny"
 PINNED = ["tiny:f32-ctx1024", "tiny:f32-ctx2048"]
 CANDIDATES = ["tiny:q4_0-ctx1024", "tiny:q4_0-ctx2048"]
@@ -239,6 +241,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
 
     seed = base / "seed"
     write_workspace(seed, upstream)
+    # The workflows install through the project's installer; its --cache-key runs for real.
+    (seed / ".ci").mkdir()
+    shutil.copy2(INSTALL_ENGINE, seed / ".ci" / "install-engine")
     answers = schema_answers(seed, env)
     cases = read_cases(seed)
     for case in cases:
@@ -403,6 +408,76 @@ def weekly(world: World) -> JobResult:
     return world.runner().run_job(Workflow.load(WORKFLOWS / "weekly.yml"), "smoke")
 
 
+# --- how the workflows install the engine ------------------------------------------------------
+
+QUICKSTART = (
+    "python3 -m venv .venv && .ci/install-engine .venv/bin/python && .venv/bin/lifecycle smoke"
+)
+MODEL_COMMANDS = re.compile(r"\blifecycle (eval|smoke|gate|merge|compare|bench|calibrate)\b")
+
+
+@pytest.mark.parametrize("name", ["weekly.yml", "pr-gate.yml", "eval-sharded.yml"])
+def test_every_job_installs_the_engine_as_the_readme_does(name: str) -> None:
+    """One installer; pip's cache (built wheels included) never shared between CPUs; the
+    engine checked on the runner before any step that loads a model."""
+    workflow = Workflow.load(WORKFLOWS / name)
+    for job_id, job in workflow.doc["jobs"].items():
+        steps = job["steps"]
+        runs = [str(step.get("run", "")).strip() for step in steps]
+        assert not [r for r in runs if re.search(r"\bpip3? install\b", r)], job_id
+        installs = [i for i, r in enumerate(runs) if r == ".ci/install-engine python"]
+        assert len(installs) == 1, (job_id, runs)
+        key_step = next(i for i, step in enumerate(steps) if step.get("id") == "engine")
+        assert runs[key_step] == 'echo "key=$(.ci/install-engine --cache-key)" >> "$GITHUB_OUTPUT"'
+        for i, step in enumerate(steps):
+            uses, options = str(step.get("uses", "")), step.get("with") or {}
+            if uses.startswith("actions/setup-python@"):
+                assert "cache" not in options, f"{job_id}: setup-python's pip cache spans CPUs"
+            if uses.startswith("actions/cache@") and "pip" in str(options.get("path")):
+                assert key_step < i < installs[0], job_id
+                for option in ("key", "restore-keys"):
+                    assert "${{ steps.engine.outputs.key }}" in str(options[option]), job_id
+        doctor = [i for i, r in enumerate(runs) if r == "lifecycle doctor --no-models"]
+        loads = [i for i, r in enumerate(runs) if MODEL_COMMANDS.search(r)]
+        assert doctor and loads and installs[0] < doctor[0] < min(loads), (job_id, runs)
+
+
+def test_the_engine_build_flags_are_written_in_one_place() -> None:
+    script = INSTALL_ENGINE.read_text(encoding="utf-8")
+    found = re.search(r'^CMAKE_ARGS="([^"]+)"$', script, re.MULTILINE)
+    assert found and "-DGGML_NATIVE=OFF" in found.group(1) and "-DGGML_AVX2=ON" in found.group(1)
+    for path in [REPO / "README.md", REPO / ".ci" / "run", *sorted(WORKFLOWS.glob("*.yml"))]:
+        assert "-DGGML_" not in path.read_text(encoding="utf-8"), f"{path} has its own flags"
+    readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert QUICKSTART in readme
+    # .ci/run checks the README's commands verbatim, this one among them.
+    assert QUICKSTART in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_install_engine_runs_pip_with_the_build_flags(tmp_path: Path) -> None:
+    # A stand-in interpreter that records what it was run with, instead of building llama.cpp.
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\nprintf \'%s\\n\' "$CMAKE_ARGS" "$@" > "$0.args"\n', "utf-8")
+    python.chmod(0o755)
+    env = {**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=ON"}  # a caller's own flags are replaced
+
+    def install(*args: str) -> list[str]:
+        subprocess.run([str(INSTALL_ENGINE), str(python), *args], env=env, cwd=REPO, check=True)
+        return (tmp_path / "python.args").read_text(encoding="utf-8").splitlines()
+
+    cmake_args, *argv = install()
+    assert "-DGGML_NATIVE=OFF" in cmake_args and "-DGGML_NATIVE=ON" not in cmake_args
+    assert argv == ["-m", "pip", "install", "-e", "."]
+    assert install("-q", "-e", ".[test]")[1:] == ["-m", "pip", "install", "-q", "-e", ".[test]"]
+
+    key = subprocess.run(
+        [str(INSTALL_ENGINE), "--cache-key"], capture_output=True, text=True, check=True
+    ).stdout
+    assert re.fullmatch(r"[0-9a-f]{16}\n", key)
+    usage = subprocess.run([str(INSTALL_ENGINE)], capture_output=True, text=True, check=False)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
 def junit_failures(path: Path) -> set[tuple[str, str]]:
     """(classname, name) of every testcase with a <failure>."""
     tree = ET.parse(path)
@@ -421,6 +496,10 @@ def test_weekly_nothing_moved_is_green_without_a_pr(world: World) -> None:
     job = weekly(world)
     assert job.conclusion == "success", job.describe()
     assert job.step("Install").log.startswith("skipped")
+    # The engine build was checked on the runner before the smoke; the pip cache key was made.
+    check = job.step("Check the engine")
+    assert check.outcome == "success" and "doctor: ok" in check.log, job.describe()
+    assert re.fullmatch(r"[0-9a-f]{16}", job.step("engine").outputs["key"])
     assert job.step("Smoke").exit_code == 0
     pr_step = job.step("Open a pull request with the new pins")
     assert pr_step.outcome == "success" and "no pull request" in pr_step.log

@@ -23,8 +23,12 @@ commands:
   and ``actions/download-artifact`` (a folder per
   artifact). ``actions/setup-python`` and ``actions/cache`` are skipped: the interpreter is the
   test environment's, and every job starts with an empty model store (a cache miss);
-- the ``Install`` step (``pip install -e .``) is skipped: the test environment already has the
-  package installed, with the ``lifecycle`` console script on ``PATH``;
+- the install step (``.ci/install-engine PYTHON``: the one installer the README, ``.ci/run``
+  and the workflows share, which sets the engine's build flags) is skipped: the test
+  environment already has the package installed, with the ``lifecycle`` console script on
+  ``PATH``. A step that runs ``pip install`` itself fails loudly with :class:`WorkflowError`:
+  it would build llama.cpp for the runner's own CPU (``-march=native``). Other calls of the
+  script (``--cache-key``) run;
 - ``strategy.matrix`` is expanded (lists of scalars only) and ``needs:`` orders the jobs; the
   matrix jobs run one after another, each in a fresh checkout.
 
@@ -56,6 +60,8 @@ BASH = ["bash", "--noprofile", "--norc", "-eo", "pipefail"]
 STEP_KEYS = {"name", "id", "if", "run", "uses", "with", "env", "working-directory", "shell"}
 SKIPPED_ACTIONS = ("actions/setup-python@", "actions/cache@")
 STATUS_FUNCTIONS = {"success()", "failure()", "always()", "cancelled()", "!cancelled()"}
+# The project's installer (pip install with the engine's build flags).
+INSTALLER = ".ci/install-engine"
 
 
 class WorkflowError(Exception):
@@ -500,7 +506,15 @@ def _yaml_str(value: Any) -> str:
 
 
 def _is_install(step: dict[str, Any]) -> bool:
-    return "run" in step and re.search(r"\bpip install\b", str(step["run"])) is not None
+    if "run" not in step:
+        return False
+    script = str(step["run"])
+    if re.search(r"\bpip3? install\b", script):
+        raise WorkflowError(
+            f"step {step.get('name')!r} runs pip install itself: install through "
+            f"{INSTALLER}, which builds the engine with the project's flags"
+        )
+    return re.search(rf"(^|\s){re.escape(INSTALLER)}\s+[^-\s]", script) is not None
 
 
 def _as_list(value: Any) -> list[str]:
