@@ -351,11 +351,6 @@ class World:
                 for i, text in enumerate(["Hello?", "Question about my account and pricing."])
             ]
             write_cases(clone, cases)
-        else:
-            raise AssertionError(change)
-        git(clone, "commit", "--quiet", "-am", change, env=self.env)
-        git(clone, "push", "--quiet", "origin", branch, env=self.env)
-        return branch
         elif change == "rebaseline-itself":
             # The PR moves its own bar past a broken expectation: case-0 expects another
             # category, the pinned variants' baselines say it failed all along, and the suite
@@ -375,6 +370,11 @@ class World:
                     if case["id"] == "case-0":
                         case["passed"] = False
             path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        else:
+            raise AssertionError(change)
+        git(clone, "commit", "--quiet", "-am", change, env=self.env)
+        git(clone, "push", "--quiet", "origin", branch, env=self.env)
+        return branch
 
 
 @pytest.fixture
@@ -651,41 +651,6 @@ def test_pr_that_only_adds_golden_cases_is_green(world: World) -> None:
     assert not {f for f in failures if f[0].removesuffix(".triage") in PINNED}
 
 
-# --- the sharded gate -------------------------------------------------------------------------
-
-
-def test_sharded_gate_merges_the_shards_and_catches_the_template_break(world: World) -> None:
-    branch = world.pull_request("pr/break-template-sharded", "break-template")
-    workflow = Workflow.load(WORKFLOWS / "eval-sharded.yml")
-    shards = workflow.matrix("eval")
-    assert len(shards) > 1
-    jobs = world.runner(ref=branch, pull_request=True).run_workflow(workflow)
-    evals = [j for j in jobs if j.job == "eval"]
-    assert len(evals) == len(shards)
-    assert all(j.conclusion == "success" for j in evals), "\n".join(j.describe() for j in evals)
-    [gate] = [j for j in jobs if j.job == "gate"]
-    assert gate.step("Merge").outcome == "success", gate.describe()
-    gate_step = gate.step("Gate")
-    assert gate_step.outcome == "failure" and gate_step.exit_code == 3, gate.describe()
-
-    # Every (variant, case) was run exactly once, across the shards.
-    records = [
-        json.loads(p.read_text(encoding="utf-8"))
-        for p in sorted((gate.workspace / "shards").glob("*.json"))
-    ]
-    assert [r["shard"] for r in records] == [
-        f"{i}/{len(shards)}" for i in range(1, len(shards) + 1)
-    ]
-    keys = [(c["variant"], c["id"]) for r in records for c in r["cases"]]
-    assert len(keys) == len(set(keys)) == len(PINNED + CANDIDATES) * len(TEXTS)
-    assert junit_failures(gate.workspace / "reports" / "junit.xml")
-
-
-def gate_env(world: World, job: JobResult) -> dict[str, str]:
-    """The environment the job's steps had, to query its workspace afterwards."""
-    env = dict(world.env)
-    env["LIFECYCLE_HOME"] = str(job.workspace / ".lifecycle-home")
-    return env
 def test_pr_that_moves_its_own_bar_is_red_until_a_commit_says_why(world: World) -> None:
     branch = world.pull_request("pr/rebaseline-itself", "rebaseline-itself")
     workflow = Workflow.load(WORKFLOWS / "pr-gate.yml")
@@ -739,3 +704,38 @@ def test_the_weekly_pr_with_passing_pins_is_green_in_the_pr_gate(world: World) -
         assert judged[pinned]["baseline_variant_id"] != judged[pinned]["variant_id"]
 
 
+# --- the sharded gate -------------------------------------------------------------------------
+
+
+def test_sharded_gate_merges_the_shards_and_catches_the_template_break(world: World) -> None:
+    branch = world.pull_request("pr/break-template-sharded", "break-template")
+    workflow = Workflow.load(WORKFLOWS / "eval-sharded.yml")
+    shards = workflow.matrix("eval")
+    assert len(shards) > 1
+    jobs = world.runner(ref=branch, pull_request=True).run_workflow(workflow)
+    evals = [j for j in jobs if j.job == "eval"]
+    assert len(evals) == len(shards)
+    assert all(j.conclusion == "success" for j in evals), "\n".join(j.describe() for j in evals)
+    [gate] = [j for j in jobs if j.job == "gate"]
+    assert gate.step("Merge").outcome == "success", gate.describe()
+    gate_step = gate.step("Gate")
+    assert gate_step.outcome == "failure" and gate_step.exit_code == 3, gate.describe()
+
+    # Every (variant, case) was run exactly once, across the shards.
+    records = [
+        json.loads(p.read_text(encoding="utf-8"))
+        for p in sorted((gate.workspace / "shards").glob("*.json"))
+    ]
+    assert [r["shard"] for r in records] == [
+        f"{i}/{len(shards)}" for i in range(1, len(shards) + 1)
+    ]
+    keys = [(c["variant"], c["id"]) for r in records for c in r["cases"]]
+    assert len(keys) == len(set(keys)) == len(PINNED + CANDIDATES) * len(TEXTS)
+    assert junit_failures(gate.workspace / "reports" / "junit.xml")
+
+
+def gate_env(world: World, job: JobResult) -> dict[str, str]:
+    """The environment the job's steps had, to query its workspace afterwards."""
+    env = dict(world.env)
+    env["LIFECYCLE_HOME"] = str(job.workspace / ".lifecycle-home")
+    return env

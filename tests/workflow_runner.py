@@ -231,13 +231,13 @@ class Runner:
             run_id=self.run_id,
             token=self.token,
             ref_name=self.ref_name,
+            base_ref=self.extra_github_env.get("GITHUB_BASE_REF", ""),
             temp=workspace.parent / "runner-temp",
             matrix=matrix,
             job_index=job_index,
             job_total=job_total,
         )
         context.temp.mkdir()
-            base_ref=self.extra_github_env.get("GITHUB_BASE_REF", ""),
         env = dict(self.base_env)
         env.update(
             {
@@ -448,13 +448,13 @@ class _Context:
     outputs: dict[str, dict[str, str]] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_path: list[str] = field(default_factory=list)
+    base_ref: str = ""  # github.base_ref: the PR's target branch (empty for other events)
 
     def should_run(self, condition: Any) -> bool:
         if condition is None:
             return not self.failed
         text = str(condition).strip()
         match = EXPRESSION.fullmatch(text)
-    base_ref: str = ""  # github.base_ref: the PR's target branch (empty for other events)
         if match:
             text = match.group(1).strip()
         if text not in STATUS_FUNCTIONS:
@@ -477,13 +477,13 @@ class _Context:
             "github.workspace": str(self.workspace),
             "github.token": self.token,
             "github.ref_name": self.ref_name,
+            "github.base_ref": self.base_ref,
             "runner.temp": str(self.temp),
             "runner.os": "Linux",
             "strategy.job-total": str(self.job_total),
             "strategy.job-index": str(self.job_index),
         }
         if expr in simple:
-            "github.base_ref": self.base_ref,
             return simple[expr]
         match = re.fullmatch(r"steps\.([A-Za-z_][\w-]*)\.outputs\.([A-Za-z_][\w-]*)", expr)
         if match:
