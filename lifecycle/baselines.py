@@ -230,7 +230,11 @@ def bench_figures(document: dict[str, Any]) -> dict[str, Any] | None:
     """The gate's figures from a ``lifecycle bench --json`` document (its first good point).
 
     Returns None when no point was measured. Speeds are llama-bench's mean tokens/sec.
+    A ``lifecycle loadtest --json`` document gives its SLA figures under ``loadtest``.
     """
+    if document.get("kind") == "loadtest":
+        summary = document.get("summary")
+        return {"loadtest": summary} if isinstance(summary, dict) else None
     points = [p for p in document.get("points", []) if p.get("ok")]
     if not points:
         return None
@@ -252,6 +256,6 @@ def bench_by_variant(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any
     for doc in documents:
         name = (doc.get("variant") or {}).get("name")
         figures = bench_figures(doc)
-        if name and figures:
-            out[str(name)] = figures
+        if name and figures:  # a bench and a load test of one variant both count
+            out.setdefault(str(name), {}).update(figures)
     return out

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from lifecycle.baselines import Baseline, CaseKey, case_key, variant_environment
 from lifecycle.config import TableReader, read_toml
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
+from lifecycle.latency import latency_checks
 from lifecycle.results import CaseResult, RunRecord, SuiteSummary
 from lifecycle.runtime import environment_runtime_change, runtime_defaults
 from lifecycle.stats import mcnemar_exact, wilson_interval
@@ -592,6 +593,20 @@ def run_gate(
             variant_checks += _speed_checks(
                 record, name, base, bench.get(name), settings, hardware_changed, causes
             )
+            # The [serve] SLA over a load test given with --bench (lifecycle.latency).
+            variant_checks += [
+                Check(**fields)
+                for fields in latency_checks(
+                    name,
+                    run.variant.get("id"),
+                    base.bench,
+                    base.environment,
+                    bench.get(name),
+                    max_foreign_cpu_share=settings.max_foreign_cpu_share,
+                    hardware_keys=HARDWARE_KEYS,
+                    causes=causes,
+                )
+            ]
         else:
             verdict_cases += [_case_verdict(case, None) for case in cases]
             variant_checks.append(

@@ -41,7 +41,7 @@ from lifecycle.errors import EngineError, UsageError
 from lifecycle.latency import goodput, percentiles, poisson_arrivals
 from lifecycle.modelfile import serialise
 from lifecycle.results import ForeignLoad, host_environment
-from lifecycle.serve import Resident, load_serve_settings
+from lifecycle.serve import Resident, load_serve_settings, resident_estimate
 from lifecycle.store import Store
 from lifecycle.variants import Variant, resolve_variants
 
@@ -184,6 +184,10 @@ def run_loadtest(
             "sla_p95_ms": resident.sla_p95_ms if resident else None,
             "sla_ttft_p95_ms": resident.sla_ttft_p95_ms if resident else None,
             "in_serve_table": resident is not None,
+            # The plan's bytes for this model as served (lifecycle plan), kept with the p95.
+            "planned_bytes": resident_estimate(workspace, variant, resident).total_bytes
+            if resident
+            else None,
         },
         "requests": options.requests,
         "warmup": options.warmup,
@@ -273,6 +277,7 @@ def loadtest_figures(document: dict[str, Any]) -> dict[str, Any]:
         "concurrency": wanted,
         "parallel": serve.get("parallel"),
         "num_ctx": serve.get("num_ctx"),
+        "planned_bytes": serve.get("planned_bytes"),
         "sla_p95_ms": serve.get("sla_p95_ms"),
         "sla_ttft_p95_ms": serve.get("sla_ttft_p95_ms"),
         "partial": bool(document.get("partial")) or point is None or bool(point.get("partial")),

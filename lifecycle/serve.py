@@ -326,6 +326,13 @@ def plan_serving(
     )
 
 
+def resident_estimate(workspace: Workspace, variant: Variant, resident: Resident) -> MemoryEstimate:
+    """The plan's estimate for one resident model (what ``pin`` records with its latency)."""
+    n_ctx = resident.num_ctx or variant.int_parameter("num_ctx")
+    options = _estimate_options(workspace, variant, resident)
+    return estimate_memory(read_gguf(variant.blob_path), n_ctx, **options)
+
+
 def _estimate_options(workspace: Workspace, variant: Variant, resident: Resident) -> dict[str, Any]:
     """The estimator's arguments for a resident model as the llama-cpp engine would load it."""
     cache = cache_settings(workspace.engine, resident.overrides)
