@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from deepdiff import DeepDiff
 
 from lifecycle.config import TableReader, find_workspace_root, read_toml
 from lifecycle.errors import ConfigError, GoldenSetError
@@ -231,6 +230,10 @@ def score_output(suite: Suite, case: GoldenCase, text: str) -> Score:
     diff = None
     if mismatches:
         compared = {k: parsed.get(k) for k in case.expected} if isinstance(parsed, dict) else parsed
+        # Imported here: deepdiff (and the pydantic it loads) is a third of a second of every
+        # eval's start, and only a mismatch needs it.
+        from deepdiff import DeepDiff
+
         diff = DeepDiff(dict(case.expected), compared, ignore_order=True).pretty() or None
 
     if schema_error:

@@ -39,9 +39,15 @@ def lifecycle(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 
 def repeat_cases(path: Path, times: int) -> None:
-    """The golden set repeated ``times`` times, with fresh case ids."""
+    """The golden set repeated ``times`` times, with fresh case ids and prompts (a repeated
+    prompt would be answered from the answer cache, and the run would not last)."""
     lines = path.read_text(encoding="utf-8").splitlines() * times
-    cases = [dict(json.loads(line), id=f"case-{i}") for i, line in enumerate(lines)]
+    cases = []
+    for i, line in enumerate(lines):
+        case = dict(json.loads(line), id=f"case-{i}")
+        *before, last = case["messages"]
+        case["messages"] = [*before, {**last, "content": f"{last['content']} #{i}"}]
+        cases.append(case)
     path.write_text("".join(json.dumps(c) + "\n" for c in cases), encoding="utf-8")
 
 

@@ -117,7 +117,11 @@ def main(argv: list[str] | None = None) -> None:
         and not crashguard.supervised()
         and not os.environ.get(crashguard.ENV_NO_SUPERVISOR)
     ):
-        sys.exit(crashguard.supervise(args))
+        if not hasattr(os, "fork"):
+            sys.exit(crashguard.supervise(args))
+        code = crashguard.supervise_fork()
+        if code is not None:  # the supervisor; the fork goes on to run the command
+            sys.exit(code)
     if os.environ.get(crashguard.ENV_PHASE_PIPE):
         crashguard.die_with_parent()  # started by a supervisor: never outlive it
     if engine_command:
