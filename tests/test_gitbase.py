@@ -33,7 +33,7 @@ TRAILER = "Lifecycle-Rebaseline"
 
 
 @pytest.fixture
-def pinned(tiny_workspace: Path, run_cli: Run) -> tuple[Path, git.Repo]:
+def pinned(tiny_workspace: Path, run_cli: Run) -> tuple[Path, git.Repo, str]:
     """The tiny workspace pinned on main, on a new branch ``pr``.
 
     Each case expects the model's schema-mode category; the ones whose confidence the grammar
@@ -43,12 +43,21 @@ def pinned(tiny_workspace: Path, run_cli: Run) -> tuple[Path, git.Repo]:
     schema_only(ws)
     pass_schema_cases(ws)
     repo = init_repo(ws)
-    assert run_cli("eval", "-C", str(ws), "-q")[0] == 0
-    assert run_cli("pin", "-C", str(ws), "--commit")[0] == 0
+    run = evaluate(run_cli, ws)
+    assert run_cli("pin", "-C", str(ws), "--commit", "--run", run)[0] == 0
     assert repo.git.status("--porcelain") == ""
     repo.git.checkout("-b", "pr")
     assert passing(ws), "premise: the pinned model passes some case"
-    return ws, repo
+    return ws, repo, run
+
+
+def evaluate(run_cli: Run, ws: Path) -> str:
+    """Run the eval; its run id. (Named explicitly: two runs finishing within one second
+    may leave ``latest.json`` on the older one.)"""
+    code, out, err = run_cli("eval", "-C", str(ws), "-q", "--json")
+    assert code == 0, err
+    run_id: str = json.loads(out)["run_id"]
+    return run_id
 
 
 def passing(ws: Path) -> list[str]:
@@ -62,17 +71,17 @@ def commit_all(repo: git.Repo, message: str) -> None:
     repo.git.commit("--allow-empty", "-m", message)
 
 
-def gate(run_cli: Run, ws: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    code, out, err = run_cli("gate", "-C", str(ws), "--json", *args)
+def gate(run_cli: Run, ws: Path, run: str, *args: str) -> tuple[int, dict[str, Any]]:
+    code, out, err = run_cli("gate", "-C", str(ws), "--run", run, "--json", *args)
     assert out, err
     doc: dict[str, Any] = json.loads(out)
     return code, doc
 
 
 def test_a_pr_that_rebaselines_its_broken_case_fails_until_a_commit_acknowledges_it(
-    pinned: tuple[Path, git.Repo], run_cli: Run, tmp_path: Path
+    pinned: tuple[Path, git.Repo, str], run_cli: Run, tmp_path: Path
 ) -> None:
-    ws, repo = pinned
+    ws, repo, run = pinned
     # A golden expectation the model no longer meets, on a case it passed.
     case = break_case(ws, int(passing(ws)[0].removeprefix("case-")))
     baseline = ws / "baselines" / "tiny.json"
@@ -82,13 +91,13 @@ def test_a_pr_that_rebaselines_its_broken_case_fails_until_a_commit_acknowledges
             entry["passed"] = False  # ... and the baseline edited to match
     baseline.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     commit_all(repo, "triage: expect another category")
-    assert run_cli("eval", "-C", str(ws), "-q")[0] == 0
+    run = evaluate(run_cli, ws)
 
     # Gated on its own bar the change passes by construction: the hole.
-    code, own = gate(run_cli, ws)
+    code, own = gate(run_cli, ws, run)
     assert code == 0 and own["passed"] is True and "base" not in own
 
-    code, doc = gate(run_cli, ws, "--base", "main")
+    code, doc = gate(run_cli, ws, run, "--base", "main")
     assert code == 3 and doc["passed"] is False
     base = doc["base"]
     assert base["commit"] == repo.commit("main").hexsha and base["blocking"] is True
@@ -105,13 +114,13 @@ def test_a_pr_that_rebaselines_its_broken_case_fails_until_a_commit_acknowledges
     assert base["lowered"] == [] and base["acknowledgements"] == []
     assert [r["case"] for r in doc["regressions"]] == [case]  # the base's baseline passed it
     assert any(TRAILER in f for f in doc["failures"])
-    code, text, _ = run_cli("gate", "-C", str(ws), "--base", "main")
+    code, text, _ = run_cli("gate", "-C", str(ws), "--run", run, "--base", "main")
     assert code == 3 and f"re-baselined pass → fail: tiny triage/schema {case}" in text
 
     reason = "the ticket asks for a quote: sales owns it now"
     repo.git.commit("--allow-empty", "-m", f"triage: re-baseline\n\n{TRAILER}: {reason}\n")
     markdown = tmp_path / "gate.md"
-    code, doc = gate(run_cli, ws, "--base", "main", "--markdown", str(markdown))
+    code, doc = gate(run_cli, ws, run, "--base", "main", "--markdown", str(markdown))
     assert code == 0 and doc["passed"] is True and doc["regressions"] == []
     base = doc["base"]
     assert base["blocking"] is False and base["changes"] == 2
@@ -121,16 +130,16 @@ def test_a_pr_that_rebaselines_its_broken_case_fails_until_a_commit_acknowledges
 
 
 def test_a_loosened_bound_alone_fails_the_gate_until_acknowledged(
-    pinned: tuple[Path, git.Repo], run_cli: Run
+    pinned: tuple[Path, git.Repo, str], run_cli: Run
 ) -> None:
-    ws, repo = pinned
+    ws, repo, run = pinned
     config = ws / "lifecycle.toml"
     config.write_text(
         config.read_text(encoding="utf-8") + "\n[gate]\nmax_pass_rate_drop = 0.5\n", "utf-8"
     )
     commit_all(repo, "gate: tolerate rate drops")
     # The run pinned on main is judged again: nothing regressed, only the bar moved.
-    code, doc = gate(run_cli, ws, "--base", "main")
+    code, doc = gate(run_cli, ws, run, "--base", "main")
     assert code == 3 and doc["regressions"] == []
     base = doc["base"]
     assert base["lowered"] == [
@@ -138,23 +147,23 @@ def test_a_loosened_bound_alone_fails_the_gate_until_acknowledged(
     ]
     assert doc["settings"]["max_pass_rate_drop"] == 0.0  # the base's, until acknowledged
     repo.git.commit("--allow-empty", "-m", f"gate\n\n{TRAILER}: flaky tiny model")
-    code, doc = gate(run_cli, ws, "--base", "main")
+    code, doc = gate(run_cli, ws, run, "--base", "main")
     assert code == 0 and doc["settings"]["max_pass_rate_drop"] == 0.5
 
 
 def test_a_repinned_worse_model_regresses_against_the_base(
-    pinned: tuple[Path, git.Repo], run_cli: Run
+    pinned: tuple[Path, git.Repo, str], run_cli: Run
 ) -> None:
-    ws, repo = pinned
+    ws, repo, run = pinned
     write_tiny_llama(ws / "modelfiles" / "tiny.gguf", seed=1)  # other weights, other answers
     # Re-pinned from scratch on the PR: its own baselines now record the worse model.
     repo.git.rm("--quiet", "models.lock", "baselines/tiny.json")
     commit_all(repo, "modelfile: new weights")
-    assert run_cli("eval", "-C", str(ws), "-q")[0] == 0
-    assert run_cli("pin", "-C", str(ws), "--commit")[0] == 0
+    run = evaluate(run_cli, ws)
+    assert run_cli("pin", "-C", str(ws), "--commit", "--run", run)[0] == 0
 
-    assert gate(run_cli, ws)[0] == 0  # its own bar
-    code, doc = gate(run_cli, ws, "--base", "main")
+    assert gate(run_cli, ws, run)[0] == 0  # its own bar
+    code, doc = gate(run_cli, ws, run, "--base", "main")
     assert code == 3
     base = doc["base"]
     lost = sorted(r["case"] for r in base["rebaselined"])
@@ -166,17 +175,17 @@ def test_a_repinned_worse_model_regresses_against_the_base(
 
 
 def test_a_repin_with_the_same_answers_needs_no_trailer(
-    pinned: tuple[Path, git.Repo], run_cli: Run
+    pinned: tuple[Path, git.Repo, str], run_cli: Run
 ) -> None:
-    ws, repo = pinned
+    ws, repo, run = pinned
     # The weekly job's case: the tag was re-published (new bytes), the answers are the same.
     write_tiny_llama(ws / "modelfiles" / "tiny.gguf", name="tiny-llama-v2")
     commit_all(repo, "modelfile: re-published weights")
-    assert run_cli("eval", "-C", str(ws), "-q")[0] == 0
-    assert run_cli("pin", "-C", str(ws), "--commit")[0] == 0
+    run = evaluate(run_cli, ws)
+    assert run_cli("pin", "-C", str(ws), "--commit", "--run", run)[0] == 0
     assert repo.git.diff("--name-only", "main", "HEAD", "--", "models.lock")  # a real re-pin
 
-    code, doc = gate(run_cli, ws, "--base", "main")
+    code, doc = gate(run_cli, ws, run, "--base", "main")
     assert code == 0 and doc["passed"] is True
     base = doc["base"]
     assert base["changes"] == 0 and base["blocking"] is False
