@@ -109,7 +109,7 @@ def test_greedy_under_a_grammar_probes_the_top_logits_and_agrees_with_the_full_m
 
     from lifecycle.engines.llama_cpp import GRAMMAR_PROBE
 
-    grammar = model._grammar_sampler(model._gbnf_for(TINY_SCHEMA))
+    grammar = model.grammar_sampler(model.gbnf_for(TINY_SCHEMA))
     try:
         n_vocab = model._llm.n_vocab()
         every = np.arange(n_vocab)
@@ -144,8 +144,8 @@ def test_grammar_masks_are_cached_by_state_and_differ_between_states(
 ) -> None:
     import numpy as np
 
-    gbnf = model._gbnf_for(TINY_SCHEMA)
-    first, second = model._grammar_sampler(gbnf), model._grammar_sampler(gbnf)
+    gbnf = model.gbnf_for(TINY_SCHEMA)
+    first, second = model.grammar_sampler(gbnf), model.grammar_sampler(gbnf)
     try:
         logits = np.zeros(model._llm.n_vocab(), dtype=np.float32)
         start = np.isfinite(first.masked(logits))

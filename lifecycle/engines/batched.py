@@ -80,10 +80,9 @@ class BatchedDecoder:
     def __init__(self, model: LlamaCppModel, parallel: int) -> None:
         self.model = model
         self.parallel = parallel
-        llm = model._llm
-        self.ctx = llm._ctx.ctx
+        self.ctx = model.context
         self.memory = llama_cpp.llama_get_memory(self.ctx)
-        self.vocab = llm._model.vocab
+        self.vocab = model.vocab
         self.n_batch = int(llama_cpp.llama_n_batch(self.ctx))
         self.n_ctx_seq = model.options.n_ctx
         # The shared prefix lives in the last sequence id; slots are 0..parallel-1.
@@ -111,7 +110,7 @@ class BatchedDecoder:
                 continue
             # Compile (and cache) each schema's grammar before any decoding.
             if request.json_schema:
-                model._gbnf_for(request.json_schema)
+                model.gbnf_for(request.json_schema)
             queue.append((index, tokens))
         if not queue:
             return
@@ -179,7 +178,7 @@ class BatchedDecoder:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
         if prefix:
             llama_cpp.llama_memory_seq_cp(self.memory, self.prefix_seq, seq_id, -1, -1)
-        gbnf = model._gbnf_for(request.json_schema) if request.json_schema else None
+        gbnf = model.gbnf_for(request.json_schema) if request.json_schema else None
         return _Sequence(
             index=index,
             seq_id=seq_id,
@@ -187,8 +186,8 @@ class BatchedDecoder:
             tokens=tokens,
             pending=tokens[prefix:],
             pos=prefix,
-            chain=model._sampler_chain(request),
-            grammar=model._grammar_sampler(gbnf) if gbnf is not None else None,
+            chain=model.sampler_chain(request),
+            grammar=model.grammar_sampler(gbnf) if gbnf is not None else None,
             started=time.perf_counter(),
             scored=Scored() if request.logprobs else None,
             margins=Margins(request.margin_field),
@@ -261,7 +260,7 @@ class BatchedDecoder:
         start = time.perf_counter()
         try:
             want = seq.scored is not None and wants_logprob(request, seq.text)
-            token, logprob, margin = model._sample(
+            token, logprob, margin = model.sample(
                 seq.chain,
                 seq.grammar,
                 self.ctx,
@@ -283,7 +282,7 @@ class BatchedDecoder:
             seq.generated.append(token)
             if seq.scored is not None:
                 seq.scored.add(logprob, offset=len(seq.text))
-            seq.text = model._detokenize(seq.generated, seq.tokens, errors="ignore")
+            seq.text = model.detokenize_completion(seq.generated, seq.tokens, errors="ignore")
             stop_at = first_stop(seq.text, request.stop)
             if stop_at is not None:
                 finish = "stop"
@@ -297,7 +296,7 @@ class BatchedDecoder:
         if stop_at is not None:
             text = seq.text[:stop_at]
         else:
-            text = model._detokenize(seq.generated, seq.tokens, errors="replace")
+            text = model.detokenize_completion(seq.generated, seq.tokens, errors="replace")
         latency_ms = (time.perf_counter() - seq.started) * 1000.0
         n = len(seq.generated)
         # Sequential decoding evaluates every generated token but the last one it keeps.

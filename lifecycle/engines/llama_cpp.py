@@ -35,6 +35,7 @@ from lifecycle import progress
 from lifecycle.crashguard import note
 from lifecycle.engines.base import (
     Arrived,
+    EmbeddingModel,
     EngineInfo,
     Generation,
     GenerationRequest,
@@ -71,6 +72,14 @@ class LlamaCppEngine:
 
     def load(self, model_path: Path, options: LoadOptions) -> LlamaCppModel:
         return LlamaCppModel(model_path, options)
+
+    def load_embedding(
+        self, model_path: Path, options: LoadOptions, pooling: str | None
+    ) -> EmbeddingModel:
+        """The model in embedding mode (lifecycle.engines.embedding.LlamaCppEmbedder)."""
+        from lifecycle.engines.embedding import LlamaCppEmbedder
+
+        return LlamaCppEmbedder(model_path, options, pooling)
 
     def load_measured(self, model_path: Path, options: LoadOptions) -> LlamaCppModel:
         """Load like :meth:`load`, also recording the buffer sizes llama.cpp allocated.
@@ -148,7 +157,20 @@ class LlamaCppModel:
 
     def check_schema(self, schema: Mapping[str, Any]) -> None:
         """Compile ``schema`` to a llama.cpp grammar now; raise if llama.cpp rejects it."""
-        self._gbnf_for(schema)
+        self.gbnf_for(schema)
+
+    # --- the decoding seam: what a decoder over this model's context uses (the sequential
+    # path here and lifecycle.engines.batched); llama-cpp-python's internals stay behind it.
+
+    @property
+    def context(self) -> Any:
+        """The ``llama_context`` pointer, for llama.cpp's C API (decode, memory, logits)."""
+        return self._llm._ctx.ctx
+
+    @property
+    def vocab(self) -> Any:
+        """The ``llama_vocab`` pointer (end-of-generation checks)."""
+        return self._llm._model.vocab
 
     @property
     def parallel(self) -> int:
@@ -182,7 +204,7 @@ class LlamaCppModel:
             raise EngineError(f"batched generation failed: {exc}") from None
 
     def generate(self, request: GenerationRequest) -> Generation:
-        gbnf = self._gbnf_for(request.json_schema) if request.json_schema else None
+        gbnf = self.gbnf_for(request.json_schema) if request.json_schema else None
         tokens = self.tokenize(request.prompt)
         if len(tokens) + request.max_tokens > self.options.n_ctx:
             raise EngineError(
@@ -240,8 +262,8 @@ class LlamaCppModel:
         note(phase="prompt")
         self._evaluate_prompt(tokens)
         note(phase="generation")
-        chain = self._sampler_chain(request)
-        grammar = self._grammar_sampler(gbnf) if gbnf is not None else None
+        chain = self.sampler_chain(request)
+        grammar = self.grammar_sampler(gbnf) if gbnf is not None else None
         vocab = llm._model.vocab
         ctx = llm._ctx.ctx
         generated: list[int] = []
@@ -253,7 +275,7 @@ class LlamaCppModel:
         try:
             while len(generated) < request.max_tokens:
                 want = scored is not None and wants_logprob(request, text)
-                token, logprob, margin = self._sample(
+                token, logprob, margin = self.sample(
                     chain,
                     grammar,
                     ctx,
@@ -272,7 +294,7 @@ class LlamaCppModel:
                     scored.add(logprob, offset=len(text))
                 # Detokenize the whole completion each step: a UTF-8 character or a stop
                 # sequence may span tokens (completions are short, so this stays cheap).
-                text = self._detokenize(generated, tokens, errors="ignore")
+                text = self.detokenize_completion(generated, tokens, errors="ignore")
                 hit = first_stop(text, request.stop)
                 if hit is not None:
                     return text[:hit], len(generated), "stop", scored, margins
@@ -281,14 +303,14 @@ class LlamaCppModel:
             chain.close()
             if grammar:
                 grammar.free()
-        text = self._detokenize(generated, tokens, errors="replace")
+        text = self.detokenize_completion(generated, tokens, errors="replace")
         return text, len(generated), finish, scored, margins
 
-    def _detokenize(self, generated: list[int], prompt: list[int], *, errors: str) -> str:
+    def detokenize_completion(self, generated: list[int], prompt: list[int], *, errors: str) -> str:
         """The completion's text (the prompt decides leading-space handling)."""
         return self._llm.detokenize(generated, prev_tokens=prompt).decode("utf-8", errors)
 
-    def _grammar_sampler(self, gbnf: str) -> Grammar:
+    def grammar_sampler(self, gbnf: str) -> Grammar:
         return Grammar(self._llm._model.vocab, gbnf, self._masks)
 
     def _evaluate_prompt(self, tokens: list[int]) -> None:
@@ -310,7 +332,7 @@ class LlamaCppModel:
             prefix = 0
         llm.eval(tokens[prefix:])
 
-    def _sampler_chain(self, request: GenerationRequest) -> Any:
+    def sampler_chain(self, request: GenerationRequest) -> Any:
         chain = LlamaSampler()
         chain.add_penalties(self._llm.n_vocab(), 64, request.repeat_penalty, 0.0, 0.0)
         if request.temperature <= 0.0:
@@ -323,7 +345,7 @@ class LlamaCppModel:
             chain.add_dist(request.seed)
         return chain
 
-    def _sample(
+    def sample(
         self,
         chain: Any,
         grammar: Grammar | None,
@@ -542,7 +564,7 @@ class LlamaCppModel:
         self.clear()
         return pp_ns, tg_ns
 
-    def _gbnf_for(self, schema: Mapping[str, Any]) -> str:
+    def gbnf_for(self, schema: Mapping[str, Any]) -> str:
         key = json.dumps(schema, sort_keys=True)
         cached = self._grammars.get(key)
         if cached is not None:
@@ -554,7 +576,7 @@ class LlamaCppModel:
         # llama-cpp-python only parses the grammar lazily inside the sampler, where a failure
         # yields a NULL sampler; compile it here so a bad grammar is an error up front.
         with quiet_stderr():
-            self._grammar_sampler(gbnf).free()
+            self.grammar_sampler(gbnf).free()
         self._grammars[key] = gbnf
         return gbnf
 
