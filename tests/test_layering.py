@@ -53,6 +53,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tokenstats",  # numpy token statistics (KLD, PPL) over any ScoringModel
             "charts",  # PNG rendering from plain dicts: used by report, compare, bench
             "latency",  # percentiles, goodput, Poisson arrivals, the SLA checks the gate makes
+            "corpus",  # embedding suites' corpus and queries files (golden builds the suite)
+            "vectors",  # float16 vectors, the baseline sidecar, drift and re-index checks
         ),
     ),
     ("store", ("store", "lockfile")),
@@ -60,7 +62,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("variants", ("quantize", "variants", "targets", "estimate", "runtime", "retention")),
     ("engines", ("engines", "crashguard", "answers")),
     # serve: [serve] and the memory plan (loads models for --measure); loadtest: latency
-    ("golden/bench", ("golden", "bench", "bandwidth", "lint", "runner", "serve", "loadtest")),
+    # retrieval: embedding suites run and scored (recall@k, MRR, nDCG@k), their gate checks
+    (
+        "golden/bench",
+        ("golden", "retrieval", "bench", "bandwidth", "lint", "runner", "serve", "loadtest"),
+    ),
     ("gate/compare", ("gate", "compare", "calibrate")),
     # gitbase: the bar (pins, baselines, bounds, suites) as of a git ref, for `gate --base`
     ("report/pin", ("report", "gaterender", "comparerender", "pin", "gitbase")),
@@ -248,6 +254,61 @@ def test_no_private_names_across_modules() -> None:
     assert not found, "private names imported across modules: " + "; ".join(found)
 
 
+def private_definitions(path: Path) -> set[str]:
+    """Private names a module defines: functions, classes, annotated globals, ``self._x``."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        name = None
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            name = node.name
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name = node.target.id
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "self"
+        ):
+            name = node.attr
+        if name and name.startswith("_") and not name.startswith("__"):
+            names.add(name)
+    return names
+
+
+def private_attribute_uses(name: str, path: Path, owners: dict[str, set[str]]) -> list[str]:
+    """``obj._x`` in ``name`` where ``_x`` is private to another lifecycle module (an
+    attribute of ``self``/``cls`` is the module's own business; a name defined here too is
+    ambiguous and left alone)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+            continue
+        if node.attr.startswith("__") or (
+            isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+        ):
+            continue
+        defined_in = owners.get(node.attr, set())
+        if defined_in and name not in defined_in:
+            found.append(
+                f"{name}:{node.lineno} uses .{node.attr} of {', '.join(sorted(defined_in))}"
+            )
+    return found
+
+
+def test_no_private_attributes_across_modules() -> None:
+    # The same rule for attributes: another module's private method or field is not an
+    # interface (the batched decoder once lived on six private members of the engine).
+    modules = all_modules()
+    owners: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        for private in private_definitions(path):
+            owners.setdefault(private, set()).add(name)
+    found = [
+        f for name, path in modules.items() for f in private_attribute_uses(name, path, owners)
+    ]
+    assert not found, "private attributes used across modules: " + "; ".join(found)
+
+
 def test_the_checks_see_a_cycle_an_upward_and_a_private_import(tmp_path: Path) -> None:
     # The checks themselves must be able to fail.
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
@@ -258,6 +319,14 @@ def test_the_checks_see_a_cycle_an_upward_and_a_private_import(tmp_path: Path) -
         "lifecycle.x:1 imports lifecycle.store._hash_file"
     ]
     assert layer_of("lifecycle.cli.pull") > layer_of("lifecycle.pipeline")
+    owner = tmp_path / "owner.py"
+    owner.write_text("class A:\n    def __init__(self):\n        self._llm = 1\n")
+    user = tmp_path / "user.py"
+    user.write_text("def f(model):\n    return model._llm, model.__dict__\n")
+    owners = {n: {"lifecycle.owner"} for n in private_definitions(owner)}
+    assert private_attribute_uses("lifecycle.user", user, owners) == [
+        "lifecycle.user:2 uses ._llm of lifecycle.owner"
+    ]
 
 
 def test_llama_cpp_only_in_engines_or_lazily_where_listed() -> None:
