@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,9 @@ class Baseline:
     cases: list[dict[str, Any]] = field(default_factory=list)
     bench: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer tool wrote: kept
+    # The directory the entry was read from, where its vector sidecar lies (lifecycle.vectors);
+    # None when not read from a file. Not part of the entry's data.
+    directory: Path | None = field(default=None, compare=False)
 
     @property
     def variant_id(self) -> str | None:
@@ -169,7 +172,7 @@ def load_baselines(root: Path) -> dict[str, Baseline]:
                 f"unsupported baseline (schema_version {BASELINE_SCHEMA_VERSION} expected)",
                 path=path,
             )
-        entries.update(document.variants)
+        entries.update({k: replace(v, directory=directory) for k, v in document.variants.items()})
     return entries
 
 

@@ -60,8 +60,10 @@ from lifecycle.config import TableReader, read_toml
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
 from lifecycle.latency import latency_checks
 from lifecycle.results import CaseResult, RunRecord, SuiteSummary
+from lifecycle.retrieval import retrieval_checks
 from lifecycle.runtime import environment_runtime_change, runtime_defaults
 from lifecycle.stats import mcnemar_exact, wilson_interval
+from lifecycle.vectors import REINDEX_BELOW, reindex_notes, vector_checks
 
 if TYPE_CHECKING:
     from lifecycle.calibrate import Outcome, SignalCalibration
@@ -132,6 +134,11 @@ class GateSettings:
     # noise only when the case's decision margin (logit gap of its deciding token) is under
     # this in both runs; any other flip is a regression. See the module docstring.
     noise_margin: float = NOISE_MARGIN
+    # Retrieval suites (lifecycle.vectors): the largest allowed drift (1 - cosine) of a text's
+    # vector from its pinned one (None: not gated), and the cosine under which a text's
+    # vector marks the variant "re-index needed".
+    max_vector_drift: float | None = None
+    reindex_below: float = REINDEX_BELOW
     # The suites' [calibration] tables by suite name, read by load_gate_settings when a
     # calibration bound is set (not a [gate] key).
     calibration: Mapping[str, Calibration] = field(default_factory=dict)
@@ -327,6 +334,7 @@ class GateResult:
         if noise:
             parts.append(f"{noise} near tie(s) flipped (noise)")
         parts += sorted(set(self.runtime_changes.values()))
+        parts += reindex_notes(self.checks)  # lifecycle.vectors
         return "; ".join(parts + self.failures) or "nothing to gate"
 
     def to_dict(self) -> dict[str, Any]:
@@ -612,6 +620,28 @@ def run_gate(
             variant_checks.append(
                 Check("baseline", name, "skip", "no baseline: first pin of this variant")
             )
+        # Retrieval suites: metric thresholds and drops, vector drift, re-index (vectors).
+        variant_checks += [
+            Check(**fields)
+            for fields in retrieval_checks(
+                record,
+                name,
+                source.cases if base is not None else None,
+                max_drop=settings.max_pass_rate_drop,
+                noise_margin=settings.noise_margin,
+                numeric=base is not None and source.numeric,
+                same_weights=base is not None and same_weights,
+                causes=causes,
+            )
+            + vector_checks(
+                name,
+                record.retrieval.get(name),
+                base.extra if base is not None else {},
+                base.directory if base is not None else None,
+                max_vector_drift=settings.max_vector_drift,
+                reindex_below=settings.reindex_below,
+            )
+        ]
         regressed = [r for r in regressions if r.variant == name]
         if regressed:
             variant_checks.append(

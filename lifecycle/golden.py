@@ -22,6 +22,9 @@ from typing import Any
 import jsonschema
 
 from lifecycle.config import TableReader, find_workspace_root, read_toml
+from lifecycle.corpus import KIND as EMBEDDING_KIND
+from lifecycle.corpus import MODE as RETRIEVAL_MODE
+from lifecycle.corpus import EmbeddingSpec, read_spec
 from lifecycle.errors import ConfigError, GoldenSetError
 
 # "free": the model must write the JSON by itself (what production sees).
@@ -169,6 +172,9 @@ class Suite:
     schema_digest: str
     description: str = ""
     calibration: Calibration | None = None  # None: the suite has no [calibration] table
+    # kind = "embedding" (lifecycle.corpus): the cases are the queries, in mode "retrieval";
+    # golden_path/golden_digest are the queries', schema_path/schema_digest the corpus's.
+    embedding: EmbeddingSpec | None = None
 
     def matcher_for(self, case: GoldenCase, field_name: str) -> Matcher:
         return case.match.get(field_name) or self.match.get(field_name) or Matcher()
@@ -270,6 +276,7 @@ def load_suites(evals_dir: Path, names: Sequence[str]) -> list[Suite]:
 
 
 _SUITE_KEYS = {
+    "kind",
     "description",
     "golden",
     "schema",
@@ -290,8 +297,10 @@ def load_suite(path: Path, *, workspace_root: Path | None = None) -> Suite:
     """
     data = read_toml(path)
     reader = TableReader(path, data)
-    reader.reject_unknown(_SUITE_KEYS)
     root = workspace_root if workspace_root is not None else _enclosing_workspace(path)
+    if data.get("kind", "generation") != "generation":
+        return _embedding_suite(path, data, reader, root)
+    reader.reject_unknown(_SUITE_KEYS)
     found: dict[str, Path] = {}
     for key in ("golden", "schema"):
         if not isinstance(data.get(key), str):
@@ -334,6 +343,50 @@ def load_suite(path: Path, *, workspace_root: Path | None = None) -> Suite:
         schema_digest="sha256:" + hashlib.sha256(schema_bytes).hexdigest(),
         description=str(data.get("description", "")),
         calibration=calibration,
+    )
+
+
+def _embedding_suite(
+    path: Path, data: dict[str, Any], reader: TableReader, root: Path | None
+) -> Suite:
+    """A ``kind = "embedding"`` suite (lifecycle.corpus): its queries become the cases."""
+    if data.get("kind") != EMBEDDING_KIND:
+        raise reader.fail("kind", f'must be "generation" (the default) or "{EMBEDDING_KIND}"')
+    found: dict[str, Path] = {}
+    for key in ("corpus", "queries"):
+        if not isinstance(data.get(key), str):
+            raise reader.fail(key, "is required and must be a path string")
+        joined = (
+            reader.confined_path(key, data[key], root=root, base=path.parent)
+            if root is not None
+            else path.parent / data[key]
+        )
+        found[key] = joined.resolve()
+    spec = read_spec(path, reader, found["corpus"], found["queries"])
+    hit = spec.thresholds.get("hit_rate")
+    return Suite(
+        name=path.stem,
+        path=path,
+        golden_path=spec.queries_path,
+        schema_path=spec.corpus_path,
+        schema={},
+        modes=(RETRIEVAL_MODE,),
+        thresholds={RETRIEVAL_MODE: hit} if hit is not None else {},
+        max_tokens=0,
+        match={},
+        cases=tuple(
+            GoldenCase(
+                id=q.id,
+                messages=({"role": "user", "content": q.text},),
+                expected={"relevant": dict(q.relevance)},
+                line=q.line,
+            )
+            for q in spec.queries
+        ),
+        golden_digest=spec.queries_digest,
+        schema_digest=spec.corpus_digest,
+        description=str(data.get("description", "")),
+        embedding=spec,
     )
 
 

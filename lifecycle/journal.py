@@ -52,8 +52,9 @@ def recover(root: Path) -> None:
             pass
 
 
-def publish(root: Path, files: Mapping[Path, str]) -> None:
-    """Replace every file of ``files`` (path -> text) with its new text, all or none.
+def publish(root: Path, files: Mapping[Path, str | bytes]) -> None:
+    """Replace every file of ``files`` (path -> text, or bytes for a binary file such as a
+    baseline's vector sidecar) with its new content, all or none.
 
     Call inside :func:`transaction`. Until the journal is on disk a failure removes the temp
     files and leaves every old file; after it, the renames are finished here or by the next
@@ -112,15 +113,15 @@ def _roll_forward(root: Path) -> None:
     _fsync_dir(journal.parent)
 
 
-def _write_temp(path: Path, text: str) -> Path:
+def _write_temp(path: Path, text: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         umask = os.umask(0o022)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 is wrong for committed files
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(fd, "wb") as out:
+            out.write(text if isinstance(text, bytes) else text.encode("utf-8"))
             out.flush()
             os.fsync(out.fileno())
     except BaseException:

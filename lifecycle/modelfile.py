@@ -41,7 +41,7 @@ from lifecycle.errors import ModelfileError
 from lifecycle.fsutil import OutsideRoot, confine
 from lifecycle.tags import has_scheme
 
-ParameterValue = int | float | bool | list[str]
+ParameterValue = int | float | bool | str | list[str]
 
 INT_PARAMETERS = frozenset(
     {
@@ -70,7 +70,12 @@ FLOAT_PARAMETERS = frozenset(
 )
 BOOL_PARAMETERS = frozenset({"use_mmap"})
 LIST_PARAMETERS = frozenset({"stop"})
-PARAMETERS = INT_PARAMETERS | FLOAT_PARAMETERS | BOOL_PARAMETERS | LIST_PARAMETERS
+# Not Ollama's: how an embedding model pools token states (llama.cpp's --pooling), for a GGUF
+# whose metadata names none (lifecycle.engines.embedding).
+CHOICE_PARAMETERS = {"pooling": ("mean", "cls", "last")}
+PARAMETERS = (
+    INT_PARAMETERS | FLOAT_PARAMETERS | BOOL_PARAMETERS | LIST_PARAMETERS | set(CHOICE_PARAMETERS)
+)
 # Ollama prints a warning for these and drops them (parser.deprecatedParameters).
 DEPRECATED_PARAMETERS = frozenset(
     {
@@ -503,8 +508,12 @@ def _apply_parameter(
     m.parameters[name] = value
 
 
-def _convert(name: str, raw: str) -> int | float | bool:
+def _convert(name: str, raw: str) -> int | float | bool | str:
     """Type a scalar parameter like Go's ParseInt(…, 10, 64) / ParseFloat(…, 32) / ParseBool."""
+    if name in CHOICE_PARAMETERS:
+        if raw not in CHOICE_PARAMETERS[name]:
+            raise ValueError(f"expected one of {', '.join(CHOICE_PARAMETERS[name])}, got {raw!r}")
+        return raw
     if name in INT_PARAMETERS:
         if not _INT.fullmatch(raw):
             raise ValueError(f"expected an integer, got {raw!r}")
@@ -608,6 +617,10 @@ def _normalise_parameter(name: str, value: Any, where: str | None) -> ParameterV
         if not isinstance(value, bool):
             raise ModelfileError("must be true or false", field=fld)
         return value
+    if name in CHOICE_PARAMETERS:
+        if value not in CHOICE_PARAMETERS[name]:
+            raise ModelfileError(f"must be one of {', '.join(CHOICE_PARAMETERS[name])}", field=fld)
+        return str(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ModelfileError("must be a number", field=fld)
     if name in INT_PARAMETERS:

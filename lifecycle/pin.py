@@ -54,6 +54,7 @@ from lifecycle.results import RunRecord
 from lifecycle.runtime import runtime_changes, runtime_of
 from lifecycle.store import Manifest, Store
 from lifecycle.tags import from_tag, parse_tag
+from lifecycle.vectors import lock_extras, reindex_reason, sidecar
 
 
 class GitStateError(UsageError):
@@ -74,6 +75,7 @@ class PinChange:
     new_variant_id: str | None
     reasons: list[str] = field(default_factory=list)
     runtime: list[str] = field(default_factory=list)  # runtime moves (lifecycle.runtime)
+    reindex: str | None = None  # why stored vectors must be rebuilt (lifecycle.vectors)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +165,7 @@ def _pin(
     lock = read_lock(lock_path)
     entries: dict[str, LockEntry] = dict(lock.variants)
     baselines: dict[str, BaselineFile] = {}
+    sidecars: dict[Path, bytes] = {}  # vector files of retrieval baselines (lifecycle.vectors)
     changes: list[PinChange] = []
     now = utc_now()
 
@@ -187,6 +190,10 @@ def _pin(
             )
             continue
         entry = lock_entry(root, record, name, store, bench.get(name), now)
+        reindex = reindex_reason(gate.checks, name)
+        entry = replace(
+            entry, extra={**entry.extra, **lock_extras(record.retrieval.get(name), reindex)}
+        )
         if old and not refresh and old.same_pin(entry):
             changes.append(
                 PinChange(name, model, "unchanged", old_digest, old_digest, old_id, old_id)
@@ -205,11 +212,18 @@ def _pin(
                 old_id,
                 entry.variant_id,
                 runtime=moved,
+                reindex=reindex,
             )
         )
         baseline = baselines.setdefault(model, _read_baseline(root, model))
         variant = baseline_entry(record, name, bench.get(name))
-        baseline.variants[name] = replace(variant, variant=_portable_variant(root, variant.variant))
+        variant = replace(variant, variant=_portable_variant(root, variant.variant))
+        vectors = sidecar(model, record.retrieval.get(name) or {})
+        if vectors is not None:  # each text's vector, next to the baseline (digest-named)
+            index, file_name, data = vectors
+            variant = replace(variant, extra={**variant.extra, "vectors": index})
+            sidecars[root / BASELINES_DIR / file_name] = data
+        baseline.variants[name] = variant
 
     if keep is not None:
         for name in sorted(set(entries) - keep):
@@ -231,15 +245,17 @@ def _pin(
             baseline.variants.pop(name, None)
 
     written: list[Path] = [baseline_path(root, model) for model in sorted(baselines)]
+    written += sorted(sidecars)
     if baselines:
         written.append(lock_path)
     result = PinResult(lock_path, changes, [_rel(root, p) for p in written], branch=branch)
     repo = _prepare_commit(root, [*written, lock_path], branch) if commit or branch else None
 
-    files = {
+    files: dict[Path, str | bytes] = {
         baseline_path(root, model): render_json(baseline.to_dict())
         for model, baseline in sorted(baselines.items())
     }
+    files.update(sidecars)
     if baselines:
         files[lock_path] = render_json(Lock(entries).to_dict())
     publish(root, files)
@@ -348,6 +364,8 @@ def commit_message(changes: list[PinChange]) -> str:
             )
         if c.runtime:  # next to the model move: the weekly PR body is this message
             lines.append(f"{c.variant}: runtime changed: {', '.join(c.runtime)}")
+        if c.reindex:
+            lines.append(f"{c.variant}: {c.reindex}")
     refused = [c for c in changes if c.status == "refused"]
     for c in refused:
         lines.append(f"{c.variant}: not pinned, gate failed ({'; '.join(c.reasons)})")

@@ -509,6 +509,7 @@ def _slice(record: RunRecord, name: str) -> dict[str, Any]:
         "golden_sets": {s: d for s, d in record.golden_sets.items() if s in suites},
         "summaries": [s.to_dict() for s in record.summaries if s.variant == name],
         "cases": [c.to_dict() for c in record.cases if c.variant == name],
+        "retrieval": record.retrieval.get(name) or {},
     }
 
 
@@ -547,6 +548,9 @@ def _combine(pieces: list[dict[str, Any]], fresh: RunRecord | None, keys: list[s
         summaries=summaries,
         cases=cases,
         summary=overall(summaries, cases, load_ms),
+        retrieval={
+            p["variant"]["variant"]["name"]: p["retrieval"] for p in pieces if p.get("retrieval")
+        },
     )
 
 

@@ -182,6 +182,9 @@ class RunRecord:
     schema_version: int = SCHEMA_VERSION
     summary: dict[str, Any] = field(default_factory=dict)
     shard: str | None = None  # "i/n" for one shard of a sharded run; None when whole
+    # Retrieval suites (lifecycle.retrieval) by variant, then suite: k, metrics, thresholds,
+    # pooling and each text's digest and float16 vector (what lifecycle.vectors pins).
+    retrieval: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -204,6 +207,7 @@ class RunRecord:
             "golden_sets": self.golden_sets,
             "environment": self.environment,
             "cases": [c.to_dict() for c in self.cases],
+            **({"retrieval": self.retrieval} if self.retrieval else {}),
         }
 
     @classmethod
@@ -222,6 +226,7 @@ class RunRecord:
             cases=[CaseResult.from_dict(c) for c in data["cases"]],
             summary=data.get("summary", {}),
             shard=data.get("shard"),
+            retrieval=data.get("retrieval") or {},
         )
 
 
@@ -277,6 +282,7 @@ def merge_runs(records: list[RunRecord]) -> RunRecord:
         summaries=summaries,
         cases=cases,
         summary=overall(summaries, cases, load_ms),
+        retrieval={k: v for r in records for k, v in r.retrieval.items()},
     )
 
 

@@ -44,7 +44,7 @@ from lifecycle.engines import (
     generate_many,
     get_engine,
 )
-from lifecycle.errors import EngineError, GoldenSetError, ModelError, UsageError
+from lifecycle.errors import ConfigError, EngineError, GoldenSetError, ModelError, UsageError
 from lifecycle.fsutil import atomic_write_text, exclusive_lock
 from lifecycle.golden import MODES, GoldenCase, Suite, load_suites, score_output
 from lifecycle.hostinfo import physical_cores
@@ -61,6 +61,7 @@ from lifecycle.results import (
     overall,
     summarise,
 )
+from lifecycle.retrieval import run_embedding_variant
 from lifecycle.runs import LATEST, RUN_FILE
 from lifecycle.store import Store, now
 from lifecycle.variants import Variant, resolve_variants
@@ -117,6 +118,7 @@ class _Plan:
     variant: Variant
     suites: list[Suite]
     chat_template: str | None
+    embedding: bool = False  # its suites are retrieval suites: loaded to embed (retrieval)
 
 
 @dataclass
@@ -178,9 +180,27 @@ def run_eval(
         if options.answers and cacheable(engine.name)
         else None
     )
+    retrieval: dict[str, dict[str, Any]] = {}
     slot = 0  # position in the (variant, suite, mode, case) order that shards slice
     for plan in plans:
         variant = plan.variant
+        if plan.embedding:  # retrieval suites run whole, in the first shard
+            if options.shard is None or options.shard[0] == 1:
+                embedded = run_embedding_variant(
+                    engine,
+                    variant,
+                    plan.suites,
+                    _load_options(workspace, variant, options),
+                    say,
+                    limit=options.limit,
+                )
+                variant_runs.append(embedded.run)
+                summaries += embedded.summaries
+                cases += embedded.cases
+                threads_used[variant.name] = embedded.threads
+                total_load_ms += embedded.run.load_ms or 0.0
+                retrieval[variant.name] = embedded.suites
+            continue
         work = _work_items(plan, options)
         mine = [_in_shard(slot + k, options.shard) for k in range(len(work))]
         slot += len(work)
@@ -299,6 +319,7 @@ def run_eval(
         cases=cases,
         summary=overall(summaries, cases, total_load_ms),
         shard=f"{options.shard[0]}/{options.shard[1]}" if options.shard else None,
+        retrieval=retrieval,
     )
 
 
@@ -314,18 +335,19 @@ def save_run(record: RunRecord, runs_dir: Path) -> Path:
     path = run_dir / RUN_FILE
     atomic_write_text(path, text)
     with exclusive_lock(runs_dir / ".latest.lock"):
-        if (record.finished_at, record.run_id) >= _finished(runs_dir / LATEST):
+        # finished_at has one-second resolution: within the same second the run saving now
+        # finished last (a random run id must not break the tie).
+        if record.finished_at >= _finished(runs_dir / LATEST):
             atomic_write_text(runs_dir / LATEST, text)
     return path
 
 
-def _finished(path: Path) -> tuple[str, str]:
-    """(finished_at, run_id) of the run record at ``path``; empty when there is none."""
+def _finished(path: Path) -> str:
+    """``finished_at`` of the run record at ``path``; empty when there is none."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return str(data["finished_at"]), str(data["run_id"])
+        return str(json.loads(path.read_text(encoding="utf-8"))["finished_at"])
     except (OSError, ValueError, KeyError, TypeError):
-        return "", ""
+        return ""
 
 
 def _plan(
@@ -345,6 +367,9 @@ def _plan(
         if not names:
             raise UsageError(f"model {variant.model!r} lists no suites in lifecycle.toml")
         suites = load_suites(workspace.evals_dir, names)
+        if any(s.embedding for s in suites):
+            plans.append(_Plan(variant, suites, None, embedding=_all_retrieval(variant, suites)))
+            continue
         info = gguf_reader.read_gguf(variant.blob_path)
         plans.append(_Plan(variant=variant, suites=suites, chat_template=info.chat_template))
         for finding in lint_variant(variant, info, names):
@@ -357,6 +382,18 @@ def _plan(
             modelfile_path=variant.modelfile_path,
         )
     return plans
+
+
+def _all_retrieval(variant: Variant, suites: list[Suite]) -> bool:
+    """A model is loaded either to generate or to embed: its suites must agree."""
+    mixed = [s.name for s in suites if s.embedding is None]
+    if mixed:
+        raise ConfigError(
+            f"model {variant.model!r} lists retrieval and generation suites together "
+            f"({', '.join(s.name for s in suites)}): an embedding model gets its own "
+            '[models.NAME] with only kind = "embedding" suites'
+        )
+    return True
 
 
 def _group_key(

@@ -36,6 +36,7 @@ def write_tiny_llama(
     seed: int = 0,
     chat_template: str | None = None,
     name: str = "tiny-llama",
+    pooling: str | None = None,
 ) -> Path:
     """Write a tiny llama GGUF to ``path`` and return it (about 3 MB with the defaults)."""
     tokens, scores, types = _vocabulary()
@@ -65,6 +66,8 @@ def write_tiny_llama(
     writer.add_add_eos_token(False)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
+    if pooling is not None:  # "mean", "cls", "last": an embedding model (llama.pooling_type)
+        writer.add_pooling_type(gguf.PoolingType[pooling.upper()])
 
     def weight(*shape: int, scale: float = 0.08) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)

@@ -232,6 +232,42 @@ class ParallelBenchModel(BenchableModel, Protocol):
         ...
 
 
+@runtime_checkable
+class EmbeddingModel(Protocol):
+    """A model loaded to embed texts: one pooled vector per text (see lifecycle.retrieval).
+
+    ``pooling`` names how token states become one vector ("mean", "cls", "last", or
+    "server" when a server decides); ``normalised``: whether the engine already returns unit
+    vectors (the caller L2-normalises either way, so cosine is a dot product).
+    """
+
+    load_ms: float
+    pooling: str
+    normalised: bool
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order; many texts go to the engine together."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class EmbeddingEngine(Protocol):
+    """An engine that can load a model for embedding (optional for engines)."""
+
+    name: str
+
+    def info(self) -> EngineInfo: ...
+
+    def load_embedding(
+        self, model_path: Path, options: LoadOptions, pooling: str | None
+    ) -> EmbeddingModel:
+        """Load for embeddings; ``pooling`` is the Modelfile's PARAMETER pooling (None: the
+        model's own metadata decides, and a model that names none is an error)."""
+        ...
+
+
 # The perf_counter time request i arrives, None while not known yet (a load test's traffic).
 Arrived = Callable[[int], "float | None"]
 
