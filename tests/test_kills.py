@@ -249,6 +249,13 @@ def test_latest_names_the_run_that_finished_last(tmp_path: Path) -> None:
     latest = json.loads((tmp_path / "latest.json").read_text(encoding="utf-8"))
     assert latest["run_id"] == "run-later"
     assert (tmp_path / "run-earlier" / "run.json").is_file()
+    # Within one second (finished_at's resolution) the run saving last finished last,
+    # whatever its random id says.
+    again = make_record({"a": True})
+    again.run_id, again.finished_at = "run-a-same-second", later.finished_at
+    save_run(again, tmp_path)
+    latest = json.loads((tmp_path / "latest.json").read_text(encoding="utf-8"))
+    assert latest["run_id"] == "run-a-same-second"
 
 
 def test_checkpoints_of_a_killed_run_are_taken_over_once(tmp_path: Path) -> None:
