@@ -56,6 +56,13 @@ def main() -> int:
     parser.add_argument("--reruns", type=int, default=5)
     parser.add_argument("--runtime", action="store_true", help="judge runtime changes")
     parser.add_argument("--png", type=Path, help="with --runtime: the margin histogram")
+    parser.add_argument(
+        "--other-engine",
+        type=Path,
+        help="with --runtime: a Python whose llama-cpp-python is another release (a scratch "
+        "venv with this repository installed --no-deps): one more noise change",
+    )
+    parser.add_argument("--only", help="with --runtime: the changes whose name contains this")
     args = parser.parse_args()
 
     from lifecycle.config import load_workspace
@@ -69,7 +76,7 @@ def main() -> int:
     worse = variants["harbor-triage:q4_0-ctx1024"].blob_path
 
     if args.runtime:
-        return runtime_changes(good, args.cases, args.png)
+        return runtime_changes(good, args.cases, args.png, args.other_engine, args.only)
     root = Path(tempfile.mkdtemp(prefix="verdict-trust-"))
     try:
         setup(root, good, args.cases)
@@ -149,7 +156,13 @@ RUNTIME_CHANGES = (
 PINNED_ENGINE = {"threads": "1", "parallel": "4"}
 
 
-def runtime_changes(weights: Path, cases: int, png: Path | None) -> int:
+def runtime_changes(
+    weights: Path,
+    cases: int,
+    png: Path | None,
+    other_engine: Path | None = None,
+    only: str | None = None,
+) -> int:
     """Pin under the example's engine settings, then judge each runtime change."""
     from lifecycle.engines.doctor import host_cpu
 
@@ -163,11 +176,22 @@ def runtime_changes(weights: Path, cases: int, png: Path | None) -> int:
         if pinned["exit_code"] != 0:
             print(f"baseline smoke failed: {pinned.get('headline')}", file=sys.stderr)
             return 1
-        for name, noise, engine in RUNTIME_CHANGES:
+        changes = [(name, noise, engine, None) for name, noise, engine in RUNTIME_CHANGES]
+        if other_engine is not None:
+            release = subprocess.run(
+                [str(other_engine), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            changes.insert(0, (f"llama-cpp-python → {release}", True, {}, other_engine))
+        for name, noise, engine, python in changes:
+            if only and only not in name:
+                continue
             reset(root, weights)
             set_engine(root, {**PINNED_ENGINE, **engine})
             started = time.perf_counter()
-            rows.append((name, noise, smoke(root), time.perf_counter() - started))
+            rows.append((name, noise, smoke(root, python=python), time.perf_counter() - started))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"cpu: {host_cpu()['model']}; {cases} tickets x free+schema, {VARIANT} Q4_K_M")
@@ -285,10 +309,13 @@ def setup(root: Path, weights: Path, cases: int, modes: tuple[str, ...] = ("sche
     git(root, "commit", "-q", "-m", "workspace")
 
 
-def smoke(root: Path, *, commit: bool = False, cores: str | None = None) -> dict[str, Any]:
+def smoke(
+    root: Path, *, commit: bool = False, cores: str | None = None, python: Path | None = None
+) -> dict[str, Any]:
     """The weekly job, re-evaluating everything; ``commit`` pins what passed in git;
-    ``cores`` limits it to those CPUs (``taskset -c``)."""
-    command = [sys.executable, "-m", "lifecycle.cli", "smoke", "-C", str(root), "--offline"]
+    ``cores`` limits it to those CPUs (``taskset -c``); ``python`` runs it there."""
+    interpreter = str(python or sys.executable)
+    command = [interpreter, "-m", "lifecycle.cli", "smoke", "-C", str(root), "--offline"]
     if cores is not None:
         command = ["taskset", "-c", cores, *command]
     command += ["--no-bench", "--no-cache", "--json", "-q"] + (["--commit"] if commit else [])
