@@ -283,3 +283,51 @@ def test_a_missing_or_wrong_sidecar_is_unavailable_not_a_crash(kb: Path) -> None
     gate = _gate(kb, _eval(kb))
     (drift,) = [c for c in gate.checks if c.name == "vector_drift"]
     assert drift.status == "skip" and "baseline vectors unavailable" in drift.message
+
+
+def test_openai_embeddings_over_http_in_batches(embedder_gguf: Path) -> None:
+    """A loopback server speaking /v1/models and /v1/embeddings, its vectors from llama.cpp."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    local = get_engine("llama-cpp").load_embedding(
+        embedder_gguf, LoadOptions(n_ctx=512, n_threads=1), None
+    )
+    sizes: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._answer({"data": [{"id": "emb"}]})
+
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            sizes.append(len(request["input"]))
+            vectors = local.embed(request["input"])
+            data = [{"index": i, "embedding": v} for i, v in enumerate(vectors)]
+            self._answer({"data": data[::-1]})  # out of order: the index decides
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        engine = get_engine("openai", base_url=f"http://127.0.0.1:{server.server_port}")
+        assert isinstance(engine, EmbeddingEngine)
+        model = engine.load_embedding(embedder_gguf, LoadOptions(), None)
+        assert isinstance(model, EmbeddingModel)
+        texts = [t for _i, t in DOCS] * 7  # 70 texts: two requests
+        vectors = model.embed(texts)
+    finally:
+        server.shutdown()
+        local.close()
+    assert sizes == [64, 6] and len(vectors) == 70
+    assert np.allclose(vectors[0], vectors[10]) and not np.allclose(vectors[0], vectors[1])

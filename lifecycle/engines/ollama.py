@@ -34,6 +34,7 @@ from lifecycle.engines.base import (
     GenerationRequest,
     LoadOptions,
 )
+from lifecycle.engines.embed_http import HttpEmbedder, ollama_vectors
 from lifecycle.engines.http import HttpClient, HttpStatusError, normalise_base_url, schema_enforced
 from lifecycle.engines.margins import server_margins
 from lifecycle.errors import EngineError, GoldenSetError
@@ -98,6 +99,33 @@ class OllamaEngine:
         model = OllamaModel(self, name, options)
         model.warm_up()
         return model
+
+    def load_embedding(
+        self, model_path: Path, options: LoadOptions, pooling: str | None
+    ) -> HttpEmbedder:
+        """Create the variant in the daemon as :meth:`load` does; embed through /api/embed.
+
+        The daemon pools as the GGUF says; PARAMETER pooling is lifecycle's, not Ollama's,
+        so it is not sent (a pooling it names that the GGUF lacks is llama-cpp only)."""
+        if not options.modelfile:
+            raise EngineError("the ollama engine creates models from a Modelfile", path=model_path)
+        start = time.perf_counter()
+        recipe = mf.parse(options.modelfile)
+        recipe.parameters.pop("pooling", None)
+        name = ollama_model_name(options.model_name or model_path.stem, options.modelfile)
+        self.client.post_json(
+            "api/create",
+            create_request(name, self.ensure_blob(model_path), recipe, model_path.name),
+            timeout_s=CREATE_TIMEOUT_S,
+        )
+        return HttpEmbedder(
+            self.client,
+            "api/embed",
+            lambda texts: {"model": name, "input": texts, "truncate": False},
+            ollama_vectors,
+            normalised=True,
+            load_ms=(time.perf_counter() - start) * 1000.0,
+        )
 
     def ensure_blob(self, model_path: Path) -> str:
         """``sha256:<hex>`` of the GGUF, uploaded to the daemon unless it already has it."""

@@ -38,6 +38,7 @@ from lifecycle.engines.base import (
     GenerationRequest,
     LoadOptions,
 )
+from lifecycle.engines.embed_http import HttpEmbedder, openai_vectors
 from lifecycle.engines.http import HttpClient, HttpStatusError, normalise_base_url, schema_enforced
 from lifecycle.engines.margins import server_margins
 from lifecycle.errors import EngineError
@@ -104,6 +105,26 @@ class OpenAIEngine:
         load_ms = (time.perf_counter() - start) * 1000.0
         recipe = mf.parse(options.modelfile) if options.modelfile else None
         return OpenAIModel(self, model, recipe, load_ms)
+
+    def load_embedding(
+        self, model_path: Path, options: LoadOptions, pooling: str | None
+    ) -> HttpEmbedder:
+        """The served model, embedding through /v1/embeddings (the server pools)."""
+        start = time.perf_counter()
+        served = self._served_models(timeout_s=60.0)
+        model = self.model or (served[0] if served else None)
+        if model is None:
+            raise EngineError(
+                f"{self.client.url('models')} lists no models; set {ENV_MODEL}", path=model_path
+            )
+        return HttpEmbedder(
+            self.client,
+            "embeddings",
+            lambda texts: {"model": model, "input": texts, "encoding_format": "float"},
+            openai_vectors,
+            normalised=False,  # servers differ; the caller normalises
+            load_ms=(time.perf_counter() - start) * 1000.0,
+        )
 
     def _served_models(self, *, timeout_s: float) -> list[str]:
         body = self.client.get_json("models", timeout_s=timeout_s)
