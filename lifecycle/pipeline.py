@@ -351,10 +351,9 @@ def reference_runs(
         if cached is not None:
             out[name] = cached["cases"]
             continue
-        try:
-            (current,) = resolve_variants(workspace, store, [name])
-        except ValueError:
-            continue
+        # The run's variant comes from this workspace's matrix, so it resolves to exactly
+        # one; any error on the way (a broken Modelfile, a store problem) is the user's to see.
+        (current,) = resolve_variants(workspace, store, [name])
         pinned = pinned_variant(current, base.variant, store)
         if pinned is None:
             say(f"gate {name}: the pinned variant cannot be rebuilt here; stored baseline used")
