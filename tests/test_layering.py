@@ -1,4 +1,6 @@
-"""The package's import layering, checked over the source (DESIGN.md, "Shape of the code").
+"""The package's import layering, checked over the source.
+
+The design it checks is docs/architecture.md, "Where things live".
 
 Every module of ``lifecycle`` is mapped to a layer; a module may import its own layer and
 the ones below, never one above. Three more rules: no import cycle among lifecycle modules
@@ -22,8 +24,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lifecycle"
 
-# Lowest first. The DESIGN chain is cli -> pipeline -> report/pin -> gate/compare ->
-# golden/bench -> engines -> variants -> store -> gguf/modelfile/templates/config -> errors;
+# Lowest first. The chain (docs/architecture.md) is cli -> pipeline -> report/pin ->
+# gate/compare -> golden/bench -> engines -> variants -> store ->
+# gguf/modelfile/templates/config -> errors;
 # "sources" sits on the store (they fill it), "eval" between the engines and the comparisons.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("errors",)),
