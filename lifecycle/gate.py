@@ -59,7 +59,7 @@ from lifecycle.baselines import Baseline, CaseKey, case_key, variant_environment
 from lifecycle.config import TableReader, read_toml
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
 from lifecycle.latency import latency_checks
-from lifecycle.results import CaseResult, RunRecord, SuiteSummary
+from lifecycle.results import CaseResult, RunRecord, SuiteSummary, VariantRun
 from lifecycle.retrieval import retrieval_checks
 from lifecycle.runtime import environment_runtime_change, runtime_defaults
 from lifecycle.stats import mcnemar_exact, wilson_interval
@@ -415,252 +415,19 @@ def run_gate(
     bench = bench or {}
     pinned = set(baselines) if pinned is None else set(pinned)
     references = references or {}
-    verdicts: list[VariantVerdict] = []
-    checks: list[Check] = []
-    regressions: list[Regression] = []
-    verdict_cases: list[CaseVerdict] = []
-    env_changes: list[dict[str, Any]] = []
-    flips: list[EnvironmentFlip] = []
-    partial: list[str] = []
-    runtime_moves: dict[str, str] = {}
-
-    for run in record.variants:
-        name = str(run.variant.get("name"))
-        model = str(run.variant.get("model") or name)
-        base = baselines.get(name)
-        env_now = variant_environment(record.environment, name)
-        variant_checks: list[Check] = []
-        summaries = [s for s in record.summaries if s.variant == name]
-        cases = [c for c in record.cases if c.variant == name]
-        engine_error = run.error or _engine_errors(cases)
-        if engine_error:
-            # No verdict on a model the engine could not run: not a regression, not a refusal.
-            variant_checks.append(Check("ran", name, "error", f"engine failed: {engine_error}"))
-            verdict_cases += [_case_verdict(c, None) for c in cases if c.errored]
-            checks += variant_checks
-            verdicts.append(
-                _verdict(
-                    run.variant, base, [f"engine failed: {engine_error}"], pinned, engine_error
-                )
-            )
-            continue
-        base_cases_all = base.case_map() if base is not None else {}
-        group_partial = _partial_groups(summaries, cases, base_cases_all, record.shard)
-        partial += [f"{name} {g}: {text}" for g, text in group_partial.items()]
-        for s in summaries:
-            group = f"{s.suite}/{s.mode}"
-            if group in group_partial:
-                variant_checks.append(
-                    Check(
-                        "threshold",
-                        name,
-                        "skip",
-                        f"partial run ({group_partial[group]}): the suite threshold is judged "
-                        "on full runs only",
-                        suite=s.suite,
-                        mode=s.mode,
-                        current=s.pass_rate,
-                        threshold=s.threshold,
-                    )
-                )
-                continue
-            ok = s.met_threshold
-            variant_checks.append(
-                Check(
-                    "threshold",
-                    name,
-                    "pass" if ok else "fail",
-                    f"pass rate {s.pass_rate:.0%} "
-                    + ("meets" if ok else "is under")
-                    + f" the suite threshold {_pct(s.threshold)}",
-                    suite=s.suite,
-                    mode=s.mode,
-                    current=s.pass_rate,
-                    threshold=s.threshold,
-                )
-            )
-        causes: list[str] = []
-        if base is not None:
-            changes = _environment_changes(base.environment, env_now)
-            if changes:
-                env_changes.append({"variant": name, "changes": changes})
-            moved = environment_runtime_change(base.environment, env_now)
-            if moved:
-                runtime_moves[name] = moved
-            same_weights = base.variant_id == run.variant.get("id")
-            if not same_weights:
-                causes.append("model")
-            golden_changed = any(
-                record.golden_sets.get(suite) != digests
-                for suite, digests in base.golden_sets.items()
-            )
-            if golden_changed:
-                causes.append("golden set")
-            if any(c["key"] in ENGINE_KEYS for c in changes):
-                causes.append("environment")
-            hardware_changed = any(c["key"] in HARDWARE_KEYS for c in changes)
-            source = baseline_source(
-                base_cases_all,
-                references.get(name),
-                [c["key"] for c in changes if c["key"] in NUMERIC_KEYS],
-            )
-            if source.kind == "reference":
-                # The pinned model evaluated here against its stored baseline: what the runtime
-                # change did to production on its own. A confident case lost is the runtime's
-                # regression, whatever the candidate does.
-                own_flips = [
-                    judge_flip(name, stored, now, settings.noise_margin, same_weights=True)
-                    for key, now in source.cases.items()
-                    if (stored := base_cases_all.get(key)) is not None
-                    and bool(stored["passed"]) != bool(now["passed"])
-                ]
-                flips += own_flips
-                lost = [f for f in own_flips if f.judged == "regression"]
-                if lost:
-                    variant_checks.append(
-                        Check(
-                            "runtime",
-                            name,
-                            "fail",
-                            f"{len(lost)} confident case(s) of the pinned model flipped across "
-                            f"the runtime change ({', '.join(source.numeric_keys)}): "
-                            + ", ".join(f"{f.suite}/{f.mode} {f.case}" for f in lost[:5]),
-                            current=float(len(lost)),
-                            cause="environment",
-                        )
-                    )
-            for case in cases:
-                old = source.cases.get((case.suite, case.mode, case.id))
-                if old is None:
-                    verdict_cases.append(_case_verdict(case, None))
-                    continue
-                flip: EnvironmentFlip | None = None
-                # The golden set changed and the very same output now scores otherwise: the
-                # golden set did that, not the environment.
-                rescored = golden_changed and old.get("output") == case.output
-                if source.numeric and bool(old["passed"]) != case.passed and not rescored:
-                    flip = judge_flip(
-                        name, old, case.to_dict(), settings.noise_margin, same_weights
-                    )
-                    flips.append(flip)
-                    if flip.judged != "regression":
-                        verdict_cases.append(_case_verdict(case, old, environment_flip=True))
-                        continue
-                verdict_cases.append(_case_verdict(case, old))
-                if old["passed"] and not case.passed:
-                    margins = decision_margins(old, case.to_dict())
-                    regressions.append(
-                        Regression(
-                            variant=name,
-                            model=model,
-                            suite=case.suite,
-                            mode=case.mode,
-                            case=case.id,
-                            reason=case.reason,
-                            diff=case.diff,
-                            output=case.output,
-                            baseline_output=str(old.get("output", "")),
-                            expected=case.expected,
-                            causes=list(causes),
-                            baseline_margin=margins[0],
-                            margin=margins[1],
-                        )
-                    )
-            unknown = [f for f in flips if f.variant == name and f.judged == "unknown"]
-            if unknown:
-                variant_checks.append(
-                    Check(
-                        "margins",
-                        name,
-                        "skip",
-                        f"{len(unknown)} flipped case(s) without decision margins (a baseline "
-                        "pinned before margins, or an engine that returns no logits): blamed on "
-                        "the environment by the rule before margins; re-pin to judge them",
-                        cause="environment",
-                    )
-                )
-            judged = source.judged_pairs(cases, settings.noise_margin, same_weights)
-            if judged is None:
-                variant_checks.append(
-                    Check(
-                        "rates",
-                        name,
-                        "skip",
-                        "same weights and prompt as the baseline in another environment ("
-                        + ", ".join(source.numeric_keys)
-                        + ") and the baseline predates decision margins: rate changes are "
-                        "not judged (re-pin to judge them)",
-                        cause="environment",
-                    )
-                )
-            else:
-                variant_checks += _rate_checks(
-                    record, name, settings, causes, source.cases, keep=judged
-                )
-                variant_checks += _calibration_checks(record, name, settings, causes, source.cases)
-            variant_checks += _speed_checks(
-                record, name, base, bench.get(name), settings, hardware_changed, causes
-            )
-            # The [serve] SLA over a load test given with --bench (lifecycle.latency).
-            variant_checks += [
-                Check(**fields)
-                for fields in latency_checks(
-                    name,
-                    run.variant.get("id"),
-                    base.bench,
-                    base.environment,
-                    bench.get(name),
-                    max_foreign_cpu_share=settings.max_foreign_cpu_share,
-                    hardware_keys=HARDWARE_KEYS,
-                    causes=causes,
-                )
-            ]
-        else:
-            verdict_cases += [_case_verdict(case, None) for case in cases]
-            variant_checks.append(
-                Check("baseline", name, "skip", "no baseline: first pin of this variant")
-            )
-        # Retrieval suites: metric thresholds and drops, vector drift, re-index (vectors).
-        variant_checks += [
-            Check(**fields)
-            for fields in retrieval_checks(
-                record,
-                name,
-                source.cases if base is not None else None,
-                max_drop=settings.max_pass_rate_drop,
-                noise_margin=settings.noise_margin,
-                numeric=base is not None and source.numeric,
-                same_weights=base is not None and same_weights,
-                causes=causes,
-            )
-            + vector_checks(
-                name,
-                record.retrieval.get(name),
-                base.extra if base is not None else {},
-                base.directory if base is not None else None,
-                max_vector_drift=settings.max_vector_drift,
-                reindex_below=settings.reindex_below,
-            )
-        ]
-        regressed = [r for r in regressions if r.variant == name]
-        if regressed:
-            variant_checks.append(
-                Check(
-                    "regressions",
-                    name,
-                    "fail" if settings.fail_on_regression else "skip",
-                    f"{len(regressed)} case(s) passed in the baseline and fail now",
-                    current=float(len(regressed)),
-                    cause=", ".join(causes) or None,
-                )
-            )
-        failures = [
-            c.message if not c.suite else f"{c.suite}/{c.mode}: {c.message}"
-            for c in variant_checks
-            if c.status == "fail"
-        ]
-        checks += variant_checks
-        verdicts.append(_verdict(run.variant, base, failures, pinned))
+    gated = [
+        _gate_variant(
+            record,
+            run,
+            baselines.get(str(run.variant.get("name"))),
+            settings,
+            bench.get(str(run.variant.get("name"))),
+            references.get(str(run.variant.get("name"))),
+            pinned,
+        )
+        for run in record.variants
+    ]
+    verdicts = [g.judged for g in gated]
     gate_failures = []
     if settings.require_passing_variant:
         for model in sorted({v.model for v in verdicts if not v.engine_error}):
@@ -675,15 +442,347 @@ def run_gate(
         passed=bool(verdicts) and not blocking and not gate_failures,
         run_id=record.run_id,
         variants=verdicts,
-        checks=checks,
-        regressions=regressions,
-        cases=verdict_cases,
-        environment_changes=env_changes,
+        checks=[c for g in gated for c in g.checks],
+        regressions=[r for g in gated for r in g.regressions],
+        cases=[c for g in gated for c in g.cases],
+        environment_changes=[g.environment_change for g in gated if g.environment_change],
         settings=settings,
-        environment_flips=flips,
-        partial=partial,
+        environment_flips=[f for g in gated for f in g.flips],
+        partial=[p for g in gated for p in g.partial],
         failures=gate_failures,
-        runtime_changes=runtime_moves,
+        runtime_changes={g.name: g.runtime_change for g in gated if g.runtime_change},
+    )
+
+
+@dataclass
+class _VariantGate:
+    """What the gate found for one variant, step by step (see :func:`_gate_variant`)."""
+
+    name: str
+    checks: list[Check] = field(default_factory=list)
+    regressions: list[Regression] = field(default_factory=list)
+    cases: list[CaseVerdict] = field(default_factory=list)
+    flips: list[EnvironmentFlip] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)
+    environment_change: dict[str, Any] | None = None
+    runtime_change: str | None = None
+    verdict: VariantVerdict | None = None  # set by the last step
+
+    @property
+    def judged(self) -> VariantVerdict:
+        if self.verdict is None:
+            raise RuntimeError(f"{self.name}: the gate gave no verdict")
+        return self.verdict
+
+
+@dataclass(frozen=True)
+class _Changes:
+    """What differs between a variant's baseline and this run."""
+
+    environment: list[dict[str, Any]]  # {"key", "baseline", "current"}
+    causes: list[str]  # "model", "golden set", "environment"
+    same_weights: bool
+    golden_changed: bool
+    hardware_changed: bool
+
+    @property
+    def numeric_keys(self) -> list[str]:
+        return [c["key"] for c in self.environment if c["key"] in NUMERIC_KEYS]
+
+
+def _gate_variant(
+    record: RunRecord,
+    run: VariantRun,
+    base: Baseline | None,
+    settings: GateSettings,
+    bench_now: dict[str, Any] | None,
+    reference: list[dict[str, Any]] | None,
+    pinned: set[str],
+) -> _VariantGate:
+    """One variant through the gate's steps: engine failure, suite thresholds, what changed,
+    the baseline to judge against, each case, rates, speed and latency, retrieval, verdict."""
+    name = str(run.variant.get("name"))
+    out = _VariantGate(name)
+    cases = [c for c in record.cases if c.variant == name]
+    engine_error = run.error or _engine_errors(cases)
+    if engine_error:
+        # No verdict on a model the engine could not run: not a regression, not a refusal.
+        out.checks.append(Check("ran", name, "error", f"engine failed: {engine_error}"))
+        out.cases += [_case_verdict(c, None) for c in cases if c.errored]
+        failure = f"engine failed: {engine_error}"
+        out.verdict = _verdict(run.variant, base, [failure], pinned, engine_error)
+        return out
+    stored = base.case_map() if base is not None else {}
+    out.checks += _threshold_checks(record, name, cases, stored, out.partial)
+    causes: list[str] = []
+    source: BaselineSource | None = None
+    changes: _Changes | None = None
+    if base is None:
+        out.cases += [_case_verdict(case, None) for case in cases]
+        out.checks.append(Check("baseline", name, "skip", "no baseline: first pin of this variant"))
+    else:
+        changes = _what_changed(record, run, base)
+        causes = changes.causes
+        if changes.environment:
+            out.environment_change = {"variant": name, "changes": changes.environment}
+        out.runtime_change = environment_runtime_change(
+            base.environment, variant_environment(record.environment, name)
+        )
+        source = baseline_source(stored, reference, changes.numeric_keys)
+        if source.kind == "reference":
+            out.checks += _pinned_model_flips(out, stored, source, settings)
+        _judge_cases(out, run, cases, source, changes, settings)
+        out.checks += _margin_notes(out)
+        out.checks += _rates_against(record, name, cases, source, changes, settings)
+        out.checks += _speed_checks(
+            record, name, base, bench_now, settings, changes.hardware_changed, causes
+        )
+        # The [serve] SLA over a load test given with --bench (lifecycle.latency).
+        out.checks += [
+            Check(**fields)
+            for fields in latency_checks(
+                name,
+                run.variant.get("id"),
+                base.bench,
+                base.environment,
+                bench_now,
+                max_foreign_cpu_share=settings.max_foreign_cpu_share,
+                hardware_keys=HARDWARE_KEYS,
+                causes=causes,
+            )
+        ]
+    # Retrieval suites: metric thresholds and drops, vector drift, re-index (vectors).
+    out.checks += [
+        Check(**fields)
+        for fields in retrieval_checks(
+            record,
+            name,
+            source.cases if source is not None else None,
+            max_drop=settings.max_pass_rate_drop,
+            noise_margin=settings.noise_margin,
+            numeric=source is not None and source.numeric,
+            same_weights=changes is not None and changes.same_weights,
+            causes=causes,
+        )
+        + vector_checks(
+            name,
+            record.retrieval.get(name),
+            base.extra if base is not None else {},
+            base.directory if base is not None else None,
+            max_vector_drift=settings.max_vector_drift,
+            reindex_below=settings.reindex_below,
+        )
+    ]
+    if out.regressions:
+        out.checks.append(
+            Check(
+                "regressions",
+                name,
+                "fail" if settings.fail_on_regression else "skip",
+                f"{len(out.regressions)} case(s) passed in the baseline and fail now",
+                current=float(len(out.regressions)),
+                cause=", ".join(causes) or None,
+            )
+        )
+    failures = [
+        c.message if not c.suite else f"{c.suite}/{c.mode}: {c.message}"
+        for c in out.checks
+        if c.status == "fail"
+    ]
+    out.verdict = _verdict(run.variant, base, failures, pinned)
+    return out
+
+
+def _threshold_checks(
+    record: RunRecord,
+    name: str,
+    cases: list[CaseResult],
+    stored: Mapping[CaseKey, Mapping[str, Any]],
+    partial: list[str],
+) -> list[Check]:
+    """Each suite/mode's pass rate against its threshold (full runs only; a partial run's
+    groups are appended to ``partial`` as "variant suite/mode: k of n cases")."""
+    summaries = [s for s in record.summaries if s.variant == name]
+    group_partial = _partial_groups(summaries, cases, stored, record.shard)
+    partial += [f"{name} {g}: {text}" for g, text in group_partial.items()]
+    checks = []
+    for s in summaries:
+        group = f"{s.suite}/{s.mode}"
+        if group in group_partial:
+            message = (
+                f"partial run ({group_partial[group]}): the suite threshold is judged "
+                "on full runs only"
+            )
+            status = "skip"
+        else:
+            status = "pass" if s.met_threshold else "fail"
+            message = (
+                f"pass rate {s.pass_rate:.0%} "
+                + ("meets" if s.met_threshold else "is under")
+                + f" the suite threshold {_pct(s.threshold)}"
+            )
+        checks.append(
+            Check(
+                "threshold",
+                name,
+                status,
+                message,
+                suite=s.suite,
+                mode=s.mode,
+                current=s.pass_rate,
+                threshold=s.threshold,
+            )
+        )
+    return checks
+
+
+def _what_changed(record: RunRecord, run: VariantRun, base: Baseline) -> _Changes:
+    name = str(run.variant.get("name"))
+    changes = _environment_changes(base.environment, variant_environment(record.environment, name))
+    same_weights = base.variant_id == run.variant.get("id")
+    golden_changed = any(
+        record.golden_sets.get(suite) != digests for suite, digests in base.golden_sets.items()
+    )
+    causes = []
+    if not same_weights:
+        causes.append("model")
+    if golden_changed:
+        causes.append("golden set")
+    if any(c["key"] in ENGINE_KEYS for c in changes):
+        causes.append("environment")
+    return _Changes(
+        environment=changes,
+        causes=causes,
+        same_weights=same_weights,
+        golden_changed=golden_changed,
+        hardware_changed=any(c["key"] in HARDWARE_KEYS for c in changes),
+    )
+
+
+def _pinned_model_flips(
+    out: _VariantGate,
+    stored: Mapping[CaseKey, Mapping[str, Any]],
+    source: BaselineSource,
+    settings: GateSettings,
+) -> list[Check]:
+    """The pinned model evaluated here against its stored baseline: what the runtime change
+    did to production on its own. A confident case lost is the runtime's regression,
+    whatever the candidate does."""
+    own = [
+        judge_flip(out.name, old, now, settings.noise_margin, same_weights=True)
+        for key, now in source.cases.items()
+        if (old := stored.get(key)) is not None and bool(old["passed"]) != bool(now["passed"])
+    ]
+    out.flips += own
+    lost = [f for f in own if f.judged == "regression"]
+    if not lost:
+        return []
+    return [
+        Check(
+            "runtime",
+            out.name,
+            "fail",
+            f"{len(lost)} confident case(s) of the pinned model flipped across the runtime "
+            f"change ({', '.join(source.numeric_keys)}): "
+            + ", ".join(f"{f.suite}/{f.mode} {f.case}" for f in lost[:5]),
+            current=float(len(lost)),
+            cause="environment",
+        )
+    ]
+
+
+def _judge_cases(
+    out: _VariantGate,
+    run: VariantRun,
+    cases: list[CaseResult],
+    source: BaselineSource,
+    changes: _Changes,
+    settings: GateSettings,
+) -> None:
+    """Each case against its baseline entry: a lost pass is a regression, unless the pair of
+    runs differs numerically and the flip is judged noise (or unknown) by its margins."""
+    model = str(run.variant.get("model") or out.name)
+    for case in cases:
+        old = source.cases.get((case.suite, case.mode, case.id))
+        if old is None:
+            out.cases.append(_case_verdict(case, None))
+            continue
+        # The golden set changed and the very same output now scores otherwise: the golden
+        # set did that, not the environment.
+        rescored = changes.golden_changed and old.get("output") == case.output
+        if source.numeric and bool(old["passed"]) != case.passed and not rescored:
+            flip = judge_flip(
+                out.name, old, case.to_dict(), settings.noise_margin, changes.same_weights
+            )
+            out.flips.append(flip)
+            if flip.judged != "regression":
+                out.cases.append(_case_verdict(case, old, environment_flip=True))
+                continue
+        out.cases.append(_case_verdict(case, old))
+        if old["passed"] and not case.passed:
+            was, now = decision_margins(old, case.to_dict())
+            out.regressions.append(
+                Regression(
+                    variant=out.name,
+                    model=model,
+                    suite=case.suite,
+                    mode=case.mode,
+                    case=case.id,
+                    reason=case.reason,
+                    diff=case.diff,
+                    output=case.output,
+                    baseline_output=str(old.get("output", "")),
+                    expected=case.expected,
+                    causes=list(changes.causes),
+                    baseline_margin=was,
+                    margin=now,
+                )
+            )
+
+
+def _margin_notes(out: _VariantGate) -> list[Check]:
+    """Say so when flips were judged without margins (the rule before margins)."""
+    unknown = [f for f in out.flips if f.judged == "unknown"]
+    if not unknown:
+        return []
+    return [
+        Check(
+            "margins",
+            out.name,
+            "skip",
+            f"{len(unknown)} flipped case(s) without decision margins (a baseline pinned before "
+            "margins, or an engine that returns no logits): blamed on the environment by the "
+            "rule before margins; re-pin to judge them",
+            cause="environment",
+        )
+    ]
+
+
+def _rates_against(
+    record: RunRecord,
+    name: str,
+    cases: list[CaseResult],
+    source: BaselineSource,
+    changes: _Changes,
+    settings: GateSettings,
+) -> list[Check]:
+    """Rate and calibration checks over the pairs the source lets the gate judge."""
+    judged = source.judged_pairs(cases, settings.noise_margin, changes.same_weights)
+    if judged is None:
+        return [
+            Check(
+                "rates",
+                name,
+                "skip",
+                "same weights and prompt as the baseline in another environment ("
+                + ", ".join(source.numeric_keys)
+                + ") and the baseline predates decision margins: rate changes are not judged "
+                "(re-pin to judge them)",
+                cause="environment",
+            )
+        ]
+    return _rate_checks(record, name, settings, changes.causes, source.cases, keep=judged) + (
+        _calibration_checks(record, name, settings, changes.causes, source.cases)
     )
 
 
