@@ -301,16 +301,7 @@ def load_suite(path: Path, *, workspace_root: Path | None = None) -> Suite:
     if data.get("kind", "generation") != "generation":
         return _embedding_suite(path, data, reader, root)
     reader.reject_unknown(_SUITE_KEYS)
-    found: dict[str, Path] = {}
-    for key in ("golden", "schema"):
-        if not isinstance(data.get(key), str):
-            raise reader.fail(key, "is required and must be a path string")
-        joined = (
-            reader.confined_path(key, data[key], root=root, base=path.parent)
-            if root is not None
-            else path.parent / data[key]
-        )
-        found[key] = joined.resolve()
+    found = _suite_paths(path, data, reader, root, ("golden", "schema"))
     golden_path, schema_path = found["golden"], found["schema"]
 
     modes = reader.string_list("modes", ["free"])
@@ -346,14 +337,13 @@ def load_suite(path: Path, *, workspace_root: Path | None = None) -> Suite:
     )
 
 
-def _embedding_suite(
-    path: Path, data: dict[str, Any], reader: TableReader, root: Path | None
-) -> Suite:
-    """A ``kind = "embedding"`` suite (lifecycle.corpus): its queries become the cases."""
-    if data.get("kind") != EMBEDDING_KIND:
-        raise reader.fail("kind", f'must be "generation" (the default) or "{EMBEDDING_KIND}"')
+def _suite_paths(
+    path: Path, data: dict[str, Any], reader: TableReader, root: Path | None, keys: tuple[str, ...]
+) -> dict[str, Path]:
+    """The files a suite names under ``keys``, relative to it and confined to the workspace
+    (the nearest directory with a lifecycle.toml) when there is one."""
     found: dict[str, Path] = {}
-    for key in ("corpus", "queries"):
+    for key in keys:
         if not isinstance(data.get(key), str):
             raise reader.fail(key, "is required and must be a path string")
         joined = (
@@ -362,6 +352,16 @@ def _embedding_suite(
             else path.parent / data[key]
         )
         found[key] = joined.resolve()
+    return found
+
+
+def _embedding_suite(
+    path: Path, data: dict[str, Any], reader: TableReader, root: Path | None
+) -> Suite:
+    """A ``kind = "embedding"`` suite (lifecycle.corpus): its queries become the cases."""
+    if data.get("kind") != EMBEDDING_KIND:
+        raise reader.fail("kind", f'must be "generation" (the default) or "{EMBEDDING_KIND}"')
+    found = _suite_paths(path, data, reader, root, ("corpus", "queries"))
     spec = read_spec(path, reader, found["corpus"], found["queries"])
     hit = spec.thresholds.get("hit_rate")
     return Suite(

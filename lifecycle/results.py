@@ -71,6 +71,38 @@ class CaseResult:
         """The engine gave no answer (crash, timeout): not a verdict on the model."""
         return self.finish_reason == "error"
 
+    @classmethod
+    def engine_error(
+        cls, *, variant: str, suite: str, mode: str, id: str, reason: str, expected: Any
+    ) -> CaseResult:
+        """A case the engine could not answer (crash, timeout, no usable output): failed,
+        no output, ``errored`` (never a verdict on the model)."""
+        return cls(
+            variant=variant,
+            suite=suite,
+            mode=mode,
+            id=id,
+            passed=False,
+            reason=reason,
+            output="",
+            parsed=None,
+            expected=expected,
+            json_valid=False,
+            schema_valid=False,
+            fields_matched=False,
+            schema_error=None,
+            mismatches=[],
+            diff=None,
+            latency_ms=0.0,
+            prompt_tokens=0,
+            completion_tokens=0,
+            prompt_eval_tokens=0,
+            prompt_ms=0.0,
+            eval_tokens=0,
+            generation_ms=0.0,
+            finish_reason="error",
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -306,30 +306,13 @@ def _case(
 
 def _errored(variant: Variant, suite: Suite, query: Any, reason: str) -> CaseResult:
     """A query the engine gave no usable vector for: an error, never a verdict."""
-    return CaseResult(
+    return CaseResult.engine_error(
         variant=variant.name,
         suite=suite.name,
         mode=MODE,
         id=query.id,
-        passed=False,
         reason=reason,
-        output="",
-        parsed=None,
         expected={"relevant": dict(query.relevance)},
-        json_valid=False,
-        schema_valid=False,
-        fields_matched=False,
-        schema_error=None,
-        mismatches=[],
-        diff=None,
-        latency_ms=0.0,
-        prompt_tokens=0,
-        completion_tokens=0,
-        prompt_eval_tokens=0,
-        prompt_ms=0.0,
-        eval_tokens=0,
-        generation_ms=0.0,
-        finish_reason="error",
     )
 
 

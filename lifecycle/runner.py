@@ -767,30 +767,13 @@ def _scored(
 
 def _failed(variant: Variant, suite: Suite, mode: str, case: GoldenCase, reason: str) -> CaseResult:
     """A case the engine could not answer (crash, timeout, refused schema): failed, no output."""
-    return CaseResult(
+    return CaseResult.engine_error(
         variant=variant.name,
         suite=suite.name,
         mode=mode,
         id=case.id,
-        passed=False,
         reason=reason,
-        output="",
-        parsed=None,
         expected=dict(case.expected),
-        json_valid=False,
-        schema_valid=False,
-        fields_matched=False,
-        schema_error=None,
-        mismatches=[],
-        diff=None,
-        latency_ms=0.0,
-        prompt_tokens=0,
-        completion_tokens=0,
-        prompt_eval_tokens=0,
-        prompt_ms=0.0,
-        eval_tokens=0,
-        generation_ms=0.0,
-        finish_reason="error",
     )
 
 
