@@ -31,7 +31,7 @@ ENV_NO_PROGRESS = "LIFECYCLE_NO_PROGRESS"
 ENV_NO_CANARY = "LIFECYCLE_NO_CANARY"  # skip the engine canary before loading a model
 
 DEFAULT_ENGINE = "llama-cpp"
-# Measured with benchmarks/batched.py (see the README): on 2-4 CPU cores 4 sequences per step
+# Measured with benchmarks/batched.py (docs/performance.md): on 2-4 CPU cores 4 sequences per step
 # gave the most cases per second; more cost attention over a larger cache for little gain.
 DEFAULT_PARALLEL = 4
 

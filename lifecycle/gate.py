@@ -101,7 +101,7 @@ NUMERIC_KEYS = (
     "flash_attention",
 )
 # The default [gate] noise_margin, in logits (= nats of log-probability). Chosen from the
-# verdict-trust benchmark (benchmarks/verdict_trust.py; the README has the table).
+# verdict-trust benchmark (benchmarks/verdict_trust.py; docs/gate-and-pins.md has the table).
 NOISE_MARGIN = 0.5
 # Eval speed is judged only when both runs generated for at least this long: a tiny model's
 # fraction of a second of generation measures the machine's jitter, not the model.

@@ -66,7 +66,7 @@ class SmokeOptions:
     prune: bool = True  # drop lock and baseline entries of variants that left the matrix
     # Cases decoded together. 1 by default: the smoke pins, and its run becomes the baselines,
     # so it decodes one case at a time, the reference path (batched decoding flipped a few
-    # example verdicts: other rounding in batched matrix products; see the README).
+    # example verdicts: other rounding in batched matrix products; see docs/performance.md).
     parallel: int = 1
 
 
