@@ -161,3 +161,25 @@ def test_grammar_masks_are_cached_by_state_and_differ_between_states(
     finally:
         first.free()
         second.free()
+
+
+def test_the_private_llama_cpp_python_api_the_engine_uses_is_still_there(
+    model: LlamaCppModel,
+) -> None:
+    """The engine reaches into llama-cpp-python's internals (its sampler wrapper, the
+    context and model handles, the token record): an upgrade that moves them must fail
+    here, by name, not as a TypeError mid-eval (0.3.33's add_penalties took 4 arguments)."""
+    import inspect
+
+    from llama_cpp._internals import LlamaSampler
+
+    llm = model._llm
+    assert llm._ctx.ctx and llm._model.vocab and model.context and model.vocab
+    assert hasattr(llm, "_input_ids") and isinstance(llm.n_tokens, int)
+    for method in ("add_penalties", "add_greedy", "add_top_k", "add_top_p", "add_min_p"):
+        assert callable(getattr(LlamaSampler, method, None)), method
+    for method in ("add_temp", "add_dist", "sample", "accept", "close"):
+        assert callable(getattr(LlamaSampler, method, None)), method
+    assert len(inspect.signature(LlamaSampler.add_penalties).parameters) in (5, 6)
+    chain = model.sampler_chain(GenerationRequest(prompt="x", max_tokens=1, repeat_penalty=1.1))
+    chain.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import json
 import math
 import random
@@ -49,6 +50,10 @@ from lifecycle.engines.margins import Margins
 from lifecycle.errors import EngineError, GoldenSetError
 from lifecycle.fsutil import quiet_stderr
 from lifecycle.hostinfo import physical_cores  # re-exported: benchmarks import it here
+
+# llama-cpp-python's sampler wrapper (a private API, llama_cpp._internals) took n_vocab as
+# the penalties' first argument in some releases and not in others (0.3.33: four arguments).
+_PENALTIES_TAKE_VOCAB = len(inspect.signature(LlamaSampler.add_penalties).parameters) == 6
 
 
 class LlamaCppEngine:
@@ -334,7 +339,11 @@ class LlamaCppModel:
 
     def sampler_chain(self, request: GenerationRequest) -> Any:
         chain = LlamaSampler()
-        chain.add_penalties(self._llm.n_vocab(), 64, request.repeat_penalty, 0.0, 0.0)
+        penalties = (64, request.repeat_penalty, 0.0, 0.0)  # last_n, repeat, freq, present
+        if _PENALTIES_TAKE_VOCAB:
+            chain.add_penalties(self._llm.n_vocab(), *penalties)
+        else:
+            chain.add_penalties(*penalties)
         if request.temperature <= 0.0:
             chain.add_greedy()
         else:
