@@ -338,7 +338,7 @@ class LlamaCppModel:
         llm.eval(tokens[prefix:])
 
     def sampler_chain(self, request: GenerationRequest) -> Any:
-        chain = LlamaSampler()
+        chain: Any = LlamaSampler()  # Any: its signature differs across releases (below)
         penalties = (64, request.repeat_penalty, 0.0, 0.0)  # last_n, repeat, freq, present
         if _PENALTIES_TAKE_VOCAB:
             chain.add_penalties(self._llm.n_vocab(), *penalties)
