@@ -1320,6 +1320,12 @@ def _eval_speed(summaries: list[dict[str, Any]]) -> tuple[float | None, float]:
     ]
     if not pairs:
         return None, 0.0
+    timed = [s.get("generation_s") for s in summaries if s.get("generation_tokens_per_s")]
+    if all(isinstance(t, int | float) for t in timed):
+        # Timed answers only (summaries since the answer cache): their tokens and seconds.
+        seconds = sum(float(t) for t in timed if t is not None)
+        tokens = sum(r * float(t) for (r, _), t in zip(pairs, timed, strict=True) if t)
+        return (round(tokens / seconds, 2) if seconds > 0 else None), seconds
     tokens = sum(n for _, n in pairs)
     if tokens <= 0:
         return sum(r for r, _ in pairs) / len(pairs), 0.0

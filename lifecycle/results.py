@@ -136,6 +136,9 @@ class SuiteSummary:
     concurrency: int = 1
     cases_per_s: float | None = None  # throughput under that concurrency
     completion_tokens_per_s: float | None = None
+    # Seconds of generation behind generation_tokens_per_s: only answers generated in this
+    # run are timed (one from the answer cache carries another run's, maybe busy, timings).
+    generation_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -327,14 +330,16 @@ def summarise(
     threshold: float | None,
     concurrency: int = 1,
 ) -> SuiteSummary:
-    """Aggregate case results; token rates come from the engine's own timings."""
+    """Aggregate case results; token rates come from the engine's own timings, over the
+    answers generated in this run (cached ones were timed by another run)."""
     n = len(cases)
     passed = sum(c.passed for c in cases)
-    wall_s = sum(c.wall_share_ms for c in cases) / 1000.0
-    prompt_ms = sum(c.prompt_ms for c in cases)
-    gen_ms = sum(c.generation_ms for c in cases)
-    prompt_evaluated = sum(c.prompt_eval_tokens for c in cases)
-    decoded = sum(c.eval_tokens for c in cases)
+    timed = [c for c in cases if c.cached_from is None]
+    wall_s = sum(c.wall_share_ms for c in timed) / 1000.0
+    prompt_ms = sum(c.prompt_ms for c in timed)
+    gen_ms = sum(c.generation_ms for c in timed)
+    prompt_evaluated = sum(c.prompt_eval_tokens for c in timed)
+    decoded = sum(c.eval_tokens for c in timed)
     pass_rate = passed / n if n else 0.0
     return SuiteSummary(
         variant=variant,
@@ -347,8 +352,8 @@ def summarise(
         schema_valid_rate=round(sum(c.schema_valid for c in cases) / n, 4) if n else 0.0,
         threshold=threshold,
         met_threshold=threshold is None or pass_rate >= threshold,
-        latency_p50_ms=round(percentile([c.latency_ms for c in cases], 50), 2),
-        latency_p95_ms=round(percentile([c.latency_ms for c in cases], 95), 2),
+        latency_p50_ms=round(percentile([c.latency_ms for c in timed], 50), 2),
+        latency_p95_ms=round(percentile([c.latency_ms for c in timed], 95), 2),
         prompt_tokens_per_s=_rate(prompt_evaluated, prompt_ms),
         generation_tokens_per_s=_rate(decoded, gen_ms),
         prompt_tokens=sum(c.prompt_tokens for c in cases),
@@ -356,10 +361,11 @@ def summarise(
         truncated=sum(c.finish_reason == "length" for c in cases),
         errors=sum(c.finish_reason == "error" for c in cases),
         concurrency=concurrency,
-        cases_per_s=round(n / wall_s, 3) if wall_s > 0 else None,
+        cases_per_s=round(len(timed) / wall_s, 3) if wall_s > 0 else None,
         completion_tokens_per_s=(
-            round(sum(c.completion_tokens for c in cases) / wall_s, 2) if wall_s > 0 else None
+            round(sum(c.completion_tokens for c in timed) / wall_s, 2) if wall_s > 0 else None
         ),
+        generation_s=round(gen_ms / 1000.0, 3),
     )
 
 
@@ -368,18 +374,19 @@ def overall(
 ) -> dict[str, Any]:
     """The run-wide summary printed at the top of ``--json``."""
     n = len(cases)
-    prompt_ms = sum(c.prompt_ms for c in cases)
-    gen_ms = sum(c.generation_ms for c in cases)
+    timed = [c for c in cases if c.cached_from is None]
+    prompt_ms = sum(c.prompt_ms for c in timed)
+    gen_ms = sum(c.generation_ms for c in timed)
     return {
         "cases": n,
         "passed": sum(c.passed for c in cases),
         "pass_rate": round(sum(c.passed for c in cases) / n, 4) if n else 0.0,
         "json_valid_rate": round(sum(c.json_valid for c in cases) / n, 4) if n else 0.0,
         "schema_valid_rate": round(sum(c.schema_valid for c in cases) / n, 4) if n else 0.0,
-        "latency_p50_ms": round(percentile([c.latency_ms for c in cases], 50), 2),
-        "latency_p95_ms": round(percentile([c.latency_ms for c in cases], 95), 2),
-        "prompt_tokens_per_s": _rate(sum(c.prompt_eval_tokens for c in cases), prompt_ms),
-        "generation_tokens_per_s": _rate(sum(c.eval_tokens for c in cases), gen_ms),
+        "latency_p50_ms": round(percentile([c.latency_ms for c in timed], 50), 2),
+        "latency_p95_ms": round(percentile([c.latency_ms for c in timed], 95), 2),
+        "prompt_tokens_per_s": _rate(sum(c.prompt_eval_tokens for c in timed), prompt_ms),
+        "generation_tokens_per_s": _rate(sum(c.eval_tokens for c in timed), gen_ms),
         "load_ms": round(load_ms, 2),
         "thresholds_met": all(s.met_threshold for s in summaries),
     }

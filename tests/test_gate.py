@@ -108,11 +108,20 @@ def test_a_speed_measured_over_a_fraction_of_a_second_is_not_judged() -> None:
     base = make_record({"a": True}, tokens_per_s=100.0)
     slow = make_record({"a": True}, tokens_per_s=50.0)
     # Half the speed, but over 10 tokens: 0.2 s of generation, the machine's jitter.
-    slow = replace(slow, summaries=[replace(s, completion_tokens=10) for s in slow.summaries])
+    slow = replace(
+        slow,
+        summaries=[replace(s, completion_tokens=10, generation_s=0.2) for s in slow.summaries],
+    )
     result = run_gate(slow, baselines_of(base), GateSettings(max_tokens_per_s_drop=0.3))
     [check] = [c for c in result.checks if c.name == "generation_tokens_per_s"]
     assert check.status == "skip" and "too short a sample" in check.message
     assert result.passed
+    # Summaries written before generation_s: the seconds follow from tokens and rate.
+    older = replace(slow, summaries=[replace(s, generation_s=None) for s in slow.summaries])
+    [check] = [
+        c for c in run_gate(older, baselines_of(base)).checks if c.name == "generation_tokens_per_s"
+    ]
+    assert check.status == "skip" and "too short a sample" in check.message
 
 
 def test_engine_upgrade_slowdown_is_attributed_to_environment() -> None:

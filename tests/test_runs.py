@@ -45,3 +45,34 @@ def test_a_missing_or_broken_run_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="invalid run record") as info:
         find_run(runs, "run-c")
     assert info.value.path == str(broken)
+
+
+def test_speed_and_latency_come_from_answers_generated_in_this_run() -> None:
+    """An answer from the cache carries the timings of the run that generated it (perhaps on
+    a busy machine): the summary's speed and latency count only this run's generations."""
+    from dataclasses import replace
+
+    from _promote import make_record
+
+    from lifecycle.results import summarise
+
+    fast, slow, cached = make_record({"a": True, "b": True, "c": False}).cases
+    fast = replace(fast, generation_ms=1000.0, eval_tokens=50, latency_ms=1200.0)
+    slow = replace(slow, generation_ms=1000.0, eval_tokens=30, latency_ms=1100.0)
+    cached = replace(
+        cached,
+        generation_ms=60000.0,
+        eval_tokens=40,
+        latency_ms=90000.0,
+        cached_from="20261207T184517Z-6674ca39",
+    )
+    summary = summarise(
+        [fast, slow, cached], variant="tiny", suite="triage", mode="schema", threshold=None
+    )
+    assert summary.generation_tokens_per_s == 40.0 and summary.generation_s == 2.0
+    assert summary.latency_p95_ms < 1200.0 and summary.cases == 3 and summary.passed == 2
+    earlier = [replace(c, cached_from="earlier") for c in (fast, slow)]
+    summary = summarise(
+        [*earlier, cached], variant="tiny", suite="triage", mode="schema", threshold=None
+    )
+    assert summary.generation_tokens_per_s is None and summary.generation_s == 0.0
