@@ -38,7 +38,7 @@ def render_gate_text(gate: GateResult) -> str:
         lines += ["", f"regressions ({len(gate.regressions)}):"]
         for r in gate.regressions:
             margins = (
-                f" (margin {_margin(r.baseline_margin)} → {_margin(r.margin)})"
+                f" (margin {format_margin(r.baseline_margin)} → {format_margin(r.margin)})"
                 if r.baseline_margin is not None or r.margin is not None
                 else ""
             )
@@ -55,7 +55,7 @@ def render_gate_text(gate: GateResult) -> str:
             was, now = ("pass" if f.baseline_passed else "fail"), ("pass" if f.passed else "fail")
             lines.append(
                 f"  {f.variant} {f.suite}/{f.mode} {f.case}: {was} → {now}, "
-                f"margin {_margin(f.baseline_margin)} → {_margin(f.margin)}: {f.judged}"
+                f"margin {format_margin(f.baseline_margin)} → {format_margin(f.margin)}: {f.judged}"
             )
     changes = [
         f"  {entry['variant']} {c['key']}: {c['baseline']} → {c['current']}"
@@ -67,7 +67,8 @@ def render_gate_text(gate: GateResult) -> str:
     return "\n".join(lines)
 
 
-def _margin(value: float | None) -> str:
+def format_margin(value: float | None) -> str:
+    """A decision margin as shown next to a flip: two decimals, or "unknown"."""
     return "unknown" if value is None else f"{value:.2f}"
 
 
@@ -139,7 +140,8 @@ def render_markdown(result: GateResult) -> str:
             now = "pass" if f.passed else "fail"
             lines.append(
                 f"- {_md(f.variant)} {f.suite}/{f.mode} `{f.case}`: {was} → {now}, "
-                f"margin {_margin(f.baseline_margin)} → {_margin(f.margin)}: **{f.judged}** "
+                f"margin {format_margin(f.baseline_margin)} → {format_margin(f.margin)}: "
+                f"**{f.judged}** "
                 f"(baseline output `{_md(f.baseline_output.strip()[:80])}`, now "
                 f"`{_md(f.output.strip()[:80])}`)"
             )

@@ -33,6 +33,7 @@ from lifecycle.config import Workspace, cache_settings
 from lifecycle.errors import LifecycleError
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gate import GateResult, GateSettings, load_gate_settings, numeric_changes, run_gate
+from lifecycle.gaterender import format_margin
 from lifecycle.lockfile import LOCK_FILE, read_lock
 from lifecycle.pin import PinResult, pin
 from lifecycle.results import (
@@ -48,6 +49,8 @@ from lifecycle.results import (
 from lifecycle.store import Store
 
 Progress = Callable[[str], None]
+# Regressions named one per line in smoke's summary; the rest are in `lifecycle gate`.
+MAX_LISTED = 20
 # 2: case results carry decision margins (older cached results have none).
 CACHE_VERSION = 2
 
@@ -269,6 +272,15 @@ def render_summary(result: SmokeResult) -> str:
         state = v.status + ("" if v.passed else ": " + "; ".join(v.failures))
         lines.append(f"gate {v.variant}: {state}")
     lines.append(f"regressions: {len(result.gate.regressions)}")
+    for r in result.gate.regressions[:MAX_LISTED]:
+        margins = (
+            f" (margin {format_margin(r.baseline_margin)} → {format_margin(r.margin)})"
+            if r.baseline_margin is not None or r.margin is not None
+            else ""
+        )
+        lines.append(f"  {r.variant} {r.suite}/{r.mode} {r.case}{margins}: {r.reason}")
+    if len(result.gate.regressions) > MAX_LISTED:
+        lines.append(f"  ... {len(result.gate.regressions) - MAX_LISTED} more (lifecycle gate)")
     if result.gate.environment_flips:
         judged: dict[str, int] = {}
         for flip in result.gate.environment_flips:
