@@ -100,6 +100,10 @@ NUMERIC_KEYS = (
     "kv_cache_type_v",
     "flash_attention",
 )
+# Engine settings a team chooses whose change makes tokens/s a measurement of another
+# configuration: speeds are not compared across them (a deliberate 2 → 1 threads is no
+# slowdown of the engine); memory still is.
+SPEED_SETTING_KEYS = ("threads", "parallel", "batch_size")
 # The default [gate] noise_margin, in logits (= nats of log-probability). Chosen from the
 # verdict-trust benchmark (benchmarks/verdict_trust.py; docs/gate-and-pins.md has the table).
 NOISE_MARGIN = 0.5
@@ -489,6 +493,22 @@ class _Changes:
     def numeric_keys(self) -> list[str]:
         return [c["key"] for c in self.environment if c["key"] in NUMERIC_KEYS]
 
+    @property
+    def speed_settings(self) -> list[str]:
+        """Changed settings that make tokens/s another measurement ("threads 2 → 1")."""
+        return [
+            f"{c['key']} {_setting(c['baseline'])} → {_setting(c['current'])}"
+            for c in self.environment
+            if c["key"] in SPEED_SETTING_KEYS
+        ]
+
+
+def _setting(value: Any) -> str:
+    """A per-variant setting as recorded ({variant: value} in run environments) or plain."""
+    if isinstance(value, dict) and len(value) == 1:
+        value = next(iter(value.values()))
+    return str(value)
+
 
 def _gate_variant(
     record: RunRecord,
@@ -535,7 +555,14 @@ def _gate_variant(
         out.checks += _margin_notes(out)
         out.checks += _rates_against(record, name, cases, source, changes, settings)
         out.checks += _speed_checks(
-            record, name, base, bench_now, settings, changes.hardware_changed, causes
+            record,
+            name,
+            base,
+            bench_now,
+            settings,
+            changes.hardware_changed,
+            causes,
+            reconfigured=changes.speed_settings,
         )
         # The [serve] SLA over a load test given with --bench (lifecycle.latency).
         out.checks += [
@@ -1209,6 +1236,8 @@ def _speed_checks(
     settings: GateSettings,
     hardware_changed: bool,
     causes: list[str],
+    *,
+    reconfigured: list[str] | None = None,
 ) -> list[Check]:
     pairs: list[tuple[str, float | None, float | None, bool]] = []  # name, old, new, lower-worse
     old_speed, old_s = _eval_speed(base.summaries)
@@ -1266,6 +1295,20 @@ def _speed_checks(
                     f"{key}: not judged, the machine was busy (other processes used "
                     f"{max(busy):.0%} of the CPU during the eval; the bound is "
                     f"{settings.max_foreign_cpu_share:.0%}); re-run on a quiet machine",
+                    baseline=was,
+                    current=now,
+                    cause="environment",
+                )
+            )
+            continue
+        if reconfigured and lower_is_worse:
+            checks.append(
+                Check(
+                    key,
+                    name,
+                    "skip",
+                    f"{key}: not judged, the engine settings changed ({', '.join(reconfigured)}):"
+                    " another configuration, not a slowdown",
                     baseline=was,
                     current=now,
                     cause="environment",

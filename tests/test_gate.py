@@ -242,3 +242,17 @@ def test_speed_on_a_busy_machine_is_not_judged() -> None:
     slow.environment["foreign_cpu_share"] = {"tiny": 0.02}  # quiet: judged
     result = run_gate(slow, baselines_of(base), GateSettings(max_tokens_per_s_drop=0.3))
     assert not result.passed
+
+
+def test_fewer_threads_is_another_configuration_not_a_slowdown() -> None:
+    """Halving the threads halves tokens/s: a setting the team chose, not an engine that got
+    slower; the speed check says so instead of failing. The same drop with the same
+    settings fails."""
+    base = make_record({"a": True}, tokens_per_s=100.0)
+    fewer = make_record({"a": True}, tokens_per_s=50.0, environment={"threads": {"tiny": 1}})
+    result = run_gate(fewer, baselines_of(base))
+    [check] = [c for c in result.checks if c.name == "generation_tokens_per_s"]
+    assert check.status == "skip" and "threads 2 → 1" in check.message
+    assert result.passed
+    same = make_record({"a": True}, tokens_per_s=50.0)
+    assert not run_gate(same, baselines_of(base)).passed
