@@ -415,3 +415,13 @@ def test_one_timestamp_helper() -> None:
         if writers.search(line)
     ]
     assert not others, f"timestamps written outside lifecycle.clock: {others}"
+
+
+def test_python_dash_m_lifecycle_is_the_command_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "0.1.0" in done.stdout, done.stderr
