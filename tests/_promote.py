@@ -78,6 +78,19 @@ def schema_answers(root: Path) -> dict[str, object]:
     return _ANSWERS[key]
 
 
+def repeat_cases(path: Path, times: int) -> None:
+    """The golden set repeated ``times`` times, with fresh case ids and prompts (a repeated
+    prompt would be answered from the answer cache, and the run would not last)."""
+    lines = path.read_text(encoding="utf-8").splitlines() * times
+    cases = []
+    for i, line in enumerate(lines):
+        case = dict(json.loads(line), id=f"case-{i}")
+        *before, last = case["messages"]
+        case["messages"] = [*before, {**last, "content": f"{last['content']} #{i}"}]
+        cases.append(case)
+    path.write_text("".join(json.dumps(c) + "\n" for c in cases), encoding="utf-8")
+
+
 def schema_only(root: Path) -> None:
     """Run only the schema mode (free-mode output from random weights is noise, and slow)."""
     suite = root / "evals" / "triage.toml"

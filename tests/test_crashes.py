@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _promote import repeat_cases
 
 from lifecycle.config import load_workspace
 from lifecycle.engines.worker import WorkerModel
@@ -36,19 +37,6 @@ def lifecycle(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         env={**os.environ, **(env or {})},
         stdin=subprocess.DEVNULL,
     )
-
-
-def repeat_cases(path: Path, times: int) -> None:
-    """The golden set repeated ``times`` times, with fresh case ids and prompts (a repeated
-    prompt would be answered from the answer cache, and the run would not last)."""
-    lines = path.read_text(encoding="utf-8").splitlines() * times
-    cases = []
-    for i, line in enumerate(lines):
-        case = dict(json.loads(line), id=f"case-{i}")
-        *before, last = case["messages"]
-        case["messages"] = [*before, {**last, "content": f"{last['content']} #{i}"}]
-        cases.append(case)
-    path.write_text("".join(json.dumps(c) + "\n" for c in cases), encoding="utf-8")
 
 
 def use_model(workspace: Path, gguf: Path) -> None:

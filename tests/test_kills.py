@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _promote import init_repo, make_record
+from _promote import init_repo, make_record, repeat_cases
 
 from lifecycle.baselines import load_baselines
 from lifecycle.config import lifecycle_home
@@ -31,19 +31,6 @@ from lifecycle.store import Store
 
 LIFECYCLE = [sys.executable, "-m", "lifecycle.cli"]
 TESTS = str(Path(__file__).parent)
-
-
-def repeat_cases(path: Path, times: int) -> None:
-    """The golden set repeated ``times`` times, with fresh case ids and prompts (a repeated
-    prompt would be answered from the answer cache, and the run would not last)."""
-    lines = path.read_text(encoding="utf-8").splitlines() * times
-    cases = []
-    for i, line in enumerate(lines):
-        case = dict(json.loads(line), id=f"case-{i}")
-        *before, last = case["messages"]
-        case["messages"] = [*before, {**last, "content": f"{last['content']} #{i}"}]
-        cases.append(case)
-    path.write_text("".join(json.dumps(c) + "\n" for c in cases), encoding="utf-8")
 
 
 def gone(proc: psutil.Process, timeout_s: float) -> bool:
