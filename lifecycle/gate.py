@@ -53,7 +53,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lifecycle.baselines import Baseline, CaseKey, case_key, variant_environment
 from lifecycle.config import TableReader, read_toml
@@ -100,6 +100,8 @@ NUMERIC_KEYS = (
     "kv_cache_type_v",
     "flash_attention",
 )
+# What the gate made of a flip across a numeric environment change (see EnvironmentFlip).
+FlipJudgement = Literal["noise", "regression", "gained", "unknown"]
 # Engine settings a team chooses whose change makes tokens/s a measurement of another
 # configuration: speeds are not compared across them (a deliberate 2 → 1 threads is no
 # slowdown of the engine); memory still is.
@@ -273,7 +275,7 @@ class EnvironmentFlip:
     passed: bool
     output: str
     baseline_output: str
-    judged: str = "unknown"
+    judged: FlipJudgement = "unknown"
     baseline_margin: float | None = None
     margin: float | None = None
 
@@ -830,7 +832,7 @@ class BaselineSource:
       change), so the candidate is judged like for like, in this environment.
     """
 
-    kind: str
+    kind: Literal["stored", "stored-across-runtime", "reference"]
     cases: Mapping[CaseKey, Mapping[str, Any]]
     numeric_keys: tuple[str, ...] = ()
 
@@ -909,6 +911,7 @@ def judge_flip(
     weights the environment is blamed (and the flip says ``unknown``), otherwise the model.
     """
     was, is_ = decision_margins(old, now)
+    judged: FlipJudgement
     if not old["passed"]:
         judged = "gained"
     elif was is None or is_ is None:
