@@ -171,3 +171,54 @@ def test_settings_and_unreachable_servers(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(UsageError, match="takes no setting 'base_url'"):
         get_engine("llama-cpp", base_url="http://x")
     assert os.environ["LIFECYCLE_OPENAI_BASE_URL"] == "127.0.0.1:9"
+
+
+def test_margins_come_from_the_servers_top_logprobs(model: OpenAIModel) -> None:
+    """llama-cpp-python's server returns two alternatives per token when asked: the margin
+    is the chosen token's log-probability minus the best alternative's, at some step."""
+    result = model.generate(request(margin_field="category"))
+    assert result.margin is not None and result.margin >= 0.0
+    assert result.margin_step is not None and 0 <= result.margin_step < result.completion_tokens
+
+
+def test_a_gateway_that_refuses_logprobs_leaves_margins_unknown() -> None:
+    """Some OpenAI-compatible gateways answer 400 to logprobs: the case still runs, once
+    without them, and its margin is unknown (never guessed)."""
+    import http.server
+    import json as json_module
+    import threading
+
+    asked: list[dict[str, object]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json_module.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(body)
+            if "logprobs" in body:
+                answer, status = {"error": {"message": "logprobs is not supported"}}, 400
+            else:
+                message = {"role": "assistant", "content": '{"category": "billing"}'}
+                choice = {"message": message, "finish_reason": "stop"}
+                answer, status = {"choices": [choice], "usage": {}}, 200
+            data = json_module.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        engine = OpenAIEngine(f"http://127.0.0.1:{server.server_address[1]}")
+        gateway = OpenAIModel(engine, "m", None, 0.0)
+        first = gateway.generate(request())
+        second = gateway.generate(request())
+    finally:
+        server.shutdown()
+    assert first.text == second.text == '{"category": "billing"}'
+    assert first.margin is None and second.margin is None
+    assert ["logprobs" in body for body in asked] == [True, False, False]

@@ -111,10 +111,20 @@ def test_server_alternatives_give_margins_and_their_absence_gives_none() -> None
             {"token": "{", "logprob": -0.01}, {"token": " ", "logprob": -4.6}]},
         {"token": '"', "logprob": -0.2, "top_logprobs": [
             {"token": '"', "logprob": -0.2}, {"token": "'", "logprob": -1.9}]},
+        # Only the chosen token listed: no rival the server would name (forced).
+        {"token": "c", "logprob": -0.001, "top_logprobs": [{"token": "c", "logprob": -0.001}]},
     ]  # fmt: skip
-    margins = server_margins(entries, '{"', None)
+    margins = server_margins(entries, '{"c', "c")
     assert margins is not None
     assert margins.summary() == (pytest.approx(1.7), 1, None)
+    # Byte tokens sent as "" (llama-cpp-python's server): two different tokens share that
+    # text; the rival is still counted, the field's margin is dropped (offsets unknown).
+    bytes_only = [
+        {"token": "", "logprob": -0.5, "top_logprobs": [
+            {"token": "", "logprob": -0.5}, {"token": "", "logprob": -0.9}]},
+    ]  # fmt: skip
+    margins = server_margins(bytes_only, "é", "category")
+    assert margins is not None and margins.summary() == (pytest.approx(0.4), 0, None)
     del entries[1]["top_logprobs"]
-    assert server_margins(entries, '{"', None) is None
+    assert server_margins(entries, '{"c', None) is None
     assert server_margins(None, "", None) is None

@@ -64,13 +64,18 @@ class Margins:
 def server_margins(entries: Any, text: str, field: str | None) -> Margins | None:
     """Decision margins from a server's per-token ``top_logprobs`` (OpenAI chat's
     ``choices[0].logprobs.content``, Ollama's ``logprobs``): each token's log-probability
-    minus the best other alternative's. None when the server sent no alternatives for some
-    token (then the margin is unknown, never guessed). Servers report alternatives after
-    their own grammar, if any, so under a schema these are the allowed tokens' gaps.
+    minus the best other alternative's. Servers report alternatives after their own
+    grammar, if any, so under a schema these are the allowed tokens' gaps.
+
+    None when the server sent no log-probabilities (the margin is unknown, never guessed).
+    A step whose only listed alternative is the chosen token had no rival the server
+    would name (forced). The field's margin needs the tokens' text: when the server's
+    tokens do not spell the answer (byte tokens sent as ""), only the whole output's
+    margin is kept.
     """
     if not isinstance(entries, list) or not entries:
         return None
-    margins = Margins(field)
+    steps: list[tuple[float, str]] = []  # (margin, text before the token)
     spelled = b""
     for entry in entries:
         if not isinstance(entry, dict):
@@ -78,22 +83,25 @@ def server_margins(entries: Any, text: str, field: str | None) -> Margins | None
         chosen, alternatives = entry.get("logprob"), entry.get("top_logprobs")
         if not isinstance(chosen, int | float) or not isinstance(alternatives, list):
             return None
-        others = [
-            float(alt["logprob"])
+        rivals = [
+            (alt.get("token"), float(alt["logprob"]))
             for alt in alternatives
-            if isinstance(alt, dict)
-            and isinstance(alt.get("logprob"), int | float)
-            and alt.get("token") != entry.get("token")
+            if isinstance(alt, dict) and isinstance(alt.get("logprob"), int | float)
         ]
-        if len(alternatives) < 2 and not others:
-            return None  # asked for two alternatives, got one: nothing to compare with
-        best = max(others, default=-math.inf)
-        margins.add(float(chosen) - best, spelled.decode("utf-8", errors="ignore"))
+        # The chosen token is listed among its alternatives: leave out that one entry
+        # (other tokens may share its text, e.g. byte tokens sent as "").
+        itself = (entry.get("token"), float(chosen))
+        if itself in rivals:
+            rivals.remove(itself)
+        best = max((logprob for _token, logprob in rivals), default=-math.inf)
+        steps.append((float(chosen) - best, spelled.decode("utf-8", errors="ignore")))
         raw = entry.get("bytes")
         token = entry.get("token")
         spelled += bytes(raw) if isinstance(raw, list) else str(token or "").encode()
-    if not spelled.decode("utf-8", errors="replace").startswith(text):
-        return None
+    spells = spelled.decode("utf-8", errors="replace").startswith(text)
+    margins = Margins(field if spells else None)
+    for margin, before in steps:
+        margins.add(margin, before)
     return margins
 
 

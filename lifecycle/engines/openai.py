@@ -148,6 +148,9 @@ class OpenAIModel:
         self._schema_dialect = "json_schema"
         self._dialect_lock = threading.Lock()
         self._probed: bool | None = None  # None: not probed; else whether the probe passed
+        # False once the server refused logprobs for margins alone (some gateways answer 400):
+        # then margins stay unknown rather than every case failing.
+        self._margin_logprobs = True
 
     def generate(self, request: GenerationRequest) -> Generation:
         body: dict[str, Any]
@@ -156,13 +159,22 @@ class OpenAIModel:
         else:
             path, body = "completions", {"prompt": request.prompt}
         body.update(self._sampling(request))
-        if path == "chat/completions":
+        for_margins = path == "chat/completions" and self._margin_logprobs
+        if path == "chat/completions" and (request.logprobs or for_margins):
             # Chat completions return per-token log-probabilities only with top_logprobs set
             # (llama-cpp-python's server); servers that ignore it leave the signal unrecorded.
             # Two alternatives give each token's decision margin (the gate's noise evidence).
-            body.update(logprobs=True, top_logprobs=2)
+            body.update(logprobs=True, top_logprobs=2 if for_margins else 1)
         start = time.perf_counter()
-        answer = self._post_with_schema(path, body, request)
+        try:
+            answer = self._post_with_schema(path, body, request)
+        except HttpStatusError as exc:
+            refused = exc.status in (400, 422) and "logprob" in exc.detail.lower()
+            if not (refused and for_margins and not request.logprobs):
+                raise
+            self._margin_logprobs = False
+            del body["logprobs"], body["top_logprobs"]
+            answer = self._post_with_schema(path, body, request)
         latency_ms = (time.perf_counter() - start) * 1000.0
         return self._generation(answer, request, latency_ms)
 
