@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lifecycle.baselines import Baseline, CaseKey, case_key, variant_environment
+from lifecycle.checks import Check
 from lifecycle.config import TableReader, read_toml
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
 from lifecycle.latency import latency_checks
@@ -153,25 +154,6 @@ class GateSettings:
         out = asdict(self)
         del out["calibration"]
         return out
-
-
-@dataclass(frozen=True)
-class Check:
-    """One comparison the gate made; ``status`` is ``pass``, ``fail`` or ``skip``."""
-
-    name: str
-    variant: str
-    status: str
-    message: str
-    suite: str | None = None
-    mode: str | None = None
-    baseline: float | None = None
-    current: float | None = None
-    threshold: float | None = None
-    cause: str | None = None  # "model", "golden set", "environment" when known
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -567,41 +549,35 @@ def _gate_variant(
             reconfigured=changes.speed_settings,
         )
         # The [serve] SLA over a load test given with --bench (lifecycle.latency).
-        out.checks += [
-            Check(**fields)
-            for fields in latency_checks(
-                name,
-                run.variant.get("id"),
-                base.bench,
-                base.environment,
-                bench_now,
-                max_foreign_cpu_share=settings.max_foreign_cpu_share,
-                hardware_keys=HARDWARE_KEYS,
-                causes=causes,
-            )
-        ]
-    # Retrieval suites: metric thresholds and drops, vector drift, re-index (vectors).
-    out.checks += [
-        Check(**fields)
-        for fields in retrieval_checks(
-            record,
+        out.checks += latency_checks(
             name,
-            source.cases if source is not None else None,
-            max_drop=settings.max_pass_rate_drop,
-            noise_margin=settings.noise_margin,
-            numeric=source is not None and source.numeric,
-            same_weights=changes is not None and changes.same_weights,
+            run.variant.get("id"),
+            base.bench,
+            base.environment,
+            bench_now,
+            max_foreign_cpu_share=settings.max_foreign_cpu_share,
+            hardware_keys=HARDWARE_KEYS,
             causes=causes,
         )
-        + vector_checks(
-            name,
-            record.retrieval.get(name),
-            base.extra if base is not None else {},
-            base.directory if base is not None else None,
-            max_vector_drift=settings.max_vector_drift,
-            reindex_below=settings.reindex_below,
-        )
-    ]
+    # Retrieval suites: metric thresholds and drops, vector drift, re-index (vectors).
+    out.checks += retrieval_checks(
+        record,
+        name,
+        source.cases if source is not None else None,
+        max_drop=settings.max_pass_rate_drop,
+        noise_margin=settings.noise_margin,
+        numeric=source is not None and source.numeric,
+        same_weights=changes is not None and changes.same_weights,
+        causes=causes,
+    )
+    out.checks += vector_checks(
+        name,
+        record.retrieval.get(name),
+        base.extra if base is not None else {},
+        base.directory if base is not None else None,
+        max_vector_drift=settings.max_vector_drift,
+        reindex_below=settings.reindex_below,
+    )
     if out.regressions:
         out.checks.append(
             Check(

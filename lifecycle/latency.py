@@ -12,6 +12,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lifecycle.checks import Check
 from lifecycle.results import percentile
 
 QUANTILES = (50, 90, 95, 99)
@@ -60,8 +61,8 @@ def latency_checks(
     max_foreign_cpu_share: float,
     hardware_keys: Sequence[str],
     causes: Sequence[str] = (),
-) -> list[dict[str, Any]]:
-    """The SLA checks for one variant, as the keyword arguments of ``gate.Check``.
+) -> list[Check]:
+    """The SLA checks for one variant.
 
     ``bench_now["loadtest"]`` is this change's load test (``lifecycle loadtest --json``, given to
     the gate with ``--bench``), ``base_bench["loadtest"]`` the pinned one. The SLA is absolute,
@@ -175,8 +176,8 @@ def _not_judged(
     return None
 
 
-def _check(name: str, key: str, status: str, message: str, **fields: Any) -> dict[str, Any]:
-    return {"name": key, "variant": name, "status": status, "message": message, **fields}
+def _check(name: str, key: str, status: str, message: str, **fields: Any) -> Check:
+    return Check(name=key, variant=name, status=status, message=message, **fields)
 
 
 def _ms(value: Any) -> str:

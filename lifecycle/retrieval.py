@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from lifecycle.checks import Check
 from lifecycle.corpus import METRICS, MODE
 from lifecycle.engines.base import EmbeddingEngine, EmbeddingModel, LoadOptions
 from lifecycle.errors import EngineError, ModelError, UsageError
@@ -329,15 +330,14 @@ def retrieval_checks(
     numeric: bool,
     same_weights: bool,
     causes: Sequence[str] = (),
-) -> list[dict[str, Any]]:
-    """Metric thresholds and metric drops of one variant's retrieval suites, as the keyword
-    arguments of ``gate.Check``.
+) -> list[Check]:
+    """Metric thresholds and metric drops of one variant's retrieval suites.
 
     A drop is measured over the queries both runs have; across a numeric environment change
     (another CPU, engine build) with the same weights, queries that were a near tie in both
     runs (margins under ``noise_margin``) are left out, as the gate does for pass rates.
     """
-    out: list[dict[str, Any]] = []
+    out: list[Check] = []
     suites = (getattr(record, "retrieval", None) or {}).get(name) or {}
     for suite, info in sorted(suites.items()):
         cases = {
@@ -402,15 +402,13 @@ def retrieval_checks(
     return out
 
 
-def _check(
-    check: str, variant: str, suite: str, status: str, message: str, **values: Any
-) -> dict[str, Any]:
-    return {
-        "name": check,
-        "variant": variant,
-        "status": status,
-        "message": message,
-        "suite": suite,
-        "mode": MODE,
+def _check(check: str, variant: str, suite: str, status: str, message: str, **values: Any) -> Check:
+    return Check(
+        name=check,
+        variant=variant,
+        status=status,
+        message=message,
+        suite=suite,
+        mode=MODE,
         **values,
-    }
+    )

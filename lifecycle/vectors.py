@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lifecycle.checks import Check
 from lifecycle.results import percentile
 
 REINDEX_BELOW = 0.999  # a text whose cosine to its pinned vector is under this: re-index
@@ -141,8 +142,8 @@ def vector_checks(
     *,
     max_vector_drift: float | None,
     reindex_below: float,
-) -> list[dict[str, Any]]:
-    """The drift checks of one variant, as the keyword arguments of ``gate.Check``.
+) -> list[Check]:
+    """The drift checks of one variant.
 
     ``suites_now``: the run's retrieval suites of the variant; ``baseline_extra``: the
     baseline entry's extra keys (``vectors``); ``baseline_dir``: where its file was read
@@ -190,9 +191,9 @@ def vector_checks(
         f"cosine to the pinned vectors over {len(keys)} texts: min {summary['min']:.6f} "
         f"({worst}), p5 {summary['p5']:.6f}, median {summary['median']:.6f}"
     )
-    out = []
+    out: list[Check] = []
     if max_vector_drift is None:
-        out.append(_check(name, "pass", shown, current=summary["min"], **{"extra": summary}))
+        out.append(_check(name, "pass", shown, current=summary["min"]))
     else:
         ok = 1.0 - summary["min"] <= max_vector_drift
         out.append(
@@ -202,29 +203,27 @@ def vector_checks(
                 shown + f"; allowed drift {max_vector_drift:g} (1 - cosine)",
                 current=summary["min"],
                 threshold=1.0 - max_vector_drift,
-                **{"extra": summary},
             )
         )
     moved = int(np.sum(values < reindex_below))
     if moved:
         out.append(
-            {
-                "name": "reindex",
-                "variant": name,
-                "status": "pass",
-                "message": f"{REINDEX}: {moved} of {len(keys)} texts moved below cosine "
+            Check(
+                name="reindex",
+                variant=name,
+                status="pass",
+                message=f"{REINDEX}: {moved} of {len(keys)} texts moved below cosine "
                 f"{reindex_below:g} (min {summary['min']:.4f}); vectors stored by the pinned "
                 "model no longer match this one's",
-                "current": summary["min"],
-                "threshold": reindex_below,
-            }
+                current=summary["min"],
+                threshold=reindex_below,
+            )
         )
     return out
 
 
-def _check(name: str, status: str, message: str, **values: Any) -> dict[str, Any]:
-    values.pop("extra", None)  # the figures are in the message; Check has fixed fields
-    return {"name": "vector_drift", "variant": name, "status": status, "message": message, **values}
+def _check(name: str, status: str, message: str, **values: Any) -> Check:
+    return Check(name="vector_drift", variant=name, status=status, message=message, **values)
 
 
 def reindex_notes(checks: Sequence[Any]) -> list[str]:

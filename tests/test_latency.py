@@ -77,7 +77,7 @@ def _checks(now: dict[str, Any] | None, **kw: Any) -> list[Check]:
         "hardware_keys": HARDWARE_KEYS,
     }
     args.update(kw)
-    return [Check(**c) for c in latency_checks("m:v", "v1", bench_now=now, **args)]
+    return latency_checks("m:v", "v1", bench_now=now, **args)
 
 
 def test_sla_met_and_missed_on_the_same_machine() -> None:

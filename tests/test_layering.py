@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "clock",
             "runs",
             "texttable",
+            "checks",
             "stats",
             "tags",
             "hostinfo",
