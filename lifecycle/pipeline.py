@@ -363,8 +363,12 @@ def reference_runs(
         if cached is not None:
             out[name] = cached["cases"]
             continue
-        # The run's variant comes from this workspace's matrix, so it resolves to exactly
-        # one; any error on the way (a broken Modelfile, a store problem) is the user's to see.
+        # A run made before the matrix changed may name a variant the workspace no longer
+        # has: there is nothing to rebuild, so the stored baseline stands. Any other error
+        # while resolving (a broken Modelfile, a store problem) is the user's to see.
+        if name not in workspace_variant_names(workspace):
+            say(f"gate {name}: no longer in this workspace's matrix; stored baseline used")
+            continue
         (current,) = resolve_variants(workspace, store, [name])
         pinned = pinned_variant(current, base.variant, store)
         if pinned is None:

@@ -251,3 +251,38 @@ def test_a_changed_expectation_is_a_regression_even_across_an_environment_change
     gate = run_gate(edited, baselines, GateSettings())
     assert not gate.passed and gate.exit_code == 3
     assert [r.case for r in gate.regressions] == ["c2"] and not gate.environment_flips
+
+
+def test_a_variant_gone_from_the_matrix_keeps_its_stored_baseline_and_nothing_else_is_skipped(
+    tiny_workspace: Path, run_cli: Run
+) -> None:
+    """The gate's same-machine reference skips exactly one case: the judged run names a
+    variant the workspace's matrix no longer has. Any other failure to rebuild it is an error
+    the user sees (it once hid behind ``except ValueError: continue``)."""
+    schema_only(tiny_workspace)
+    pass_schema_cases(tiny_workspace)
+    init_repo(tiny_workspace)
+    ws = str(tiny_workspace)
+    assert run_cli("smoke", "-C", ws, "--offline", "--no-bench")[0] == 0
+    # A baseline from another machine and new weights: the gate wants a reference run here.
+    path = tiny_workspace / "baselines" / "tiny.json"
+    baseline = json.loads(path.read_text())
+    baseline["variants"]["tiny"]["environment"]["cpu"] = "Some Other CPU"
+    path.write_text(json.dumps(baseline))
+    write_tiny_llama(tiny_workspace / "modelfiles" / "tiny.gguf", seed=3)
+    assert run_cli("eval", "-C", ws)[0] in (0, 3)
+    # The matrix changes after the run: "tiny" is now "tiny:num_predict48".
+    config = tiny_workspace / "lifecycle.toml"
+    original = config.read_text(encoding="utf-8")
+    config.write_text(original + "\n[models.tiny.variants]\nnum_predict = [48]\n")
+    code, out, err = run_cli("gate", "-C", ws, "--json")
+    assert code in (0, 3), err
+    assert "gate tiny: no longer in this workspace's matrix; stored baseline used" in err
+    assert "evaluating the pinned variant here" not in err
+    assert [v["variant"] for v in json.loads(out)["variants"]] == ["tiny"]
+    # Back in the matrix but its Modelfile now broken: an error naming the file, no fallback.
+    config.write_text(original)
+    modelfile = tiny_workspace / "modelfiles" / "tiny.Modelfile"
+    modelfile.write_text(modelfile.read_text().replace("FROM ./tiny.gguf", "FROM ./gone.gguf"))
+    code, _, err = run_cli("gate", "-C", ws)
+    assert code == 2 and "tiny.Modelfile" in err and "file not found" in err, err
