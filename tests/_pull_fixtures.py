@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from hub_server import Hub, serve_hub
-from registry import Registry, registry_binary, start_registry
+from registry import MISSING, Registry, registry_binary, start_registry
 from tinymodel import write_tiny_llama
 
 from lifecycle.store import Store
@@ -20,7 +20,7 @@ from lifecycle.store import Store
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """Debian's docker-registry on a free loopback port, one per test session."""
     if registry_binary() is None:
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+        pytest.skip(MISSING)
     with start_registry(tmp_path_factory.mktemp("registry")) as running:
         yield running
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from registry import MISSING as REGISTRY_MISSING
 from tinymodel import write_tiny_llama
 
 from lifecycle.cli import cli
@@ -149,3 +150,22 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
         return code, out, err
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the tests skipped for want of Debian's docker-registry, and how to get it.
+
+    Without ``-rs`` pytest shows a skip as one ``s``: a new user running the README's test
+    command would not learn that the OCI pull and registry tests did not run.
+    """
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing = [r.nodeid for r in skipped if REGISTRY_MISSING in str(r.longrepr)]
+    if not missing:
+        return
+    terminalreporter.section("OCI registry tests skipped", sep="-", yellow=True)
+    terminalreporter.write_line(
+        f"{len(missing)} test(s) need Debian's docker-registry on loopback and did not run: "
+        "apt-get install docker-registry (.ci/run installs it); see docs/troubleshooting.md"
+    )
+    for nodeid in missing:
+        terminalreporter.write_line(f"  {nodeid}")

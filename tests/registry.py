@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 BINARY = "docker-registry"
+# The skip reason of every test that needs it (conftest names those tests in the summary).
+MISSING = f"{BINARY} is not installed (apt-get install docker-registry)"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_V1 = "application/vnd.docker.container.image.v1+json"
 OLLAMA = "application/vnd.ollama.image."
@@ -119,7 +121,7 @@ def start_registry(
     """
     binary = registry_binary()
     if binary is None:
-        raise RuntimeError(f"{BINARY} is not installed (apt-get install docker-registry)")
+        raise RuntimeError(MISSING)
     port = _free_port()
     storage = storage or workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)

@@ -40,11 +40,28 @@ def test_model_load_reports_llama_cpp_progress_to_the_end(tiny_model: Path) -> N
     assert done == sorted(done) and done[-1] == 100 and {t for _, _, t in seen} == {100}
 
 
-def test_load_without_a_sink_reports_nothing_and_still_loads(tiny_model: Path) -> None:
-    # No sink installed: the default model parameters are used untouched.
-    model = LlamaCppEngine().load(tiny_model, LoadOptions(n_ctx=256))
-    assert model.tokenize("hi")
-    model.close()
+def test_load_without_a_sink_reports_nothing_and_leaves_the_defaults_alone(
+    tiny_model: Path,
+) -> None:
+    # A --json command inside a command that draws bars installs no sink: the outer sink
+    # hears nothing, llama.cpp gets no progress callback, and its default parameters are
+    # llama.cpp's own again after the load.
+    from llama_cpp import llama_cpp as low_level
+
+    original = low_level.llama_model_default_params
+    seen, sink = _recorder()
+    with progress.reporting(sink), progress.reporting(None):
+        model = LlamaCppEngine().load(tiny_model, LoadOptions(n_ctx=256, model_name="tiny:f32"))
+    try:
+        assert seen == []
+        assert not model._llm.model_params.progress_callback  # a NULL function pointer
+        assert low_level.llama_model_default_params is original
+    finally:
+        model.close()
+    # The same load with the sink reachable reports, and still restores the defaults.
+    with progress.reporting(sink):
+        LlamaCppEngine().load(tiny_model, LoadOptions(n_ctx=256, model_name="tiny:f32")).close()
+    assert seen and low_level.llama_model_default_params is original
 
 
 def test_quantize_reports_file_growth_ending_at_the_estimate(
