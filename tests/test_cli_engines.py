@@ -1,8 +1,9 @@
 """`lifecycle eval` through every engine: the same verdict structure as the embedded one.
 
-The ollama engine runs against tests/ollama_server.py (Ollama's documented endpoints over the
-real llama-cpp engine), the openai engine against llama-cpp-python's own server, and the
-isolated engine in its worker process — all on the tiny workspace.
+The ollama engine runs against tests/ollama_server.py (Ollama's documented endpoints, its own
+template rendering, llama-cpp-python's Llama underneath), the openai engine against
+llama-cpp-python's own server, and the isolated engine in its worker process — all on the
+tiny workspace.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def test_ollama_engine_runs_the_suite_with_the_same_verdicts(
     assert [list(s) for s in doc["summaries"]] == [list(s) for s in embedded["summaries"]]
     ours, theirs = cases_by_key(doc), cases_by_key(embedded)
     assert ours.keys() == theirs.keys()
-    # The stand-in daemon renders the same Modelfile on the same engine: same outputs.
+    # The stand-in daemon renders the TEMPLATE with its own code and generates through
+    # llama-cpp-python with Ollama's documented option defaults: the same outputs only if
+    # lifecycle renders the Modelfile and maps its PARAMETERs the way Ollama does.
     for key, case in ours.items():
         assert case["output"] == theirs[key]["output"], key
 
