@@ -43,7 +43,7 @@ from typing import Any
 from lifecycle.bandwidth import bandwidth_bound, measure_bandwidth
 from lifecycle.clock import utc_now as _now
 from lifecycle.crashguard import child_environment, die_with_parent
-from lifecycle.engines.base import BenchableModel, ParallelBenchModel
+from lifecycle.engines.base import BenchableModel, MeasuredLoadEngine, ParallelBenchModel
 from lifecycle.engines.devices import (
     backend_mismatch,
     buffer_placement,
@@ -428,7 +428,7 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
     engine = get_engine(opts.engine)  # imports the engine's libraries before the baseline
     reset_peak_rss()
     memory: dict[str, Any] = {"rss_before_load_bytes": process.memory_info().rss}
-    load = getattr(engine, "load_measured", engine.load)
+    load = engine.load_measured if isinstance(engine, MeasuredLoadEngine) else engine.load
     batched = bool(spec.get("batched"))
     load_options = LoadOptions(
         n_ctx=n_ctx,

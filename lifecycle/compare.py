@@ -41,6 +41,7 @@ from lifecycle.store import now
 from lifecycle.tokenstats import (
     SCORE_MODES,
     ReferenceScores,
+    ScoringModel,
     chunk_tokens,
     logits_block,
     score_against,
@@ -452,7 +453,7 @@ def _load(engine: Any, subject: Subject, options: Any) -> Any:
 
     extra_bufts = extra_bufts_for(subject.path, name=subject.name, digest=subject.digest)
     model = engine.load(subject.path, replace(options, extra_bufts=extra_bufts))
-    if not hasattr(model, "chunk_logits"):
+    if not isinstance(model, ScoringModel):
         raise EngineError(f"engine {engine.name} cannot read per-position logits")
     return model
 

@@ -41,6 +41,7 @@ from lifecycle.engines import (
     GenerationRequest,
     LoadedModel,
     LoadOptions,
+    ThreadedModel,
     generate_many,
     get_engine,
 )
@@ -237,7 +238,9 @@ def run_eval(
             threads_used[variant.name] = load_options.n_threads or physical_cores()
             parallel_used[variant.name] = load_options.n_parallel
         else:
-            threads_used[variant.name] = int(getattr(model, "n_threads", load_options.n_threads))
+            threads_used[variant.name] = (
+                model.n_threads if isinstance(model, ThreadedModel) else load_options.n_threads
+            )
             parallel_used[variant.name] = model.parallel if isinstance(model, BatchedModel) else 1
             total_load_ms += model.load_ms
         try:

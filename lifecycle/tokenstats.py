@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -53,6 +53,7 @@ LOGITS_BLOCK_BYTES = 64 * 1024 * 1024
 REDUCE_ROWS = 16
 
 
+@runtime_checkable
 class ScoringModel(Protocol):
     """What the statistics need of a loaded model (the llama.cpp engine's models have it)."""
 

@@ -17,6 +17,7 @@ from lifecycle.engines.base import (
     GenerationRequest,
     LoadedModel,
     LoadOptions,
+    ThreadedModel,
     generate_many,
 )
 from lifecycle.errors import UsageError
@@ -32,6 +33,7 @@ __all__ = [
     "GenerationRequest",
     "LoadOptions",
     "LoadedModel",
+    "ThreadedModel",
     "generate_many",
     "get_engine",
 ]

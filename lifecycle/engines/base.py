@@ -62,8 +62,9 @@ class GenerationRequest:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     json_schema: Mapping[str, Any] | None = None  # constrain decoding to this schema
-    # The case's own conversation, unrendered: engines with ``renders_templates`` send these
-    # (the server applies the template, SYSTEM and MESSAGE history) instead of ``prompt``.
+    # The case's own conversation, unrendered: engines whose server renders the prompt
+    # (ollama, openai) send these (the server applies the template, SYSTEM and MESSAGE
+    # history) instead of ``prompt``.
     messages: tuple[Mapping[str, str], ...] | None = None
     timeout_s: float | None = None  # wall-clock limit; None: DEFAULT_CASE_TIMEOUT_S
     # Record each generated token's log-probability (Generation.token_logprobs). Off by
@@ -144,9 +145,10 @@ class EngineCrashed(EngineError):
 class LoadedModel(Protocol):
     """A model resident in an engine, ready to generate.
 
-    Optional attributes (read with ``getattr``): ``renders_templates`` (True: ``generate``
-    uses ``request.messages``, the server renders the prompt) and ``concurrent`` (True: many
-    ``generate`` calls may run at once from threads, see :func:`generate_many`).
+    Optional capabilities are the runtime-checkable protocols below (:class:`BatchedModel`,
+    :class:`ThreadedModel`, ...); one attribute is still read with ``getattr``:
+    ``concurrent`` (True: many ``generate`` calls may run at once from threads, see
+    :func:`generate_many`).
     """
 
     load_ms: float
@@ -183,6 +185,22 @@ class BatchedModel(LoadedModel, Protocol):
         ``arrived(i)``: the ``time.perf_counter()`` at which request i arrives (None: not yet
         known); a request takes a slot only once arrived, in order (a load test's traffic)."""
         ...
+
+
+@runtime_checkable
+class ThreadedModel(Protocol):
+    """A model that knows the CPU threads it runs on (the run records them; a server that
+    cannot say records the configured value instead)."""
+
+    n_threads: int
+
+
+@runtime_checkable
+class MeasuredLoadEngine(Protocol):
+    """An engine whose load can also note what it allocated (bench and plan read the
+    buffers from the returned model); others are measured around a plain ``load``."""
+
+    def load_measured(self, model_path: Path, options: LoadOptions) -> LoadedModel: ...
 
 
 class Engine(Protocol):

@@ -152,7 +152,6 @@ class OllamaEngine:
 class OllamaModel:
     """A variant created in the daemon; requests may run concurrently (``OLLAMA_NUM_PARALLEL``)."""
 
-    renders_templates = True
     concurrent = True
 
     def __init__(self, engine: OllamaEngine, name: str, options: LoadOptions) -> None:

@@ -1,0 +1,29 @@
+"""Optional engine capabilities are runtime-checkable protocols (lifecycle.engines.base,
+lifecycle.tokenstats), checked with isinstance rather than looked up by attribute name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lifecycle.engines import BatchedModel, LoadOptions, ThreadedModel, get_engine
+from lifecycle.engines.base import MeasuredLoadEngine
+from lifecycle.engines.ollama import OllamaEngine
+from lifecycle.tokenstats import ScoringModel
+
+
+def test_the_llama_cpp_engine_meets_the_protocols_its_callers_check(tiny_model: Path) -> None:
+    engine = get_engine("llama-cpp")
+    assert isinstance(engine, MeasuredLoadEngine)  # bench and plan read its buffers
+    model = engine.load(tiny_model, LoadOptions(n_ctx=256, n_threads=2))
+    try:
+        for capability in (ThreadedModel, ScoringModel, BatchedModel):
+            assert isinstance(model, capability), capability
+        assert model.n_threads == 2  # type: ignore[attr-defined]
+    finally:
+        model.close()
+
+
+def test_what_lacks_a_capability_is_told_apart() -> None:
+    assert not isinstance(OllamaEngine(host="http://127.0.0.1:9"), MeasuredLoadEngine)
+    for capability in (ThreadedModel, ScoringModel, BatchedModel):
+        assert not isinstance(object(), capability), capability
