@@ -19,7 +19,9 @@ thresholds of ``lifecycle.toml → compare``.
 
 The token statistics themselves (how the text is scored, and how that differs from
 llama-perplexity) are :mod:`lifecycle.tokenstats`'s; the report's text, chart and files are
-:mod:`lifecycle.comparerender`'s.
+:mod:`lifecycle.comparerender`'s. Variants of an embedding model (retrieval suites) skip the
+reference text: they are compared by per-text cosine between their vectors and a retrieval
+A/B (:mod:`lifecycle.comparevectors`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ SCHEMA_VERSION = 1
 SETTINGS_KEYS = {
     "reference", "text", "ctx", "chunks", "top_k",
     "max_pass_rate_drop", "max_mean_kld", "max_ppl_ratio", "min_same_top_p",
+    "min_vector_cosine",
 }  # fmt: skip
 
 Progress = Callable[[str], None]
@@ -70,6 +73,8 @@ class Thresholds:
     max_mean_kld: float = 0.05
     max_ppl_ratio: float | None = None
     min_same_top_p: float | None = None
+    # Embedding models: the lowest per-text cosine to the reference's vector (off unless set).
+    min_vector_cosine: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +188,7 @@ def compare(
     before any model loads. ``progress`` gets a line per step; ``ticker`` a count of scored
     chunks per subject while the reference text is scored (the longest step).
     """
+    from lifecycle import comparevectors
     from lifecycle.store import Store
 
     options = options or CompareOptions()
@@ -206,6 +212,11 @@ def compare(
 
         store = Store(workspace.home if workspace else lifecycle_home())
     subjects = resolve_subjects(names, workspace, store)
+    embedding = comparevectors.is_embedding_comparison(subjects, workspace)
+    if embedding and not options.task_quality:
+        raise UsageError(
+            "an embedding model is compared by running its retrieval suites: drop --no-eval"
+        )
     reference = _pick_reference(subjects, options.reference or settings.reference)
     infos = {s.name: _gguf_summary(s.path) for s in subjects}
     if reference.name != subjects[0].name:
@@ -229,7 +240,10 @@ def compare(
     }
 
     text_settings: dict[str, Any] = {}
-    if options.token_quality:
+    if embedding:
+        for entry in entries.values():
+            entry["token_quality_skipped"] = comparevectors.TOKEN_SKIP
+    elif options.token_quality:
         threads = options.threads or (workspace.engine.threads if workspace else 0)
         text_settings = _token_pass(
             subjects,
@@ -249,9 +263,24 @@ def compare(
     run_record = None
     if options.task_quality:
         run_record = _task_pass(subjects, reference, entries, workspace, options, say)
+    if embedding:
+        for name, entry in entries.items():
+            quality = (
+                comparevectors.embedding_quality(run_record, reference.name, name)
+                if run_record
+                else None
+            )
+            entry["embedding_quality"] = quality
+            if quality is None:
+                entry["embedding_quality_skipped"] = (
+                    entry["task_quality_skipped"] or "the variant has no retrieval results"
+                )
+            entry["cost"]["texts_per_s"] = (
+                comparevectors.embed_rate(run_record, name) if run_record else None
+            )
 
     measured = {
-        "token_quality": options.token_quality,
+        "token_quality": options.token_quality and not embedding,
         "task_quality": any(e["task_quality"] for e in entries.values()),
     }
     for entry in entries.values():
@@ -298,6 +327,7 @@ def read_compare_settings(workspace: Workspace) -> CompareSettings:
         max_mean_kld=number("max_mean_kld", 0.05) or 0.0,
         max_ppl_ratio=number("max_ppl_ratio", None),
         min_same_top_p=number("min_same_top_p", None),
+        min_vector_cosine=number("min_vector_cosine", None),
     )
     ctx, chunks, top_k = integer("ctx"), integer("chunks"), integer("top_k")
     reference, text = reader.string("reference", None), reader.string("text", None)
@@ -616,6 +646,10 @@ def _checks(
         if entry["is_reference"] and task:
             drop = 0.0
         rules.append(("pass_rate_drop", "task_quality", thresholds.max_pass_rate_drop, drop, "max"))
+    if "embedding_quality" in entry:
+        from lifecycle.comparevectors import embedding_rules
+
+        rules += embedding_rules(entry, thresholds.max_pass_rate_drop, thresholds.min_vector_cosine)
     checks = []
     for name, dimension, limit, value, sense in rules:
         if limit is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,13 +49,22 @@ def comparison_chart(report: CompareReport, path: Path) -> Path:
     entries = report.variants
     fig, (quality, speed) = plt.subplots(1, 2, figsize=(11, 4))
     sizes = [e["cost"]["file_size_bytes"] / 2**20 for e in entries]
-    klds = [(e["token_quality"] or {}).get("kld", {}).get("mean") for e in entries]
-    for x, y, e in zip(sizes, klds, entries, strict=True):
+    if any("embedding_quality" in e for e in entries):  # an embedding model: vectors, not KLD
+        ylabel = "min cosine to the reference's vectors"
+        values = [
+            1.0 if e["is_reference"]
+            else ((e.get("embedding_quality") or {}).get("vectors") or {}).get("min")
+            for e in entries
+        ]  # fmt: skip
+    else:
+        ylabel = "mean KLD vs reference (lower is better)"
+        values = [(e["token_quality"] or {}).get("kld", {}).get("mean") for e in entries]
+    for x, y, e in zip(sizes, values, entries, strict=True):
         if y is not None:
             quality.scatter([x], [y], marker="o", color="tab:blue")
             quality.annotate(e["name"], (x, y), textcoords="offset points", xytext=(4, 4),
                              fontsize=8)  # fmt: skip
-    quality.set(xlabel="file size (MiB)", ylabel="mean KLD vs reference (lower is better)")
+    quality.set(xlabel="file size (MiB)", ylabel=ylabel)
     quality.set_title("quality vs size")
     rates = [(e["task_quality"] or {}).get("pass_rate") for e in entries]
     if any(r is not None for r in rates):
@@ -66,15 +76,20 @@ def comparison_chart(report: CompareReport, path: Path) -> Path:
     labels = [e["name"] for e in entries]
     xs = np.arange(len(entries))
     width = 0.27
-    for offset, key, label in (
-        (-width, "prompt_tokens_per_s", "prompt (eval)"),
-        (0.0, "generation_tokens_per_s", "generation (eval)"),
-        (width, "score_tokens_per_s", "scoring (text)"),
-    ):
+    series = (
+        [(0.0, "texts_per_s", "texts embedded")]
+        if any("embedding_quality" in e for e in entries)
+        else [
+            (-width, "prompt_tokens_per_s", "prompt (eval)"),
+            (0.0, "generation_tokens_per_s", "generation (eval)"),
+            (width, "score_tokens_per_s", "scoring (text)"),
+        ]
+    )
+    for offset, key, label in series:
         values = [e["cost"].get(key) or 0.0 for e in entries]
         speed.bar(xs + offset, values, width, label=label)
     speed.set_xticks(xs, labels, rotation=15, fontsize=8)
-    speed.set(ylabel="tokens/s")
+    speed.set(ylabel="texts/s" if len(series) == 1 else "tokens/s")
     speed.set_title("speed")
     speed.legend(fontsize=8)
     fig.suptitle(f"lifecycle compare (reference {report.reference})")
@@ -137,11 +152,25 @@ def render_report(report: CompareReport) -> str:
         "variant", "size", "pass", "agree", "flips", "gen tok/s", "load ms", "peak RSS", "within",
     ]  # fmt: skip
     lines = [f"model: {common}", ""] if common else []
-    lines += ["token quality (reference text):", table(token_headers, token_rows), ""]
+    embedding = any("embedding_quality" in e for e in entries)
+    if embedding:
+        lines += [
+            "vectors (cosine to the reference's, per text) and retrieval (Δ vs the reference):",
+            _embedding_table(names, entries),
+            "",
+        ]
+        task_headers[2] = "hit"
+        task_headers[5] = "texts/s"
+        for row, e in zip(task_rows, entries, strict=True):
+            row[5] = e["cost"].get("texts_per_s")
+    else:
+        lines += ["token quality (reference text):", table(token_headers, token_rows), ""]
     lines += ["task quality (golden set) and cost:", table(task_headers, task_rows), ""]
     for e in entries:
-        for key in ("token_quality_skipped", "task_quality_skipped"):
-            if e[key]:
+        for key in ("token_quality_skipped", "task_quality_skipped", "embedding_quality_skipped"):
+            if key == "token_quality_skipped" and embedding:
+                continue  # the table says how an embedding model is compared instead
+            if e.get(key):
                 lines.append(f"{e['name']}: {key.split('_skipped')[0].replace('_', ' ')}: {e[key]}")
         for flip in (e["task_quality"] or {}).get("flipped", []):
             lines.append(
@@ -159,6 +188,40 @@ def render_report(report: CompareReport) -> str:
         )
     lines.append("verdict: " + report.verdict["summary"])
     return "\n".join(lines)
+
+
+def _embedding_table(names: list[str], entries: list[dict[str, Any]]) -> str:
+    """One row per variant and retrieval suite: the cosines, then each metric and its Δ."""
+    from lifecycle.texttable import table
+
+    rows = []
+    for name, e in zip(names, entries, strict=True):
+        quality = e.get("embedding_quality") or {}
+        vectors = quality.get("vectors") or {}
+        cos = [None if not vectors else f"{vectors[k]:.4f}" for k in ("min", "p5", "median")]
+        if e["is_reference"]:
+            cos = ["1 (ref)", "", ""]
+        for suite, ab in sorted((quality.get("retrieval") or {}).items()):
+            cells = []
+            for metric in ("hit_rate", "recall_at_k", "mrr", "ndcg_at_k"):
+                value = ab["metrics"].get(metric)
+                delta = ab["difference"].get(metric)
+                shown = None if value is None else f"{value:.3f}"
+                if shown and delta is not None and not e["is_reference"]:
+                    shown += f" ({delta:+.3f})"
+                cells.append(shown)
+            rows.append([name, suite, *cos, *cells])
+        if not quality.get("retrieval"):
+            rows.append([name, None, *cos, None, None, None, None])
+    k_values = {
+        ab.get("k")
+        for e in entries
+        for ab in ((e.get("embedding_quality") or {}).get("retrieval") or {}).values()
+    }
+    k = f"@{k_values.pop()}" if len(k_values) == 1 else "@k"
+    headers = ["variant", "suite", "min cos", "p5 cos", "median cos", "hit",
+               f"recall{k}", "MRR", f"nDCG{k}"]  # fmt: skip
+    return table(headers, rows)
 
 
 def _ppl(value: float) -> str:

@@ -165,7 +165,7 @@ def test_saved_report_is_the_json_document_with_nothing_hidden(
     assert path.name == f"{doc['compare_id']}.json" and doc["chart"] == str(chart)
     assert doc["thresholds"] == {
         "max_pass_rate_drop": 0.02, "max_mean_kld": 0.05, "max_ppl_ratio": None,
-        "min_same_top_p": None,
+        "min_same_top_p": None, "min_vector_cosine": None,
     }  # fmt: skip
     assert list(doc["token_settings"]) == [
         "n_ctx", "score", "top_k", "tokens", "chunks", "n_vocab", "block", "scored_positions",

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 import pytest
+from _kb import DOCS, QUERIES, write_jsonl, write_kb_workspace
 
 from lifecycle.baselines import load_baselines
 from lifecycle.config import load_workspace
@@ -31,39 +31,6 @@ from lifecycle.store import Store
 from lifecycle.tinymodel import write_tiny_llama
 from lifecycle.vectors import REINDEX
 
-DOCS = [
-    ("refund", "Refunds are issued to the original card within five business days."),
-    ("invoice", "Invoices can be downloaded as PDF from the Billing page."),
-    ("sso", "Single sign-on uses SAML; your admin configures the identity provider."),
-    ("api500", "HTTP 500 from the API means our service failed; retry with backoff."),
-    ("seats", "Volume pricing starts at 50 seats; ask sales for a quote."),
-    ("trial", "A free trial lasts 14 days and needs no card."),
-    ("password", "Reset your password from the sign-in page with the Forgot link."),
-    ("outage", "Check status.example.com for outages and incident updates."),
-    ("tax", "VAT is added to invoices for customers in the EU."),
-    ("demo", "Book a product demo with our sales team any weekday."),
-]
-QUERIES = [
-    ("q-refund", "Refunds are issued to the original card within five business days?", ["refund"]),
-    ("q-invoice", "Invoices can be downloaded as PDF from the Billing page?", ["invoice"]),
-    ("q-sso", "Single sign-on uses SAML; the admin configures the identity provider", ["sso"]),
-    ("q-api", "HTTP 500 from the API means the service failed; retry with backoff", ["api500"]),
-    ("q-seats", "Volume pricing starts at 50 seats; ask sales for a quote please", ["seats"]),
-    ("q-trial", "A free trial lasts 14 days and needs no card!", {"trial": 2, "seats": 1}),
-]
-SUITE = """kind = "embedding"
-corpus = "../golden/kb-corpus.jsonl"
-queries = "../golden/kb-queries.jsonl"
-k = 3
-[threshold]
-hit_rate = 0.5
-mrr = 0.5
-"""
-
-
-def _jsonl(path: Path, rows: list[dict[str, object]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
 
 @pytest.fixture(scope="module")
 def embedder_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -72,23 +39,7 @@ def embedder_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def kb(tmp_path: Path, embedder_gguf: Path) -> Path:
-    root = tmp_path / "ws"
-    for sub in ("modelfiles", "golden", "evals"):
-        (root / sub).mkdir(parents=True)
-    shutil.copy(embedder_gguf, root / "modelfiles" / "emb.gguf")
-    (root / "modelfiles" / "kb.Modelfile").write_text("FROM ./emb.gguf\n", encoding="utf-8")
-    _jsonl(root / "golden" / "kb-corpus.jsonl", [{"id": i, "text": t} for i, t in DOCS])
-    _jsonl(
-        root / "golden" / "kb-queries.jsonl",
-        [{"id": i, "text": t, "relevant": r} for i, t, r in QUERIES],
-    )
-    (root / "evals" / "kb.toml").write_text(SUITE, encoding="utf-8")
-    (root / "lifecycle.toml").write_text(
-        '[engine]\nthreads = 1\n\n[models.kb]\nmodelfile = "modelfiles/kb.Modelfile"\n'
-        'suites = ["kb"]\n',
-        encoding="utf-8",
-    )
-    return root
+    return write_kb_workspace(tmp_path / "ws", embedder_gguf)
 
 
 def _eval(root: Path):  # type: ignore[no-untyped-def]
@@ -138,7 +89,7 @@ def test_metrics_match_hand_computed_values() -> None:
 def test_a_relevant_id_absent_from_the_corpus_names_file_and_line(kb: Path) -> None:
     rows = [{"id": i, "text": t, "relevant": r} for i, t, r in QUERIES]
     rows[2]["relevant"] = ["sso", "no-such-doc"]
-    _jsonl(kb / "golden" / "kb-queries.jsonl", rows)
+    write_jsonl(kb / "golden" / "kb-queries.jsonl", rows)
     with pytest.raises(GoldenSetError) as caught:
         load_suite(kb / "evals" / "kb.toml")
     text = str(caught.value)
@@ -256,7 +207,7 @@ def test_a_shuffled_corpus_drops_the_metrics(kb: Path) -> None:
     _pinned(kb)
     texts = [t for _i, t in DOCS]
     shuffled = texts[1:] + texts[:1]  # every id now holds its neighbour's text
-    _jsonl(
+    write_jsonl(
         kb / "golden" / "kb-corpus.jsonl",
         [{"id": i, "text": t} for (i, _t), t in zip(DOCS, shuffled, strict=True)],
     )
