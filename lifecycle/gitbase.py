@@ -14,6 +14,9 @@ loaders), and lists what the change lowered against it (:func:`review_changes`):
 - a golden expectation it changed: a case whose expected output or matchers differ, a case
   removed, a suite's match rules or schema changed.
 
+Embedding models' baselines keep their vectors in sidecar files (:mod:`lifecycle.vectors`): they
+are read from the ref too, so the gate measures vector drift against the base's pin.
+
 Any of these fails the gate unless a commit in ``REF..HEAD`` carries the trailer
 ``Lifecycle-Rebaseline: <reason>`` (:func:`acknowledgements`, parsed by git's own trailer
 parser). Acknowledged, the change's own values stand for the items listed; everything else is
@@ -43,6 +46,8 @@ from lifecycle.lockfile import LOCK_FILE, read_lock
 from lifecycle.results import RunRecord
 
 TRAILER = "Lifecycle-Rebaseline"
+# Where the base's vector sidecars are kept for the gate (under the workspace, git-ignored).
+BASE_VECTORS_DIR = ".lifecycle/base-vectors"
 # [gate] bounds where a *lower* value judges less (every other number: higher is looser).
 # max_foreign_cpu_share: under a lower share, speeds are skipped on more machines.
 LOWER_IS_LOOSER = frozenset({"max_foreign_cpu_share"})
@@ -213,6 +218,7 @@ def read_bar_at(root: Path, ref: str) -> tuple[Bar, str]:
     with _snapshot() as snapshot:
         tree = commit.tree
         baselines = _listing(tree, prefix / BASELINES_DIR, ".json")
+        baselines += _listing(tree, prefix / BASELINES_DIR, ".npy")  # vector sidecars
         for name in [CONFIG_FILE, LOCK_FILE, *(f"{BASELINES_DIR}/{n}" for n in baselines)]:
             _copy(tree, prefix / name, snapshot)
         config = snapshot / prefix / CONFIG_FILE
@@ -228,7 +234,29 @@ def read_bar_at(root: Path, ref: str) -> tuple[Bar, str]:
             bar = read_bar(snapshot / prefix)
         except LifecycleError as exc:
             raise _relabel(exc, snapshot, ref) from None
+        bar = _keep_sidecars(bar, root / BASE_VECTORS_DIR)
     return bar, str(commit.hexsha)
+
+
+def _keep_sidecars(bar: Bar, folder: Path) -> Bar:
+    """The bar with its baselines' vector sidecars copied out of the snapshot (deleted when
+    :func:`read_bar_at` returns) into ``folder``, where the gate reads them. Sidecars are
+    named by their digest, so one folder serves every ref; a sidecar the ref lacks stays
+    missing, and the gate says "baseline vectors unavailable"."""
+    baselines = dict(bar.baselines)
+    for name, entry in bar.baselines.items():
+        index = entry.extra.get("vectors")
+        if not isinstance(index, Mapping) or entry.directory is None:
+            continue
+        file = str(index.get("file") or "")
+        source = entry.directory / file
+        if file and Path(file).name == file and source.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / file).is_file():
+                shutil.copyfile(source, folder / f".{file}.tmp")
+                (folder / f".{file}.tmp").replace(folder / file)
+        baselines[name] = replace(entry, directory=folder)
+    return replace(bar, baselines=baselines)
 
 
 def acknowledgements(root: Path, base_commit: str) -> list[Acknowledgement]:
@@ -313,6 +341,7 @@ def judged_inputs(record: RunRecord, base: Bar, head: Bar, review: BaseReview) -
         if floor is not None and not accept and (s.threshold is None or s.threshold < floor):
             s = replace(s, threshold=floor, met_threshold=s.pass_rate >= floor)
         summaries.append(s)
+    retrieval = record.retrieval if accept else _base_floors(record.retrieval, base.suites)
     accepted: dict[str, dict[CaseKey, dict[str, Any]]] = {}
     if accept:
         changed = {(e.suite, e.case) for e in review.expectations}
@@ -331,12 +360,29 @@ def judged_inputs(record: RunRecord, base: Bar, head: Bar, review: BaseReview) -
         cases = [taken.get(_key(c), c) for c in old.cases] if taken else old.cases
         baselines[name] = replace(old, cases=cases)
     return JudgedInputs(
-        record=replace(record, summaries=summaries),
+        record=replace(record, summaries=summaries, retrieval=retrieval),
         baselines=baselines,
         settings=settings,
         pinned=set(base.pinned | head.pinned),
         accepted=accepted,
     )
+
+
+def _base_floors(
+    retrieval: Mapping[str, Mapping[str, Mapping[str, Any]]], suites: Mapping[str, Suite]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The run's retrieval suites with each metric's minimum the higher of both sides'."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for variant, by_suite in retrieval.items():
+        out[variant] = {}
+        for name, info in by_suite.items():
+            suite = suites.get(name)
+            floors = dict(info.get("thresholds") or {})
+            if suite is not None and suite.embedding is not None:
+                for metric, was in suite.embedding.thresholds.items():
+                    floors[metric] = max(was, floors.get(metric, was))
+            out[variant][name] = {**info, "thresholds": floors}
+    return out
 
 
 def apply_review(gate: GateResult, review: BaseReview) -> None:
@@ -388,6 +434,12 @@ def _loosened_suite(where: str, old: Suite, new: Suite) -> list[LoweredBound]:
         now = new.thresholds.get(mode) if mode in new.modes else None
         if now is None or now < was:
             out.append(LoweredBound(where, f"threshold.{mode}", was, now))
+    if old.embedding is not None:  # a retrieval suite's per-metric minimums
+        floors = new.embedding.thresholds if new.embedding is not None else {}
+        for metric, was in sorted(old.embedding.thresholds.items()):
+            now = floors.get(metric)
+            if now is None or now < was:
+                out.append(LoweredBound(where, f"threshold.{metric}", was, now))
     if old.calibration is not None:
         target = new.calibration.target if new.calibration is not None else None
         if target is None or target < old.calibration.target:
@@ -500,12 +552,14 @@ def _evals_dir(config: Path) -> str:
 
 
 def _suite_files(path: Path) -> list[str]:
-    """The golden set and schema paths a suite file names (as written, relative)."""
+    """The golden set and schema (or corpus and queries) paths a suite file names (as written,
+    relative)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    return [v for key in ("golden", "schema") if isinstance(v := data.get(key), str)]
+    keys = ("golden", "schema", "corpus", "queries")  # generation suites, then embedding ones
+    return [v for key in keys if isinstance(v := data.get(key), str)]
 
 
 def _relabel(exc: LifecycleError, snapshot: Path, ref: str) -> LifecycleError:
