@@ -16,7 +16,8 @@ import pytest
 from _kb import write_kb_workspace
 from _promote import init_repo
 
-from lifecycle.gitbase import read_bar, read_bar_at, review_changes
+from lifecycle.gitbase import judged_inputs, review_base
+from lifecycle.runs import find_run
 from lifecycle.tinymodel import write_tiny_llama
 from lifecycle.vectors import REINDEX
 
@@ -104,7 +105,7 @@ def test_a_base_sidecar_absent_from_git_is_unavailable_not_a_crash(
 
 
 def test_lowered_metric_floors_are_listed_and_judged_at_the_base(
-    pinned: tuple[Path, git.Repo],
+    pinned: tuple[Path, git.Repo], run_cli: Run
 ) -> None:
     ws, repo = pinned
     suite = ws / "evals" / "kb.toml"
@@ -113,6 +114,9 @@ def test_lowered_metric_floors_are_listed_and_judged_at_the_base(
     )
     repo.git.add("--all")
     repo.git.commit("-m", "kb: lower the MRR floor")
-    base, _commit = read_bar_at(ws, "main")
-    _rebaselined, lowered, _expectations = review_changes(base, read_bar(ws))
-    assert [(b.key, b.base, b.now) for b in lowered] == [("threshold.mrr", 0.5, 0.1)]
+    base, head, review = review_base(ws, "main")
+    assert [(b.key, b.base, b.now) for b in review.lowered] == [("threshold.mrr", 0.5, 0.1)]
+    record = find_run(ws / ".lifecycle" / "runs", evaluate(run_cli, ws))
+    assert record.retrieval["kb"]["kb"]["thresholds"]["mrr"] == 0.1  # the change's own floor
+    judged = judged_inputs(record, base, head, review)
+    assert judged.record.retrieval["kb"]["kb"]["thresholds"] == {"hit_rate": 0.5, "mrr": 0.5}
