@@ -56,6 +56,7 @@ from lifecycle.engines.devices import (
 )
 from lifecycle.errors import EngineError, UsageError
 from lifecycle.hostinfo import available_memory, peak_rss, physical_cores, reset_peak_rss
+from lifecycle.progress import Progress
 from lifecycle.results import percentile
 from lifecycle.texttable import mib
 
@@ -71,7 +72,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

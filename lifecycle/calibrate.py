@@ -37,6 +37,7 @@ from lifecycle.confidence import routed_correct, stated_confidence
 from lifecycle.errors import EngineError, LifecycleError, UsageError
 from lifecycle.golden import Calibration, Escalation, Suite
 from lifecycle.results import CaseResult, RunRecord
+from lifecycle.texttable import percent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -282,7 +283,8 @@ class CalibrationReport:
         }
 
 
-def _r(value: float) -> float:
+def _rounded(value: float) -> float:
+    # Rates and thresholds in reports: stable JSON, no float noise in diffs.
     return round(value, 6)
 
 
@@ -303,9 +305,13 @@ def calibrate_outcomes(
             conf = sum(c for c, _ in inside) / len(inside)
             acc = sum(ok for _, ok in inside) / len(inside)
             ece += len(inside) / len(scored) * abs(acc - conf)
-            table.append(ReliabilityBin(_r(low), _r(high), len(inside), _r(conf), _r(acc)))
+            table.append(
+                ReliabilityBin(
+                    _rounded(low), _rounded(high), len(inside), _rounded(conf), _rounded(acc)
+                )
+            )
         else:
-            table.append(ReliabilityBin(_r(low), _r(high), 0, None, None))
+            table.append(ReliabilityBin(_rounded(low), _rounded(high), 0, None, None))
 
     sweep = [sweep_point(scored, n, t) for t in sorted({c for c, _ in scored})]
     return SignalCalibration(
@@ -314,9 +320,9 @@ def calibrate_outcomes(
         with_confidence=len(scored),
         no_confidence=n - len(scored),
         no_confidence_reasons=dict(sorted(reasons.items())),
-        accuracy=_r(sum(o.correct for o in outcomes) / n) if n else None,
-        ece=_r(ece) if scored else None,
-        brier=_r(sum((c - ok) ** 2 for c, ok in scored) / len(scored)) if scored else None,
+        accuracy=_rounded(sum(o.correct for o in outcomes) / n) if n else None,
+        ece=_rounded(ece) if scored else None,
+        brier=_rounded(sum((c - ok) ** 2 for c, ok in scored) / len(scored)) if scored else None,
         bins=table,
         sweep=sweep,
         grid=[sweep_point(scored, n, t) for t in GRID],
@@ -329,11 +335,11 @@ def sweep_point(scored: Sequence[tuple[float, bool]], total: int, threshold: flo
     kept = [ok for c, ok in scored if c >= threshold]
     right = sum(kept)
     return SweepPoint(
-        threshold=_r(threshold),
+        threshold=_rounded(threshold),
         kept=len(kept),
         correct_kept=right,
-        coverage=_r(len(kept) / total) if total else 0.0,
-        accuracy=_r(right / len(kept)) if kept else None,
+        coverage=_rounded(len(kept) / total) if total else 0.0,
+        accuracy=_rounded(right / len(kept)) if kept else None,
     )
 
 
@@ -542,8 +548,8 @@ def cascade_figures(
     local_ms = sum(local[o.case_id].latency_ms for o in outcomes)
     local_right = sum(o.correct for o in outcomes)
     right_escalated_locally = sum(o.correct for o in outcomes if o.case_id in escalated)
-    everything_local = Cost(local_tokens, 0, _r(local_ms / n) if n else None)
-    share = _r(len(down) / n) if n else 0.0
+    everything_local = Cost(local_tokens, 0, _rounded(local_ms / n) if n else None)
+    share = _rounded(len(down) / n) if n else 0.0
     base: dict[str, Any] = {
         "signal": signal,
         "tier": tier_name,
@@ -551,8 +557,8 @@ def cascade_figures(
         "cases": n,
         "escalated": len(down),
         "share_escalated": share,
-        "local_accuracy": _r(local_right / n) if n else None,
-        "local_accuracy_escalated": _r(right_escalated_locally / len(down)) if down else None,
+        "local_accuracy": _rounded(local_right / n) if n else None,
+        "local_accuracy_escalated": _rounded(right_escalated_locally / len(down)) if down else None,
         "cost_local": everything_local,
     }
     missing = [i for i in down if tier is None or i not in tier]
@@ -572,15 +578,18 @@ def cascade_figures(
             tier_accuracy_escalated=None,
             cost_cascade=Cost(local_tokens, None, None),
             cost_escalated=nothing,
-            statement=f"threshold {_t(threshold)} escalates {share:.0%}; {why}: no cascade figures",
+            statement=(
+                f"threshold {_threshold_text(threshold)} escalates {share:.0%}; {why}: "
+                "no cascade figures"
+            ),
         )
     answers = {o.case_id: tier[o.case_id] for o in outcomes if o.case_id in tier}
     tier_right_escalated = sum(answers[i].correct for i in down)
     kept_right = sum(o.correct for o in outcomes if o.case_id not in escalated)
-    accuracy = _r((kept_right + tier_right_escalated) / n) if n else None
+    accuracy = _rounded((kept_right + tier_right_escalated) / n) if n else None
     tier_ms = sum(answers[i].cost.latency_ms for i in down)
     cascade = Cost(
-        local_tokens, sum(answers[i].cost.tokens for i in down), _r((local_ms + tier_ms) / n)
+        local_tokens, sum(answers[i].cost.tokens for i in down), _rounded((local_ms + tier_ms) / n)
     )
     # Everything escalated: exact when the tier answered every case, else extrapolated from
     # the cases it did answer (its accuracy is then unknown: escalated cases are the hard ones).
@@ -588,16 +597,21 @@ def cascade_figures(
     if answers:
         mean_tokens = sum(a.cost.tokens for a in answers.values()) / len(answers)
         mean_ms = sum(a.cost.latency_ms for a in answers.values()) / len(answers)
-        all_tier = Cost(0, round(mean_tokens * n), _r(mean_ms), estimated=not complete)
+        all_tier = Cost(0, round(mean_tokens * n), _rounded(mean_ms), estimated=not complete)
     else:
         all_tier = Cost(0, None, None)
     escalated_accuracy = (
-        _r(sum(a.correct for a in answers.values()) / n) if complete and n else None
+        _rounded(sum(a.correct for a in answers.values()) / n) if complete and n else None
     )
     statement = (
-        f"threshold {_t(threshold)} escalates {share:.0%} ({len(down)}/{n}) to {tier_name}: "
-        f"accuracy {_p(accuracy)} vs {_p(base['local_accuracy'])} all local"
-        + (f", {_p(escalated_accuracy)} all escalated" if escalated_accuracy is not None else "")
+        f"threshold {_threshold_text(threshold)} escalates {share:.0%} ({len(down)}/{n}) "
+        f"to {tier_name}: "
+        f"accuracy {percent(accuracy)} vs {percent(base['local_accuracy'])} all local"
+        + (
+            f", {percent(escalated_accuracy)} all escalated"
+            if escalated_accuracy is not None
+            else ""
+        )
     )
     return Cascade(
         **base,
@@ -605,19 +619,15 @@ def cascade_figures(
         tier_errors=sum(answers[i].errored for i in down),
         accuracy=accuracy,
         escalated_accuracy=escalated_accuracy,
-        tier_accuracy_escalated=_r(tier_right_escalated / len(down)) if down else None,
+        tier_accuracy_escalated=_rounded(tier_right_escalated / len(down)) if down else None,
         cost_cascade=cascade,
         cost_escalated=all_tier,
         statement=statement,
     )
 
 
-def _t(threshold: float | None) -> str:
+def _threshold_text(threshold: float | None) -> str:
     return "none (escalate all)" if threshold is None else f"{threshold:g}"
-
-
-def _p(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
 
 
 def case_cost(case: CaseResult) -> CaseCost:

@@ -75,14 +75,14 @@ class Checkpoints:
             for result in taken.values():
                 handle.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
             handle.flush()
-        book = CheckpointFile(path, handle)
-        self._used.append(book)
-        return book
+        checkpoint = CheckpointFile(path, handle)
+        self._used.append(checkpoint)
+        return checkpoint
 
     def finish(self) -> None:
         """The run completed: it needs no resume point."""
-        for book in self._used:
-            book.close(delete=True)
+        for checkpoint in self._used:
+            checkpoint.close(delete=True)
         self._used = []
 
 

@@ -64,6 +64,7 @@ from lifecycle.results import CaseResult, RunRecord, SuiteSummary, VariantRun
 from lifecycle.retrieval import retrieval_checks
 from lifecycle.runtime import environment_runtime_change, runtime_defaults
 from lifecycle.stats import mcnemar_exact, wilson_interval
+from lifecycle.texttable import percent
 from lifecycle.vectors import REINDEX_BELOW, reindex_notes, vector_checks
 
 if TYPE_CHECKING:
@@ -624,7 +625,7 @@ def _threshold_checks(
             message = (
                 f"pass rate {s.pass_rate:.0%} "
                 + ("meets" if s.met_threshold else "is under")
-                + f" the suite threshold {_pct(s.threshold)}"
+                + f" the suite threshold {percent(s.threshold)}"
             )
         checks.append(
             Check(
@@ -1354,10 +1355,6 @@ def _eval_speed(summaries: list[dict[str, Any]]) -> tuple[float | None, float]:
     # Harmonic weighting: total tokens over total time, time per summary = tokens / rate.
     seconds = sum(n / r for r, n in pairs)
     return round(tokens / seconds, 2), seconds
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
 
 
 def _num(value: float) -> str:

@@ -11,7 +11,7 @@ import json
 from typing import TYPE_CHECKING
 
 from lifecycle.gate import CaseVerdict, GateResult
-from lifecycle.texttable import table
+from lifecycle.texttable import md_cell, table
 
 if TYPE_CHECKING:
     from lifecycle.gitbase import BaseReview
@@ -83,11 +83,11 @@ def render_markdown(result: GateResult) -> str:
         icon, word = "⚠️", "ENGINE FAILED (no verdict)"
     else:
         icon, word = ("✅", "PASS") if result.passed else ("❌", "FAIL")
-    lines = [f"## {icon} lifecycle gate: {word}", "", f"**{_md(result.headline())}**", ""]
+    lines = [f"## {icon} lifecycle gate: {word}", "", f"**{md_cell(result.headline())}**", ""]
     lines += [f"Run `{result.run_id}`.", ""]
     if result.partial:
         lines += ["Partial run: gated on the cases it ran only —", ""]
-        lines += [f"- {_md(p)}" for p in result.partial]
+        lines += [f"- {md_cell(p)}" for p in result.partial]
         lines.append("")
     lines += ["| variant | role | id | baseline | verdict |", "| --- | --- | --- | --- | --- |"]
     for v in result.variants:
@@ -96,7 +96,9 @@ def render_markdown(result: GateResult) -> str:
             base = "same" if v.baseline_variant_id == v.variant_id else f"`{v.baseline_variant_id}`"
         verdict = v.status if v.passed else f"**{v.status}**: " + "; ".join(v.failures)
         role = "pinned" if v.pinned else "candidate"
-        lines.append(f"| {_md(v.variant)} | {role} | `{v.variant_id}` | {base} | {_md(verdict)} |")
+        lines.append(
+            f"| {md_cell(v.variant)} | {role} | `{v.variant_id}` | {base} | {md_cell(verdict)} |"
+        )
     lines.append("")
     failed = [c for c in result.checks if c.status == "fail"]
     if failed:
@@ -104,14 +106,15 @@ def render_markdown(result: GateResult) -> str:
         for c in failed:
             where = f" {c.suite}/{c.mode}" if c.suite else ""
             cause = f" (cause: {c.cause})" if c.cause else ""
-            lines.append(f"- {_md(c.variant)}{where} `{c.name}`: {_md(c.message)}{cause}")
+            lines.append(f"- {md_cell(c.variant)}{where} `{c.name}`: {md_cell(c.message)}{cause}")
         lines.append("")
     if result.regressions:
         lines += [f"### Regressions ({len(result.regressions)})", ""]
         for r in result.regressions:
             cause = f" — changed: {', '.join(r.causes)}" if r.causes else ""
             lines.append(
-                f"- **{_md(r.variant)}** {r.suite}/{r.mode} `{r.case}`: {_md(r.reason)}{cause}"
+                f"- **{md_cell(r.variant)}** {r.suite}/{r.mode} `{r.case}`: "
+                f"{md_cell(r.reason)}{cause}"
             )
             body = [f"expected: {json.dumps(r.expected, ensure_ascii=False)}"]
             body += [f"output:   {r.output.strip()}", f"baseline: {r.baseline_output.strip()}"]
@@ -139,11 +142,11 @@ def render_markdown(result: GateResult) -> str:
             was = "pass" if f.baseline_passed else "fail"
             now = "pass" if f.passed else "fail"
             lines.append(
-                f"- {_md(f.variant)} {f.suite}/{f.mode} `{f.case}`: {was} → {now}, "
+                f"- {md_cell(f.variant)} {f.suite}/{f.mode} `{f.case}`: {was} → {now}, "
                 f"margin {format_margin(f.baseline_margin)} → {format_margin(f.margin)}: "
                 f"**{f.judged}** "
-                f"(baseline output `{_md(f.baseline_output.strip()[:80])}`, now "
-                f"`{_md(f.output.strip()[:80])}`)"
+                f"(baseline output `{md_cell(f.baseline_output.strip()[:80])}`, now "
+                f"`{md_cell(f.output.strip()[:80])}`)"
             )
         lines.append("")
     if result.environment_changes:
@@ -151,13 +154,14 @@ def render_markdown(result: GateResult) -> str:
         for entry in result.environment_changes:
             for c in entry["changes"]:
                 lines.append(
-                    f"- {_md(entry['variant'])} {c['key']}: `{c['baseline']}` → `{c['current']}`"
+                    f"- {md_cell(entry['variant'])} {c['key']}: "
+                    f"`{c['baseline']}` → `{c['current']}`"
                 )
         lines.append("")
     skipped = [c for c in result.checks if c.status == "skip" and c.name != "baseline"]
     if skipped:
         lines += ["<details><summary>skipped checks</summary>", ""]
-        lines += [f"- {_md(c.variant)} `{c.name}`: {_md(c.message)}" for c in skipped]
+        lines += [f"- {md_cell(c.variant)} `{c.name}`: {md_cell(c.message)}" for c in skipped]
         lines += ["", "</details>", ""]
     return "\n".join(lines)
 
@@ -224,10 +228,6 @@ def render_junit(result: GateResult) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _xml_text(text: str) -> str:
     # XML 1.0 cannot carry most control characters, and model output may contain them.
     return "".join(ch for ch in text if ch in "\t\n\r" or ord(ch) >= 0x20)
@@ -243,12 +243,12 @@ def render_base_text(review: BaseReview) -> str:
 
 def render_base_markdown(review: BaseReview) -> str:
     """``--base``: a Markdown section listing what the change lowered and who acknowledged."""
-    lines = [f"### Bar of `{_md(review.ref)}` (`{review.commit[:12]}`)", ""]
-    lines += [f"**{_md(_base_verdict(review))}**", ""]
-    lines += [f"- {_md(line)}" for line in _base_items(review)]
+    lines = [f"### Bar of `{md_cell(review.ref)}` (`{review.commit[:12]}`)", ""]
+    lines += [f"**{md_cell(_base_verdict(review))}**", ""]
+    lines += [f"- {md_cell(line)}" for line in _base_items(review)]
     if review.acknowledgements:
         lines += ["", "Acknowledged (`Lifecycle-Rebaseline`):", ""]
-        lines += [f"- `{a.commit[:12]}`: {_md(a.reason)}" for a in review.acknowledgements]
+        lines += [f"- `{a.commit[:12]}`: {md_cell(a.reason)}" for a in review.acknowledgements]
     return "\n".join(lines) + "\n"
 
 

@@ -35,7 +35,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lifecycle.baselines import (
     BASELINES_DIR,
@@ -61,6 +61,9 @@ class GitStateError(UsageError):
     """The repository is not in a state a pin may be committed in (exit code 2)."""
 
 
+PinStatus = Literal["new", "updated", "unchanged", "refused", "pruned", "skipped"]
+
+
 @dataclass(frozen=True)
 class PinChange:
     """What happened to one variant's pin: ``new``, ``updated``, ``unchanged``, ``refused``,
@@ -68,7 +71,7 @@ class PinChange:
 
     variant: str
     model: str
-    status: str
+    status: PinStatus
     old_digest: str | None
     new_digest: str | None
     old_variant_id: str | None
@@ -200,7 +203,7 @@ def _pin(
             )
             continue
         entries[name] = entry
-        status = "updated" if old else "new"
+        status: PinStatus = "updated" if old else "new"
         moved = runtime_changes(old.runtime, entry.runtime) if old else []
         changes.append(
             PinChange(

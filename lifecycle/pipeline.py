@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -36,6 +35,7 @@ from lifecycle.gate import GateResult, GateSettings, load_gate_settings, numeric
 from lifecycle.gaterender import format_margin
 from lifecycle.lockfile import LOCK_FILE, read_lock
 from lifecycle.pin import PinResult, pin
+from lifecycle.progress import Progress
 from lifecycle.results import (
     PER_VARIANT_KEYS,
     CaseResult,
@@ -48,7 +48,6 @@ from lifecycle.results import (
 )
 from lifecycle.store import Store
 
-Progress = Callable[[str], None]
 # Regressions named one per line in smoke's summary; the rest are in `lifecycle gate`.
 MAX_LISTED = 20
 # 2: case results carry decision margins (older cached results have none).

@@ -18,6 +18,9 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# A line of progress for the user: the CLI prints it to stderr, library callers may drop it.
+Progress = Callable[[str], None]
+
 # label, units done, units in all (None: unknown). ``done == total`` ends the step.
 Sink = Callable[[str, int, int | None], None]
 

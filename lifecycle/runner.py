@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from lifecycle.fsutil import atomic_write_text, exclusive_lock
 from lifecycle.golden import MODES, GoldenCase, Suite, load_suites, score_output
 from lifecycle.hostinfo import physical_cores
 from lifecycle.lint import lint_variant
+from lifecycle.progress import Progress
 from lifecycle.prompt import render_prompt
 from lifecycle.results import (
     CaseResult,
@@ -66,8 +67,6 @@ from lifecycle.retrieval import run_embedding_variant
 from lifecycle.runs import LATEST, RUN_FILE
 from lifecycle.store import Store, now
 from lifecycle.variants import Variant, resolve_variants
-
-Progress = Callable[[str], None]
 
 # Engines that run llama.cpp on this machine, whose build the canary must vouch for.
 CANARY_ENGINES = ("llama-cpp", "llama-cpp-isolated")
@@ -252,7 +251,7 @@ def run_eval(
                 ]
                 if not selected:
                     continue
-                book = checkpoints.group(
+                checkpoint = checkpoints.group(
                     _group_key(variant, suite, mode, engine_info, load_options)
                 )
                 results = _run_group(
@@ -265,7 +264,7 @@ def run_eval(
                     options,
                     say,
                     load_options.seed,
-                    book,
+                    checkpoint,
                     reuse,
                 )
                 cases.extend(results)
@@ -582,12 +581,12 @@ def _run_group(
     options: EvalOptions,
     say: Progress,
     seed: int,
-    book: CheckpointFile | None = None,
+    checkpoint: CheckpointFile | None = None,
     reuse: _Reuse | None = None,
 ) -> list[CaseResult]:
     """Run one (suite, mode) group of cases; engine failures become errored cases.
 
-    Cases already in ``book`` (an interrupted earlier run of the same group) are taken from
+    Cases already in ``checkpoint`` (an interrupted earlier run of the same group) are taken from
     it; each new verdict is appended to it as soon as it is known. Cases whose answer
     ``reuse`` found are scored on it (``model`` is None when every case's answer was found);
     each new answer is added to its cache.
@@ -599,7 +598,7 @@ def _run_group(
             raise
         except EngineError as exc:  # e.g. a server that ignores JSON Schemas
             return [_failed(variant, suite, mode, c, f"schema not enforced: {exc}") for c in cases]
-    done = book.load() if book is not None else {}
+    done = checkpoint.load() if checkpoint is not None else {}
     reused = [done[c.id] for c in cases if c.id in done]
     if reused:
         say(f"[{variant.name} {suite.name}/{mode}] resumed {len(reused)} case(s) from a checkpoint")
@@ -626,8 +625,8 @@ def _run_group(
             result = _scored(variant, suite, mode, case, outcome, wall_share_s, cached_from)
             if reuse is not None and cached_from is None:
                 reuse.cache.store(reuse.keys[(suite.name, mode, case.id)], outcome, reuse.run_id)
-            if book is not None:
-                book.append(result)
+            if checkpoint is not None:
+                checkpoint.append(result)
         results.append(result)
         mark = "ERROR" if result.errored else "pass" if result.passed else "FAIL"
         source = f", from cache (run {cached_from})" if cached_from else ""

@@ -40,6 +40,16 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def percent(value: float | None) -> str:
+    """A rate for people (``0.4`` -> ``40%``); ``-`` where there is none."""
+    return "-" if value is None else f"{value:.0%}"
+
+
+def md_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell: pipes escaped, on one line."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def mib(n: int) -> str:
     """Bytes as whole MiB, for messages (``512 MiB``)."""
     return f"{n / 1024 / 1024:.0f} MiB"

@@ -77,6 +77,17 @@ class GenerationRequest:
     # margin is recorded apart from the whole output's (Generation.field_margin).
     margin_field: str | None = None
 
+    def sampling(self) -> dict[str, Any]:
+        """The sampler settings by their Modelfile PARAMETER names (Ollama's option names)."""
+        return {
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "min_p": self.min_p,
+            "repeat_penalty": self.repeat_penalty,
+        }
+
 
 @dataclass(frozen=True)
 class Generation:

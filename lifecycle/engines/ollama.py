@@ -316,15 +316,7 @@ def blob_digest(path: Path) -> str:
 
 
 def _sampling(request: GenerationRequest) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "num_predict": request.max_tokens,
-        "temperature": request.temperature,
-        "seed": request.seed,
-        "top_k": request.top_k,
-        "top_p": request.top_p,
-        "min_p": request.min_p,
-        "repeat_penalty": request.repeat_penalty,
-    }
+    options: dict[str, Any] = {"num_predict": request.max_tokens, **request.sampling()}
     if request.stop:
         options["stop"] = list(request.stop)
     return options

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from lifecycle import modelfile as mf
 from lifecycle import progress as library_progress
@@ -24,13 +24,15 @@ from lifecycle.sources.base import read_remote_header as read_remote_header
 from lifecycle.store import Manifest, ProgressFn, Store
 from lifecycle.tags import Tag, from_tag
 
+ChangeStatus = Literal["unchanged", "changed", "new"]
+
 
 @dataclass(frozen=True)
 class Change:
     """The outcome of ``pull --check`` for one tag: ``unchanged``, ``changed`` or ``new``."""
 
     tag: str
-    status: str
+    status: ChangeStatus
     old_revision: str | None
     old_digest: str | None
     new_revision: str
@@ -77,6 +79,7 @@ def check(store: Store, tag: Tag, baseline: Manifest | None = None) -> Change:
     tag = canonical(tag)
     old = baseline if baseline is not None else store.read_manifest(tag)
     now = resolve(tag)
+    status: ChangeStatus
     if old is None:
         status = "new"
     elif old.revision == now.revision and old.digests == [p.digest for p in now.parts]:
