@@ -163,6 +163,8 @@ def render_report(report: CompareReport) -> str:
         task_headers[5] = "texts/s"
         for row, e in zip(task_rows, entries, strict=True):
             row[5] = e["cost"].get("texts_per_s")
+            load_ms = e["cost"].get("eval_load_ms")  # no text pass: the eval run's load
+            row[6] = None if load_ms is None else round(load_ms)
     else:
         lines += ["token quality (reference text):", table(token_headers, token_rows), ""]
     lines += ["task quality (golden set) and cost:", table(task_headers, task_rows), ""]
