@@ -18,17 +18,19 @@ from typing import Any
 
 from platformdirs import user_cache_dir
 
+from lifecycle import envnames
 from lifecycle.errors import ConfigError
 from lifecycle.fsutil import OutsideRoot, confine
 
 CONFIG_FILE = "lifecycle.toml"
 
-# Environment variables, declared once and reused by the CLI's help text.
-ENV_HOME = "LIFECYCLE_HOME"
-ENV_WORKSPACE = "LIFECYCLE_WORKSPACE"
-ENV_DEBUG = "LIFECYCLE_DEBUG"
-ENV_NO_PROGRESS = "LIFECYCLE_NO_PROGRESS"
-ENV_NO_CANARY = "LIFECYCLE_NO_CANARY"  # skip the engine canary before loading a model
+# The environment variables the CLI's help text and the doctor name: declared in
+# lifecycle.envnames, re-exported for the modules that import them from here.
+ENV_HOME = envnames.ENV_HOME
+ENV_WORKSPACE = envnames.ENV_WORKSPACE
+ENV_DEBUG = envnames.ENV_DEBUG
+ENV_NO_PROGRESS = envnames.ENV_NO_PROGRESS
+ENV_NO_CANARY = envnames.ENV_NO_CANARY
 
 DEFAULT_ENGINE = "llama-cpp"
 # Measured with benchmarks/batched.py (docs/performance.md): on 2-4 CPU cores 4 sequences per step

@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lifecycle.envnames import ENV_DEBUG
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file, fsync and rename: readers see old or new.
@@ -96,7 +98,7 @@ def _umask() -> int:
 @contextlib.contextmanager
 def quiet_stderr() -> Iterator[None]:
     """Silence C-level writes to fd 2 (llama.cpp's logging) unless LIFECYCLE_DEBUG is set."""
-    if os.environ.get("LIFECYCLE_DEBUG") or sys.platform == "win32":
+    if os.environ.get(ENV_DEBUG) or sys.platform == "win32":
         yield
         return
     sys.stderr.flush()

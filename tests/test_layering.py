@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "foundation",
         (
+            "envnames",  # every environment variable the package reads, by name
             "fsutil",
             "progress",
             "clock",

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from lifecycle.envnames import ENV_CUDA_VISIBLE_DEVICES
 from lifecycle.texttable import mib
 
 # Buffer types that live in host memory though their name does not start with "CPU".
@@ -258,7 +259,7 @@ def gpu_unavailable_reason(
         return f"llama.cpp reports no GPU offload ({inventory['reason']})"
     if backends:
         seen = f"; NVML sees {nvml['gpu']}" if nvml.get("gpu") else ""
-        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hidden = os.environ.get(ENV_CUDA_VISIBLE_DEVICES)
         why = (
             f" (CUDA_VISIBLE_DEVICES={hidden!r} hides them)"
             if hidden is not None and "CUDA" in backends

@@ -37,9 +37,9 @@ from lifecycle.engines.base import (
 from lifecycle.engines.embed_http import HttpEmbedder, ollama_vectors
 from lifecycle.engines.http import HttpClient, HttpStatusError, normalise_base_url, schema_enforced
 from lifecycle.engines.margins import server_margins
+from lifecycle.envnames import ENV_OLLAMA_HOST
 from lifecycle.errors import EngineError, GoldenSetError
 
-ENV_HOST = "OLLAMA_HOST"  # Ollama's own variable: "host:port" or a URL
 DEFAULT_HOST = "http://127.0.0.1:11434"
 KEEP_ALIVE = "30m"  # long enough that the model is not unloaded between cases of a run
 UPLOAD_TIMEOUT_S = 3600.0
@@ -67,7 +67,7 @@ class OllamaEngine:
     def __init__(
         self, host: str | None = None, *, timeout_s: float = DEFAULT_CASE_TIMEOUT_S
     ) -> None:
-        self.host = _ollama_url(host or os.environ.get(ENV_HOST) or DEFAULT_HOST)
+        self.host = _ollama_url(host or os.environ.get(ENV_OLLAMA_HOST) or DEFAULT_HOST)
         self.client = HttpClient(self.host, timeout_s=timeout_s)
 
     def info(self) -> EngineInfo:

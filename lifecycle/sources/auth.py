@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lifecycle.envnames import (
+    ENV_DOCKER_CONFIG,
+    ENV_REGISTRY_HOST,
+    ENV_REGISTRY_PASSWORD,
+    ENV_REGISTRY_USERNAME,
+)
 from lifecycle.errors import ConfigError, StoreError
-
-ENV_REGISTRY_HOST = "LIFECYCLE_REGISTRY_HOST"
-ENV_REGISTRY_USERNAME = "LIFECYCLE_REGISTRY_USERNAME"
-ENV_REGISTRY_PASSWORD = "LIFECYCLE_REGISTRY_PASSWORD"
-ENV_DOCKER_CONFIG = "DOCKER_CONFIG"
 
 # Docker Hub's credentials live under its v1 index URL, whatever name the tag uses.
 _DOCKER_HUB = "https://index.docker.io/v1/"

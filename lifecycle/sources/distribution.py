@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
+from lifecycle.envnames import ENV_REGISTRY_HOST, ENV_REGISTRY_PASSWORD, ENV_REGISTRY_USERNAME
 from lifecycle.errors import StoreError
 from lifecycle.sources.auth import (
-    ENV_REGISTRY_HOST,
-    ENV_REGISTRY_PASSWORD,
-    ENV_REGISTRY_USERNAME,
     Challenge,
     Credentials,
     RegistryAuthError,

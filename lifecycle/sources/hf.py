@@ -24,6 +24,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from lifecycle.envnames import ENV_HF_ENDPOINT, ENV_HF_TOKENS
 from lifecycle.errors import StoreError
 from lifecycle.gguf import GGUFInfo
 from lifecycle.sources.base import Upstream, range_start, read_remote_header, resumed_chunks
@@ -65,7 +66,7 @@ class HFRef:
 
 def endpoint() -> str:
     """The hub to talk to: ``$HF_ENDPOINT`` or huggingface.co."""
-    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    return os.environ.get(ENV_HF_ENDPOINT, DEFAULT_ENDPOINT).rstrip("/")
 
 
 def resolve(tag: Tag) -> Upstream:
@@ -280,7 +281,7 @@ def _token_source() -> str | None:
     """Where huggingface_hub takes its token from (never the token): a variable or the login."""
     from huggingface_hub import get_token
 
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+    for name in ENV_HF_TOKENS:
         if os.environ.get(name):
             return name
     return "the saved login (hf auth login)" if get_token() else None

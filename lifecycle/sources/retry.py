@@ -29,12 +29,9 @@ from email.utils import parsedate_to_datetime
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from lifecycle.envnames import ENV_RETRY_ATTEMPTS, ENV_RETRY_BASE, ENV_RETRY_MAX_TIME
 from lifecycle.errors import ConfigError
 from lifecycle.store import TransferError
-
-ENV_RETRY_ATTEMPTS = "LIFECYCLE_RETRY_ATTEMPTS"
-ENV_RETRY_BASE = "LIFECYCLE_RETRY_BASE"
-ENV_RETRY_MAX_TIME = "LIFECYCLE_RETRY_MAX_TIME"
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CAP = 30.0
