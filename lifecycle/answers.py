@@ -1,14 +1,15 @@
 """Answers cached per case, keyed by everything that decides the engine's output.
 
 An answer is a pure function of the weights (blob digest; the tokenizer is in them), the
-exact rendered prompt, the sampling settings, the schema the grammar is built from, the stop
-sequences, what the request asks the engine to record (logprobs, margin field), the engine
-build and numeric environment (engine name, version and details: ggml commit, backends, CPU
-features), the load settings that change the arithmetic (threads, batch, GPU layers, extra
-buffer types, KV cache types, flash attention, parallel sequences), the CPU model, and
-``max_tokens``. So an answer generated once serves every later run that asks the same thing:
-a pull request adding three golden tickets generates three cases, a matcher edit none, and
-two variants that differ only in ``num_ctx`` share their answers.
+exact rendered prompt, the sampling settings, the schema the grammar is built from (and for a
+schema answer the decoder: llguidance or llama.cpp's GBNF), the stop sequences, what the
+request asks the engine to record (logprobs, margin field), the engine build and numeric
+environment (engine name, version and details: ggml commit, backends, CPU features), the
+load settings that change the arithmetic (threads, batch, GPU layers, extra buffer types, KV
+cache types, flash attention, parallel sequences), the CPU model, and ``max_tokens``. So an
+answer generated once serves every later run that asks the same thing: a pull request adding
+three golden tickets generates three cases, a matcher edit none, and two variants that differ
+only in ``num_ctx`` share their answers.
 
 Two fields are left out of the key and checked when an entry is read instead:
 
@@ -84,6 +85,10 @@ def answer_key(
     cpu: str | None,
 ) -> AnswerKey:
     """The key of ``request`` on the weights ``blob_digest`` loaded with ``load``."""
+    details = dict(engine.details)
+    # Schema mode's decoder decides its tokens (llguidance forces canonical tokens and fixes
+    # the separators): it keys schema answers only, so free answers survive a change of it.
+    decoder = details.pop("schema_decoder", None)
     key = {
         "format": FORMAT,
         "blob": blob_digest,
@@ -100,7 +105,7 @@ def answer_key(
         "schema": request.json_schema,
         "stop": list(request.stop),
         "record": [request.logprobs, request.logprob_field, request.margin_field],
-        "engine": [engine.name, engine.version, dict(engine.details)],
+        "engine": [engine.name, engine.version, details],
         "load": {
             "n_threads": load.n_threads,
             "n_batch": load.n_batch,
@@ -113,6 +118,8 @@ def answer_key(
         },
         "cpu": cpu,
     }
+    if request.json_schema and decoder is not None:
+        key["schema_decoder"] = decoder
     return AnswerKey(fields=key, max_tokens=request.max_tokens, n_ctx=load.n_ctx)
 
 

@@ -763,6 +763,7 @@ def _scored(
         margin_step=generation.margin_step,
         field_margin=generation.field_margin,
         cached_from=cached_from,
+        forced_tokens=generation.forced_tokens,
         **confidence_signals(suite, case, generation, score.parsed),
     )
 

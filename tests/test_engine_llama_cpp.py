@@ -69,8 +69,12 @@ def test_stop_sequence_ends_generation(model: LlamaCppModel) -> None:
 
 
 def test_uncompilable_schema_is_an_error_not_a_fallback(model: LlamaCppModel) -> None:
-    # A valid JSON Schema whose pattern llama.cpp's converter cannot turn into a grammar.
-    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "[A-Z]+"}}}
+    # A valid JSON Schema whose pattern neither llguidance (no look-around) nor llama.cpp's
+    # converter (unanchored) can turn into a grammar.
+    schema = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "(?=A)[A-Z]+"}},
+    }
     with pytest.raises(GoldenSetError, match="cannot be compiled to a grammar"):
         model.check_schema(schema)
     with pytest.raises(GoldenSetError):

@@ -248,7 +248,7 @@ def render_run(run: dict[str, Any], pinned: set[str] | None = None) -> str:
         f"{summary['schema_valid_rate']:.0%}; prompt {summary['prompt_tokens_per_s']} tok/s, "
         f"generation {summary['generation_tokens_per_s']} tok/s, load {summary['load_ms']:.0f} ms; "
         f"{env['engine_version']}, threads {_threads(env['threads'])}; "
-        f"answers: {_answer_sources(run['cases'])}"
+        f"answers: {_answer_sources(run['cases'])}{_schema_tokens(summary)}"
     )
     names = [str(v["variant"]["name"]) for v in run["variants"]]
     errored = {s["variant"] for s in run["summaries"] if s.get("errors")}
@@ -273,6 +273,14 @@ def _answer_sources(cases: list[dict[str, Any]]) -> str:
     answered = [c for c in cases if c.get("finish_reason") != "error"]
     cached = sum(1 for c in answered if c.get("cached_from"))
     return f"{len(answered) - cached} generated, {cached} from cache"
+
+
+def _schema_tokens(summary: dict[str, Any]) -> str:
+    """Schema mode's output tokens: sampled ones, and those the schema forced (no step)."""
+    forced = summary.get("forced_tokens")
+    if forced is None:
+        return ""
+    return f"; schema tokens: {summary.get('sampled_tokens')} sampled, {forced} forced"
 
 
 def _threads(value: Any) -> str:

@@ -123,6 +123,10 @@ class Generation:
     # Milliseconds from the start of this request's decoding (its admission to a slot) to its
     # first sampled token: the load test's time to first token. None: the engine cannot say.
     first_token_ms: float | None = None
+    # Schema mode: how many of the completion's tokens the grammar forced (decoded without a
+    # sampling step of their own; the rest were sampled). None: not schema mode, or the engine
+    # cannot say.
+    forced_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

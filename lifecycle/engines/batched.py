@@ -11,6 +11,11 @@ sequence of its own and copied into each slot with ``seq_cp``; with a unified ca
 only tags the existing cells, so the prefix is computed and stored once. Each case then
 decodes only its own tokens.
 
+Under llguidance (schema mode, :mod:`lifecycle.engines.structured`) the tokens a schema forces
+after a sequence's sampled token join that token in the step's batch, at consecutive
+positions with logits only on the last, and those forced before its first choice join its
+prompt tokens: a forced token costs no step.
+
 Every sequence has its own sampler chain and grammar, stop sequences, token limit and
 wall-clock limit; one sequence failing (a grammar with no allowed token, a timeout) ends that
 case only. Timings are shares: each decode step's wall time is split over the tokens it
@@ -36,7 +41,14 @@ from lifecycle.engines.base import (
     GenerationRequest,
     wait_until_arrived,
 )
-from lifecycle.engines.decoding import Batch, Scored, first_stop, plain_greedy, wants_logprob
+from lifecycle.engines.decoding import (
+    Batch,
+    Scored,
+    add_forced,
+    first_stop,
+    plain_greedy,
+    wants_logprob,
+)
 from lifecycle.engines.margins import Margins
 from lifecycle.errors import EngineError
 
@@ -66,7 +78,11 @@ class _Sequence:
     margins: Margins
     own_prompt_tokens: int
     generated: list[int] = field(default_factory=list)
-    next_token: int | None = None  # sampled, to be decoded in the next step
+    # To decode in the next step: the sampled token and the tokens the schema forces after it.
+    next_tokens: list[int] = field(default_factory=list)
+    pending_generated: int = 0  # the last of ``pending`` are forced output, not prompt
+    forced: int = 0  # output tokens the schema forced
+    decoded: int = 0  # output tokens decoded (each one's logits led to the next choice)
     text: str = ""
     prompt_ms: float = 0.0
     generation_ms: float = 0.0
@@ -87,6 +103,8 @@ class BatchedDecoder:
         self.n_ctx_seq = model.options.n_ctx
         # The shared prefix lives in the last sequence id; slots are 0..parallel-1.
         self.prefix_seq = parallel
+        # Forced tokens one sequence may add to a step (the batch holds n_batch tokens).
+        self.forced_room = max(self.n_batch // parallel - 1, 0)
 
     def run(
         self,
@@ -110,7 +128,7 @@ class BatchedDecoder:
                 continue
             # Compile (and cache) each schema's grammar before any decoding.
             if request.json_schema:
-                model.gbnf_for(request.json_schema)
+                model.check_schema(request.json_schema)
             queue.append((index, tokens))
         if not queue:
             return
@@ -178,8 +196,7 @@ class BatchedDecoder:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
         if prefix:
             llama_cpp.llama_memory_seq_cp(self.memory, self.prefix_seq, seq_id, -1, -1)
-        gbnf = model.gbnf_for(request.json_schema) if request.json_schema else None
-        return _Sequence(
+        seq = _Sequence(
             index=index,
             seq_id=seq_id,
             request=request,
@@ -187,11 +204,31 @@ class BatchedDecoder:
             pending=tokens[prefix:],
             pos=prefix,
             chain=model.sampler_chain(request),
-            grammar=model.grammar_sampler(gbnf) if gbnf is not None else None,
+            grammar=model.schema_grammar(request.json_schema),
             started=time.perf_counter(),
             scored=Scored() if request.logprobs else None,
             margins=Margins(request.margin_field),
             own_prompt_tokens=len(tokens) - prefix,
+        )
+        if seq.grammar is not None:
+            # What the schema forces before any choice is decoded with the prompt.
+            forced = seq.grammar.forced(request.max_tokens - 1)
+            seq.text = self._add_forced(seq, forced)
+            seq.pending += forced
+            seq.pending_generated = len(forced)
+        return seq
+
+    def _add_forced(self, seq: _Sequence, forced: list[int]) -> str:
+        seq.forced += len(forced)
+        return add_forced(
+            forced,
+            seq.generated,
+            seq.text,
+            seq.request,
+            seq.scored,
+            seq.margins,
+            lambda ids: self.model.detokenize_completion(ids, seq.tokens, errors="ignore"),
+            seq.chain,
         )
 
     def _release(self, seq: _Sequence, live: dict[int, _Sequence], free: list[int]) -> None:
@@ -208,15 +245,19 @@ class BatchedDecoder:
         Returns the sequences whose logits this step produced, with their batch index.
         """
         with Batch(self.n_batch) as batch:
-            carried: list[tuple[_Sequence, int, bool]] = []  # (sequence, tokens, generating)
+            carried: list[tuple[_Sequence, int, int]] = []  # (sequence, prompt, output tokens)
             outputs: list[tuple[_Sequence, int]] = []
             for seq in live.values():
-                if seq.next_token is not None:
-                    outputs.append((seq, batch.size))
-                    batch.add(seq.next_token, seq.pos, seq.seq_id, logits=True)
-                    seq.pos += 1
-                    seq.next_token = None
-                    carried.append((seq, 1, True))
+                if seq.next_tokens:
+                    last = len(seq.next_tokens) - 1
+                    for k, token in enumerate(seq.next_tokens):
+                        if k == last:
+                            outputs.append((seq, batch.size))
+                        batch.add(token, seq.pos, seq.seq_id, logits=k == last)
+                        seq.pos += 1
+                    carried.append((seq, 0, len(seq.next_tokens)))
+                    seq.decoded += len(seq.next_tokens)
+                    seq.next_tokens = []
             for seq in live.values():
                 room = self.n_batch - batch.size
                 if not seq.pending or room <= 0:
@@ -228,18 +269,19 @@ class BatchedDecoder:
                         outputs.append((seq, batch.size))
                     batch.add(token, seq.pos, seq.seq_id, logits=last)
                     seq.pos += 1
-                carried.append((seq, len(part), False))
+                # Forced output tokens sit at the end of pending, after the prompt's.
+                output = max(seq.pending_generated - len(seq.pending), 0)
+                seq.pending_generated -= output
+                seq.decoded += output
+                carried.append((seq, len(part) - output, output))
             if batch.size == 0:
                 return []
             start = time.perf_counter()
             self._decode(batch)
             step_ms = (time.perf_counter() - start) * 1000.0
-        for seq, count, generating in carried:
-            share = step_ms * count / batch.size
-            if generating:
-                seq.generation_ms += share
-            else:
-                seq.prompt_ms += share
+        for seq, prompt, output in carried:
+            seq.prompt_ms += step_ms * prompt / batch.size
+            seq.generation_ms += step_ms * output / batch.size
         return outputs
 
     def _decode(self, batch: Batch) -> None:
@@ -284,12 +326,24 @@ class BatchedDecoder:
                 seq.scored.add(logprob, offset=len(seq.text))
             seq.text = model.detokenize_completion(seq.generated, seq.tokens, errors="ignore")
             stop_at = first_stop(seq.text, request.stop)
+            forced: list[int] = []
+            if stop_at is None and seq.grammar is not None:
+                try:
+                    # Each sequence's step stays within its share of the batch.
+                    room = min(request.max_tokens - len(seq.generated), self.forced_room)
+                    forced = seq.grammar.forced(room)
+                except RuntimeError as exc:
+                    return EngineError(f"generation failed: {exc}")
+                seq.text = self._add_forced(seq, forced)
+                stop_at = first_stop(seq.text, request.stop)
             if stop_at is not None:
                 finish = "stop"
+            elif seq.grammar is not None and seq.grammar.finished():
+                finish = "stop"  # the schema admits nothing more: the answer is whole
             elif len(seq.generated) >= request.max_tokens:
                 finish = "length"
             else:
-                seq.next_token = token
+                seq.next_tokens = [token, *forced]
         seq.sample_ms += (time.perf_counter() - start) * 1000.0
         if finish is None:
             return None
@@ -298,17 +352,14 @@ class BatchedDecoder:
         else:
             text = model.detokenize_completion(seq.generated, seq.tokens, errors="replace")
         latency_ms = (time.perf_counter() - seq.started) * 1000.0
-        n = len(seq.generated)
-        # Sequential decoding evaluates every generated token but the last one it keeps.
-        decoded = n - 1 if finish == "length" or stop_at is not None else n
         smallest, smallest_step, field_margin = seq.margins.summary()
         return Generation(
             text=text,
             prompt_tokens=len(seq.tokens),
-            completion_tokens=n,
+            completion_tokens=len(seq.generated),
             prompt_eval_tokens=seq.own_prompt_tokens,
             prompt_ms=seq.prompt_ms,
-            eval_tokens=max(decoded, 0),
+            eval_tokens=seq.decoded,
             generation_ms=seq.generation_ms,
             latency_ms=latency_ms,
             finish_reason=finish,
@@ -321,6 +372,7 @@ class BatchedDecoder:
             first_token_ms=None
             if seq.first_token_at is None
             else (seq.first_token_at - seq.started) * 1000.0,
+            forced_tokens=seq.forced if request.json_schema else None,
         )
 
 

@@ -44,9 +44,19 @@ from lifecycle.engines.base import (
     wait_until_arrived,
 )
 from lifecycle.engines.batched import BatchedDecoder, OnLive, OnResult
-from lifecycle.engines.decoding import Batch, Scored, first_stop, plain_greedy, wants_logprob
+from lifecycle.engines.decoding import (
+    Batch,
+    SchemaGrammar,
+    Scored,
+    add_forced,
+    best_other,
+    first_stop,
+    plain_greedy,
+    wants_logprob,
+)
 from lifecycle.engines.devices import ggml_build
 from lifecycle.engines.margins import Margins
+from lifecycle.engines.structured import SchemaGrammars, schema_decoder
 from lifecycle.errors import EngineError, GoldenSetError
 from lifecycle.fsutil import quiet_stderr
 from lifecycle.hostinfo import physical_cores  # re-exported: benchmarks import it here
@@ -72,6 +82,9 @@ class LlamaCppEngine:
                 "system_info": text.strip(),
                 "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
                 **ggml_build(),
+                # Schema mode's decoder: llguidance fast-forwards forced tokens (and fixes the
+                # JSON separators), which can change the tokens of an answer.
+                "schema_decoder": schema_decoder(),
             },
         )
 
@@ -103,6 +116,28 @@ class LlamaCppEngine:
                 raise EngineError(exc.message + detail, path=exc.path) from None
         model._buffers = parse_buffer_log([text for _level, text in lines])
         return model
+
+
+@dataclass
+class _Decoded:
+    """One sequential generation: its result and how its decoding splits into the prompt's
+    part and the generation's (tokens the schema forced before the first sampled one are
+    decoded with the prompt; llama.cpp's counters cannot tell them apart, so that first
+    decode's time is shared by token count, as the batched decoder shares its steps)."""
+
+    prompt_tokens: int  # prompt tokens decoded (after the reused prefix)
+    generation_tokens: int  # generated tokens decoded (sampled and forced)
+    forced: int  # generated tokens the schema forced
+    first_ms: float  # llama.cpp's decode time after the prompt's decode
+    first_tokens: int  # tokens that decode carried
+    result: tuple[str, int, str, Scored | None, Margins] | None = None  # set at the end
+
+    def split_ms(self, perf: Any) -> tuple[float, float]:
+        """(prompt ms, generation ms) from llama.cpp's counters at the end of generation."""
+        total = float(perf.t_p_eval_ms) + float(perf.t_eval_ms)
+        share = self.prompt_tokens / self.first_tokens if self.first_tokens else 0.0
+        prompt = self.first_ms * share
+        return prompt, total - prompt
 
 
 class LlamaCppModel:
@@ -150,6 +185,7 @@ class LlamaCppModel:
         self.n_threads = threads
         self._grammars: dict[str, str] = {}
         self._masks = GrammarMasks()
+        self._schemas = SchemaGrammars(self._llm._model.vocab)
         self._bos = self._llm.token_bos()
 
     def tokenize(self, text: str) -> list[int]:
@@ -161,8 +197,20 @@ class LlamaCppModel:
         return tokens
 
     def check_schema(self, schema: Mapping[str, Any]) -> None:
-        """Compile ``schema`` to a llama.cpp grammar now; raise if llama.cpp rejects it."""
-        self.gbnf_for(schema)
+        """Compile ``schema`` now (llguidance's grammar, else llama.cpp's); raise if neither
+        can enforce it."""
+        if self._schemas.grammar(schema) is None:
+            self.gbnf_for(schema)
+
+    def schema_grammar(self, schema: Mapping[str, Any] | None) -> SchemaGrammar | None:
+        """A fresh grammar for one generation under ``schema``: llguidance's matcher (masks
+        and forced tokens) where it compiles the schema, else llama.cpp's GBNF sampler."""
+        if not schema:
+            return None
+        grammar = self._schemas.grammar(schema)
+        if grammar is not None:
+            return self._schemas.start(grammar)
+        return self.grammar_sampler(self.gbnf_for(schema))
 
     # --- the decoding seam: what a decoder over this model's context uses (the sequential
     # path here and lifecycle.engines.batched); llama-cpp-python's internals stay behind it.
@@ -209,7 +257,8 @@ class LlamaCppModel:
             raise EngineError(f"batched generation failed: {exc}") from None
 
     def generate(self, request: GenerationRequest) -> Generation:
-        gbnf = self.gbnf_for(request.json_schema) if request.json_schema else None
+        if request.json_schema:
+            self.check_schema(request.json_schema)
         tokens = self.tokenize(request.prompt)
         if len(tokens) + request.max_tokens > self.options.n_ctx:
             raise EngineError(
@@ -220,20 +269,22 @@ class LlamaCppModel:
         llama_cpp.llama_perf_context_reset(ctx)
         start = time.perf_counter()
         try:
-            text, n_generated, finish, scored, margins = self._decode(tokens, request, gbnf)
+            decoded = self._decode(tokens, request)
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"generation failed: {exc}") from None
         latency_ms = (time.perf_counter() - start) * 1000.0
-        perf = llama_cpp.llama_perf_context(ctx)
+        assert decoded.result is not None
+        text, n_generated, finish, scored, margins = decoded.result
         margin, margin_step, field_margin = margins.summary()
+        prompt_ms, generation_ms = decoded.split_ms(llama_cpp.llama_perf_context(ctx))
         return Generation(
             text=text,
             prompt_tokens=len(tokens),
             completion_tokens=n_generated,
-            prompt_eval_tokens=int(perf.n_p_eval),
-            prompt_ms=float(perf.t_p_eval_ms),
-            eval_tokens=int(perf.n_eval),
-            generation_ms=float(perf.t_eval_ms),
+            prompt_eval_tokens=decoded.prompt_tokens,
+            prompt_ms=prompt_ms,
+            eval_tokens=decoded.generation_tokens,
+            generation_ms=generation_ms,
             latency_ms=latency_ms,
             finish_reason=finish,
             token_logprobs=tuple(scored.logprobs) if scored else None,
@@ -244,14 +295,13 @@ class LlamaCppModel:
             first_token_ms=None
             if self._first_token_at is None
             else (self._first_token_at - start) * 1000.0,
+            forced_tokens=decoded.forced if request.json_schema else None,
         )
 
     # When _decode sampled its first token (perf_counter), for Generation.first_token_ms.
     _first_token_at: float | None = None
 
-    def _decode(
-        self, tokens: list[int], request: GenerationRequest, gbnf: str | None
-    ) -> tuple[str, int, str, Scored | None, Margins]:
+    def _decode(self, tokens: list[int], request: GenerationRequest) -> _Decoded:
         """Evaluate the prompt (reusing the cached prefix) and sample until a stop condition.
 
         Grammar-constrained sampling checks the token the sampler picked first and only masks
@@ -259,26 +309,47 @@ class LlamaCppModel:
         ``common_sampler``. llama-cpp-python masks all tokens at every step instead, which on a
         262k-token vocabulary (Gemma 3) costs more than the forward pass.
 
+        Under llguidance the tokens the schema forces after a sampled token are decoded in the
+        same ``llama_decode`` as that token (logits only on the last), and those it forces
+        before the first choice go in with the prompt: a forced token costs no step.
+
         With ``request.logprobs`` each generated token's log-probability is recorded (see
         :meth:`_logprob`) with the character offset where its text starts. Every step's
         decision margin is recorded (:class:`~lifecycle.engines.margins.Margins`).
         """
         llm = self._llm
-        note(phase="prompt")
-        self._evaluate_prompt(tokens)
-        note(phase="generation")
+        grammar = self.schema_grammar(request.json_schema)
         chain = self.sampler_chain(request)
-        grammar = self.grammar_sampler(gbnf) if gbnf is not None else None
         vocab = llm._model.vocab
         ctx = llm._ctx.ctx
         generated: list[int] = []
         scored = Scored() if request.logprobs else None
         margins = Margins(request.margin_field)
-        text = ""
         finish = "length"
+        hit: int | None = None
         self._first_token_at = None
+
+        def spelled(ids: list[int]) -> str:
+            return self.detokenize_completion(ids, tokens, errors="ignore")
+
         try:
-            while len(generated) < request.max_tokens:
+            # What the schema forces before any choice is decoded with the prompt.
+            forced = grammar.forced(request.max_tokens - 1) if grammar else []
+            text = add_forced(forced, generated, "", request, scored, margins, spelled, chain)
+            note(phase="prompt")
+            evaluated = self._evaluate_prompt(tokens, forced)
+            llama_cpp.llama_synchronize(ctx)  # the counters are updated when the decode ends
+            perf = llama_cpp.llama_perf_context(ctx)
+            decoded = _Decoded(
+                prompt_tokens=evaluated - len(forced),
+                generation_tokens=len(forced),
+                forced=len(forced),
+                first_ms=float(perf.t_p_eval_ms) + float(perf.t_eval_ms),
+                first_tokens=evaluated,
+            )
+            note(phase="generation")
+            hit = first_stop(text, request.stop)
+            while hit is None:
                 want = scored is not None and wants_logprob(request, text)
                 token, logprob, margin = self.sample(
                     chain,
@@ -299,17 +370,32 @@ class LlamaCppModel:
                     scored.add(logprob, offset=len(text))
                 # Detokenize the whole completion each step: a UTF-8 character or a stop
                 # sequence may span tokens (completions are short, so this stays cheap).
-                text = self.detokenize_completion(generated, tokens, errors="ignore")
-                hit = first_stop(text, request.stop)
-                if hit is not None:
-                    return text[:hit], len(generated), "stop", scored, margins
-                llm.eval([token])
+                text = spelled(generated)
+                if (hit := first_stop(text, request.stop)) is not None:
+                    break
+                room = request.max_tokens - len(generated)
+                forced = grammar.forced(room) if grammar else []
+                text = add_forced(forced, generated, text, request, scored, margins, spelled, chain)
+                decoded.forced += len(forced)
+                if (hit := first_stop(text, request.stop)) is not None:
+                    break
+                if grammar is not None and grammar.finished():
+                    finish = "stop"  # the schema admits nothing more: the answer is whole
+                    break
+                if len(generated) >= request.max_tokens:
+                    break
+                llm.eval([token, *forced])
+                decoded.generation_tokens += 1 + len(forced)
         finally:
             chain.close()
             if grammar:
                 grammar.free()
-        text = self.detokenize_completion(generated, tokens, errors="replace")
-        return text, len(generated), finish, scored, margins
+        if hit is not None:
+            decoded.result = (text[:hit], len(generated), "stop", scored, margins)
+        else:
+            text = self.detokenize_completion(generated, tokens, errors="replace")
+            decoded.result = (text, len(generated), finish, scored, margins)
+        return decoded
 
     def detokenize_completion(self, generated: list[int], prompt: list[int], *, errors: str) -> str:
         """The completion's text (the prompt decides leading-space handling)."""
@@ -318,9 +404,11 @@ class LlamaCppModel:
     def grammar_sampler(self, gbnf: str) -> Grammar:
         return Grammar(self._llm._model.vocab, gbnf, self._masks)
 
-    def _evaluate_prompt(self, tokens: list[int]) -> None:
-        """Decode ``tokens`` after the longest prefix already in the KV cache."""
+    def _evaluate_prompt(self, prompt: list[int], forced: list[int]) -> int:
+        """Decode ``prompt`` and the tokens ``forced`` after it, after the longest prefix
+        already in the KV cache, in one go; return how many tokens were decoded."""
         llm = self._llm
+        tokens = prompt + forced
         cached = list(llm._input_ids[: llm.n_tokens])
         prefix = 0
         for a, b in zip(cached, tokens, strict=False):
@@ -336,6 +424,7 @@ class LlamaCppModel:
             llm._ctx.kv_cache_clear()
             prefix = 0
         llm.eval(tokens[prefix:])
+        return len(tokens) - prefix
 
     def sampler_chain(self, request: GenerationRequest) -> Any:
         chain: Any = LlamaSampler()  # Any: its signature differs across releases (below)
@@ -357,7 +446,7 @@ class LlamaCppModel:
     def sample(
         self,
         chain: Any,
-        grammar: Grammar | None,
+        grammar: SchemaGrammar | None,
         ctx: Any,
         *,
         logprob: bool = False,
@@ -381,7 +470,7 @@ class LlamaCppModel:
             else:
                 token = int(chain.sample(self._llm._ctx, idx))
             value = _logprob(logits, token) if logprob else math.nan
-            return token, value, float(logits[token]) - _best_other(logits, token)
+            return token, value, float(logits[token]) - best_other(logits, token)
         logits = self._logits(ctx, idx)
         masked: np.ndarray | None = None  # the logits under the grammar, once computed
         # Sample on the raw logits, then ask the grammar whether that token is allowed (a
@@ -956,7 +1045,7 @@ class Grammar:
         """
         chosen = float(logits[token])
         if masked is None:
-            bound = chosen - _best_other(logits, token)
+            bound = chosen - best_other(logits, token)
             if bound >= floor:
                 return bound
             n = len(logits)
@@ -971,24 +1060,24 @@ class Grammar:
             if chosen - float(logits[top].min()) >= floor:
                 return chosen - float(logits[top].min())
             masked = self.masked(logits)
-        best = _best_other(masked, token)
+        best = best_other(masked, token)
         return chosen - best if math.isfinite(best) else math.inf
 
     def accept(self, token: int) -> None:
         llama_cpp.llama_sampler_accept(self.sampler, token)
         self.accepted.append(token)
 
+    def forced(self, room: int) -> list[int]:
+        """No fast-forward on this path: every token is sampled."""
+        return []
+
+    def finished(self) -> bool:
+        return False  # the model ends the answer (EOS or a stop sequence)
+
     def free(self) -> None:
         if self.sampler:
             llama_cpp.llama_sampler_free(self.sampler)
             self.sampler = None
-
-
-def _best_other(logits: np.ndarray, token: int) -> float:
-    """The highest logit of any token but ``token`` (two reductions, no copy of the vocabulary)."""
-    before = logits[:token].max(initial=-np.inf)
-    after = logits[token + 1 :].max(initial=-np.inf)
-    return float(max(before, after))
 
 
 def _logprob(logits: np.ndarray, token: int) -> float:
