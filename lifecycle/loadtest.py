@@ -37,6 +37,7 @@ from lifecycle.engines import (
     LoadOptions,
 )
 from lifecycle.engines.base import wait_until_arrived
+from lifecycle.engines.served_template import ChecksServedTemplate
 from lifecycle.errors import EngineError, UsageError
 from lifecycle.latency import goodput, percentiles, poisson_arrivals
 from lifecycle.modelfile import serialise
@@ -206,6 +207,11 @@ def run_loadtest(
     sla = document["serve"]["sla_p95_ms"]
     progress(f"loading {variant.name} (num_ctx {load_options.n_ctx}, {slots} slot(s))")
     model = engine.load(variant.blob_path, load_options)
+    if isinstance(model, ChecksServedTemplate):  # the eval's check: whose template is timed
+        served = model.served_template(requests[0][1])
+        if warning := served.warning(variant.name):
+            progress(warning)
+        document["environment"]["prompt_template"] = served.label()
     plan: list[tuple[str, int | None, float | None]]
     plan = [("closed", c, None) for c in sorted(set(concurrency))]
     plan += [("open", None, r) for r in options.rates]

@@ -24,7 +24,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from lifecycle.baselines import Baseline, bench_by_variant, load_baselines, variant_environment
 from lifecycle.clock import utc_now
@@ -48,6 +48,9 @@ from lifecycle.results import (
 )
 from lifecycle.store import Store
 
+if TYPE_CHECKING:
+    from lifecycle.variants import Variant
+
 # Regressions named one per line in smoke's summary; the rest are in `lifecycle gate`.
 MAX_LISTED = 20
 # 2: case results carry decision margins (older cached results have none).
@@ -70,6 +73,9 @@ class SmokeOptions:
     # so it decodes one case at a time, the reference path (batched decoding flipped a few
     # example verdicts: other rounding in batched matrix products; see docs/performance.md).
     parallel: int = 1
+    # Load-test every [serve] resident at its configured concurrency, so the gate judges the
+    # SLA and the pins record the p95 (off by default: minutes of traffic on a CI runner).
+    load: bool = False
 
 
 @dataclass
@@ -89,6 +95,8 @@ class SmokeResult:
     report: dict[str, str]
     seconds: float
     steps: dict[str, float] = field(default_factory=dict)
+    loadtests: list[dict[str, Any]] = field(default_factory=list)  # the documents, per resident
+    load_skipped: str | None = "not asked (--load)"
 
     @property
     def exit_code(self) -> int:
@@ -104,6 +112,8 @@ class SmokeResult:
             "evaluated": self.evaluated,
             "cached": self.cached,
             "bench_skipped": self.bench_skipped,
+            "load": [doc.get("summary") or {} for doc in self.loadtests],
+            "load_skipped": self.load_skipped,
             "run_id": self.record.run_id,
             "run": str(self.run_path),
             "summary": self.record.summary,
@@ -207,7 +217,14 @@ def run_smoke(
     steps["bench"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    figures = bench_by_variant(bench_docs)
+    load_docs: list[dict[str, Any]] = []
+    load_skipped: str | None = "not asked (--load)"
+    if options.load:
+        load_docs, load_skipped = _load_tests(workspace, store, variants, options, say)
+        steps["load"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    figures = bench_by_variant(bench_docs + load_docs)
     gate = gate_workspace(
         workspace, record, settings=settings, bench=figures, store=store, progress=say
     )
@@ -228,7 +245,7 @@ def run_smoke(
 
     quants = {v.name: quant_of(store, v.blob_digest) for v in variants}
     report = build_report(
-        record.to_dict(), gate, pins=pins.to_dict(), bench=bench_docs, quants=quants
+        record.to_dict(), gate, pins=pins.to_dict(), bench=bench_docs + load_docs, quants=quants
     )
     html_path, md_path = write_report(report, options.report_dir or root / "reports")
     steps["report"] = time.perf_counter() - mark
@@ -246,6 +263,8 @@ def run_smoke(
         report={"html": str(html_path), "markdown": str(md_path)},
         seconds=time.perf_counter() - started,
         steps=steps,
+        loadtests=load_docs,
+        load_skipped=load_skipped,
     )
 
 
@@ -267,6 +286,17 @@ def render_summary(result: SmokeResult) -> str:
         "bench: "
         + (result.bench_skipped or f"{measured} variant(s) measured, {cached_bench} from cache")
     )
+    if result.load_skipped and result.load_skipped != "not asked (--load)":
+        lines.append(f"load: {result.load_skipped}")
+    for doc in result.loadtests:
+        fig = doc.get("summary") or {}
+        lines.append(
+            f"load {doc['variant']['name']}: p50/p95/p99 "
+            + "/".join(_ms(fig.get(f"latency_{q}_ms")) for q in ("p50", "p95", "p99"))
+            + f" ms at concurrency {fig.get('concurrency')}"
+            + (f" (SLA p95 {fig['sla_p95_ms']:g} ms)" if fig.get("sla_p95_ms") else "")
+            + (" PARTIAL" if fig.get("partial") else "")
+        )
     for v in result.gate.variants:
         state = v.status + ("" if v.passed else ": " + "; ".join(v.failures))
         lines.append(f"gate {v.variant}: {state}")
@@ -301,6 +331,41 @@ def render_summary(result: SmokeResult) -> str:
         verdict = "PASS" if result.gate.passed else "FAIL"
     lines.append(f"verdict: {verdict} — {result.gate.headline()} ({result.seconds:.1f} s)")
     return "\n".join(lines)
+
+
+def _load_tests(
+    workspace: Workspace,
+    store: Store,
+    variants: list[Variant],
+    options: SmokeOptions,
+    say: Progress,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The load test of every [serve] resident this smoke evaluated, at its concurrency.
+    Returns the documents and, when some could not be measured, why."""
+    from lifecycle.loadtest import LoadtestOptions, default_output, run_loadtest
+    from lifecycle.serve import load_serve_settings
+
+    serve = load_serve_settings(workspace)
+    if serve is None:
+        return [], "no [serve] table in lifecycle.toml: nothing to load-test"
+    docs: list[dict[str, Any]] = []
+    for variant in variants:
+        resident = serve.resident(variant.name)
+        if resident is None:
+            continue
+        output = default_output(workspace, variant.name)
+        load = LoadtestOptions(concurrency=(resident.concurrency,), threads=options.threads)
+        try:
+            docs.append(run_loadtest(workspace, store, variant.name, load, say, output=output))
+        except LifecycleError as exc:
+            # Like a failed bench: said, and the gate says the SLA was not judged. The partial
+            # samples stay in the load test's file.
+            return docs, f"load test of {variant.name} failed: {exc}"
+    return docs, None
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.0f}"
 
 
 def gate_workspace(

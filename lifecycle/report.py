@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifecycle.baselines import bench_figures
+from lifecycle.baselines import bench_by_variant
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gate import GateResult
 from lifecycle.gaterender import render_markdown
@@ -76,7 +76,7 @@ def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:
 def _variant_rows(
     run: dict[str, Any], bench: list[dict[str, Any]], quants: dict[str, str | None]
 ) -> list[dict[str, Any]]:
-    figures = {str((d.get("variant") or {}).get("name")): bench_figures(d) or {} for d in bench}
+    figures = bench_by_variant(bench)  # a bench and a load test of one variant both count
     rows = []
     for entry in run["variants"]:
         v = entry["variant"]
@@ -101,6 +101,8 @@ def _variant_rows(
                 "schema_valid_rate": sum(c["schema_valid"] for c in cases) / n if n else None,
                 "gen_tps": _mean([s["generation_tokens_per_s"] for s in summaries]),
                 "p50_ms": _mean([s["latency_p50_ms"] for s in summaries]),
+                "p95_ms": _mean([s.get("latency_p95_ms") for s in summaries]),
+                "load": fig.get("loadtest") or {},
                 "bench_tg": fig.get("tg_tokens_per_s"),
                 "bench_pp": fig.get("pp_tokens_per_s"),
                 "peak_rss": fig.get("peak_rss_bytes"),
@@ -223,7 +225,10 @@ def _markdown(
         lines.append(f"- committed `{pins['commit'][:12]}`{branch}")
     modes = _run_modes(rows)
     mode_heads = [f"{m} {k}" for m in modes for k in ("pass", "JSON-valid", "schema-valid")]
-    heads = ["variant", "quant", "size", *mode_heads, "gen tok/s", "bench tg tok/s", "peak RSS"]
+    heads = ["variant", "quant", "size", *mode_heads, "latency p50/p95 ms"]
+    served = any(r["load"] for r in rows)
+    heads += ["served p95 ms (SLA)"] if served else []
+    heads += ["gen tok/s", "bench tg tok/s", "peak RSS"]
     lines += ["", "## Variants", ""]
     lines += [
         "| " + " | ".join(heads) + " |",
@@ -235,6 +240,8 @@ def _markdown(
             r["quant"] or "-",
             _size(r["size"]),
             *_mode_cells(r, modes),
+            f"{_f(r['p50_ms'])}/{_f(r['p95_ms'])}",
+            *([served_latency(r["load"])] if served else []),
             _f(r["gen_tps"]),
             _f(r["bench_tg"]),
             _size(r["peak_rss"]),
@@ -331,6 +338,8 @@ def _html(
     measures = {
         "gen tok/s": [_f(r["gen_tps"]) for r in rows],
         "p50 ms": [_f(r["p50_ms"]) for r in rows],
+        "p95 ms": [_f(r["p95_ms"]) for r in rows],
+        "served p95 ms (SLA)": [served_latency(r["load"]) for r in rows],
         "bench pp tok/s": [_f(r["bench_pp"]) for r in rows],
         "bench tg tok/s": [_f(r["bench_tg"]) for r in rows],
         "peak RSS": [_size(r["peak_rss"]) for r in rows],
@@ -566,6 +575,16 @@ th{background:#f6f8fa}td{text-align:right;white-space:nowrap}td:first-child{text
 .bad{color:#cf222e}.env{color:#9a6700}pre{background:#f6f8fa;padding:.6em;overflow:auto}
 figure{display:inline-block;margin:.5em}img{max-width:100%}
 """.strip()
+
+
+def served_latency(load: dict[str, Any]) -> str:
+    """A load test's p95 at the served concurrency, with its SLA: ``2810 @2 (≤ 3000)``."""
+    if not load or load.get("latency_p95_ms") is None:
+        return "-"
+    text = f"{float(load['latency_p95_ms']):.0f} @{load.get('concurrency')}"
+    if load.get("sla_p95_ms") is not None:
+        text += f" (≤ {float(load['sla_p95_ms']):g})"
+    return text + (" partial" if load.get("partial") else "")
 
 
 def _mean(values: list[Any]) -> float | None:

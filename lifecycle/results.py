@@ -203,6 +203,9 @@ class RunEnvironment(HostEnvironment, total=False):
     kv_cache_type_v: dict[str, str | None]
     flash_attention: dict[str, bool | None]
     foreign_cpu_share: dict[str, float]
+    # Whose chat template a served model's answers test, per variant (engines that render
+    # prompts themselves): modelfile, server, server-differs or server-unknown.
+    prompt_template: dict[str, str]
     batch_size: int
     gpu_layers: int
     seed: int
@@ -434,6 +437,7 @@ PER_VARIANT_KEYS = (
     "kv_cache_type_v",
     "flash_attention",
     "foreign_cpu_share",
+    "prompt_template",
 )
 
 

@@ -45,6 +45,7 @@ from lifecycle.engines import (
     generate_many,
     get_engine,
 )
+from lifecycle.engines.served_template import ChecksServedTemplate, ServedTemplate
 from lifecycle.errors import ConfigError, EngineError, GoldenSetError, ModelError, UsageError
 from lifecycle.fsutil import atomic_write_text, exclusive_lock
 from lifecycle.golden import MODES, GoldenCase, Suite, load_suites, score_output
@@ -166,6 +167,7 @@ def run_eval(
     # variant -> KV cache settings it ran with; None where the engine cannot say (a server)
     caches: dict[str, dict[str, Any] | None] = {}
     foreign: dict[str, float] = {}  # variant -> CPU share other processes used meanwhile
+    templates: dict[str, str] = {}  # variant -> whose chat template a server's answers test
     checkpoints = Checkpoints(workspace.root / CHECKPOINTS_DIR, enabled=options.resume)
     golden_sets = {
         s.name: {"golden_digest": s.golden_digest, "schema_digest": s.schema_digest}
@@ -242,6 +244,11 @@ def run_eval(
             )
             parallel_used[variant.name] = model.parallel if isinstance(model, BatchedModel) else 1
             total_load_ms += model.load_ms
+            if isinstance(model, ChecksServedTemplate):
+                first = next(item for item, keep in zip(work, mine, strict=True) if keep)
+                templates[variant.name] = _served_template(
+                    model, plan, first, load_options, options, say
+                )
         try:
             for suite, mode in _groups(plan, options):
                 selected = [
@@ -298,6 +305,7 @@ def run_eval(
         "kv_cache_type_v": {n: c["kv_cache_type_v"] if c else None for n, c in caches.items()},
         "flash_attention": {n: c["flash_attention"] if c else None for n, c in caches.items()},
         "foreign_cpu_share": foreign,
+        "prompt_template": templates,
         "batch_size": workspace.engine.batch_size,
         "gpu_layers": workspace.engine.gpu_layers,
         "seed": workspace.engine.seed,
@@ -447,6 +455,28 @@ def _find_answers(
         if hit is not None:
             reuse.hits[(suite.name, mode, case.id)] = hit
     return reuse
+
+
+def _served_template(
+    model: ChecksServedTemplate,
+    plan: _Plan,
+    first: tuple[Suite, str, GoldenCase],
+    load: LoadOptions,
+    options: EvalOptions,
+    say: Progress,
+) -> str:
+    """Check, on the variant's first case, whether the server renders it as the Modelfile
+    does; say so before the run when it does not. Returns the run record's label."""
+    suite, mode, case = first
+    request = case_request(plan.variant, suite, mode, case, plan.chat_template, load.seed, options)
+    try:
+        found = model.served_template(request)
+    except EngineError as exc:
+        found = ServedTemplate("server", None, f"the check failed: {exc}")
+    warning = found.warning(plan.variant.name)
+    if warning:
+        say(warning)
+    return found.label()
 
 
 def _checked_load_options(

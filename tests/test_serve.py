@@ -185,3 +185,51 @@ def test_unknown_variant_is_a_usage_error(
     code, _out, err = run_cli("loadtest", "nope", "--workspace", str(tiny_workspace))
     assert code == 2 and "unknown model or variant" in err
     assert load_workspace(tiny_workspace).models  # the workspace itself is fine
+
+
+def test_smoke_load_tests_the_residents_and_the_gate_judges_the_sla(
+    tiny_workspace: Path, run_cli: Callable[..., CliResult]
+) -> None:
+    # Judged whatever else runs on the machine: this test is about the verdict's plumbing.
+    config = tiny_workspace / "lifecycle.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8") + "[gate]\nmax_foreign_cpu_share = 1.0\n",
+        encoding="utf-8",
+    )
+    _with_serve(tiny_workspace, SERVE.format(memory="1GiB"))
+    smoke = ("smoke", "-C", str(tiny_workspace), "--offline", "--no-bench", "--load", "--json")
+    code, out, err = run_cli(*smoke)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["load_skipped"] is None
+    (load,) = doc["load"]
+    assert load["concurrency"] == 2 and load["latency_p95_ms"] > 0 and not load["partial"]
+    lock = json.loads((tiny_workspace / "models.lock").read_text(encoding="utf-8"))
+    pinned = lock["variants"]["tiny"]["bench"]["loadtest"]
+    assert pinned["latency_p95_ms"] == load["latency_p95_ms"]
+    report = Path(doc["report"]["markdown"]).read_text(encoding="utf-8")
+    assert "served p95 ms (SLA)" in report and "@2 (≤ 60000)" in report
+
+    # An SLA no request can meet: the next smoke's load test fails the gate, named as such.
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("sla_p95_ms = 60000", "sla_p95_ms = 0.001"),
+        encoding="utf-8",
+    )
+    code, out, err = run_cli(*smoke)
+    assert code == 3, err
+    doc = json.loads(out)
+    (check,) = [c for c in doc["gate"]["checks"] if c["name"] == "latency_p95_ms"]
+    assert check["status"] == "fail"
+    assert "at concurrency 2 over the SLA" in check["message"]
+    assert "on the same machine" in check["message"]
+
+
+def test_smoke_load_without_a_serve_table_says_so(
+    tiny_workspace: Path, run_cli: Callable[..., CliResult]
+) -> None:
+    code, out, err = run_cli(
+        "smoke", "-C", str(tiny_workspace), "--offline", "--no-bench", "--load", "--json"
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["load"] == [] and "no [serve] table" in doc["load_skipped"]

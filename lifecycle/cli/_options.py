@@ -20,3 +20,10 @@ workspace_option = click.option(
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
 )
+
+template_option = click.option(
+    "--template",
+    type=click.Choice(["server", "modelfile"]),
+    help="openai engine: test the server's chat template (chat completions, the default) or "
+    "the Modelfile's TEMPLATE (its rendering sent to /v1/completions).",
+)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lifecycle.cli._options import workspace_option
+from lifecycle.cli._options import template_option, workspace_option
 from lifecycle.cli._output import emit, library_progress, progress, table
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK, UsageError
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 )
 @click.option("--base-url", help="openai engine: the server's base URL (…/v1).")
 @click.option("--host", help="ollama engine: the daemon URL (default $OLLAMA_HOST or :11434).")
+@template_option
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
@@ -79,6 +80,7 @@ def eval_command(
     engine: str | None,
     base_url: str | None,
     host: str | None,
+    template: str | None,
     concurrency: int,
     parallel: int | None,
     timeout_s: float | None,
@@ -118,7 +120,7 @@ def eval_command(
         concurrency=concurrency,
         parallel=parallel,
         timeout_s=timeout_s,
-        engine_settings={"base_url": base_url, "host": host},
+        engine_settings={"base_url": base_url, "host": host, "template": template},
         resume=not no_resume,
         answers=not no_cache,
     )

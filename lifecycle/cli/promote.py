@@ -211,6 +211,12 @@ def report_command(
 @click.option("--offline", is_flag=True, help="Do not check or pull upstream tags.")
 @click.option("--no-bench", is_flag=True, help="Skip the short bench.")
 @click.option(
+    "--load",
+    is_flag=True,
+    help="Load-test every [serve] resident at its concurrency; the gate judges sla_p95_ms "
+    "and the pins record the p95.",
+)
+@click.option(
     "--no-cache",
     is_flag=True,
     help="Re-evaluate and regenerate every answer even when cached ones match.",
@@ -238,6 +244,7 @@ def smoke_command(
     branch: str | None,
     offline: bool,
     no_bench: bool,
+    load: bool,
     no_cache: bool,
     report_dir: Path | None,
     threads: int | None,
@@ -246,7 +253,7 @@ def smoke_command(
     as_json: bool,
     quiet: bool,
 ) -> int:
-    """The weekly job: check tags, pull what moved, eval, bench, gate, pin, report.
+    """The weekly job: check tags, pull what moved, eval, bench, (load,) gate, pin, report.
 
     Results are cached by variant id + golden-set digests + engine build + CPU, so an
     unchanged workspace finishes fast. Exit code: 0 every pinned variant holds (candidates
@@ -262,6 +269,7 @@ def smoke_command(
     options = SmokeOptions(
         offline=offline,
         bench=not no_bench,
+        load=load,
         use_cache=not no_cache,
         commit=commit,
         branch=branch,

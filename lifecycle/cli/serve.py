@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from lifecycle.cli._options import workspace_option
+from lifecycle.cli._options import template_option, workspace_option
 from lifecycle.cli._output import emit, library_progress, progress, table
 from lifecycle.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
 
@@ -156,6 +156,7 @@ def render_plan(doc: dict[str, Any]) -> str:
 @click.option("--engine", help="Engine (default: lifecycle.toml).")
 @click.option("--base-url", help="openai engine: the server's URL.")
 @click.option("--host", help="ollama engine: the daemon's URL.")
+@template_option
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.")
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), help="PNG path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -173,6 +174,7 @@ def loadtest_command(
     engine: str | None,
     base_url: str | None,
     host: str | None,
+    template: str | None,
     threads: int | None,
     chart: Path | None,
     as_json: bool,
@@ -190,7 +192,8 @@ def loadtest_command(
     from lifecycle.store import Store
 
     workspace = load_workspace(workspace_dir)
-    settings = {k: v for k, v in (("base_url", base_url), ("host", host)) if v}
+    given = (("base_url", base_url), ("host", host), ("template", template))
+    settings = {k: v for k, v in given if v}
     options = LoadtestOptions(
         concurrency=tuple(concurrency or ()),
         rates=tuple(rates or ()),

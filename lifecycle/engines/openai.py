@@ -1,11 +1,14 @@
 """The ``openai`` engine: any OpenAI-compatible server (llama-server, vLLM, llama-cpp-python).
 
-The golden suite runs on what the server serves: ``/v1/chat/completions`` with the case's
-messages, after the variant's SYSTEM and MESSAGE history (Ollama's rule: SYSTEM only when the
-conversation has no system message). The server applies its own chat template, exactly as it
-does for production clients; the Modelfile TEMPLATE is not used. Without messages in the
-request (a caller that only has a rendered prompt) the engine falls back to
-``/v1/completions`` with that prompt.
+By default (``template="server"``) the golden suite runs on what the server serves:
+``/v1/chat/completions`` with the case's messages, after the variant's SYSTEM and MESSAGE
+history (Ollama's rule: SYSTEM only when the conversation has no system message). The server
+applies its own chat template, exactly as it does for production clients; the Modelfile
+TEMPLATE is not used, and :meth:`OpenAIModel.served_template` says before the run whether the
+two render the first case alike. With ``template="modelfile"`` every case is rendered by the
+Modelfile's TEMPLATE (as the embedded engine does) and sent to ``/v1/completions``, so a team
+tests its own template on the server's weights and kernels. A request without messages (a
+caller that only has a rendered prompt) also goes to ``/v1/completions``.
 
 JSON Schemas go in ``response_format``. Servers speak two dialects: OpenAI's
 ``{"type": "json_schema", "json_schema": {"schema": ...}}`` (vLLM, llama-server) and
@@ -41,7 +44,14 @@ from lifecycle.engines.base import (
 from lifecycle.engines.embed_http import HttpEmbedder, openai_vectors
 from lifecycle.engines.http import HttpClient, HttpStatusError, normalise_base_url, schema_enforced
 from lifecycle.engines.margins import server_margins
-from lifecycle.errors import EngineError
+from lifecycle.engines.served_template import (
+    TEMPLATE_SOURCES,
+    ServedTemplate,
+    TemplateSource,
+    first_difference,
+    same_rendering,
+)
+from lifecycle.errors import EngineError, UsageError
 
 ENV_BASE_URL = "LIFECYCLE_OPENAI_BASE_URL"  # then OPENAI_BASE_URL, then DEFAULT_BASE_URL
 ENV_MODEL = "LIFECYCLE_OPENAI_MODEL"  # the served model's id; default: the first in /models
@@ -75,7 +85,13 @@ class OpenAIEngine:
         api_key: str | None = None,
         timeout_s: float = DEFAULT_CASE_TIMEOUT_S,
         llama_sampling: bool = True,
+        template: str = "server",
     ) -> None:
+        if template not in TEMPLATE_SOURCES:
+            raise UsageError(
+                f"template must be one of {', '.join(TEMPLATE_SOURCES)}, not {template!r}"
+            )
+        self.template: TemplateSource = "modelfile" if template == "modelfile" else "server"
         url = base_url or os.environ.get(ENV_BASE_URL) or os.environ.get("OPENAI_BASE_URL")
         self.base_url = _with_v1(normalise_base_url(url or DEFAULT_BASE_URL))
         self.model = model or os.environ.get(ENV_MODEL) or None
@@ -154,17 +170,23 @@ class OpenAIModel:
 
     def generate(self, request: GenerationRequest) -> Generation:
         body: dict[str, Any]
-        if request.messages is not None:
+        chat = request.messages is not None and self.engine.template == "server"
+        if request.messages is not None and chat:
             path, body = "chat/completions", {"messages": self.conversation(request.messages)}
         else:
             path, body = "completions", {"prompt": request.prompt}
         body.update(self._sampling(request))
-        for_margins = path == "chat/completions" and self._margin_logprobs
-        if path == "chat/completions" and (request.logprobs or for_margins):
-            # Chat completions return per-token log-probabilities only with top_logprobs set
-            # (llama-cpp-python's server); servers that ignore it leave the signal unrecorded.
-            # Two alternatives give each token's decision margin (the gate's noise evidence).
-            body.update(logprobs=True, top_logprobs=2 if for_margins else 1)
+        for_margins = self._margin_logprobs
+        if request.logprobs or for_margins:
+            # Two alternatives per token give its decision margin (the gate's noise evidence).
+            # Chat completions return log-probabilities only with top_logprobs set (llama-cpp-
+            # python's server); legacy completions take the number of alternatives as
+            # `logprobs`. Servers that ignore either leave the signal unrecorded.
+            alternatives = 2 if for_margins else 1
+            if chat:
+                body.update(logprobs=True, top_logprobs=alternatives)
+            else:
+                body["logprobs"] = alternatives
         start = time.perf_counter()
         try:
             answer = self._post_with_schema(path, body, request)
@@ -173,7 +195,8 @@ class OpenAIModel:
             if not (refused and for_margins and not request.logprobs):
                 raise
             self._margin_logprobs = False
-            del body["logprobs"], body["top_logprobs"]
+            body.pop("logprobs", None)
+            body.pop("top_logprobs", None)
             answer = self._post_with_schema(path, body, request)
         latency_ms = (time.perf_counter() - start) * 1000.0
         return self._generation(answer, request, latency_ms)
@@ -188,6 +211,43 @@ class OpenAIModel:
         if self._recipe.system is not None and not any(m["role"] == "system" for m in full):
             full.insert(0, {"role": "system", "content": self._recipe.system})
         return full
+
+    def served_template(self, request: GenerationRequest) -> ServedTemplate:
+        """Whether the server renders ``request``'s conversation as ``request.prompt`` (the
+        Modelfile's rendering) is: by the server's own rendering where it shows one
+        (llama-server's ``/apply-template``), else by the prompt's length in tokens (a probe
+        of one token, whose ``usage`` counts what the server's template made)."""
+        if self.engine.template == "modelfile":
+            return ServedTemplate("modelfile", True, "the Modelfile's rendering is sent")
+        if request.messages is None:
+            return ServedTemplate("server", None, "the case has no messages")
+        conversation = self.conversation(request.messages)
+        root = HttpClient(
+            self.engine.base_url.removesuffix("/v1"),
+            timeout_s=60.0,
+            headers=self.engine.client.headers,
+        )
+        try:
+            shown = root.post_json("apply-template", {"messages": conversation})
+        except EngineError:
+            shown = None
+        text = shown.get("prompt") if isinstance(shown, dict) else None
+        if isinstance(text, str):
+            if same_rendering(text, request.prompt):
+                return ServedTemplate("server", True, "the server's /apply-template agrees")
+            difference = first_difference(text, request.prompt)
+            return ServedTemplate("server", False, f"/apply-template differs {difference}")
+        try:
+            ours = len(self.tokenize(request.prompt))
+        except EngineError as exc:
+            return ServedTemplate("server", None, str(exc))
+        probe = {**self._sampling(request), "messages": conversation, "max_tokens": 1}
+        answer = _object(self.engine.client.post_json("chat/completions", probe))
+        theirs = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
+        if not theirs:
+            return ServedTemplate("server", None, "the server reports no prompt token count")
+        counts = f"first case: {theirs} prompt tokens as served, {ours} as the Modelfile renders it"
+        return ServedTemplate("server", theirs == ours, counts)
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens from the server's tokenize extension (llama-server, llama-cpp-python, vLLM)."""
@@ -295,9 +355,7 @@ class OpenAIModel:
         completion_tokens = int(usage.get("completion_tokens") or 0)
         timings = answer.get("timings") or {}  # llama-server's own counters, when present
         scored = None
-        entries = None
-        if isinstance(choice.get("logprobs"), dict):
-            entries = choice["logprobs"].get("content")
+        entries = _token_entries(choice.get("logprobs"))
         if request.logprobs:
             scored = server_token_logprobs(entries, text)
         margins = server_margins(entries, text, request.margin_field)
@@ -329,6 +387,29 @@ def _response_format(dialect: str, schema: Mapping[str, Any]) -> dict[str, Any]:
             "json_schema": {"name": "golden", "schema": dict(schema), "strict": True},
         }
     return {"type": "json_object", "schema": dict(schema)}
+
+
+def _token_entries(logprobs: Any) -> list[dict[str, Any]] | None:
+    """Per-token entries in the chat shape (``{"token", "logprob", "top_logprobs": [...]}``)
+    from a choice's ``logprobs``: chat's ``content`` list as it is, or legacy completions'
+    parallel lists (``tokens``, ``token_logprobs``, ``top_logprobs`` as token -> logprob)."""
+    if not isinstance(logprobs, dict):
+        return None
+    if isinstance(logprobs.get("content"), list):
+        return list(logprobs["content"])
+    tokens, chosen = logprobs.get("tokens"), logprobs.get("token_logprobs")
+    if not isinstance(tokens, list) or not isinstance(chosen, list):
+        return None
+    tops = logprobs.get("top_logprobs")
+    tops = tops if isinstance(tops, list) else [None] * len(tokens)
+    return [
+        {
+            "token": token,
+            "logprob": logprob,
+            "top_logprobs": [{"token": t, "logprob": lp} for t, lp in (top or {}).items()],
+        }
+        for token, logprob, top in zip(tokens, chosen, tops, strict=False)
+    ]
 
 
 def _object(answer: Any) -> dict[str, Any]:
