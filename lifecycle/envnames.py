@@ -14,6 +14,7 @@ ENV_DEBUG = "LIFECYCLE_DEBUG"  # set: errors with tracebacks, llama.cpp's log on
 ENV_NO_PROGRESS = "LIFECYCLE_NO_PROGRESS"  # set: no progress bars even on a terminal
 ENV_NO_CANARY = "LIFECYCLE_NO_CANARY"  # set: skip the engine canary before loading a model
 ENV_ANSWERS_MAX_MB = "LIFECYCLE_ANSWERS_MAX_MB"  # the answer cache's bound in MiB (256)
+ENV_SCHEMA_DECODER = "LIFECYCLE_SCHEMA_DECODER"  # "gbnf": schema mode without llguidance
 ENV_REGISTRY_HOST = "LIFECYCLE_REGISTRY_HOST"  # the one registry host the two below go to
 ENV_REGISTRY_USERNAME = "LIFECYCLE_REGISTRY_USERNAME"  # CI credentials for that registry
 ENV_REGISTRY_PASSWORD = "LIFECYCLE_REGISTRY_PASSWORD"  # (never printed)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from lifecycle.engines.decoding import best_other
+from lifecycle.envnames import ENV_SCHEMA_DECODER
 
 try:
     import llguidance
@@ -39,7 +40,7 @@ try:
 except ImportError:  # the GBNF path serves schema mode alone
     llguidance = None  # type: ignore[assignment]
 
-ENV_DECODER = "LIFECYCLE_SCHEMA_DECODER"
+ENV_DECODER = ENV_SCHEMA_DECODER
 # JSON compile options: the golden answers' separators, no free whitespace (it would defeat
 # forcing), and nothing lenient: a keyword llguidance does not implement is a rejection.
 JSON_OPTIONS: Any = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
