@@ -1,12 +1,14 @@
 """Check that `lifecycle smoke --json` on the example workspace reproduced its known verdicts.
 
 The example pins the two Q4_K_M variants (production) and refuses the two requantized Q4_0
-candidates (under the suite's thresholds: free 40%, schema 50%). Refusing a candidate is the
-tool doing its job, not a failure: smoke exits 0. Anything else — a regression against the
-committed baselines, a pinned variant refused, an engine failure, a changed lock — is a real
-failure and fails CI. The base model is prompted few-shot in a completion format, so its
-free-mode answers end at the newline: every pinned variant's free-mode output must parse as
-JSON (with the old chat-turn TEMPLATE none did; see modelfiles/harbor-triage-chat.Modelfile).
+candidates (under the suite's thresholds: free 40%, schema 50%); it also pins harbor-kb, the
+knowledge-base retrieval suite on the same weights mean-pooled (its vectors in a sidecar).
+Refusing a candidate is the tool doing its job, not a failure: smoke exits 0. Anything else
+— a regression against the committed baselines, a pinned variant refused, an engine failure,
+a changed lock — is a real failure and fails CI. The base model is prompted few-shot in a
+completion format, so its free-mode answers end at the newline: every pinned variant's
+free-mode output must parse as JSON (with the old chat-turn TEMPLATE none did; see
+modelfiles/harbor-triage-chat.Modelfile).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 
-PINNED = {"harbor-triage:q4_k_m-ctx1024", "harbor-triage:q4_k_m-ctx2048"}
+PINNED = {"harbor-triage:q4_k_m-ctx1024", "harbor-triage:q4_k_m-ctx2048", "harbor-kb"}
 REFUSED = {"harbor-triage:q4_0-ctx1024", "harbor-triage:q4_0-ctx2048"}
 
 
