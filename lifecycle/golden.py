@@ -21,6 +21,7 @@ from typing import Any
 
 import jsonschema
 
+from lifecycle import plugins
 from lifecycle.config import TableReader, find_workspace_root, read_toml
 from lifecycle.corpus import KIND as EMBEDDING_KIND
 from lifecycle.corpus import MODE as RETRIEVAL_MODE
@@ -52,11 +53,19 @@ class Matcher:
     maximum: float | None = None
     tolerance: float | None = None
     pattern: str | None = None
+    # A matcher another package declares (lifecycle.plugins): its options as given.
+    options: tuple[tuple[str, Any], ...] = ()
 
     def check(self, actual: Any, expected: Any) -> str | None:
         """None when ``actual`` is acceptable, else a short reason."""
         if self.kind == "ignore":
             return None
+        if self.kind not in MATCHERS:
+            plugin = plugins.load_matcher(self.kind)
+            if plugin is None:
+                return f"matcher {self.kind!r} is no longer installed"
+            reason = plugin(actual, expected, dict(self.options))
+            return None if reason is None else str(reason)
         if self.kind == "exact":
             return None if _same_json(actual, expected) else f"expected {_show(expected)}"
         if self.kind == "one_of":
@@ -82,7 +91,7 @@ class Matcher:
         return f"expected {_show(expected)} ± {tol}"
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"matcher": self.kind}
+        out: dict[str, Any] = {"matcher": self.kind, **dict(self.options)}
         if self.values:
             out["values"] = list(self.values)
         for key in ("minimum", "maximum", "tolerance", "pattern"):
@@ -447,16 +456,25 @@ def parse_matcher(spec: Any, *, path: Path, where: str, line: int | None = None)
     if not isinstance(spec, dict):
         raise err_cls("must be a table with a 'matcher' key", path=path, line=line, field=where)
     kind = spec.get("matcher", "exact")
+    options = {k: v for k, v in spec.items() if k != "matcher"}
     if kind not in MATCHERS:
-        close = difflib.get_close_matches(str(kind), MATCHERS, n=1)
+        try:
+            plugin = plugins.load_matcher(str(kind))
+        except Exception as exc:  # a plugin that fails to import: name it, not a traceback
+            raise err_cls(
+                f"matcher plugin {kind!r} failed to load: {exc}", path=path, line=line, field=where
+            ) from None
+        if plugin is not None:
+            return Matcher(kind=str(kind), options=tuple(options.items()))
+        known = [*MATCHERS, *plugins.matcher_names()]
+        close = difflib.get_close_matches(str(kind), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise err_cls(
-            f"unknown matcher {kind!r}{hint}; known: {', '.join(MATCHERS)}",
+            f"unknown matcher {kind!r}{hint}; known: {', '.join(known)}",
             path=path,
             line=line,
             field=where,
         )
-    options = {k: v for k, v in spec.items() if k != "matcher"}
     allowed = {
         "exact": set(),
         "ignore": set(),

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "foundation",
         (
             "envnames",  # every environment variable the package reads, by name
+            "plugins",  # engines and matchers other packages declare (entry points)
             "fsutil",
             "progress",
             "clock",
@@ -72,10 +73,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "golden/bench",
         ("golden", "retrieval", "bench", "bandwidth", "lint", "runner", "serve", "loadtest"),
     ),
-    ("gate/compare", ("gate", "compare", "calibrate")),
+    ("gate/compare", ("gate", "compare", "comparevectors", "calibrate")),
     # gitbase: the bar (pins, baselines, bounds, suites) as of a git ref, for `gate --base`
     ("report/pin", ("report", "gaterender", "comparerender", "pin", "gitbase")),
     ("pipeline", ("pipeline",)),
+    ("api", ("api",)),  # the Python API (lifecycle.evaluate, ...): calls what the CLI calls
     ("cli", ("cli", "__main__")),
 ]
 

@@ -53,12 +53,17 @@ def get_engine(name: str, **settings: Any) -> Engine:
     ``settings`` go to the engine's constructor (e.g. ``base_url`` for openai, ``host`` for
     ollama); None values are dropped, so callers may pass every option they have, and a
     setting the engine does not take is a usage error (``--base-url`` with llama-cpp).
+    Engines other packages declare (entry point group ``lifecycle.engines``) come after the
+    built-in ones, which they cannot replace.
     """
-    target = ENGINES.get(name)
+    from lifecycle import plugins
+
+    target = ENGINES.get(name) or plugins.engine_target(name)
     if target is None:
-        close = difflib.get_close_matches(name, ENGINES, n=1)
+        known = [*ENGINES, *plugins.engine_names()]
+        close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UsageError(f"unknown engine {name!r}{hint}; known: {', '.join(ENGINES)}")
+        raise UsageError(f"unknown engine {name!r}{hint}; known: {', '.join(known)}")
     module_name, attr = target.split(":")
     factory = getattr(importlib.import_module(module_name), attr)
     given = {key: value for key, value in settings.items() if value is not None}
