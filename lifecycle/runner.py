@@ -45,6 +45,7 @@ from lifecycle.engines import (
     generate_many,
     get_engine,
 )
+from lifecycle.engines.base import runs_concurrently
 from lifecycle.engines.served_template import ChecksServedTemplate, ServedTemplate
 from lifecycle.errors import ConfigError, EngineError, GoldenSetError, ModelError, UsageError
 from lifecycle.fsutil import atomic_write_text, exclusive_lock
@@ -204,9 +205,9 @@ def run_eval(
                 retrieval[variant.name] = embedded.suites
             continue
         work = _work_items(plan, options)
-        mine = [_in_shard(slot + k, options.shard) for k in range(len(work))]
+        in_this_shard = [_in_shard(slot + k, options.shard) for k in range(len(work))]
         slot += len(work)
-        if not any(mine):
+        if not any(in_this_shard):
             continue
         load_options = _load_options(workspace, variant, options)
         caches[variant.name] = _applied_cache(engine.name, variant.name, load_options, say)
@@ -216,11 +217,11 @@ def run_eval(
                 load_options = _checked_load_options(workspace, variant, load_options, say)
             engine_modes[variant.name] = load_options.extra_bufts
             reuse = _find_answers(
-                answers, run_id, plan, work, mine, engine_info, load_options, options
+                answers, run_id, plan, work, in_this_shard, engine_info, load_options, options
             )
             load = ForeignLoad().start()
             model: LoadedModel | None = None
-            if reuse is not None and len(reuse.hits) == sum(mine):
+            if reuse is not None and len(reuse.hits) == sum(in_this_shard):
                 say(f"{variant.name}: every answer is cached; the model is not loaded")
             else:
                 check_batched_memory(variant.blob_path, load_options)
@@ -245,7 +246,7 @@ def run_eval(
             parallel_used[variant.name] = model.parallel if isinstance(model, BatchedModel) else 1
             total_load_ms += model.load_ms
             if isinstance(model, ChecksServedTemplate):
-                first = next(item for item, keep in zip(work, mine, strict=True) if keep)
+                first = next(item for item, keep in zip(work, in_this_shard, strict=True) if keep)
                 templates[variant.name] = _served_template(
                     model, plan, first, load_options, options, say
                 )
@@ -253,7 +254,7 @@ def run_eval(
             for suite, mode in _groups(plan, options):
                 selected = [
                     case
-                    for (s, m, case), keep in zip(work, mine, strict=True)
+                    for (s, m, case), keep in zip(work, in_this_shard, strict=True)
                     if keep and s is suite and m == mode
                 ]
                 if not selected:
@@ -432,7 +433,7 @@ def _find_answers(
     run_id: str,
     plan: _Plan,
     work: list[tuple[Suite, str, GoldenCase]],
-    mine: list[bool],
+    in_this_shard: list[bool],
     engine_info: Any,
     load: LoadOptions,
     options: EvalOptions,
@@ -443,7 +444,7 @@ def _find_answers(
     reuse = _Reuse(cache=cache, run_id=run_id)
     cpu = host_environment().get("cpu")
     variant = plan.variant
-    for (suite, mode, case), keep in zip(work, mine, strict=True):
+    for (suite, mode, case), keep in zip(work, in_this_shard, strict=True):
         if not keep:
             continue
         request = case_request(variant, suite, mode, case, plan.chat_template, load.seed, options)
@@ -696,7 +697,7 @@ def _run_group(
             for index in range(len(cases)):
                 if index not in answered:
                     finished(index, exc)
-    elif options.concurrency > 1 and getattr(model, "concurrent", False):
+    elif options.concurrency > 1 and runs_concurrently(model):
         started = time.perf_counter()
         outcomes = generate_many(model, requests, concurrency=options.concurrency)
         share = (time.perf_counter() - started) / len(cases)

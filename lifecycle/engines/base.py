@@ -161,9 +161,7 @@ class LoadedModel(Protocol):
     """A model resident in an engine, ready to generate.
 
     Optional capabilities are the runtime-checkable protocols below (:class:`BatchedModel`,
-    :class:`ThreadedModel`, ...); one attribute is still read with ``getattr``:
-    ``concurrent`` (True: many ``generate`` calls may run at once from threads, see
-    :func:`generate_many`).
+    :class:`ThreadedModel`, :class:`ConcurrentModel`, ...), checked with ``isinstance``.
     """
 
     load_ms: float
@@ -208,6 +206,19 @@ class ThreadedModel(Protocol):
     cannot say records the configured value instead)."""
 
     n_threads: int
+
+
+@runtime_checkable
+class ConcurrentModel(Protocol):
+    """A model whose ``generate`` may run from many threads at once (the HTTP engines set
+    ``concurrent = True``); others decode one request at a time, keeping prefix reuse."""
+
+    concurrent: bool
+
+
+def runs_concurrently(model: object) -> bool:
+    """Whether ``model`` takes concurrent ``generate`` calls (see :class:`ConcurrentModel`)."""
+    return isinstance(model, ConcurrentModel) and model.concurrent
 
 
 @runtime_checkable
@@ -320,7 +331,7 @@ def generate_many(
 ) -> list[Generation | EngineError]:
     """Generate every request, up to ``concurrency`` at once; results in request order.
 
-    Only models that declare ``concurrent = True`` (HTTP engines) get parallel requests; any
+    Only models that run concurrently (:func:`runs_concurrently`) get parallel requests; any
     other model runs them one after another, so its KV-cache prefix reuse still works. A
     request that fails with an :class:`EngineError` (timeout, crash, server error) yields that
     error in its slot, so one bad case never loses the others' results.
@@ -332,7 +343,7 @@ def generate_many(
         except EngineError as exc:
             return exc
 
-    if concurrency <= 1 or len(requests) <= 1 or not getattr(model, "concurrent", False):
+    if concurrency <= 1 or len(requests) <= 1 or not runs_concurrently(model):
         return [one(r) for r in requests]
     with ThreadPoolExecutor(max_workers=min(concurrency, len(requests))) as pool:
         return list(pool.map(one, requests))
