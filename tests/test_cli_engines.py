@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from ollama_server import start_ollama_server
 
+from lifecycle.envnames import ENV_SCHEMA_DECODER
+
 Run = Callable[..., tuple[int, str, str]]
 CASE_KEYS = ("variant", "suite", "mode", "id")
 
@@ -56,9 +58,20 @@ def ollama_host(tmp_path: Path) -> Iterator[str]:
         state.unload(name)
 
 
+@pytest.fixture
+def embedded_gbnf(tiny_workspace: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The embedded run with schema mode on llama.cpp's GBNF grammar, as Ollama constrains
+    ``format`` (llguidance, the embedded default, may pick other, equally valid JSON)."""
+    monkeypatch.setenv(ENV_SCHEMA_DECODER, "gbnf")
+    code, out, err = run_cli("eval", "-C", str(tiny_workspace), "--json", "-q")
+    assert code == 0, err
+    return json.loads(out)
+
+
 def test_ollama_engine_runs_the_suite_with_the_same_verdicts(
-    tiny_workspace: Path, run_cli: Run, embedded: dict, ollama_host: str
+    tiny_workspace: Path, run_cli: Run, embedded_gbnf: dict, ollama_host: str
 ) -> None:
+    embedded = embedded_gbnf
     code, out, err = run_cli(
         "eval", "-C", str(tiny_workspace), "--json", "-q", "--engine", "ollama",
         "--host", ollama_host,
