@@ -7,11 +7,18 @@ measured under the same machine load. Each path's outputs are compared with the 
 ones: a differing text or verdict is a flip, listed with its case.
 
 With ``--llama-server PATH`` the same prompts also go to ``llama-server -np N`` (a build of
-the llama.cpp that llama-cpp-python vendors), N requests in flight at once through its
-``/completion`` endpoint, scored the same way.
+the llama.cpp that llama-cpp-python vendors; ``--server-parallel`` picks the Ns), N requests
+in flight at once through its ``/completion`` endpoint, scored the same way. The server runs
+with ``--swa-full`` (unless ``--no-swa-full``): on a sliding-window model such as Gemma 3 it
+otherwise cannot reuse the shared few-shot prefix from its prompt cache and decodes every
+prompt whole, which is not how a user of the server would run it. ``--bare`` adds a plain
+llama-cpp-python loop (``Llama.create_completion`` one prompt after another; it reuses the
+longest common prefix of the previous prompt), the library without this tool around it.
+Server and bare paths are timed after their model is loaded, as the runner's are.
 
     python benchmarks/batched.py [--workspace .] [--variant NAME] [--parallel 2,4,8]
         [--rounds 2] [--limit N] [--threads 2] [--llama-server /path/to/llama-server]
+        [--server-parallel 1,4] [--no-swa-full] [--bare] [--mode free|schema]
 
 Prints one row per path: cases/s (median over rounds), the ratio to sequential measured in
 the same rounds, generation tokens/s, passes per mode and flips. Never a pass/fail.
@@ -64,6 +71,10 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="first N cases of each suite")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-server", type=Path, help="llama-server binary to compare with")
+    parser.add_argument("--server-parallel", help="the server's -np values (default: --parallel)")
+    parser.add_argument("--no-swa-full", action="store_true", help="run the server without it")
+    parser.add_argument("--bare", action="store_true", help="add a bare llama-cpp-python loop")
+    parser.add_argument("--mode", choices=["free", "schema"], help="one output mode only")
     args = parser.parse_args()
 
     workspace = load_workspace(args.workspace.resolve())
@@ -75,7 +86,12 @@ def main() -> int:
     print(f"cpu: {_cpu_model()} ({platform.machine()}), {args.rounds} round(s)")
 
     paths = [Path_("sequential", 1)] + [Path_(f"batched N={n}", n) for n in levels]
-    servers = [Path_(f"llama-server -np {n}", n) for n in levels] if args.llama_server else []
+    server_levels = [int(n) for n in (args.server_parallel or args.parallel).split(",") if n]
+    swa = "" if args.no_swa_full else " --swa-full"
+    servers = (
+        [Path_(f"llama-server -np {n}{swa}", n) for n in server_levels] if args.llama_server else []
+    )
+    bare = [Path_("llama-cpp-python loop", 1)] if args.bare else []
     requests = _requests(workspace, variant, args)
     for round_no in range(args.rounds):
         for path in paths:
@@ -84,7 +100,10 @@ def main() -> int:
         for path in servers:
             _run_server(args.llama_server, variant, path, requests, args)
             print(f"  round {round_no + 1}: {path.label}: {path.seconds[-1]:.1f} s", flush=True)
-    _report(paths + servers, n_cases=len(requests))
+        for path in bare:
+            _run_bare(variant, path, requests, args)
+            print(f"  round {round_no + 1}: {path.label}: {path.seconds[-1]:.1f} s", flush=True)
+    _report(paths + servers + bare, n_cases=len(requests))
     return 0
 
 
@@ -93,6 +112,7 @@ def _run_lifecycle(workspace: Any, variant: Any, path: Path_, args: argparse.Nam
         threads=args.threads,
         limit=args.limit,
         parallel=path.parallel,
+        modes=[args.mode] if args.mode else None,
         resume=False,
         canary=False,
         answers=False,  # timed: every case generated
@@ -120,7 +140,7 @@ def _requests(workspace: Any, variant: Any, args: argparse.Namespace) -> list[tu
     options = EvalOptions(threads=args.threads)
     out = []
     for suite in suites:
-        for mode in suite.modes:
+        for mode in [m for m in suite.modes if args.mode in (None, m)]:
             cases = suite.cases[: args.limit] if args.limit else suite.cases
             for case in cases:
                 request = case_request(
@@ -154,6 +174,8 @@ def _run_server(
         "--seed",
         "42",
     ]
+    if not args.no_swa_full:
+        command.append("--swa-full")
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -192,6 +214,49 @@ def _run_server(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _run_bare(variant: Any, path: Path_, requests: list[tuple[Any, ...]], args: Any) -> None:
+    """The same prompts through llama-cpp-python's high-level API, one after another."""
+    from llama_cpp import Llama, LlamaGrammar
+
+    llm = Llama(
+        str(variant.blob_path),
+        n_ctx=variant.int_parameter("num_ctx"),
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        seed=42,
+        verbose=False,
+    )
+    grammars: dict[str, Any] = {}
+    try:
+        start = time.perf_counter()
+        decoded = 0
+        results = []
+        for suite, mode, case, request in requests:
+            grammar = None
+            if request.json_schema:
+                key = json.dumps(request.json_schema, sort_keys=True)
+                if key not in grammars:
+                    grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+                grammar = grammars[key]
+            reply = llm.create_completion(
+                request.prompt,
+                max_tokens=request.max_tokens,
+                temperature=0.0,
+                stop=list(request.stop),
+                repeat_penalty=request.repeat_penalty,
+                grammar=grammar,
+            )
+            decoded += int(reply["usage"]["completion_tokens"])
+            results.append((suite, mode, case, reply["choices"][0]["text"]))
+        path.seconds.append(time.perf_counter() - start)
+        for suite, mode, case, text in results:
+            path.outputs[(mode, case.id)] = text
+            path.passed[(mode, case.id)] = score_output(suite, case, text).passed
+        path.gen_tps.append(decoded / path.seconds[-1] if path.seconds[-1] else 0.0)
+    finally:
+        llm.close()
 
 
 def _report(paths: list[Path_], *, n_cases: int) -> None:

@@ -162,9 +162,12 @@ def run_smoke(
     variants = resolve_variants(workspace, store)
     engine_info = get_engine(workspace.engine.name).info()
     keys: dict[str, str] = {}
+    embedders: set[str] = set()  # variants that only embed: nothing to bench or load-test
     for variant in variants:
         suites = load_suites(workspace.evals_dir, list(workspace.models[variant.model].suites))
         keys[variant.name] = _eval_key(variant, suites, engine_info, workspace, options)
+        if suites and all(s.embedding is not None for s in suites):
+            embedders.add(variant.name)
     cache_dir = root / ".lifecycle" / "cache"
     slices: dict[str, dict[str, Any]] = {}
     if options.use_cache:
@@ -208,7 +211,9 @@ def run_smoke(
     bench_skipped = None if options.bench else "disabled (--no-bench)"
     if options.bench:
         try:
-            for variant in variants:
+            # llama-bench's figures are generation speeds: an embedding model has none to
+            # measure (and one that cannot generate would fail the bench of every variant).
+            for variant in [v for v in variants if v.name not in embedders]:
                 bench_docs.append(_bench(variant, workspace, engine_info, cache_dir, options, say))
         except LifecycleError as exc:
             bench_skipped = f"bench failed, skipped: {exc}"
