@@ -36,7 +36,7 @@ from lifecycle.engines import (
     LoadedModel,
     LoadOptions,
 )
-from lifecycle.engines.base import wait_until_arrived
+from lifecycle.engines.base import runs_concurrently, wait_until_arrived
 from lifecycle.engines.served_template import ChecksServedTemplate
 from lifecycle.errors import EngineError, UsageError
 from lifecycle.latency import goodput, percentiles, poisson_arrivals
@@ -456,7 +456,7 @@ def _run_clients(
 ) -> None:
     """Client threads for engines without the batched decoder. A model that cannot take
     requests from threads (one in-process context) serves them one at a time, a one-slot box."""
-    shared = threading.Lock() if not getattr(model, "concurrent", False) else None
+    shared = None if runs_concurrently(model) else threading.Lock()
     counter = iter(range(len(requests)))
     take = threading.Lock()
     failure: list[BaseException] = []

@@ -22,6 +22,7 @@ from lifecycle.baselines import bench_by_variant
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gate import GateResult
 from lifecycle.gaterender import render_markdown
+from lifecycle.texttable import md_cell, percent
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
@@ -120,9 +121,9 @@ def _mode_rates(cases: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """
     out = {}
     for mode in sorted({c["mode"] for c in cases}):
-        mine = [c for c in cases if c["mode"] == mode]
+        in_mode = [c for c in cases if c["mode"] == mode]
         out[mode] = {
-            key: sum(bool(c[key]) for c in mine) / len(mine)
+            key: sum(bool(c[key]) for c in in_mode) / len(in_mode)
             for key in ("passed", "json_valid", "schema_valid")
         }
     return out
@@ -137,7 +138,7 @@ def _mode_cells(row: dict[str, Any], modes: list[str]) -> list[str]:
     for mode in modes:
         rates = row["modes"].get(mode)
         for key in ("passed", "json_valid", "schema_valid"):
-            cells.append(_pct(rates[key]) if rates else "-")
+            cells.append(percent(rates[key]) if rates else "-")
     return cells
 
 
@@ -219,7 +220,7 @@ def _markdown(
         f"{env.get('cpu')}, threads {threads_text(env.get('threads'))}."
     )
     lines += ["", "## Pins", ""]
-    lines += [f"- {_md(name)}: {status}" for name, status in would_pin]
+    lines += [f"- {md_cell(name)}: {status}" for name, status in would_pin]
     if pins and pins.get("commit"):
         branch = f" on branch `{pins['branch']}`" if pins.get("branch") else ""
         lines.append(f"- committed `{pins['commit'][:12]}`{branch}")
@@ -236,14 +237,14 @@ def _markdown(
     ]
     for r in rows:
         cells = [
-            _md(r["variant"]),
+            md_cell(r["variant"]),
             r["quant"] or "-",
             _size(r["size"]),
             *_mode_cells(r, modes),
-            f"{_f(r['p50_ms'])}/{_f(r['p95_ms'])}",
+            f"{_one_decimal(r['p50_ms'])}/{_one_decimal(r['p95_ms'])}",
             *([served_latency(r["load"])] if served else []),
-            _f(r["gen_tps"]),
-            _f(r["bench_tg"]),
+            _one_decimal(r["gen_tps"]),
+            _one_decimal(r["bench_tg"]),
             _size(r["peak_rss"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -254,8 +255,8 @@ def _markdown(
     ]
     for s in run["summaries"]:
         lines.append(
-            f"| {_md(s['variant'])} | {s['suite']} | {s['mode']} | {s['passed']}/{s['cases']} | "
-            f"{_pct(s['pass_rate'])} | {_pct(s['threshold'])} |"
+            f"| {md_cell(s['variant'])} | {s['suite']} | {s['mode']} | "
+            f"{s['passed']}/{s['cases']} | {percent(s['pass_rate'])} | {percent(s['threshold'])} |"
         )
     lines.append("")
     lines += _calibration_markdown(run)
@@ -268,11 +269,11 @@ def _markdown(
         sections = [("Regressions", regressions)] if regressions else []
         sections += [(f"{kind}", cs) for kind, cs in groups]
         for title, cases in sections:
-            lines += [f"### {_md(title)} ({len(cases)})", ""]
+            lines += [f"### {md_cell(title)} ({len(cases)})", ""]
             for c in cases:
                 lines.append(
-                    f"- **{_md(c['variant'])}** {c['suite']}/{c['mode']} `{c['id']}`: "
-                    f"{_md(c['reason'])}"
+                    f"- **{md_cell(c['variant'])}** {c['suite']}/{c['mode']} `{c['id']}`: "
+                    f"{md_cell(c['reason'])}"
                 )
                 body = [f"expected: {json.dumps(c['expected'], ensure_ascii=False)}"]
                 body.append(f"output:   {c['output'].strip()}")
@@ -336,12 +337,12 @@ def _html(
                 )
     modes = _run_modes(rows)
     measures = {
-        "gen tok/s": [_f(r["gen_tps"]) for r in rows],
-        "p50 ms": [_f(r["p50_ms"]) for r in rows],
-        "p95 ms": [_f(r["p95_ms"]) for r in rows],
+        "gen tok/s": [_one_decimal(r["gen_tps"]) for r in rows],
+        "p50 ms": [_one_decimal(r["p50_ms"]) for r in rows],
+        "p95 ms": [_one_decimal(r["p95_ms"]) for r in rows],
         "served p95 ms (SLA)": [served_latency(r["load"]) for r in rows],
-        "bench pp tok/s": [_f(r["bench_pp"]) for r in rows],
-        "bench tg tok/s": [_f(r["bench_tg"]) for r in rows],
+        "bench pp tok/s": [_one_decimal(r["bench_pp"]) for r in rows],
+        "bench tg tok/s": [_one_decimal(r["bench_tg"]) for r in rows],
         "peak RSS": [_size(r["peak_rss"]) for r in rows],
         "VRAM": [_size(r["vram"]) for r in rows],
     }
@@ -380,13 +381,13 @@ def _html(
             for r in rs:
                 mark = " ★" if r is best else ""
                 passes = "".join(
-                    f"<td>{_pct(r['modes'][m]['passed']) if m in r['modes'] else '-'}</td>"
+                    f"<td>{percent(r['modes'][m]['passed']) if m in r['modes'] else '-'}</td>"
                     for m in modes
                 )
                 parts.append(
                     f"<tr><td>{e(r['variant'])}{mark}</td><td>{e(str(r['quant'] or '-'))}</td>"
                     f"<td>{_size(r['size'])}</td>{passes}"
-                    f"<td>{_f(r['gen_tps'])}</td><td>{_size(r['peak_rss'])}</td></tr>"
+                    f"<td>{_one_decimal(r['gen_tps'])}</td><td>{_size(r['peak_rss'])}</td></tr>"
                 )
             parts.append("</table>")
     parts.append(
@@ -397,8 +398,8 @@ def _html(
         cls = "" if s["met_threshold"] else " class='bad'"
         parts.append(
             f"<tr{cls}><td>{e(s['variant'])}</td><td>{e(s['suite'])}</td><td>{e(s['mode'])}</td>"
-            f"<td>{s['passed']}/{s['cases']}</td><td>{_pct(s['pass_rate'])}</td>"
-            f"<td>{_pct(s['threshold'])}</td></tr>"
+            f"<td>{s['passed']}/{s['cases']}</td><td>{percent(s['pass_rate'])}</td>"
+            f"<td>{percent(s['threshold'])}</td></tr>"
         )
     parts.append("</table>")
     parts += _calibration_html(run)
@@ -490,7 +491,7 @@ def _calibration_rows(run: dict[str, Any]) -> list[list[str]]:
                     f"{group.suite}/{group.mode}",
                     s.signal,
                     f"{s.with_confidence}/{s.cases}",
-                    _pct(s.accuracy),
+                    percent(s.accuracy),
                     "-" if s.ece is None else f"{s.ece:.3f}",
                     "-" if s.brier is None else f"{s.brier:.3f}",
                 ]
@@ -518,7 +519,7 @@ def _calibration_markdown(run: dict[str, Any]) -> list[str]:
         "| " + " | ".join(_CALIBRATION_HEADS) + " |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     lines += [
         "",
         "ECE over 10 equal-width bins. Coverage at the suite's target and the recommended "
@@ -592,11 +593,7 @@ def _mean(values: list[Any]) -> float | None:
     return round(sum(nums) / len(nums), 2) if nums else None
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def _f(value: float | None) -> str:
+def _one_decimal(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
@@ -604,7 +601,3 @@ def _size(value: int | None) -> str:
     if not value:
         return "-"
     return f"{value / 2**20:.1f} MiB" if value >= 2**20 else f"{value / 1024:.0f} KiB"
-
-
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")

@@ -36,7 +36,7 @@ import numpy as np
 
 from lifecycle.checks import Check
 from lifecycle.corpus import METRICS, MODE
-from lifecycle.engines.base import EmbeddingEngine, EmbeddingModel, LoadOptions
+from lifecycle.engines.base import EmbeddingEngine, EmbeddingModel, LoadOptions, ThreadedModel
 from lifecycle.errors import EngineError, ModelError, UsageError
 from lifecycle.golden import Suite
 from lifecycle.results import CaseResult, SuiteSummary, VariantRun, summarise
@@ -171,7 +171,8 @@ def run_embedding_variant(
     outcome = EmbeddingOutcome(
         VariantRun(variant=variant.to_dict(), load_ms=round(model.load_ms, 2))
     )
-    outcome.threads = int(getattr(model, "n_threads", load.n_threads))
+    threads = model.n_threads if isinstance(model, ThreadedModel) else load.n_threads
+    outcome.threads = int(threads)
     try:
         for suite in suites:
             cases, info = _run_suite(model, variant, suite, limit)

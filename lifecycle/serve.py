@@ -446,7 +446,7 @@ def measure_plan(
     import psutil
 
     from lifecycle.engines import LoadOptions, get_engine
-    from lifecycle.engines.base import BenchableModel
+    from lifecycle.engines.base import BenchableModel, MeasuredLoadEngine
     from lifecycle.engines.devices import gpu_memory
     from lifecycle.hostinfo import available_memory
 
@@ -458,7 +458,7 @@ def measure_plan(
             f"{_mib(available_memory())} available"
         )
     engine = get_engine(workspace.engine.name)
-    load = getattr(engine, "load_measured", engine.load)
+    load = engine.load_measured if isinstance(engine, MeasuredLoadEngine) else engine.load
     variants = {
         v.name: v for v in resolve_variants(workspace, store, [m.variant for m in plan.models])
     }

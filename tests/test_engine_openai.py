@@ -99,7 +99,7 @@ def test_info_and_load_find_the_served_model(server: str, model: OpenAIModel) ->
     assert info.name == "openai"
     assert info.details["base_url"] == f"{server}/v1"
     assert model.model.endswith("tiny-chat.gguf")
-    assert model.renders_templates and model.concurrent
+    assert model.concurrent
 
 
 def test_chat_prepends_the_modelfile_system_and_history(model: OpenAIModel) -> None:

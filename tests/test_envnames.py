@@ -23,7 +23,6 @@ ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
 ALLOWED_LITERALS: dict[str, str] = {
     "crashguard.py": "its owner was reworking process start-up when envnames landed",
     "answers.py": "its owner was reworking the answer cache when envnames landed",
-    "engines/openai.py": "its owner was reworking the openai engine when envnames landed",
     "cli/promote.py": "its owner was reworking the CLI's start-up when envnames landed",
 }
 

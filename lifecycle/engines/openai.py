@@ -51,11 +51,14 @@ from lifecycle.engines.served_template import (
     first_difference,
     same_rendering,
 )
+from lifecycle.envnames import (
+    ENV_OPENAI_API_KEY,
+    ENV_OPENAI_BASE_URL,
+    ENV_OPENAI_BASE_URL_FALLBACK,
+    ENV_OPENAI_MODEL,
+)
 from lifecycle.errors import EngineError, UsageError
 
-ENV_BASE_URL = "LIFECYCLE_OPENAI_BASE_URL"  # then OPENAI_BASE_URL, then DEFAULT_BASE_URL
-ENV_MODEL = "LIFECYCLE_OPENAI_MODEL"  # the served model's id; default: the first in /models
-ENV_API_KEY = "OPENAI_API_KEY"  # sent as a bearer token when set
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"  # llama-server's default port
 
 # A schema no model satisfies by chance: only a server that enforces it produces this output.
@@ -92,10 +95,14 @@ class OpenAIEngine:
                 f"template must be one of {', '.join(TEMPLATE_SOURCES)}, not {template!r}"
             )
         self.template: TemplateSource = "modelfile" if template == "modelfile" else "server"
-        url = base_url or os.environ.get(ENV_BASE_URL) or os.environ.get("OPENAI_BASE_URL")
+        url = (
+            base_url
+            or os.environ.get(ENV_OPENAI_BASE_URL)
+            or os.environ.get(ENV_OPENAI_BASE_URL_FALLBACK)
+        )
         self.base_url = _with_v1(normalise_base_url(url or DEFAULT_BASE_URL))
-        self.model = model or os.environ.get(ENV_MODEL) or None
-        key = api_key or os.environ.get(ENV_API_KEY)
+        self.model = model or os.environ.get(ENV_OPENAI_MODEL) or None
+        key = api_key or os.environ.get(ENV_OPENAI_API_KEY)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = HttpClient(self.base_url, timeout_s=timeout_s, headers=headers)
         # top_k, min_p and repeat_penalty are llama.cpp/vLLM extensions OpenAI itself rejects.
@@ -116,7 +123,8 @@ class OpenAIEngine:
         model = self.model or (served[0] if served else None)
         if model is None:
             raise EngineError(
-                f"{self.client.url('models')} lists no models; set {ENV_MODEL}", path=model_path
+                f"{self.client.url('models')} lists no models; set {ENV_OPENAI_MODEL}",
+                path=model_path,
             )
         load_ms = (time.perf_counter() - start) * 1000.0
         recipe = mf.parse(options.modelfile) if options.modelfile else None
@@ -131,7 +139,8 @@ class OpenAIEngine:
         model = self.model or (served[0] if served else None)
         if model is None:
             raise EngineError(
-                f"{self.client.url('models')} lists no models; set {ENV_MODEL}", path=model_path
+                f"{self.client.url('models')} lists no models; set {ENV_OPENAI_MODEL}",
+                path=model_path,
             )
         return HttpEmbedder(
             self.client,
@@ -151,7 +160,6 @@ class OpenAIEngine:
 class OpenAIModel:
     """One served model; thread-safe, so :func:`generate_many` may run cases concurrently."""
 
-    renders_templates = True
     concurrent = True
 
     def __init__(
