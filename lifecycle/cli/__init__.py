@@ -118,16 +118,16 @@ def main(argv: list[str] | None = None) -> None:
         and not os.environ.get(crashguard.ENV_NO_SUPERVISOR)
     ):
         if not hasattr(os, "fork"):
-            sys.exit(crashguard.supervise(args))
+            crashguard.exit_now(crashguard.supervise(args))
         code = crashguard.supervise_fork()
         if code is not None:  # the supervisor; the fork goes on to run the command
-            sys.exit(code)
+            crashguard.exit_now(code)
     if os.environ.get(crashguard.ENV_PHASE_PIPE):
         crashguard.die_with_parent()  # started by a supervisor: never outlive it
     if engine_command:
         _load_engine_first()
     code = handle_errors(lambda: cli.main(args=args, prog_name="lifecycle", standalone_mode=False))
-    if crashguard.supervised():  # a process of its own, whose teardown nobody waits for
+    if crashguard.supervised():  # the supervised child: its supervisor waits for its exit
         crashguard.exit_now(code)
     sys.exit(code)
 
