@@ -25,6 +25,10 @@ class Margins:
     (another kernel, a quantized KV cache); a tiny one marks a near tie (see lifecycle.gate).
     ``field`` names a JSON field (a suite's routed field): the margin over the steps that can
     write its value is kept apart, since that value decides the verdict.
+
+    A token a schema forces (llguidance's fast-forward: no sampling step) is a step with no
+    rival, added with an infinite margin like any step whose grammar allows one token, so
+    ``step`` stays the index of the output token it names.
     """
 
     field: str | None = None
