@@ -106,6 +106,8 @@ def main() -> int:
                 walls[name].append(wall)
                 fixed[name].append(wall - work)
             loads.append(os.getloadavg()[0])
+            row = ", ".join(f"{name} {values[-1]:.2f}" for name, values in fixed.items())
+            print(f"round {len(loads) - 1}: fixed cost (s) {row}", flush=True)
 
     bare_name = "bare llama-cpp-python"
     print(

@@ -65,7 +65,6 @@ from lifecycle.results import (
     overall,
     summarise,
 )
-from lifecycle.retrieval import run_embedding_variant
 from lifecycle.runs import LATEST, RUN_FILE
 from lifecycle.store import Store, now
 from lifecycle.variants import Variant, resolve_variants
@@ -189,6 +188,9 @@ def run_eval(
         variant = plan.variant
         if plan.embedding:  # retrieval suites run whole, in the first shard
             if options.shard is None or options.shard[0] == 1:
+                # Imported here: vectors and retrieval metrics are for embedding suites only.
+                from lifecycle.retrieval import run_embedding_variant
+
                 embedded = run_embedding_variant(
                     engine,
                     variant,
