@@ -101,7 +101,11 @@ def test_a_signal_mid_generation_names_the_case_and_phase(tiny_workspace: Path) 
 def test_interrupted_eval_resumes_from_its_checkpoint(tiny_workspace: Path) -> None:
     cases = tiny_workspace / "golden" / "triage.jsonl"
     repeat_cases(cases, 4)
-    reference = run_eval(load_workspace(tiny_workspace), EvalOptions(modes=["free"], resume=False))
+    # Without filling the answer cache: the interrupted run must generate, or it ends before
+    # the signal lands.
+    reference = run_eval(
+        load_workspace(tiny_workspace), EvalOptions(modes=["free"], resume=False, answers=False)
+    )
 
     proc = subprocess.Popen(
         [*LIFECYCLE, "eval", "-C", str(tiny_workspace), "--mode", "free"],
