@@ -106,8 +106,14 @@ def aborting_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tiny_workspace(tmp_path: Path, tiny_model: Path) -> Path:
-    """A complete workspace around the tiny model: config, Modelfile, suite, golden set."""
+def tiny_workspace(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A complete workspace around the tiny model: config, Modelfile, suite, golden set.
+
+    Its schema mode decodes through llama.cpp's GBNF grammar: tests here expect every random-
+    weight schema answer to close within the suite's 48 tokens, and under llguidance the
+    first case writes digits to the limit (tests/test_forced_tokens.py covers llguidance).
+    """
+    monkeypatch.setenv("LIFECYCLE_SCHEMA_DECODER", "gbnf")
     root = tmp_path / "ws"
     (root / "modelfiles").mkdir(parents=True)
     (root / "golden").mkdir()

@@ -223,8 +223,11 @@ def test_the_decoder_keys_schema_answers_only() -> None:
 
 
 def test_eval_reports_forced_and_sampled_tokens(
-    tiny_workspace: Path, run_cli: Callable[..., tuple[int, str, str]]
+    tiny_workspace: Path,
+    run_cli: Callable[..., tuple[int, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv(ENV_DECODER)  # the workspace fixture asks for GBNF: the default here
     code, out, _ = run_cli("eval", "-C", str(tiny_workspace), "--json")
     assert code == 0, out
     run = json.loads(out)
