@@ -86,6 +86,7 @@ ENGINE_KEYS = (
     "kv_cache_type_k",
     "kv_cache_type_v",
     "flash_attention",
+    "schema_decoder",
 )
 # Keys whose change can alter greedy outputs themselves (other kernels, other rounding,
 # another KV cache precision): across such a change a flip is judged by its decision margin.
@@ -101,6 +102,7 @@ NUMERIC_KEYS = (
     "kv_cache_type_k",
     "kv_cache_type_v",
     "flash_attention",
+    "schema_decoder",  # llguidance's canonical forced tokens vs the GBNF path's own choices
 )
 # What the gate made of a flip across a numeric environment change (see EnvironmentFlip).
 FlipJudgement = Literal["noise", "regression", "gained", "unknown"]

@@ -38,6 +38,17 @@ LOCK_FILE = "models.lock"
 LOCK_VERSION = 1
 # Runtime facts of the machine rather than of the pinned configuration (lifecycle.runtime).
 MACHINE_RUNTIME_KEYS = ("cpu_features", "backends")
+# What an in-process llama.cpp runtime used before the fact was recorded: schema mode decoded
+# through llama.cpp's GBNF grammar until llguidance came (lifecycle.engines.structured).
+LLAMA_ENGINES = ("llama-cpp", "llama-cpp-isolated")
+LLAMA_RUNTIME_DEFAULTS = {"schema_decoder": "gbnf"}
+
+
+def runtime_with_defaults(runtime: dict[str, Any]) -> dict[str, Any]:
+    """A recorded runtime with the facts an older llama.cpp record did not name filled in."""
+    if runtime.get("engine") in LLAMA_ENGINES:
+        return {**LLAMA_RUNTIME_DEFAULTS, **runtime}
+    return dict(runtime)
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,8 @@ class LockEntry:
         """What makes a re-pin a change: the variant's content, the golden sets, the engine,
         and the runtime settings that change numerics (not the machine's CPU features or
         backend: re-pinning on another machine alone is no change)."""
-        settings = {k: v for k, v in self.runtime.items() if k not in MACHINE_RUNTIME_KEYS}
+        runtime = runtime_with_defaults(self.runtime)
+        settings = {k: v for k, v in runtime.items() if k not in MACHINE_RUNTIME_KEYS}
         return (self.variant_id, self.golden_sets, self.engine, settings)
 
     def same_pin(self, new: LockEntry) -> bool:

@@ -522,6 +522,8 @@ def _eval_key(
         "engine": [engine_info.name, engine_info.version],
         # A rebuilt engine of the same version, or another KV cache type, decodes differently.
         "ggml_commit": engine_info.details.get("ggml_commit"),
+        # llguidance's forced tokens or llama.cpp's GBNF grammar: other schema-mode answers.
+        "schema_decoder": engine_info.details.get("schema_decoder"),
         "cache": cache_settings(workspace.engine, variant.cache).to_dict(),
         # Greedy outputs can differ across CPUs (other kernels): results are per machine kind.
         "host": [host_environment().get("machine"), host_environment().get("cpu")],

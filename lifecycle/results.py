@@ -206,6 +206,9 @@ class RunEnvironment(HostEnvironment, total=False):
     # Whose chat template a served model's answers test, per variant (engines that render
     # prompts themselves): modelfile, server, server-differs or server-unknown.
     prompt_template: dict[str, str]
+    # Schema mode's decoder in this process ("llguidance 1.9.1" or "gbnf"; None: a server
+    # enforces the schema). Older llama.cpp records lack it: they used GBNF.
+    schema_decoder: str | None
     batch_size: int
     gpu_layers: int
     seed: int

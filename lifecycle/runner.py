@@ -309,6 +309,7 @@ def run_eval(
         "flash_attention": {n: c["flash_attention"] if c else None for n, c in caches.items()},
         "foreign_cpu_share": foreign,
         "prompt_template": templates,
+        "schema_decoder": engine_info.details.get("schema_decoder"),
         "batch_size": workspace.engine.batch_size,
         "gpu_layers": workspace.engine.gpu_layers,
         "seed": workspace.engine.seed,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lifecycle.config import Workspace, cache_settings
-from lifecycle.lockfile import Lock
+from lifecycle.lockfile import LLAMA_ENGINES, LLAMA_RUNTIME_DEFAULTS, Lock, runtime_with_defaults
 
 RUNTIME_KEYS = (
     "engine",
@@ -28,10 +28,11 @@ RUNTIME_KEYS = (
     "kv_cache_type_k",
     "kv_cache_type_v",
     "flash_attention",
+    "schema_decoder",
 )
 # What llama.cpp ran with before these were settings: records without the keys used these.
 _CACHE_DEFAULTS = {"kv_cache_type_k": "f16", "kv_cache_type_v": "f16", "flash_attention": False}
-_LLAMA_ENGINES = ("llama-cpp", "llama-cpp-isolated")
+_LLAMA_ENGINES = LLAMA_ENGINES
 
 
 def runtime_of(environment: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,18 +45,24 @@ def runtime_of(environment: Mapping[str, Any]) -> dict[str, Any]:
         "ggml_commit": details.get("ggml_commit"),
         "backends": details.get("backends"),
         "cpu_features": cpu_features(details.get("system_info")),
+        # Schema mode's decoder (llguidance with forced tokens, or llama.cpp's GBNF grammar):
+        # other tokenizations of the forced text, other batch shapes, other numerics.
+        "schema_decoder": environment.get("schema_decoder") or details.get("schema_decoder"),
     }
     for key, default in _CACHE_DEFAULTS.items():
         if key in environment:
             out[key] = environment[key]  # None: the engine could not say
         elif environment.get("engine") in _LLAMA_ENGINES:
             out[key] = default
-    return {k: v for k, v in out.items() if v is not None}
+    return runtime_with_defaults({k: v for k, v in out.items() if v is not None})
 
 
 def runtime_defaults(environment: Mapping[str, Any]) -> dict[str, Any]:
-    """The KV cache settings a llama.cpp environment ran with before they were recorded."""
-    return dict(_CACHE_DEFAULTS) if environment.get("engine") in _LLAMA_ENGINES else {}
+    """The settings a llama.cpp environment ran with before they were recorded (the KV
+    cache's, and GBNF for schema mode)."""
+    if environment.get("engine") not in _LLAMA_ENGINES:
+        return {}
+    return {**_CACHE_DEFAULTS, **LLAMA_RUNTIME_DEFAULTS}
 
 
 def cpu_features(system_info: Any) -> list[str] | None:
@@ -75,7 +82,7 @@ def runtime_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
     """What moved from runtime ``old`` to ``new``, one phrase per fact: ``llama-cpp-python
     0.3.36 → 0.3.37``, ``kv_cache_type f16 → q4_0``, ``cpu features -AVX512F``. Facts either
     side lacks are skipped; empty when nothing known moved."""
-    a, b = dict(old or {}), dict(new or {})
+    a, b = runtime_with_defaults(dict(old or {})), runtime_with_defaults(dict(new or {}))
 
     def moved(key: str) -> bool:
         return key in a and key in b and a[key] != b[key]
@@ -103,6 +110,8 @@ def runtime_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
         phrases += [f"{key} {a[key]} → {b[key]}" for key in (k, v) if moved(key)]
     if moved("flash_attention"):
         phrases.append(f"flash_attention {_on(a['flash_attention'])} → {_on(b['flash_attention'])}")
+    if moved("schema_decoder"):
+        phrases.append(f"schema decoder {a['schema_decoder']} → {b['schema_decoder']}")
     return phrases
 
 

@@ -8,7 +8,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from _promote import init_repo, pass_schema_cases, schema_only
+
+from lifecycle.envnames import ENV_SCHEMA_DECODER
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -71,3 +74,49 @@ def test_a_quantized_kv_cache_is_judged_by_margin_not_excused(
     code, doc = _smoke(run_cli, tiny_workspace)
     assert code == 0 and not doc["gate"]["regressions"], doc["headline"]
     assert all(f["judged"] in ("noise", "gained") for f in doc["gate"]["environment_flips"])
+
+
+def test_the_schema_decoder_is_a_runtime_change_judged_by_margin(
+    tiny_workspace: Path, run_cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pinned on llama.cpp's GBNF path (the tiny_workspace fixture's setting), then run with
+    # llguidance's forced tokens: the same weights, another decoder.
+    schema_only(tiny_workspace)
+    pass_schema_cases(tiny_workspace)
+    init_repo(tiny_workspace)
+    code, doc = _smoke(run_cli, tiny_workspace, "--commit")
+    assert code == 0, doc["headline"]
+    lock = json.loads((tiny_workspace / "models.lock").read_text(encoding="utf-8"))
+    assert lock["variants"]["tiny"]["runtime"]["schema_decoder"] == "gbnf"
+
+    monkeypatch.delenv(ENV_SCHEMA_DECODER)
+    code, doc = _smoke(run_cli, tiny_workspace)
+    assert "schema decoder gbnf → llguidance" in doc["gate"]["headline"]
+    (change,) = doc["gate"]["environment_changes"]
+    assert [c["key"] for c in change["changes"]] == ["schema_decoder"]
+    # Each flip has both margins and a judgement; only the confident ones are regressions.
+    flips = doc["gate"]["environment_flips"]
+    assert all(f["judged"] in ("noise", "regression", "gained") for f in flips)
+    lost = {f["case"] for f in flips if f["judged"] == "regression"}
+    assert {r["case"] for r in doc["gate"]["regressions"]} == lost
+    # What the gate fails on is the decoder's doing, and named so (here the random model's
+    # first answer writes digits to the token limit under llguidance: JSON-valid 100% → 75%).
+    failed = [c for c in doc["gate"]["checks"] if c["status"] == "fail"]
+    assert all(c["cause"] == "environment" for c in failed)
+    assert code == (3 if lost or failed else 0)
+
+
+def test_an_older_pin_without_a_decoder_reads_as_gbnf() -> None:
+    from lifecycle.lockfile import LockEntry
+    from lifecycle.runtime import runtime_changes
+
+    old = {"engine": "llama-cpp", "engine_version": "llama-cpp-python 0.3.36"}
+    new = {**old, "schema_decoder": "llguidance 1.9.1"}
+    assert runtime_changes(old, new) == ["schema decoder gbnf → llguidance 1.9.1"]
+    assert runtime_changes(old, {**old, "schema_decoder": "gbnf"}) == []
+    assert runtime_changes({"engine": "openai"}, {"engine": "openai"}) == []
+    pinned = LockEntry(model="m", blob_sha256="sha256:0", runtime=old)
+    assert pinned.same_pin(
+        LockEntry(model="m", blob_sha256="sha256:0", runtime={**old, "schema_decoder": "gbnf"})
+    )
+    assert not pinned.same_pin(LockEntry(model="m", blob_sha256="sha256:0", runtime=new))
