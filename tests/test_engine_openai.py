@@ -67,11 +67,9 @@ def start_llama_server(model: Path, *, n_ctx: int = 1024) -> tuple[subprocess.Po
     raise RuntimeError("llama_cpp.server did not start within 60 s")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    path = tmp_path_factory.mktemp("served") / "tiny-chat.gguf"
-    write_tiny_llama(path, chat_template=GEMMA_TEMPLATE)
-    process, url = start_llama_server(path)
+def served(model: Path) -> Iterator[str]:
+    """For a fixture: the server's URL while it serves ``model``; stopped afterwards."""
+    process, url = start_llama_server(model)
     yield url
     process.terminate()
     try:
@@ -79,6 +77,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    path = tmp_path_factory.mktemp("served") / "tiny-chat.gguf"
+    write_tiny_llama(path, chat_template=GEMMA_TEMPLATE)
+    yield from served(path)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,27 +26,16 @@ from lifecycle.prompt import render_prompt
 for _extra in ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings"):
     pytest.importorskip(_extra, reason="llama-cpp-python[server] extras are not installed")
 
-from test_engine_openai import GEMMA_TEMPLATE, start_llama_server  # noqa: E402
+from test_engine_openai import GEMMA_TEMPLATE, served  # noqa: E402
 
 Run = Callable[..., tuple[int, str, str]]
 CASE = ({"role": "user", "content": "My invoice shows the wrong amount."},)
 
 
-def _served(model: Path) -> Iterator[str]:
-    process, url = start_llama_server(model)
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture
 def bare_server(tiny_workspace: Path) -> Iterator[str]:
     """The workspace's own tiny GGUF (no chat template in it), served."""
-    yield from _served(tiny_workspace / "modelfiles" / "tiny.gguf")
+    yield from served(tiny_workspace / "modelfiles" / "tiny.gguf")
 
 
 def _templated(tmp_path_factory: pytest.TempPathFactory, template: str) -> Iterator[str]:
@@ -55,7 +43,7 @@ def _templated(tmp_path_factory: pytest.TempPathFactory, template: str) -> Itera
 
     path = tmp_path_factory.mktemp("templated") / "tiny-chat.gguf"
     write_tiny_llama(path, chat_template=template)
-    yield from _served(path)
+    yield from served(path)
 
 
 @pytest.fixture(scope="module")
