@@ -5,7 +5,7 @@
     workspace = lifecycle.load_workspace("path/to/workspace")
     record = lifecycle.evaluate(workspace, models=["harbor-triage"], parallel=4)
     print(record.summary["pass_rate"])
-    verdict = lifecycle.gate(workspace, record)
+    verdict = lifecycle.judge(workspace, record)
     raise SystemExit(verdict.exit_code)
 
 Everything here is a thin call into the modules the CLI uses, with the same defaults, so a
@@ -67,10 +67,12 @@ def evaluate(
     return run_eval(workspace, options, progress=progress)
 
 
-def gate(workspace: Workspace, record: RunRecord) -> GateResult:
+def judge(workspace: Workspace, record: RunRecord) -> GateResult:
     """Judge ``record`` against the workspace's baselines and ``[gate]`` (``lifecycle gate``).
 
     ``.exit_code`` is the command's: 0 pass, 3 a pinned variant regressed, 1 an engine failed.
+    (Not named ``gate``: ``lifecycle.gate`` is the module, which an import anywhere would set
+    on the package in its place.)
     """
     from lifecycle.pipeline import gate_workspace
 

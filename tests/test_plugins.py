@@ -116,6 +116,7 @@ def test_a_matcher_plugin_scores_cases_with_its_options(
 
 def test_the_python_api_evaluates_and_gates_like_the_cli(tiny_workspace: Path) -> None:
     import lifecycle
+    import lifecycle.gate  # as any caller may have: the API names must survive it
 
     workspace = lifecycle.load_workspace(tiny_workspace)
     assert isinstance(workspace, lifecycle.Workspace)
@@ -125,11 +126,21 @@ def test_the_python_api_evaluates_and_gates_like_the_cli(tiny_workspace: Path) -
     )
     assert isinstance(record, lifecycle.RunRecord)
     assert len(record.cases) == 2 and any("case-0" in line for line in lines)
-    verdict = lifecycle.gate(workspace, record)
+    verdict = lifecycle.judge(workspace, record)
     assert isinstance(verdict, lifecycle.GateResult)
     assert verdict.exit_code == 0  # no baseline yet: a first pin, nothing to regress from
     with pytest.raises(AttributeError, match="no attribute 'evaluat'"):
         lifecycle.evaluat  # noqa: B018
+
+
+def test_no_api_name_is_a_submodule_name() -> None:
+    import lifecycle
+
+    package = Path(lifecycle.__file__).parent
+    modules = {p.stem for p in package.glob("*.py")} | {
+        p.name for p in package.iterdir() if p.is_dir()
+    }
+    assert not set(lifecycle.__all__) & modules
 
 
 def test_import_lifecycle_is_cheap_and_python_m_lifecycle_runs() -> None:
