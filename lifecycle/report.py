@@ -250,13 +250,14 @@ def _markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "### Per suite and mode", ""]
     lines += [
-        "| variant | suite | mode | passed | rate | threshold |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
+        "| variant | suite | mode | passed | rate | threshold | tokens forced |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for s in run["summaries"]:
         lines.append(
             f"| {md_cell(s['variant'])} | {s['suite']} | {s['mode']} | "
-            f"{s['passed']}/{s['cases']} | {percent(s['pass_rate'])} | {percent(s['threshold'])} |"
+            f"{s['passed']}/{s['cases']} | {percent(s['pass_rate'])} | {percent(s['threshold'])} | "
+            f"{forced_share(s)} |"
         )
     lines.append("")
     lines += _calibration_markdown(run)
@@ -392,14 +393,14 @@ def _html(
             parts.append("</table>")
     parts.append(
         "<h2>Per suite and mode</h2><table><tr><th>variant</th><th>suite</th>"
-        "<th>mode</th><th>passed</th><th>rate</th><th>threshold</th></tr>"
+        "<th>mode</th><th>passed</th><th>rate</th><th>threshold</th><th>tokens forced</th></tr>"
     )
     for s in run["summaries"]:
         cls = "" if s["met_threshold"] else " class='bad'"
         parts.append(
             f"<tr{cls}><td>{e(s['variant'])}</td><td>{e(s['suite'])}</td><td>{e(s['mode'])}</td>"
             f"<td>{s['passed']}/{s['cases']}</td><td>{percent(s['pass_rate'])}</td>"
-            f"<td>{percent(s['threshold'])}</td></tr>"
+            f"<td>{percent(s['threshold'])}</td><td>{e(forced_share(s))}</td></tr>"
         )
     parts.append("</table>")
     parts += _calibration_html(run)
@@ -576,6 +577,14 @@ th{background:#f6f8fa}td{text-align:right;white-space:nowrap}td:first-child{text
 .bad{color:#cf222e}.env{color:#9a6700}pre{background:#f6f8fa;padding:.6em;overflow:auto}
 figure{display:inline-block;margin:.5em}img{max-width:100%}
 """.strip()
+
+
+def forced_share(summary: dict[str, Any]) -> str:
+    """Schema mode's output tokens the grammar forced, of all: ``64% (2162 of 3360)``."""
+    forced, sampled = summary.get("forced_tokens"), summary.get("sampled_tokens")
+    if forced is None or sampled is None or forced + sampled == 0:
+        return "-"
+    return f"{percent(forced / (forced + sampled))} ({forced} of {forced + sampled})"
 
 
 def served_latency(load: dict[str, Any]) -> str:

@@ -64,4 +64,13 @@ def test_report_cli(tiny_workspace: Path, run_cli: Run, tmp_path: Path) -> None:
     assert code == 0 and doc["verdict"] == "promote"  # first pin: no baseline to regress from
     page = Path(doc["html"]).read_text(encoding="utf-8")
     assert "data:image/png;base64," in page and "F32" in page  # the quant, read from the blob
-    assert "would pin" in Path(doc["markdown"]).read_text(encoding="utf-8")
+    markdown = Path(doc["markdown"]).read_text(encoding="utf-8")
+    assert "would pin" in markdown and "| tokens forced |" in markdown
+
+
+def test_the_forced_share_of_schema_tokens() -> None:
+    from lifecycle.report import forced_share
+
+    assert forced_share({"forced_tokens": 2162, "sampled_tokens": 1198}) == "64% (2162 of 3360)"
+    assert forced_share({"forced_tokens": None, "sampled_tokens": None}) == "-"  # free mode
+    assert forced_share({}) == "-"  # a record from before the counts
