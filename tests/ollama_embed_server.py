@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_cpp import Llama
+from loopback import serve_in_thread
 
 VERSION = "0.0.0-lifecycle-embed-test"
 _BLOB_PATH = re.compile(r"^/api/blobs/(sha256:[0-9a-f]{64})$")
@@ -59,15 +60,7 @@ class EmbedState:
 def start_embed_server(root: Path) -> tuple[ThreadingHTTPServer, EmbedState]:
     """Serve on a free loopback port in a daemon thread; ``server.shutdown()`` stops it."""
     state = EmbedState(root)
-
-    class Handler(_Handler):
-        pass
-
-    Handler.state = state
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, state
+    return serve_in_thread(_Handler, state=state), state
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -40,6 +40,7 @@ from typing import Any
 import llama_cpp
 from conftest import TINY_TEMPLATE
 from llama_cpp import Llama, LlamaGrammar
+from loopback import serve_in_thread
 
 VERSION = "0.0.0-lifecycle-test"
 _BLOB_PATH = re.compile(r"^/api/blobs/(sha256:[0-9a-f]{64})$")
@@ -148,15 +149,7 @@ class OllamaState:
 def start_ollama_server(root: Path) -> tuple[ThreadingHTTPServer, OllamaState]:
     """Serve on a free loopback port in a daemon thread; ``server.shutdown()`` stops it."""
     state = OllamaState(root)
-
-    class Handler(_Handler):
-        pass
-
-    Handler.state = state
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, state
+    return serve_in_thread(_Handler, state=state), state
 
 
 class _Handler(BaseHTTPRequestHandler):
