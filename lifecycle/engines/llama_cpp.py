@@ -29,11 +29,11 @@ from typing import Any
 import llama_cpp
 import numpy as np
 from llama_cpp import Llama
-from llama_cpp._internals import LlamaSampler
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from lifecycle import progress
 from lifecycle.crashguard import note
+from lifecycle.engines import compat
 from lifecycle.engines.base import (
     Arrived,
     EmbeddingModel,
@@ -44,6 +44,7 @@ from lifecycle.engines.base import (
     wait_until_arrived,
 )
 from lifecycle.engines.batched import BatchedDecoder, OnLive, OnResult
+from lifecycle.engines.compat import LlamaBatch, LlamaSampler
 from lifecycle.engines.decoding import (
     Batch,
     SchemaGrammar,
@@ -185,7 +186,7 @@ class LlamaCppModel:
         self.n_threads = threads
         self._grammars: dict[str, str] = {}
         self._masks = GrammarMasks()
-        self._schemas = SchemaGrammars(self._llm._model.vocab)
+        self._schemas = SchemaGrammars(compat.vocab_ptr(self._llm))
         self._bos = self._llm.token_bos()
 
     def tokenize(self, text: str) -> list[int]:
@@ -218,12 +219,12 @@ class LlamaCppModel:
     @property
     def context(self) -> Any:
         """The ``llama_context`` pointer, for llama.cpp's C API (decode, memory, logits)."""
-        return self._llm._ctx.ctx
+        return compat.context_ptr(self._llm)
 
     @property
     def vocab(self) -> Any:
         """The ``llama_vocab`` pointer (end-of-generation checks)."""
-        return self._llm._model.vocab
+        return compat.vocab_ptr(self._llm)
 
     @property
     def parallel(self) -> int:
@@ -265,7 +266,7 @@ class LlamaCppModel:
                 f"prompt of {len(tokens)} tokens + max_tokens {request.max_tokens} exceeds "
                 f"num_ctx {self.options.n_ctx}"
             )
-        ctx = self._llm._ctx.ctx
+        ctx = compat.context_ptr(self._llm)
         llama_cpp.llama_perf_context_reset(ctx)
         start = time.perf_counter()
         try:
@@ -320,8 +321,8 @@ class LlamaCppModel:
         llm = self._llm
         grammar = self.schema_grammar(request.json_schema)
         chain = self.sampler_chain(request)
-        vocab = llm._model.vocab
-        ctx = llm._ctx.ctx
+        vocab = compat.vocab_ptr(llm)
+        ctx = compat.context_ptr(llm)
         generated: list[int] = []
         scored = Scored() if request.logprobs else None
         margins = Margins(request.margin_field)
@@ -402,7 +403,7 @@ class LlamaCppModel:
         return self._llm.detokenize(generated, prev_tokens=prompt).decode("utf-8", errors)
 
     def grammar_sampler(self, gbnf: str) -> Grammar:
-        return Grammar(self._llm._model.vocab, gbnf, self._masks)
+        return Grammar(compat.vocab_ptr(self._llm), gbnf, self._masks)
 
     def _evaluate_prompt(self, prompt: list[int], forced: list[int]) -> int:
         """Decode ``prompt`` and the tokens ``forced`` after it, after the longest prefix
@@ -417,11 +418,11 @@ class LlamaCppModel:
             prefix += 1
         # At least one token must be decoded to have fresh logits to sample from.
         prefix = min(prefix, len(tokens) - 1)
-        if prefix > 0 and llm._ctx.kv_cache_seq_rm(-1, prefix, -1):
+        if prefix > 0 and compat.context(llm).kv_cache_seq_rm(-1, prefix, -1):
             llm.n_tokens = prefix
         else:
             llm.reset()
-            llm._ctx.kv_cache_clear()
+            compat.context(llm).kv_cache_clear()
             prefix = 0
         llm.eval(tokens[prefix:])
         return len(tokens) - prefix
@@ -468,7 +469,7 @@ class LlamaCppModel:
                 token = int(np.argmax(logits))
                 chain.accept(token)
             else:
-                token = int(chain.sample(self._llm._ctx, idx))
+                token = int(chain.sample(compat.context(self._llm), idx))
             value = _logprob(logits, token) if logprob else math.nan
             return token, value, float(logits[token]) - best_other(logits, token)
         logits = self._logits(ctx, idx)
@@ -531,27 +532,29 @@ class LlamaCppModel:
 
     def model_info(self) -> dict[str, Any]:
         """llama-bench's model fields: ``model_type``, ``model_size``, ``model_n_params``."""
-        model = self._llm._model.model
+        model = compat.model_ptr(self._llm)
         desc = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(model, desc, ctypes.sizeof(desc))
         return {
             "model_type": desc.value.decode(errors="replace"),
             "model_size": int(llama_cpp.llama_model_size(model)),
             "model_n_params": int(llama_cpp.llama_model_n_params(model)),
-            "n_ctx": int(llama_cpp.llama_n_ctx(self._llm._ctx.ctx)),
+            "n_ctx": int(llama_cpp.llama_n_ctx(compat.context_ptr(self._llm))),
             "n_ctx_train": int(llama_cpp.llama_model_n_ctx_train(model)),
-            "n_batch": int(llama_cpp.llama_n_batch(self._llm._ctx.ctx)),
-            "n_ubatch": int(llama_cpp.llama_n_ubatch(self._llm._ctx.ctx)),
+            "n_batch": int(llama_cpp.llama_n_batch(compat.context_ptr(self._llm))),
+            "n_ubatch": int(llama_cpp.llama_n_ubatch(compat.context_ptr(self._llm))),
         }
 
     def clear(self) -> None:
         """Empty the KV cache (and llama-cpp-python's record of what it holds)."""
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._llm._ctx.ctx), False)
+        llama_cpp.llama_memory_clear(
+            llama_cpp.llama_get_memory(compat.context_ptr(self._llm)), False
+        )
         self._llm.n_tokens = 0
 
     def truncate(self, n_keep: int) -> None:
         """Drop every cached position from ``n_keep`` on, keeping a filled prefix for reuse."""
-        mem = llama_cpp.llama_get_memory(self._llm._ctx.ctx)
+        mem = llama_cpp.llama_get_memory(compat.context_ptr(self._llm))
         if not llama_cpp.llama_memory_seq_rm(mem, 0, n_keep, -1):
             raise EngineError(f"llama.cpp could not truncate the KV cache to {n_keep} tokens")
         self._llm.n_tokens = 0
@@ -563,8 +566,8 @@ class LlamaCppModel:
         asks for one, then random token ids; only the last token's logits are computed.
         Returns the wall time and llama.cpp's own prompt-eval counters for this call.
         """
-        ctx = self._llm._ctx.ctx
-        vocab = self._llm._model.vocab
+        ctx = compat.context_ptr(self._llm)
+        vocab = compat.vocab_ptr(self._llm)
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
         n_batch = int(llama_cpp.llama_n_batch(ctx))
         rng = random.Random(seed)
@@ -594,8 +597,8 @@ class LlamaCppModel:
         Each decode computes logits for its token, as generation does; sampling is left out
         (llama-bench feeds random tokens too). Returns wall time and llama.cpp's eval counters.
         """
-        ctx = self._llm._ctx.ctx
-        vocab = self._llm._model.vocab
+        ctx = compat.context_ptr(self._llm)
+        vocab = compat.vocab_ptr(self._llm)
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
         rng = random.Random(seed)
         token = (llama_cpp.llama_token * 1)()
@@ -628,8 +631,8 @@ class LlamaCppModel:
         """
         if n_seq > max(self.options.n_parallel, 1):
             raise EngineError(f"{n_seq} sequences need a context loaded with parallel >= {n_seq}")
-        ctx = self._llm._ctx.ctx
-        vocab = self._llm._model.vocab
+        ctx = compat.context_ptr(self._llm)
+        vocab = compat.vocab_ptr(self._llm)
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
         n_batch = int(llama_cpp.llama_n_batch(ctx))
         rng = random.Random(seed)
@@ -684,7 +687,7 @@ class LlamaCppModel:
         """Plain text as tokens (special tokens not parsed, no BOS), the vocabulary size and
         the BOS id when the GGUF asks for one (``None`` otherwise)."""
         tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-        vocab = self._llm._model.vocab
+        vocab = compat.vocab_ptr(self._llm)
         bos = int(self._bos) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
         return list(tokens), int(self._llm.n_vocab()), bos
 
@@ -695,9 +698,7 @@ class LlamaCppModel:
         copy): each block is one ``llama_decode`` with every output requested, so memory stays
         at one block of logits however long the chunk and however large the vocabulary.
         """
-        from llama_cpp._internals import LlamaBatch
-
-        ctx = self._llm._ctx.ctx
+        ctx = compat.context_ptr(self._llm)
         n_vocab = int(self._llm.n_vocab())
         self.clear()
         batch = LlamaBatch(n_tokens=block, embd=0, n_seq_max=1, verbose=False)
@@ -736,16 +737,13 @@ def _model_params(*, extra_bufts: bool, label: str) -> Iterator[None]:
 
     ``Llama`` takes no argument for either; it fills its model parameters from
     ``llama_model_default_params()``, so for the duration of the load that function returns
-    defaults with the flag cleared and the callback set. Loads happen one at a time, on one
-    thread.
+    defaults with the flag cleared and the callback set (:func:`compat.default_params`, which
+    serialises such loads across threads).
     """
     sink = progress.current()
     if extra_bufts and sink is None:
         yield
         return
-    from llama_cpp import llama_cpp as low_level
-
-    original = low_level.llama_model_default_params
 
     def report(fraction: float, _user_data: Any) -> bool:
         if sink is not None:
@@ -753,20 +751,15 @@ def _model_params(*, extra_bufts: bool, label: str) -> Iterator[None]:
         return True  # False would abort the load
 
     # Kept referenced for the whole load: llama.cpp calls it from native code.
-    callback = low_level.llama_progress_callback(report)
+    callback = llama_cpp.llama_progress_callback(report)
 
-    def adjusted() -> Any:
-        params = original()
+    def adjust(params: Any) -> None:
         params.use_extra_bufts = extra_bufts
         if sink is not None:
             params.progress_callback = callback
-        return params
 
-    low_level.llama_model_default_params = adjusted
-    try:
+    with compat.default_params("llama_model_default_params", adjust):
         yield
-    finally:
-        low_level.llama_model_default_params = original
 
 
 def ggml_type(name: str) -> int:
@@ -799,21 +792,13 @@ def _context_params(*, n_parallel: int) -> Iterator[None]:
     if n_parallel < 2:
         yield
         return
-    from llama_cpp import llama_cpp as low_level
 
-    original = low_level.llama_context_default_params
-
-    def with_slots() -> Any:
-        params = original()
+    def adjust(params: Any) -> None:
         params.n_seq_max = n_parallel + 1
         params.kv_unified = True
-        return params
 
-    low_level.llama_context_default_params = with_slots
-    try:
+    with compat.default_params("llama_context_default_params", adjust):
         yield
-    finally:
-        low_level.llama_context_default_params = original
 
 
 @dataclass(frozen=True)
