@@ -125,21 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     if os.environ.get(crashguard.ENV_PHASE_PIPE):
         crashguard.die_with_parent()  # started by a supervisor: never outlive it
     if engine_command:
-        _load_engine_first()
+        from lifecycle.engines import preload
+
+        preload()  # llama_cpp before numpy: see lifecycle.engines.preload
     code = handle_errors(lambda: cli.main(args=args, prog_name="lifecycle", standalone_mode=False))
     if crashguard.supervised():  # the supervised child: its supervisor waits for its exit
         crashguard.exit_now(code)
     sys.exit(code)
-
-
-def _load_engine_first() -> None:
-    """Import llama_cpp before numpy and friends.
-
-    Some llama-cpp-python wheels are linked against their compiler's own libstdc++; when the
-    system one was loaded first (by numpy or pandas), the model load can segfault.
-    """
-    import contextlib
-
-    # A missing or broken engine is reported properly by the command that needs it.
-    with contextlib.suppress(Exception):
-        import llama_cpp  # noqa: F401

@@ -36,6 +36,7 @@ __all__ = [
     "ThreadedModel",
     "generate_many",
     "get_engine",
+    "preload",
 ]
 
 # name -> "module:factory"; imported lazily so `--help` and other engines stay fast.
@@ -45,6 +46,20 @@ ENGINES = {
     "ollama": "lifecycle.engines.ollama:OllamaEngine",
     "openai": "lifecycle.engines.openai:OpenAIEngine",
 }
+
+
+def preload() -> None:
+    """Import llama_cpp before numpy and friends (the CLI does, first thing, for the commands
+    that run the engine).
+
+    Some llama-cpp-python wheels are linked against their compiler's own libstdc++; when the
+    system one was loaded first (by numpy or pandas), the model load can segfault. A missing
+    or broken engine is not an error here: the command that needs it reports it properly.
+    """
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        import llama_cpp  # noqa: F401
 
 
 def get_engine(name: str, **settings: Any) -> Engine:
