@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifecycle.config import TableReader, Workspace, read_toml
+from lifecycle.config import Workspace
 from lifecycle.errors import EngineError, UsageError
 from lifecycle.hostinfo import peak_rss, reset_peak_rss
 from lifecycle.results import RunRecord
@@ -302,8 +302,7 @@ def compare(
 
 def read_compare_settings(workspace: Workspace) -> CompareSettings:
     """``lifecycle.toml → compare``: reference, thresholds, text, ctx, chunks, top_k."""
-    path = workspace.config_path
-    reader = TableReader(path, read_toml(path)).table("compare")
+    reader = workspace.document_reader().table("compare")
     reader.reject_unknown(SETTINGS_KEYS)
 
     def number(key: str, default: float | None) -> float | None:

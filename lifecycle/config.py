@@ -131,10 +131,18 @@ class Workspace:
     runs_dir: Path
     home: Path = field(default_factory=lambda: lifecycle_home())
     bench: BenchSettings = field(default_factory=BenchSettings)
+    # lifecycle.toml as parsed once by load_workspace: the modules that own the other tables
+    # ([gate], [compare], [serve], [store]) read them from here, the same snapshot.
+    document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def config_path(self) -> Path:
         return self.root / CONFIG_FILE
+
+    def document_reader(self) -> TableReader:
+        """The whole parsed lifecycle.toml; errors name ``lifecycle.toml → table.field``.
+        (A Workspace built by hand, without a document, reads the file.)"""
+        return TableReader(self.config_path, self.document or read_toml(self.config_path), "")
 
 
 def lifecycle_home() -> Path:
@@ -244,6 +252,7 @@ def load_workspace(root: Path | None = None) -> Workspace:
         evals_dir=evals_dir,
         runs_dir=runs_dir,
         bench=bench,
+        document=data,
     )
 
 

@@ -37,7 +37,7 @@ from filelock import Timeout
 
 from lifecycle import modelfile as mf
 from lifecycle.baselines import BASELINES_DIR, load_baselines
-from lifecycle.config import TableReader, Workspace, read_toml
+from lifecycle.config import TableReader, Workspace
 from lifecycle.errors import TagError
 from lifecycle.fsutil import sweep_temps
 from lifecycle.lockfile import LOCK_FILE, read_lock
@@ -67,8 +67,7 @@ class RetentionSettings:
 
 def load_settings(workspace: Workspace) -> RetentionSettings:
     """Read and validate ``[store]``; each error names the key."""
-    path = workspace.config_path
-    table = TableReader(path, read_toml(path), "").table("store")
+    table = workspace.document_reader().table("store")
     table.reject_unknown({"keep", "grace_days", "keep_runs", "cache_days"})
     defaults = RetentionSettings()
     keep = table.string_list("keep", [])

@@ -34,10 +34,8 @@ from typing import Any
 from lifecycle.config import (
     KV_CACHE_TYPES,
     PLAIN_KV_TYPES,
-    TableReader,
     Workspace,
     cache_settings,
-    read_toml,
 )
 from lifecycle.errors import ConfigError, EngineError, UsageError
 from lifecycle.estimate import MemoryEstimate, estimate_memory
@@ -113,11 +111,10 @@ def parse_size(text: str) -> int:
 
 def load_serve_settings(workspace: Workspace) -> ServeSettings | None:
     """``[serve]`` of the workspace's lifecycle.toml; None when it has none."""
-    path = workspace.config_path
-    data = read_toml(path)
-    if "serve" not in data:
+    document = workspace.document_reader()
+    if "serve" not in document.data:
         return None
-    table = TableReader(path, data, "").table("serve")
+    table = document.table("serve")
     table.reject_unknown({"memory", "device", "models", "sla_p95_ms", "sla_ttft_p95_ms"})
     raw = table.data.get("memory", THIS_MACHINE)
     memory: int | None = None

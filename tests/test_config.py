@@ -77,3 +77,23 @@ def test_bench_table_sets_the_smoke_short_bench(tmp_path: Path) -> None:
     ws = load_workspace(write(tmp_path, GOOD + "\n[bench]\nn_prompt = 32\nrepetitions = 3\n"))
     assert (ws.bench.n_prompt, ws.bench.n_gen, ws.bench.repetitions) == (32, 16, 3)
     assert load_workspace(write(tmp_path, GOOD)).bench.n_prompt == 64
+
+
+def test_the_tables_are_read_from_the_workspace_parsed_once(tiny_workspace: Path) -> None:
+    from lifecycle.compare import read_compare_settings
+    from lifecycle.retention import load_settings
+    from lifecycle.serve import load_serve_settings
+
+    config = tiny_workspace / "lifecycle.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + "[compare]\nmax_pass_rate_drop = 0.07\n[store]\nkeep_runs = 3\n"
+        + '[serve]\nmemory = "2GiB"\n[serve.models.tiny]\nconcurrency = 2\n',
+        encoding="utf-8",
+    )
+    workspace = load_workspace(tiny_workspace)
+    config.write_text("this is [not toml", encoding="utf-8")  # edited after the load
+    assert read_compare_settings(workspace).thresholds.max_pass_rate_drop == 0.07
+    assert load_settings(workspace).keep_runs == 3
+    serve = load_serve_settings(workspace)
+    assert serve is not None and serve.resident("tiny") is not None
