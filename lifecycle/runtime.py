@@ -32,7 +32,6 @@ RUNTIME_KEYS = (
 )
 # What llama.cpp ran with before these were settings: records without the keys used these.
 _CACHE_DEFAULTS = {"kv_cache_type_k": "f16", "kv_cache_type_v": "f16", "flash_attention": False}
-_LLAMA_ENGINES = LLAMA_ENGINES
 
 
 def runtime_of(environment: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,7 +51,7 @@ def runtime_of(environment: Mapping[str, Any]) -> dict[str, Any]:
     for key, default in _CACHE_DEFAULTS.items():
         if key in environment:
             out[key] = environment[key]  # None: the engine could not say
-        elif environment.get("engine") in _LLAMA_ENGINES:
+        elif environment.get("engine") in LLAMA_ENGINES:
             out[key] = default
     return runtime_with_defaults({k: v for k, v in out.items() if v is not None})
 
@@ -60,7 +59,7 @@ def runtime_of(environment: Mapping[str, Any]) -> dict[str, Any]:
 def runtime_defaults(environment: Mapping[str, Any]) -> dict[str, Any]:
     """The settings a llama.cpp environment ran with before they were recorded (the KV
     cache's, and GBNF for schema mode)."""
-    if environment.get("engine") not in _LLAMA_ENGINES:
+    if environment.get("engine") not in LLAMA_ENGINES:
         return {}
     return {**_CACHE_DEFAULTS, **LLAMA_RUNTIME_DEFAULTS}
 
@@ -153,7 +152,7 @@ def lock_runtime_changes(
                 "engine": engine.name,
                 "engine_version": engine.version,
                 "engine_details": dict(engine.details),
-                **(settings.to_dict() if engine.name in _LLAMA_ENGINES else {}),
+                **(settings.to_dict() if engine.name in LLAMA_ENGINES else {}),
             }
         )
         line = describe_runtime_change(entry.runtime, here)
