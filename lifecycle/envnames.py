@@ -15,6 +15,7 @@ ENV_NO_PROGRESS = "LIFECYCLE_NO_PROGRESS"  # set: no progress bars even on a ter
 ENV_NO_CANARY = "LIFECYCLE_NO_CANARY"  # set: skip the engine canary before loading a model
 ENV_ANSWERS_MAX_MB = "LIFECYCLE_ANSWERS_MAX_MB"  # the answer cache's bound in MiB (256)
 ENV_SCHEMA_DECODER = "LIFECYCLE_SCHEMA_DECODER"  # "gbnf": schema mode without llguidance
+ENV_FREE_DRAFT = "LIFECYCLE_FREE_DRAFT"  # "prompt-lookup[:K]" / "off": free-mode drafting
 ENV_REGISTRY_HOST = "LIFECYCLE_REGISTRY_HOST"  # the one registry host the two below go to
 ENV_REGISTRY_USERNAME = "LIFECYCLE_REGISTRY_USERNAME"  # CI credentials for that registry
 ENV_REGISTRY_PASSWORD = "LIFECYCLE_REGISTRY_PASSWORD"  # (never printed)
@@ -36,6 +37,7 @@ ENV_DOCKER_CONFIG = "DOCKER_CONFIG"  # the folder of Docker's config.json (regis
 ENV_HF_ENDPOINT = "HF_ENDPOINT"  # the Hugging Face Hub to talk to (huggingface_hub reads it too)
 ENV_HF_TOKENS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # where huggingface_hub finds a token
 ENV_CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"  # named when it hides the GPUs from llama.cpp
+ENV_GGML_BACKEND_PATH = "GGML_BACKEND_PATH"  # a CPU backend library llama.cpp loads (set by us)
 ENV_GITHUB_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"  # GitHub Actions' job summary file (gate)
 # Proxies (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY, lower case too) are read by the HTTP
 # clients through urllib.request.getproxies(); lifecycle only names the one in use in errors.

@@ -41,6 +41,7 @@ def doctor_command(
         tiny_canary_model,
     )
 
+    kernels = _cpu_kernels(refresh)
     build = engine_build()
     cpu = host_cpu()
     home = lifecycle_home()
@@ -77,6 +78,7 @@ def doctor_command(
         "degraded": degraded,
         "engine": build,
         "cpu": cpu,
+        "cpu_kernels": kernels,
         "gpus": _gpus(),
         # Backends compiled into llama.cpp and the devices each answered with: tells a build
         # without a GPU backend from one whose GPU is hidden (CUDA_VISIBLE_DEVICES="").
@@ -107,6 +109,20 @@ def _workspace_targets(workspace_dir: Path | None) -> list[tuple[str, Path, str,
             seen.add(key)
             targets.append((variant.name, variant.blob_path, variant.blob_digest, layers))
     return targets
+
+
+def _cpu_kernels(refresh: bool) -> dict[str, Any] | None:
+    """Which of the build's CPU backends runs here (None: one is compiled in). The choice the
+    CLI made on start is shown; ``--refresh`` decides again (for the next run: this process
+    has loaded its backend already)."""
+    from lifecycle.engines import cpuvariants
+
+    choice = cpuvariants.active()
+    if refresh and choice is not None:
+        folder = cpuvariants.library_dir()
+        libraries = cpuvariants.variant_libraries(folder) if folder else []
+        choice = cpuvariants.choose(libraries, canary=True, refresh=True, say=progress) or choice
+    return choice.to_dict() if choice else None
 
 
 def _gpus() -> list[dict[str, Any]]:
@@ -146,6 +162,7 @@ def _render(doc: dict[str, Any]) -> str:
         f"build:   {engine.get('system_info')}",
         f"cpu:     {cpu['model']} ({cpu['machine']}); {' '.join(cpu['flags'])}",
         f"amx:     {amx}",
+        f"kernels: {_render_kernels(doc['cpu_kernels'])}",
         "gpus:    "
         + (
             ", ".join(f"{g['name']} ({g['memory_total_bytes'] >> 20} MiB)" for g in doc["gpus"])
@@ -178,3 +195,19 @@ def _render(doc: dict[str, Any]) -> str:
         )
     )
     return "\n".join(lines)
+
+
+def _render_kernels(kernels: dict[str, Any] | None) -> str:
+    if kernels is None:
+        return "compiled in (a build for one CPU level)"
+    runnable = [c for c in kernels["candidates"] if c["score"] > 0]
+    score = next((c["score"] for c in runnable if c["name"] == kernels["name"]), 0)
+    how = "verified by the canary" if kernels["verified"] else "not yet verified"
+    text = (
+        f"{kernels['name']} of {len(kernels['candidates'])} CPU builds "
+        f"({len(runnable)} runnable here; ggml score {score}; {how})"
+    )
+    passed = {**kernels["excluded"], **kernels["crashed"]}
+    if passed:
+        text += "; passed over: " + "; ".join(f"{k} ({v})" for k, v in passed.items())
+    return text

@@ -57,7 +57,17 @@ def preload() -> None:
     or broken engine is not an error here: the command that needs it reports it properly.
     """
     import contextlib
+    import os
+    import sys
 
+    from lifecycle import envnames
+    from lifecycle.engines import cpuvariants
+
+    # On a build with every CPU variant, pick (and, once per build and CPU, verify) this
+    # machine's kernels before llama.cpp loads any.
+    canary = not os.environ.get(envnames.ENV_NO_CANARY)
+    with contextlib.suppress(Exception):
+        cpuvariants.activate(canary=canary, say=lambda m: print(m, file=sys.stderr))
     with contextlib.suppress(Exception):
         import llama_cpp  # noqa: F401
 

@@ -20,9 +20,15 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from llama_cpp import Llama
-from llama_cpp import llama_cpp as low_level
-from llama_cpp._internals import LlamaBatch, LlamaSampler
+from lifecycle.engines import cpuvariants
+
+# A build with every CPU variant loads none until told which (see cpuvariants); the CLI has
+# chosen already, a library user gets the best-scoring safe one.
+cpuvariants.activate()
+
+from llama_cpp import Llama  # noqa: E402
+from llama_cpp import llama_cpp as low_level  # noqa: E402
+from llama_cpp._internals import LlamaBatch, LlamaSampler  # noqa: E402
 
 __all__ = [
     "LlamaBatch",

@@ -159,6 +159,9 @@ def ggml_devices() -> dict[str, Any]:
 
     empty: dict[str, Any] = {"backends": {}, "devices": [], "reason": None}
     try:
+        from lifecycle.engines import cpuvariants
+
+        cpuvariants.activate()  # before llama.cpp loads a CPU backend of its own choosing
         import llama_cpp
 
         llama_cpp.llama_supports_gpu_offload()  # loads dynamic backends when the build has them

@@ -113,7 +113,7 @@ class EngineCheck:
         last = self.attempts[-1] if self.attempts else CanaryRun(extra_bufts=False, ok=False)
         sig = last.signal
         how = f"crashed ({sig})" if sig else f"failed ({last.error})"
-        where = f" while {_PHASES.get(last.phase or '', 'running')}" if last.phase else ""
+        where = f" while {PHASES.get(last.phase or '', 'running')}" if last.phase else ""
         fix = remedy(sig) if sig else "see `lifecycle doctor --json` for what the canary saw"
         message = (
             f"the engine canary {how}{where} {self.model} ({self.digest[:19]}), also with "
@@ -124,7 +124,12 @@ class EngineCheck:
         return EngineCrashed(message, signal=sig)
 
 
-_PHASES = {"load": "loading", "prompt": "decoding the prompt of", "generation": "generating with"}
+PHASES = {
+    "quantize": "making the canary model",
+    "load": "loading",
+    "prompt": "decoding the prompt of",
+    "generation": "generating with",
+}
 
 
 def host_cpu() -> dict[str, Any]:
@@ -305,11 +310,18 @@ def run_canary(
     n_gpu_layers: int = 0,
     name: str = "",
     timeout_s: float = CANARY_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+    tiny: bool = False,
 ) -> CanaryRun:
-    """Load ``model_path`` and decode a few tokens in a fresh subprocess; report how it went."""
+    """Load ``model_path`` and decode a few tokens in a fresh subprocess; report how it went.
+
+    ``env``: variables set for the subprocess only (a CPU backend to try). ``tiny``:
+    ``model_path`` is a folder, where the subprocess makes (or finds) the tiny quantized
+    canary model itself, so that making it is tried with the same build.
+    """
     note(phase="canary", model=name or model_path.name)
     args = [sys.executable, "-m", "lifecycle.engines.doctor", str(model_path)]
-    args += [str(int(extra_bufts)), str(n_gpu_layers)]
+    args += [str(int(extra_bufts)), str(n_gpu_layers), "tiny" if tiny else "file"]
     started = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -317,7 +329,7 @@ def run_canary(
             capture_output=True,
             text=True,
             timeout=timeout_s,
-            env=child_environment(),
+            env={**child_environment(), **(env or {})},
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
@@ -382,8 +394,8 @@ def file_digest(path: Path) -> str:
 
 
 def _canary_main(argv: list[str]) -> int:
-    """``python -m lifecycle.engines.doctor MODEL EXTRA_BUFTS N_GPU_LAYERS``: a JSON line a
-    phase."""
+    """``python -m lifecycle.engines.doctor MODEL EXTRA_BUFTS N_GPU_LAYERS [tiny|file]``: a JSON
+    line a phase (``tiny``: MODEL is the folder of the tiny canary model)."""
     from lifecycle.engines.base import GenerationRequest, LoadOptions
     from lifecycle.engines.llama_cpp import LlamaCppModel
 
@@ -392,6 +404,9 @@ def _canary_main(argv: list[str]) -> int:
     def say(**data: Any) -> None:
         print(json.dumps(data), flush=True)
 
+    if argv[3:4] == ["tiny"]:
+        say(phase="quantize")
+        path = tiny_canary_model(path)
     say(phase="load")
     options = LoadOptions(
         n_ctx=CANARY_CTX, n_batch=64, n_gpu_layers=n_gpu_layers, extra_bufts=extra_bufts
