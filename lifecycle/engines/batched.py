@@ -49,6 +49,7 @@ from lifecycle.engines.decoding import (
     plain_greedy,
     wants_logprob,
 )
+from lifecycle.engines.drafting import PromptLookup, request_drafts
 from lifecycle.engines.margins import Margins
 from lifecycle.errors import EngineError
 
@@ -88,6 +89,10 @@ class _Sequence:
     generation_ms: float = 0.0
     sample_ms: float = 0.0
     first_token_at: float | None = None
+    # Prompt-lookup drafting (free greedy decoding): the sequence's n-gram index, and the
+    # drafted tokens decoded after the last sampled one and not confirmed yet.
+    lookup: PromptLookup | None = None
+    draft: list[int] = field(default_factory=list)
 
 
 class BatchedDecoder:
@@ -210,6 +215,9 @@ class BatchedDecoder:
             margins=Margins(request.margin_field),
             own_prompt_tokens=len(tokens) - prefix,
         )
+        settings = request_drafts(request) if seq.grammar is None else None
+        if settings is not None:
+            seq.lookup = PromptLookup(tokens, settings)
         if seq.grammar is not None:
             # What the schema forces before any choice is decoded with the prompt.
             forced = seq.grammar.forced(request.max_tokens - 1)
@@ -249,13 +257,15 @@ class BatchedDecoder:
             outputs: list[tuple[_Sequence, int]] = []
             for seq in live.values():
                 if seq.next_tokens:
+                    # The sampled token, the ones the schema forces after it (logits on the
+                    # last only) or its draft (logits on every one, to verify them).
                     last = len(seq.next_tokens) - 1
-                    for k, token in enumerate(seq.next_tokens):
+                    for k, token in enumerate(seq.next_tokens + seq.draft):
                         if k == last:
                             outputs.append((seq, batch.size))
-                        batch.add(token, seq.pos, seq.seq_id, logits=k == last)
+                        batch.add(token, seq.pos, seq.seq_id, logits=k >= last)
                         seq.pos += 1
-                    carried.append((seq, 0, len(seq.next_tokens)))
+                    carried.append((seq, 0, len(seq.next_tokens) + len(seq.draft)))
                     seq.decoded += len(seq.next_tokens)
                     seq.next_tokens = []
             for seq in live.values():
@@ -296,7 +306,38 @@ class BatchedDecoder:
         llama_cpp.llama_synchronize(self.ctx)
 
     def _advance(self, seq: _Sequence, batch_index: int) -> Generation | EngineError | None:
-        """Sample the sequence's next token; a Generation (or error) when it is finished."""
+        """Choose the sequence's next token from the logits at ``batch_index``, then (when
+        it drafts) go on through the rows of its draft while the model agrees with it; a
+        Generation (or error) when it is finished."""
+        row = batch_index
+        while True:
+            outcome = self._choose(seq, row)
+            if outcome is not None or seq.lookup is None:
+                return outcome
+            token = seq.next_tokens[0]
+            seq.lookup.add(token)
+            if seq.draft and token == seq.draft[0]:
+                # Accepted: already decoded, and its logits are the next row of the batch.
+                seq.draft.pop(0)
+                seq.next_tokens = []
+                seq.decoded += 1
+                self.model.draft_stats.accepted += 1
+                row += 1
+                continue
+            if seq.draft:
+                # Rejected: the model's own token goes where the draft's first rejected one
+                # stood, and the cache forgets the rejected positions.
+                seq.pos -= len(seq.draft)
+                if not llama_cpp.llama_memory_seq_rm(self.memory, seq.seq_id, seq.pos, -1):
+                    return EngineError(f"llama.cpp could not drop the draft at {seq.pos}")
+            room = min(seq.request.max_tokens - len(seq.generated) - 1, self.forced_room)
+            seq.draft = seq.lookup.draft(room)
+            self.model.draft_stats.add(len(seq.draft), 0)
+            return None
+
+    def _choose(self, seq: _Sequence, batch_index: int) -> Generation | EngineError | None:
+        """Sample the sequence's next token; a Generation (or error) when it is finished,
+        else None with the tokens to decode next in ``seq.next_tokens``."""
         model = self.model
         request = seq.request
         start = time.perf_counter()

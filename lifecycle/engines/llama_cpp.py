@@ -56,6 +56,7 @@ from lifecycle.engines.decoding import (
     wants_logprob,
 )
 from lifecycle.engines.devices import ggml_build
+from lifecycle.engines.drafting import DraftStats, PromptLookup, free_drafting, request_drafts
 from lifecycle.engines.margins import Margins
 from lifecycle.engines.structured import SchemaGrammars, schema_decoder
 from lifecycle.errors import EngineError, GoldenSetError
@@ -86,6 +87,9 @@ class LlamaCppEngine:
                 # Schema mode's decoder: llguidance fast-forwards forced tokens (and fixes the
                 # JSON separators), which can change the tokens of an answer.
                 "schema_decoder": schema_decoder(),
+                # Free greedy decoding's prompt-lookup drafting: verify batches round
+                # differently from one-token steps (lifecycle.engines.drafting).
+                "free_drafting": free_drafting(),
             },
         )
 
@@ -188,6 +192,8 @@ class LlamaCppModel:
         self._masks = GrammarMasks()
         self._schemas = SchemaGrammars(compat.vocab_ptr(self._llm))
         self._bos = self._llm.token_bos()
+        # Prompt-lookup drafting's counts over this model's generations (free greedy mode).
+        self.draft_stats = DraftStats()
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens for a rendered prompt: special tokens parsed, BOS added as the GGUF asks."""
@@ -333,6 +339,13 @@ class LlamaCppModel:
         def spelled(ids: list[int]) -> str:
             return self.detokenize_completion(ids, tokens, errors="ignore")
 
+        # Prompt-lookup drafting (free greedy decoding only): ``draft`` holds the drafted
+        # tokens decoded after the last sampled one and not yet confirmed; the logits of the
+        # next choice are at batch row ``row`` (-1: the last).
+        settings = request_drafts(request) if grammar is None else None
+        lookup = PromptLookup(tokens, settings) if settings is not None else None
+        draft: list[int] = []
+        row = -1
         try:
             # What the schema forces before any choice is decoded with the prompt.
             forced = grammar.forced(request.max_tokens - 1) if grammar else []
@@ -357,6 +370,7 @@ class LlamaCppModel:
                     grammar,
                     ctx,
                     logprob=want,
+                    idx=row,
                     greedy=plain_greedy(request),
                     margin_floor=margins.floor(text),
                 )
@@ -385,18 +399,65 @@ class LlamaCppModel:
                     break
                 if len(generated) >= request.max_tokens:
                     break
-                llm.eval([token, *forced])
                 decoded.generation_tokens += 1 + len(forced)
+                if lookup is None:
+                    llm.eval([token, *forced])
+                    continue
+                lookup.add(token)
+                if draft and token == draft[0]:
+                    # Accepted: the token is in the KV cache and its logits are the next row.
+                    draft.pop(0)
+                    self.draft_stats.accepted += 1
+                    row += 1
+                    continue
+                # Rejected or used up: the model's own token goes next, where the rejected
+                # draft stood.
+                self._drop_draft(len(draft))
+                draft = lookup.draft(request.max_tokens - len(generated) - 1)
+                self._decode_draft([token, *draft])
+                self.draft_stats.add(len(draft), 0)
+                row = 0
         finally:
             chain.close()
             if grammar:
                 grammar.free()
+            if draft:  # drafted positions never confirmed leave the cache
+                self._drop_draft(len(draft))
         if hit is not None:
             decoded.result = (text[:hit], len(generated), "stop", scored, margins)
         else:
             text = self.detokenize_completion(generated, tokens, errors="replace")
             decoded.result = (text, len(generated), finish, scored, margins)
         return decoded
+
+    def _decode_draft(self, tokens: list[int]) -> None:
+        """Decode ``tokens`` (a sampled token and its draft) after the confirmed ones, with
+        logits at every position (batch rows 0..len-1) for greedy verification.
+
+        llama-cpp-python's record of the cached tokens then counts the new ones, draft
+        included: the caller takes back the part it rejects (:meth:`_drop_draft`)."""
+        llm = self._llm
+        ctx = compat.context_ptr(llm)
+        start = llm.n_tokens
+        with Batch(len(tokens)) as batch:
+            for pos, token in enumerate(tokens, start):
+                batch.add(token, pos, 0, logits=True)
+            status = llama_cpp.llama_decode(ctx, batch.batch)
+            if status != 0:
+                raise RuntimeError(f"llama_decode failed on a draft (status {status})")
+        llm.input_ids[start : start + len(tokens)] = tokens
+        llm.n_tokens = start + len(tokens)
+
+    def _drop_draft(self, n: int) -> None:
+        """Remove the last ``n`` cached positions (a rejected draft) from the KV cache and
+        from llama-cpp-python's record of it."""
+        if n <= 0:
+            return
+        llm = self._llm
+        llm.n_tokens -= n
+        memory = llama_cpp.llama_get_memory(compat.context_ptr(llm))
+        if not llama_cpp.llama_memory_seq_rm(memory, -1, llm.n_tokens, -1):
+            raise RuntimeError(f"llama.cpp could not drop a draft from position {llm.n_tokens}")
 
     def detokenize_completion(self, generated: list[int], prompt: list[int], *, errors: str) -> str:
         """The completion's text (the prompt decides leading-space handling)."""
