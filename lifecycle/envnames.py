@@ -16,7 +16,6 @@ ENV_NO_CANARY = "LIFECYCLE_NO_CANARY"  # set: skip the engine canary before load
 ENV_ANSWERS_MAX_MB = "LIFECYCLE_ANSWERS_MAX_MB"  # the answer cache's bound in MiB (256)
 ENV_SCHEMA_DECODER = "LIFECYCLE_SCHEMA_DECODER"  # "gbnf": schema mode without llguidance
 ENV_FREE_DRAFT = "LIFECYCLE_FREE_DRAFT"  # "prompt-lookup[:K]" / "off": free-mode drafting
-ENV_FREE_DRAFT = "LIFECYCLE_FREE_DRAFT"  # "prompt-lookup[:K]" / "off": free-mode drafting
 ENV_REGISTRY_HOST = "LIFECYCLE_REGISTRY_HOST"  # the one registry host the two below go to
 ENV_REGISTRY_USERNAME = "LIFECYCLE_REGISTRY_USERNAME"  # CI credentials for that registry
 ENV_REGISTRY_PASSWORD = "LIFECYCLE_REGISTRY_PASSWORD"  # (never printed)
