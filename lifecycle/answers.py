@@ -89,6 +89,9 @@ def answer_key(
     # Schema mode's decoder decides its tokens (llguidance forces canonical tokens and fixes
     # the separators): it keys schema answers only, so free answers survive a change of it.
     decoder = details.pop("schema_decoder", None)
+    # Free-mode drafting verifies tokens in batches (other rounding): it keys the answers it
+    # decodes (free, greedy) and only when on, so other answers keep their keys.
+    drafting = details.pop("free_drafting", "off")
     key = {
         "format": FORMAT,
         "blob": blob_digest,
@@ -120,6 +123,8 @@ def answer_key(
     }
     if request.json_schema and decoder is not None:
         key["schema_decoder"] = decoder
+    if not request.json_schema and request.temperature <= 0.0 and drafting not in (None, "off"):
+        key["free_drafting"] = drafting
     return AnswerKey(fields=key, max_tokens=request.max_tokens, n_ctx=load.n_ctx)
 
 

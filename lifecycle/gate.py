@@ -87,6 +87,7 @@ ENGINE_KEYS = (
     "kv_cache_type_v",
     "flash_attention",
     "schema_decoder",
+    "free_drafting",
 )
 # Keys whose change can alter greedy outputs themselves (other kernels, other rounding,
 # another KV cache precision): across such a change a flip is judged by its decision margin.
@@ -103,6 +104,7 @@ NUMERIC_KEYS = (
     "kv_cache_type_v",
     "flash_attention",
     "schema_decoder",  # llguidance's canonical forced tokens vs the GBNF path's own choices
+    "free_drafting",  # prompt-lookup drafts verified in batches: other rounding
 )
 # What the gate made of a flip across a numeric environment change (see EnvironmentFlip).
 FlipJudgement = Literal["noise", "regression", "gained", "unknown"]

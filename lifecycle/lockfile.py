@@ -41,7 +41,8 @@ MACHINE_RUNTIME_KEYS = ("cpu_features", "backends")
 # What an in-process llama.cpp runtime used before the fact was recorded: schema mode decoded
 # through llama.cpp's GBNF grammar until llguidance came (lifecycle.engines.structured).
 LLAMA_ENGINES = ("llama-cpp", "llama-cpp-isolated")
-LLAMA_RUNTIME_DEFAULTS = {"schema_decoder": "gbnf"}
+# Free-mode drafting (lifecycle.engines.drafting) was off before it was recorded.
+LLAMA_RUNTIME_DEFAULTS = {"schema_decoder": "gbnf", "free_drafting": "off"}
 
 
 def runtime_with_defaults(runtime: dict[str, Any]) -> dict[str, Any]:

@@ -524,6 +524,8 @@ def _eval_key(
         "ggml_commit": engine_info.details.get("ggml_commit"),
         # llguidance's forced tokens or llama.cpp's GBNF grammar: other schema-mode answers.
         "schema_decoder": engine_info.details.get("schema_decoder"),
+        # Free-mode drafting (verify batches round differently); absent when off.
+        **{k: v for k, v in engine_info.details.items() if k == "free_drafting" and v != "off"},
         "cache": cache_settings(workspace.engine, variant.cache).to_dict(),
         # Greedy outputs can differ across CPUs (other kernels): results are per machine kind.
         "host": [host_environment().get("machine"), host_environment().get("cpu")],

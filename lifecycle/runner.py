@@ -310,6 +310,7 @@ def run_eval(
         "foreign_cpu_share": foreign,
         "prompt_template": templates,
         "schema_decoder": engine_info.details.get("schema_decoder"),
+        "free_drafting": engine_info.details.get("free_drafting"),
         "batch_size": workspace.engine.batch_size,
         "gpu_layers": workspace.engine.gpu_layers,
         "seed": workspace.engine.seed,

@@ -29,6 +29,7 @@ RUNTIME_KEYS = (
     "kv_cache_type_v",
     "flash_attention",
     "schema_decoder",
+    "free_drafting",
 )
 # What llama.cpp ran with before these were settings: records without the keys used these.
 _CACHE_DEFAULTS = {"kv_cache_type_k": "f16", "kv_cache_type_v": "f16", "flash_attention": False}
@@ -47,6 +48,8 @@ def runtime_of(environment: Mapping[str, Any]) -> dict[str, Any]:
         # Schema mode's decoder (llguidance with forced tokens, or llama.cpp's GBNF grammar):
         # other tokenizations of the forced text, other batch shapes, other numerics.
         "schema_decoder": environment.get("schema_decoder") or details.get("schema_decoder"),
+        # Free-mode prompt-lookup drafting: verify batches round differently (near ties).
+        "free_drafting": environment.get("free_drafting") or details.get("free_drafting"),
     }
     for key, default in _CACHE_DEFAULTS.items():
         if key in environment:
@@ -111,6 +114,8 @@ def runtime_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
         phrases.append(f"flash_attention {_on(a['flash_attention'])} → {_on(b['flash_attention'])}")
     if moved("schema_decoder"):
         phrases.append(f"schema decoder {a['schema_decoder']} → {b['schema_decoder']}")
+    if moved("free_drafting"):
+        phrases.append(f"free-mode drafting {a['free_drafting']} → {b['free_drafting']}")
     return phrases
 
 

@@ -217,3 +217,44 @@ def test_schema_and_sampled_requests_do_not_draft(
         drafted, stats = generate_all(model, requests, monkeypatch, "prompt-lookup")
         assert stats == DraftStats()
         assert [g.text for g in drafted] == [g.text for g in plain]
+
+
+# --- the setting as a runtime fact ---
+
+
+def test_drafting_keys_the_answers_it_decodes_and_only_those(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lifecycle.answers import answer_key
+
+    engine = get_engine("llama-cpp")
+
+    def key(request: GenerationRequest, mode: str) -> str:
+        monkeypatch.setenv(ENV_FREE_DRAFT, mode)
+        info = engine.info()
+        return answer_key(
+            request, blob_digest="sha256:0", engine=info, load=LoadOptions(), cpu="x"
+        ).digest
+
+    free, schema, sampled = ask("x"), ask("x", json_schema=TINY_SCHEMA), ask("x", temperature=0.7)
+    assert key(free, "off") != key(free, "prompt-lookup") != key(free, "prompt-lookup:4")
+    assert key(schema, "off") == key(schema, "prompt-lookup")
+    assert key(sampled, "off") == key(sampled, "prompt-lookup")
+
+
+def test_a_change_of_drafting_is_a_numeric_runtime_change() -> None:
+    from lifecycle.gate import numeric_changes
+    from lifecycle.runtime import runtime_changes
+
+    on = "prompt-lookup k=8 n=1-3"
+    # A record from before the setting existed decoded without drafts.
+    assert runtime_changes(
+        {"engine": "llama-cpp"}, {"engine": "llama-cpp", "free_drafting": on}
+    ) == [f"free-mode drafting off → {on}"]
+    assert (
+        runtime_changes({"engine": "llama-cpp"}, {"engine": "llama-cpp", "free_drafting": "off"})
+        == []
+    )
+    base = {"engine": "llama-cpp", "engine_version": "v"}
+    assert numeric_changes(base, {**base, "free_drafting": on}) == ["free_drafting"]
+    assert numeric_changes(base, {**base, "free_drafting": "off"}) == []
