@@ -266,3 +266,33 @@ def test_logprobs_only_where_the_routed_value_is_written(
             got.text, parsed, "category", got.token_logprobs, got.token_offsets
         )
         assert value == pytest.approx(want, abs=1e-3)
+
+
+def test_prompts_of_slots_freed_in_one_step_go_into_one_decode(batched: LlamaCppModel) -> None:
+    """#24 item 6: four cases of equal length finish in the same step; the two waiting
+    cases are admitted together and their prompt tokens share the next decode (with no
+    sequence left generating, that decode carries nothing else)."""
+    from collections import Counter
+
+    from lifecycle.engines.batched import BatchedDecoder
+    from lifecycle.engines.decoding import Batch
+
+    batches: list[Counter[int]] = []
+
+    class Recording(BatchedDecoder):
+        def _decode(self, batch: Batch) -> None:
+            b = batch.batch
+            batches.append(Counter(int(b.seq_id[i][0]) for i in range(batch.size)))
+            super()._decode(batch)
+
+    # The tiny model writes no end-of-generation token within 4 tokens: all run to the limit.
+    requests = [ask(f"case {i}", max_tokens=4) for i in range(6)]
+    outcomes: dict[int, Generation | EngineError] = {}
+    decoder = Recording(batched, 4)
+    decoder.run(requests, outcomes.__setitem__)
+    assert all(isinstance(o, Generation) and o.completion_tokens == 4 for o in outcomes.values())
+    prompts = [[seq for seq, n in batch.items() if n > 1] for batch in batches if batch]
+    # The prefix alone, then the first four prompts together, ..., then the last two.
+    assert prompts[0] == [4]  # the shared prefix's own sequence
+    assert len(prompts[1]) == 4
+    assert [len(p) for p in prompts[2:] if p] == [2]
