@@ -34,7 +34,7 @@ from typing import Any
 
 from lifecycle.errors import UsageError
 from lifecycle.journal import recover
-from lifecycle.results import PER_VARIANT_KEYS, RunRecord
+from lifecycle.results import PER_VARIANT_KEYS, RunRecord, VariantInfo
 
 BASELINE_SCHEMA_VERSION = 1
 BASELINES_DIR = "baselines"
@@ -54,7 +54,7 @@ class Baseline:
     ``cases`` and ``summaries`` keep the run's own dict forms (the cases without timings).
     """
 
-    variant: dict[str, Any]
+    variant: VariantInfo
     run_id: str
     environment: dict[str, Any]
     golden_sets: dict[str, Any] = field(default_factory=dict)
@@ -69,8 +69,7 @@ class Baseline:
     @property
     def variant_id(self) -> str | None:
         """The content id of the pinned variant (weights + Modelfile)."""
-        value = self.variant.get("id")
-        return None if value is None else str(value)
+        return self.variant.id or None
 
     def case_map(self) -> dict[CaseKey, dict[str, Any]]:
         """The cases by (suite, mode, id)."""
@@ -79,7 +78,7 @@ class Baseline:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Baseline:
         return cls(
-            variant=data.get("variant") or {},
+            variant=VariantInfo.from_dict(data.get("variant") or {}),
             run_id=str(data.get("run_id") or ""),
             environment=data.get("environment") or {},
             golden_sets=data.get("golden_sets") or {},
@@ -91,7 +90,7 @@ class Baseline:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "variant": self.variant,
+            "variant": self.variant.to_dict(),
             "run_id": self.run_id,
             "environment": self.environment,
             "golden_sets": self.golden_sets,
@@ -182,7 +181,7 @@ def baseline_entry(record: RunRecord, variant_name: str, bench: dict[str, Any] |
     Per-case timings are left out (only summaries keep speed) so that re-pinning identical
     results is an identical file.
     """
-    run = next(v for v in record.variants if v.variant.get("name") == variant_name)
+    run = next(v for v in record.variants if v.variant.name == variant_name)
     suites = sorted({c.suite for c in record.cases if c.variant == variant_name})
     return Baseline(
         variant=run.variant,

@@ -529,7 +529,7 @@ def _task_pass(
     by_variant: dict[str, list[Any]] = {}
     for case in record.cases:
         by_variant.setdefault(case.variant, []).append(case)
-    load_ms = {run.variant.get("name"): run.load_ms for run in record.variants}
+    load_ms = {run.variant.name: run.load_ms for run in record.variants}
     ref_cases = (
         {(c.suite, c.mode, c.id): c for c in by_variant.get(reference.name, [])}
         if reference.kind == "variant"

@@ -60,7 +60,7 @@ from lifecycle.checks import Check
 from lifecycle.config import TableReader, read_toml
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
 from lifecycle.latency import latency_checks
-from lifecycle.results import CaseResult, RunRecord, SuiteSummary, VariantRun
+from lifecycle.results import CaseResult, RunRecord, SuiteSummary, VariantInfo, VariantRun
 from lifecycle.retrieval import retrieval_checks
 from lifecycle.runtime import environment_runtime_change, runtime_defaults
 from lifecycle.stats import mcnemar_exact, wilson_interval
@@ -412,10 +412,10 @@ def run_gate(
         _gate_variant(
             record,
             run,
-            baselines.get(str(run.variant.get("name"))),
+            baselines.get(run.variant.name),
             settings,
-            bench.get(str(run.variant.get("name"))),
-            references.get(str(run.variant.get("name"))),
+            bench.get(run.variant.name),
+            references.get(run.variant.name),
             pinned,
         )
         for run in record.variants
@@ -510,7 +510,7 @@ def _gate_variant(
 ) -> _VariantGate:
     """One variant through the gate's steps: engine failure, suite thresholds, what changed,
     the baseline to judge against, each case, rates, speed and latency, retrieval, verdict."""
-    name = str(run.variant.get("name"))
+    name = run.variant.name
     out = _VariantGate(name)
     cases = [c for c in record.cases if c.variant == name]
     engine_error = run.error or _engine_errors(cases)
@@ -556,7 +556,7 @@ def _gate_variant(
         # The [serve] SLA over a load test given with --bench (lifecycle.latency).
         out.checks += latency_checks(
             name,
-            run.variant.get("id"),
+            run.variant.id,
             base.bench,
             base.environment,
             bench_now,
@@ -647,9 +647,9 @@ def _threshold_checks(
 
 
 def _what_changed(record: RunRecord, run: VariantRun, base: Baseline) -> _Changes:
-    name = str(run.variant.get("name"))
+    name = run.variant.name
     changes = _environment_changes(base.environment, variant_environment(record.environment, name))
-    same_weights = base.variant_id == run.variant.get("id")
+    same_weights = base.variant_id == run.variant.id
     golden_changed = any(
         record.golden_sets.get(suite) != digests for suite, digests in base.golden_sets.items()
     )
@@ -711,7 +711,7 @@ def _judge_cases(
 ) -> None:
     """Each case against its baseline entry: a lost pass is a regression, unless the pair of
     runs differs numerically and the flip is judged noise (or unknown) by its margins."""
-    model = str(run.variant.get("model") or out.name)
+    model = run.variant.model or out.name
     for case in cases:
         old = source.cases.get((case.suite, case.mode, case.id))
         if old is None:
@@ -917,17 +917,17 @@ def judge_flip(
 
 
 def _verdict(
-    variant: dict[str, Any],
+    variant: VariantInfo,
     base: Baseline | None,
     failures: list[str],
     pinned: set[str],
     engine_error: str | None = None,
 ) -> VariantVerdict:
-    name = str(variant.get("name"))
+    name = variant.name
     return VariantVerdict(
         variant=name,
-        model=str(variant.get("model") or name),
-        variant_id=str(variant.get("id", "")),
+        model=variant.model or name,
+        variant_id=variant.id,
         passed=not failures and not engine_error,
         has_baseline=base is not None,
         baseline_variant_id=base.variant_id if base is not None else None,

@@ -50,7 +50,7 @@ from lifecycle.errors import UsageError
 from lifecycle.gate import GateResult
 from lifecycle.journal import publish, remove_temps, transaction
 from lifecycle.lockfile import LOCK_FILE, Lock, LockEntry, read_lock, render_json
-from lifecycle.results import RunRecord
+from lifecycle.results import RunRecord, VariantInfo
 from lifecycle.runtime import runtime_changes, runtime_of
 from lifecycle.store import Manifest, Store
 from lifecycle.tags import from_tag, parse_tag
@@ -173,8 +173,8 @@ def _pin(
     now = utc_now()
 
     for run in record.variants:
-        name = str(run.variant.get("name"))
-        model = str(run.variant.get("model") or name)
+        name = run.variant.name
+        model = run.variant.model or name
         old = entries.get(name)
         verdict = gate.verdict(name)
         old_digest = old.blob_sha256 if old else None
@@ -276,7 +276,7 @@ def lock_entry(
     pinned_at: str,
 ) -> LockEntry:
     """The lock entry of one variant of ``record``."""
-    run = next(v for v in record.variants if v.variant.get("name") == name)
+    run = next(v for v in record.variants if v.variant.name == name)
     v = run.variant
     env = variant_environment(record.environment, name)
     manifest = _manifest_for(root, v, store)
@@ -296,28 +296,28 @@ def lock_entry(
         if s.variant == name
     }
     return LockEntry(
-        model=str(v.get("model") or name),
-        variant_id=v.get("id"),
-        from_=v.get("source"),
+        model=v.model or name,
+        variant_id=v.id or None,
+        from_=v.source or None,
         tag=manifest.tag if manifest else None,
         source=manifest.source if manifest else "file",
         revision=manifest.revision if manifest else None,
         upstream=manifest.upstream if manifest else None,
         filename=manifest.filename if manifest else None,
         parts=[asdict(p) for p in manifest.parts] if manifest and manifest.parts else [],
-        blob_sha256=str(v.get("blob_digest")),
-        size=v.get("blob_size"),
-        quant=v.get("quant") or quant_of(store, str(v.get("blob_digest"))),
-        modelfile=_rel(root, Path(str(v.get("modelfile")))) if v.get("modelfile") else None,
-        modelfile_digest=v.get("modelfile_digest"),
-        parameters=v.get("parameters") or {},
+        blob_sha256=v.blob_digest,
+        size=v.blob_size,
+        quant=v.quant or quant_of(store, v.blob_digest),
+        modelfile=_rel(root, Path(v.modelfile)) if v.modelfile else None,
+        modelfile_digest=v.modelfile_digest or None,
+        parameters=v.parameters,
         golden_sets={s: record.golden_sets[s] for s in suites if s in record.golden_sets},
         engine={"name": env.get("engine"), "version": env.get("engine_version")},
         eval=eval_summary,
         bench=bench,
         run_id=record.run_id,
         pinned_at=pinned_at,
-        baseline=_rel(root, baseline_path(root, str(v.get("model") or name))),
+        baseline=_rel(root, baseline_path(root, v.model or name)),
         runtime=runtime_of(env),
     )
 
@@ -389,21 +389,21 @@ def _read_baseline(root: Path, model: str) -> BaselineFile:
     return found if found is not None else BaselineFile(model=model)
 
 
-def _portable_variant(root: Path, variant: dict[str, Any]) -> dict[str, Any]:
-    out = dict(variant)
-    if out.get("modelfile"):
-        out["modelfile"] = _rel(root, Path(str(out["modelfile"])))
-    if str(out.get("revision", "")).startswith("size="):
-        out["revision"] = None  # a local file's mtime: not content, and not portable
+def _portable_variant(root: Path, variant: VariantInfo) -> VariantInfo:
+    out = variant
+    if out.modelfile:
+        out = replace(out, modelfile=_rel(root, Path(out.modelfile)))
+    if str(out.revision or "").startswith("size="):
+        out = replace(out, revision=None)  # a local file's mtime: not content, and not portable
     return out
 
 
-def _manifest_for(root: Path, variant: dict[str, Any], store: Store) -> Manifest | None:
+def _manifest_for(root: Path, variant: VariantInfo, store: Store) -> Manifest | None:
     """The store manifest of a variant's FROM tag; None for a local file."""
     from lifecycle import modelfile as mf
 
-    source = str(variant.get("source") or "")
-    modelfile = Path(str(variant["modelfile"])) if variant.get("modelfile") else root / "Modelfile"
+    source = variant.source or ""
+    modelfile = Path(variant.modelfile) if variant.modelfile else root / "Modelfile"
     if not modelfile.is_absolute():
         modelfile = root / modelfile
     if not source or mf.resolve_local_path(source, modelfile.parent, root) is not None:

@@ -194,7 +194,7 @@ def run_smoke(
             progress=say,
         )
         for run in fresh.variants:
-            name = str(run.variant["name"])
+            name = run.variant.name
             piece = _slice(fresh, name)
             slices[name] = piece
             engine_failed = run.error or any(c.errored for c in fresh.cases if c.variant == name)
@@ -411,9 +411,9 @@ def reference_runs(
 
     out: dict[str, list[dict[str, Any]]] = {}
     for run in record.variants:
-        name = str(run.variant.get("name"))
+        name = run.variant.name
         base = baselines.get(name)
-        if base is None or run.error or base.variant_id == run.variant.get("id"):
+        if base is None or run.error or base.variant_id == run.variant.id:
             continue
         changed = numeric_changes(base.environment, variant_environment(record.environment, name))
         if not changed:
@@ -421,7 +421,7 @@ def reference_runs(
         modes = sorted({c.mode for c in record.cases if c.variant == name})
         key_parts = [
             CACHE_VERSION,
-            base.variant.get("id"),
+            base.variant_id,
             record.golden_sets,
             modes,
             variant_environment(record.environment, name),
@@ -587,7 +587,7 @@ def _bench(
 
 def _slice(record: RunRecord, name: str) -> dict[str, Any]:
     """One variant's part of a run record, as cached."""
-    run = next(v for v in record.variants if v.variant.get("name") == name)
+    run = next(v for v in record.variants if v.variant.name == name)
     suites = {c.suite for c in record.cases if c.variant == name}
     return {
         "cache_version": CACHE_VERSION,

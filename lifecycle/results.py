@@ -12,10 +12,80 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypedDict
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Self, TypedDict
 
 SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Document:
+    """A typed JSON object of a file the tool writes and reads back (a run record's variant,
+    a baseline's cases): keys this tool does not know are kept in ``extra``, and ``keys``
+    holds the order the keys were read in, so that an older or newer file turns back into
+    exactly the object it was read from (a key it lacked stays absent), as
+    :class:`lifecycle.lockfile.LockEntry` does. Built in code, ``keys`` is None and every
+    field is written, in field order."""
+
+    extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    keys: tuple[str, ...] | None = field(default=None, kw_only=True, compare=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        names = _document_fields(cls)
+        values: dict[str, Any] = {k: data[k] for k in names if k in data}
+        values["extra"] = {k: v for k, v in data.items() if k not in names}
+        values["keys"] = tuple(data)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        known = {name: getattr(self, name) for name in _document_fields(type(self))}
+        if self.keys is None:
+            return {**known, **self.extra}
+        out = {
+            k: known[k] if k in known else self.extra[k]
+            for k in self.keys
+            if k in known or k in self.extra
+        }
+        for f in fields(self):  # a field set since the file was read
+            if f.name in known and f.name not in out and known[f.name] != _default(f):
+                out[f.name] = known[f.name]
+        return {**out, **{k: v for k, v in self.extra.items() if k not in out}}
+
+
+def _document_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.name not in ("extra", "keys"))
+
+
+def _default(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+@dataclass(frozen=True)
+class VariantInfo(Document):
+    """A variant as a run record and a baseline record it (``Variant.to_dict``): identity,
+    blob, Modelfile (its digest and canonical text, so a pin can be re-run) and settings.
+    Every field may be absent in a file written by an older tool (empty then)."""
+
+    id: str = ""
+    name: str = ""
+    model: str = ""
+    modelfile: str = ""
+    modelfile_digest: str = ""
+    source: str = ""  # the FROM value as written
+    blob_digest: str = ""
+    blob_size: int = 0
+    revision: str | None = None
+    quant: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    modelfile_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -159,16 +229,20 @@ class SuiteSummary:
 class VariantRun:
     """A variant as it was run: identity, load time, and what went wrong if it could not run."""
 
-    variant: dict[str, Any]
+    variant: VariantInfo
     load_ms: float | None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"variant": self.variant.to_dict(), "load_ms": self.load_ms, "error": self.error}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VariantRun:
-        return cls(**_known(cls, data))
+        return cls(
+            variant=VariantInfo.from_dict(data.get("variant") or {}),
+            load_ms=data.get("load_ms"),
+            error=data.get("error"),
+        )
 
 
 class HostEnvironment(TypedDict, total=False):
@@ -318,7 +392,7 @@ def merge_runs(records: list[RunRecord]) -> RunRecord:
     variants: dict[str, VariantRun] = {}
     for record in records:
         for run in record.variants:
-            variants.setdefault(str(run.variant.get("id")), run)
+            variants.setdefault(run.variant.id, run)
     threads: dict[str, Any] = {}
     for record in records:
         threads.update(record.environment.get("threads", {}))

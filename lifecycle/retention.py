@@ -247,12 +247,12 @@ def _pinned_digests(workspace: Workspace) -> dict[str, list[str]]:
         for part in entry.parts:
             add(part.get("digest"), f"pinned in {LOCK_FILE} ({name})")
     for name, baseline in sorted(load_baselines(workspace.root).items()):
-        add(baseline.variant.get("blob_digest"), f"baseline of {name} in {BASELINES_DIR}/")
+        add(baseline.variant.blob_digest, f"baseline of {name} in {BASELINES_DIR}/")
     latest = workspace.runs_dir / LATEST
     if latest.is_file():
         record = read_run(latest)
         for run in record.variants:
-            add(run.variant.get("blob_digest"), f"latest run {record.run_id}")
+            add(run.variant.blob_digest, f"latest run {record.run_id}")
     return found
 
 

@@ -167,10 +167,8 @@ def run_embedding_variant(
         )
     except (EngineError, ModelError) as exc:  # ModelError: no pooling named anywhere
         say(f"error: {variant.name}: {exc}")
-        return EmbeddingOutcome(VariantRun(variant=variant.to_dict(), load_ms=None, error=str(exc)))
-    outcome = EmbeddingOutcome(
-        VariantRun(variant=variant.to_dict(), load_ms=round(model.load_ms, 2))
-    )
+        return EmbeddingOutcome(VariantRun(variant=variant.info(), load_ms=None, error=str(exc)))
+    outcome = EmbeddingOutcome(VariantRun(variant=variant.info(), load_ms=round(model.load_ms, 2)))
     threads = model.n_threads if isinstance(model, ThreadedModel) else load.n_threads
     outcome.threads = int(threads)
     try:

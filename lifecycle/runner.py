@@ -236,7 +236,7 @@ def run_eval(
             # One variant that cannot load (or crashes the engine loading) must not take the
             # rest of the run down with it; the run records why and `eval` exits 1.
             say(f"error: {variant.name}: {exc}")
-            variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=None, error=str(exc)))
+            variant_runs.append(VariantRun(variant=variant.info(), load_ms=None, error=str(exc)))
             continue
         if model is None:  # what the engine would have run with: it is in the answers' keys
             threads_used[variant.name] = load_options.n_threads or physical_cores()
@@ -293,7 +293,7 @@ def run_eval(
                 model.close()
         foreign[variant.name] = load.share()
         load_ms = round(model.load_ms, 2) if model is not None else 0.0
-        variant_runs.append(VariantRun(variant=variant.to_dict(), load_ms=load_ms))
+        variant_runs.append(VariantRun(variant=variant.info(), load_ms=load_ms))
 
     environment: RunEnvironment = {
         "tool": "lifecycle",

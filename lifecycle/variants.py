@@ -19,6 +19,7 @@ from lifecycle.config import ModelSettings, Workspace
 from lifecycle.errors import ConfigError, ModelfileError, UsageError
 from lifecycle.gguf import read_gguf
 from lifecycle.quantize import quantize_blob
+from lifecycle.results import VariantInfo
 from lifecycle.sources import pull_file, resolve_tag
 from lifecycle.store import Manifest, Store
 from lifecycle.tags import from_tag
@@ -105,28 +106,30 @@ class Variant:
             "modelfile_text": mf.serialise(self.modelfile),
         }
 
+    def info(self) -> VariantInfo:
+        """The variant as a run record and a baseline keep it."""
+        return VariantInfo.from_dict(self.to_dict())
 
-def pinned_variant(current: Variant, pinned: dict[str, Any], store: Store) -> Variant | None:
+
+def pinned_variant(current: Variant, pinned: VariantInfo, store: Store) -> Variant | None:
     """The variant as ``pinned`` (a baseline's ``variant`` entry) describes it, in this slot.
 
     Its blob must be in the store, and its Modelfile known: the one it recorded, or the
     current one when the digests agree. None when it cannot be rebuilt.
     """
-    digest = str(pinned.get("blob_digest") or "")
+    digest = pinned.blob_digest or ""
     if not digest or not store.has(digest):
         return None
-    if pinned.get("modelfile_digest") == current.modelfile_digest:
+    if pinned.modelfile_digest == current.modelfile_digest:
         modelfile = current.modelfile
-    elif pinned.get("modelfile_text"):
-        modelfile = mf.parse(str(pinned["modelfile_text"]), path=current.modelfile_path)
+    elif pinned.modelfile_text:
+        modelfile = mf.parse(pinned.modelfile_text, path=current.modelfile_path)
     else:
         return None
-    manifest = replace(
-        current.manifest, digest=digest, size=int(pinned.get("blob_size") or 0), parts=()
-    )
+    manifest = replace(current.manifest, digest=digest, size=int(pinned.blob_size or 0), parts=())
     return replace(
         current,
-        id=str(pinned.get("id") or current.id),
+        id=pinned.id or current.id,
         modelfile=modelfile,
         blob_path=store.verified_blob(digest),  # a corrupt reference is never judged
         manifest=manifest,

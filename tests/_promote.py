@@ -113,7 +113,7 @@ def make_record(
 ) -> RunRecord:
     """A run record with one schema-mode case per ``verdicts`` entry (id → passed), each
     with its decision margin from ``margins`` (id → margin; none when not given)."""
-    from lifecycle.results import CaseResult, VariantRun, overall, summarise
+    from lifecycle.results import CaseResult, VariantInfo, VariantRun, overall, summarise
 
     cases = [
         CaseResult(
@@ -171,17 +171,19 @@ def make_record(
         },
         variants=[
             VariantRun(
-                variant={
-                    "id": variant_id,
-                    "name": variant,
-                    "model": variant,
-                    "blob_digest": "sha256:" + "a" * 64,
-                    "blob_size": 1000,
-                    "revision": None,
-                    "source": "./tiny.gguf",
-                    "modelfile_digest": "sha256:" + "3" * 64,
-                    "parameters": {"temperature": 0.0},
-                },
+                variant=VariantInfo.from_dict(
+                    {
+                        "id": variant_id,
+                        "name": variant,
+                        "model": variant,
+                        "blob_digest": "sha256:" + "a" * 64,
+                        "blob_size": 1000,
+                        "revision": None,
+                        "source": "./tiny.gguf",
+                        "modelfile_digest": "sha256:" + "3" * 64,
+                        "parameters": {"temperature": 0.0},
+                    }
+                ),
                 load_ms=5.0,
             )
         ],

@@ -260,7 +260,7 @@ def test_eval_reuses_answers_across_runs_ctx_variants_and_new_cases(tiny_workspa
     by_variant: dict[str, list] = {}  # type: ignore[type-arg]
     for case in first.cases:
         by_variant.setdefault(case.variant, []).append(case)
-    small, large = (str(v.variant["name"]) for v in first.variants)  # in run order
+    small, large = (v.variant.name for v in first.variants)  # in run order
     # The first variant generates; the second (another num_ctx only) is served its answers.
     assert all(c.cached_from is None for c in by_variant[small])
     assert {c.cached_from for c in by_variant[large]} == {first.run_id}

@@ -45,7 +45,7 @@ def test_a_run_entry_round_trips_and_loads(tmp_path: Path) -> None:
     record = make_record({"a": True, "b": False})
     entry = baseline_entry(record, "tiny", {"tg_tokens_per_s": 10.0})
     assert Baseline.from_dict(entry.to_dict()) == entry
-    assert entry.variant_id == record.variants[0].variant["id"]
+    assert entry.variant_id == record.variants[0].variant.id
     assert set(entry.case_map()) == {(c.suite, c.mode, c.id) for c in record.cases}
     path = baseline_path(tmp_path, "tiny")
     path.parent.mkdir()

@@ -444,7 +444,7 @@ def _case(outcome: Outcome) -> dict[str, object]:
 
 def test_report_shows_calibration_next_to_the_pass_rates() -> None:
     from lifecycle.report import build_report
-    from lifecycle.results import CaseResult, VariantRun, summarise
+    from lifecycle.results import CaseResult, VariantInfo, VariantRun, summarise
 
     cases = [CaseResult.from_dict(_case(o)) for o in FIXED]
     record = RunRecord(
@@ -453,7 +453,7 @@ def test_report_shows_calibration_next_to_the_pass_rates() -> None:
         finished_at="t1",
         environment={},
         golden_sets={},
-        variants=[VariantRun({"name": "v", "model": "v"}, 1.0)],
+        variants=[VariantRun(VariantInfo(name="v", model="v"), 1.0)],
         summaries=[summarise(cases, variant="v", suite="s", mode="schema", threshold=0.5)],
         cases=cases,
     )

@@ -70,7 +70,7 @@ def test_eval_applies_the_canary_verdict_and_records_it(tiny_workspace: Path) ->
     record = run_eval(workspace, EvalOptions(modes=["schema"], resume=False))
     assert record.environment["extra_bufts"] == {"tiny": True}
     (variant,) = record.variants
-    digest = str(variant.variant["blob_digest"])
+    digest = variant.variant.blob_digest
     checks_dir = workspace.home / ENGINE_CHECKS_DIR
     check = check_model(
         checks_dir, tiny_workspace / "modelfiles" / "tiny.gguf", name="tiny", digest=digest

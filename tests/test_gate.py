@@ -21,9 +21,7 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 def baselines_of(record: RunRecord, bench: dict[str, Any] | None = None) -> dict[str, Baseline]:
-    return {
-        v.variant["name"]: baseline_entry(record, v.variant["name"], bench) for v in record.variants
-    }
+    return {v.variant.name: baseline_entry(record, v.variant.name, bench) for v in record.variants}
 
 
 def test_identical_run_passes() -> None:

@@ -76,3 +76,18 @@ def test_speed_and_latency_come_from_answers_generated_in_this_run() -> None:
         [*earlier, cached], variant="tiny", suite="triage", mode="schema", threshold=None
     )
     assert summary.generation_tokens_per_s is None and summary.generation_s == 0.0
+
+
+def test_a_run_records_variant_round_trips_in_key_order() -> None:
+    """run.json is written unsorted: the typed variant (VariantInfo) keeps the order its keys
+    were read in, a key an older tool lacked stays absent and one a newer tool wrote is kept."""
+    from _promote import make_record
+
+    data = make_record({"a": True}).to_dict()
+    variant = dict(data["variants"][0]["variant"])
+    del variant["revision"]  # an older tool's
+    data["variants"][0]["variant"] = {"drafting": "prompt-lookup", **variant}  # a newer one's
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    again = RunRecord.from_dict(json.loads(text))
+    assert again.variants[0].variant.name == "tiny"
+    assert json.dumps(again.to_dict(), indent=2, ensure_ascii=False) == text

@@ -184,7 +184,7 @@ def _save_and_report(
 
 def engine_failures(record: RunRecord) -> list[str]:
     """Variants the engine could not run, or could not answer some cases of."""
-    failed = {str(v.variant.get("name")) for v in record.variants if v.error}
+    failed = {v.variant.name for v in record.variants if v.error}
     failed |= {c.variant for c in record.cases if c.errored}
     return sorted(failed)
 

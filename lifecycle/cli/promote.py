@@ -192,10 +192,7 @@ def report_command(
 
     workspace, record, gate, _bench = _gate(workspace_dir, run_ref, bench_files)
     store = Store(workspace.home)
-    quants = {
-        str(v.variant.get("name")): quant_of(store, str(v.variant.get("blob_digest")))
-        for v in record.variants
-    }
+    quants = {v.variant.name: quant_of(store, v.variant.blob_digest) for v in record.variants}
     docs = [_read_json(p) for p in bench_files]
     report = build_report(record.to_dict(), gate, bench=docs, quants=quants)
     html_path, md_path = write_report(report, out_dir or workspace.root / "reports")
