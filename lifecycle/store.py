@@ -44,9 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
-
-from filelock import FileLock
+from typing import IO, TYPE_CHECKING, Any
 
 from lifecycle.clock import utc_now
 from lifecycle.errors import ModelError, StoreError
@@ -56,6 +54,9 @@ from lifecycle.fsutil import atomic_write_text, locked_temp, sweep_temps
 from lifecycle.tags import SCHEMES as SCHEMES
 from lifecycle.tags import Tag as Tag
 from lifecycle.tags import parse_tag as parse_tag
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
@@ -557,6 +558,10 @@ class Store:
         return self._lock(digest)
 
     def _lock(self, digest: str) -> FileLock:
+        # Imported here: only writers take it, and an eval that only reads the store should
+        # not pay for filelock's import at every start.
+        from filelock import FileLock
+
         self.blobs.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self._lock_path(digest)))
 

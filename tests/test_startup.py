@@ -36,6 +36,7 @@ NOT_ON_EVAL_PATH = {
     "urllib.request",
     "http.client",
     "ssl",
+    "filelock",  # only the store's writers (pulls, quantization, gc) take its locks
 }
 
 
@@ -52,6 +53,33 @@ def test_cli_start_imports_no_heavy_library() -> None:
     loaded = _modules_after("import lifecycle.cli")
     assert "lifecycle.cli" in loaded  # the probe saw the import it was asked to make
     assert NOT_AT_CLI_START & loaded == set()
+
+
+def test_cli_start_imports_no_command_module() -> None:
+    """Each command's module is imported when that command runs (or --help lists it): the
+    start of `eval` pays for eval's own module, not for pull's, report's or bench's."""
+    loaded = _modules_after("import lifecycle.cli")
+    assert {m for m in loaded if m.startswith("lifecycle.cli.")} == {"lifecycle.cli._errors"}
+    loaded = _modules_after(
+        "import click\nfrom lifecycle.cli import cli\ncli.get_command(click.Context(cli), 'eval')"
+    )
+    commands = {
+        m for m in loaded if m.startswith("lifecycle.cli.") and not m.startswith("lifecycle.cli._")
+    }
+    assert commands == {"lifecycle.cli.eval"}
+
+
+def test_every_command_resolves_by_its_name() -> None:
+    import click
+
+    from lifecycle.cli import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == sorted(COMMANDS)
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert isinstance(command, click.Command) and command.name == name
+    assert cli.get_command(ctx, "no-such-command") is None
 
 
 def test_eval_path_imports_no_plotting_diff_or_network_library() -> None:

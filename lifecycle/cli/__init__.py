@@ -8,36 +8,88 @@ Command modules import the library inside their bodies so ``--help`` stays insta
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, MutableMapping
 
 import click
 
 from lifecycle import __version__
 from lifecycle.cli._errors import handle_errors
-from lifecycle.cli.bench import bench_command, estimate_command
-from lifecycle.cli.cache import cache_command
-from lifecycle.cli.calibrate import calibrate_command
-from lifecycle.cli.compare import compare_command, quantize_command
-from lifecycle.cli.doctor import doctor_command
-from lifecycle.cli.eval import eval_command, merge_command
-from lifecycle.cli.modelfile import build_command, lint_command, modelfile_command, prompt_command
-from lifecycle.cli.promote import (
-    check_lock_command,
-    gate_command,
-    pin_command,
-    report_command,
-    smoke_command,
-)
-from lifecycle.cli.pull import (
-    list_command,
-    pull_command,
-    push_command,
-    rm_command,
-    show_command,
-    verify_command,
-)
-from lifecycle.cli.serve import loadtest_command, plan_command
-from lifecycle.cli.store import du_command, gc_command
 from lifecycle.config import ENV_DEBUG, ENV_HOME, ENV_WORKSPACE
+
+# command name -> "module:attribute". A command's module (and the library modules it imports
+# at its top) is imported when the command runs, or when --help lists it: a run pays for its
+# own command only.
+COMMANDS = {
+    "eval": "lifecycle.cli.eval:eval_command",
+    "merge": "lifecycle.cli.eval:merge_command",
+    "modelfile": "lifecycle.cli.modelfile:modelfile_command",
+    "prompt": "lifecycle.cli.modelfile:prompt_command",
+    "build": "lifecycle.cli.modelfile:build_command",
+    "lint": "lifecycle.cli.modelfile:lint_command",
+    "bench": "lifecycle.cli.bench:bench_command",
+    "estimate": "lifecycle.cli.bench:estimate_command",
+    "pull": "lifecycle.cli.pull:pull_command",
+    "push": "lifecycle.cli.pull:push_command",
+    "list": "lifecycle.cli.pull:list_command",
+    "show": "lifecycle.cli.pull:show_command",
+    "rm": "lifecycle.cli.pull:rm_command",
+    "verify": "lifecycle.cli.pull:verify_command",
+    "gc": "lifecycle.cli.store:gc_command",
+    "du": "lifecycle.cli.store:du_command",
+    "compare": "lifecycle.cli.compare:compare_command",
+    "quantize": "lifecycle.cli.compare:quantize_command",
+    "gate": "lifecycle.cli.promote:gate_command",
+    "pin": "lifecycle.cli.promote:pin_command",
+    "report": "lifecycle.cli.promote:report_command",
+    "smoke": "lifecycle.cli.promote:smoke_command",
+    "check-lock": "lifecycle.cli.promote:check_lock_command",
+    "doctor": "lifecycle.cli.doctor:doctor_command",
+    "calibrate": "lifecycle.cli.calibrate:calibrate_command",
+    "plan": "lifecycle.cli.serve:plan_command",
+    "loadtest": "lifecycle.cli.serve:loadtest_command",
+    "cache": "lifecycle.cli.cache:cache_command",
+}
+
+
+class _Commands(MutableMapping[str, click.Command]):
+    """The group's commands by name, each imported on first access (click reads a group's
+    commands only through this mapping: lookup, listing, "did you mean")."""
+
+    def __init__(self, targets: dict[str, str]) -> None:
+        self._targets = dict(targets)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        command = self._loaded.get(name)
+        if command is None:
+            import importlib
+
+            module, attr = self._targets[name].split(":")  # KeyError: no such command
+            command = getattr(importlib.import_module(module), attr)
+            if command.name != name:
+                raise AssertionError(f"{self._targets[name]} is named {command.name!r}")
+            self._loaded[name] = command
+        return command
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._targets.pop(name, None)
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self._targets.pop(name, None)
+        self._loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._targets
+        yield from (name for name in self._loaded if name not in self._targets)
+
+    def __len__(self) -> int:
+        return len(self._targets.keys() | self._loaded.keys())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._targets or name in self._loaded
 
 
 @click.group(
@@ -46,40 +98,12 @@ from lifecycle.config import ENV_DEBUG, ENV_HOME, ENV_WORKSPACE
         f"Environment: {ENV_WORKSPACE} (workspace dir), {ENV_HOME} (model store), "
         f"{ENV_DEBUG}=1 (tracebacks)."
     ),
+    commands=_Commands(COMMANDS),
 )
 @click.version_option(__version__, prog_name="lifecycle")
 def cli() -> None:
     pass
 
-
-cli.add_command(eval_command)
-cli.add_command(merge_command)
-cli.add_command(modelfile_command)
-cli.add_command(prompt_command)
-cli.add_command(build_command)
-cli.add_command(lint_command)
-cli.add_command(bench_command)
-cli.add_command(estimate_command)
-cli.add_command(pull_command)
-cli.add_command(push_command)
-cli.add_command(list_command)
-cli.add_command(show_command)
-cli.add_command(rm_command)
-cli.add_command(verify_command)
-cli.add_command(gc_command)
-cli.add_command(du_command)
-cli.add_command(compare_command)
-cli.add_command(quantize_command)
-cli.add_command(gate_command)
-cli.add_command(pin_command)
-cli.add_command(report_command)
-cli.add_command(smoke_command)
-cli.add_command(check_lock_command)
-cli.add_command(doctor_command)
-cli.add_command(calibrate_command)
-cli.add_command(plan_command)
-cli.add_command(loadtest_command)
-cli.add_command(cache_command)
 
 # Commands that load llama.cpp: they run under the crash supervisor (see lifecycle.crashguard).
 ENGINE_COMMANDS = frozenset(
