@@ -30,11 +30,18 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lifecycle.errors import UsageError
 from lifecycle.journal import recover
-from lifecycle.results import PER_VARIANT_KEYS, RunRecord, VariantInfo
+from lifecycle.results import (
+    PER_VARIANT_KEYS,
+    CaseResult,
+    Document,
+    RunRecord,
+    SuiteSummary,
+    VariantInfo,
+)
 
 BASELINE_SCHEMA_VERSION = 1
 BASELINES_DIR = "baselines"
@@ -47,19 +54,102 @@ MARGIN_CASE_KEYS = ("margin", "margin_step", "field_margin")
 CaseKey = tuple[str, str, str]  # (suite, mode, case id)
 
 
+class JudgedCase(Protocol):
+    """What the gate reads of a case, a run's (:class:`lifecycle.results.CaseResult`) or a
+    baseline's (:class:`BaselineCase`)."""
+
+    @property
+    def suite(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def output(self) -> str: ...
+    @property
+    def parsed(self) -> Any: ...
+    @property
+    def margin(self) -> float | None: ...
+    @property
+    def field_margin(self) -> float | None: ...
+    @property
+    def routed_correct(self) -> bool | None: ...
+    @property
+    def stated_confidence(self) -> float | None: ...
+    @property
+    def answer_probability(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class BaselineCase(Document):
+    """One case of a baseline: a run's case without its timings (so that re-pinning identical
+    results is an identical file). The confidence signals and margins are written only when
+    the run had them; a key an older file lacks stays absent (see :class:`Document`)."""
+
+    suite: str
+    mode: str
+    id: str
+    passed: bool
+    reason: str = ""
+    output: str = ""
+    parsed: Any = None
+    expected: Any = None
+    json_valid: bool = False
+    schema_valid: bool = False
+    diff: str | None = None
+    stated_confidence: float | None = None
+    answer_probability: float | None = None
+    routed_correct: bool | None = None
+    margin: float | None = None
+    margin_step: int | None = None
+    field_margin: float | None = None
+
+    @classmethod
+    def of(cls, case: CaseResult) -> BaselineCase:
+        """The baseline form of a run's case."""
+        return cls.from_dict(
+            {
+                "suite": case.suite,
+                "mode": case.mode,
+                "id": case.id,
+                "passed": case.passed,
+                "reason": case.reason,
+                "output": case.output,
+                "parsed": case.parsed,
+                "expected": case.expected,
+                "json_valid": case.json_valid,
+                "schema_valid": case.schema_valid,
+                "diff": case.diff,
+                # Confidence signals (suites with [calibration] only), so that the gate can
+                # recompute the baseline's calibration figures under the current table.
+                **{
+                    key: getattr(case, key)
+                    for key in (*CALIBRATION_CASE_KEYS, *MARGIN_CASE_KEYS)
+                    if getattr(case, key) is not None
+                },
+            }
+        )
+
+    @property
+    def key(self) -> CaseKey:
+        return (self.suite, self.mode, self.id)
+
+
 @dataclass(frozen=True)
 class Baseline:
     """One variant's entry in a baseline file: what a later gate compares a run against.
 
-    ``cases`` and ``summaries`` keep the run's own dict forms (the cases without timings).
+    ``summaries`` are the run's own; ``cases`` the run's without timings (:class:`BaselineCase`).
     """
 
     variant: VariantInfo
     run_id: str
     environment: dict[str, Any]
     golden_sets: dict[str, Any] = field(default_factory=dict)
-    summaries: list[dict[str, Any]] = field(default_factory=list)
-    cases: list[dict[str, Any]] = field(default_factory=list)
+    summaries: list[SuiteSummary] = field(default_factory=list)
+    cases: list[BaselineCase] = field(default_factory=list)
     bench: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer tool wrote: kept
     # The directory the entry was read from, where its vector sidecar lies (lifecycle.vectors);
@@ -71,9 +161,9 @@ class Baseline:
         """The content id of the pinned variant (weights + Modelfile)."""
         return self.variant.id or None
 
-    def case_map(self) -> dict[CaseKey, dict[str, Any]]:
+    def case_map(self) -> dict[CaseKey, BaselineCase]:
         """The cases by (suite, mode, id)."""
-        return {case_key(c): c for c in self.cases}
+        return {c.key: c for c in self.cases}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Baseline:
@@ -82,8 +172,8 @@ class Baseline:
             run_id=str(data.get("run_id") or ""),
             environment=data.get("environment") or {},
             golden_sets=data.get("golden_sets") or {},
-            summaries=list(data.get("summaries") or []),
-            cases=list(data.get("cases") or []),
+            summaries=[SuiteSummary.from_dict(x) for x in data.get("summaries") or []],
+            cases=[BaselineCase.from_dict(x) for x in data.get("cases") or []],
             bench=data.get("bench"),
             extra={k: v for k, v in data.items() if k not in _BASELINE_KEYS},
         )
@@ -94,8 +184,8 @@ class Baseline:
             "run_id": self.run_id,
             "environment": self.environment,
             "golden_sets": self.golden_sets,
-            "summaries": self.summaries,
-            "cases": self.cases,
+            "summaries": [x.to_dict() for x in self.summaries],
+            "cases": [x.to_dict() for x in self.cases],
             "bench": self.bench,
             **self.extra,
         }
@@ -129,11 +219,6 @@ class BaselineFile:
             "model": self.model,
             "variants": {name: entry.to_dict() for name, entry in self.variants.items()},
         }
-
-
-def case_key(case: Mapping[str, Any]) -> CaseKey:
-    """A case dict's (suite, mode, id)."""
-    return (case["suite"], case["mode"], case["id"])
 
 
 def baseline_path(root: Path, model: str) -> Path:
@@ -188,31 +273,8 @@ def baseline_entry(record: RunRecord, variant_name: str, bench: dict[str, Any] |
         run_id=record.run_id,
         environment=variant_environment(record.environment, variant_name),
         golden_sets={s: record.golden_sets[s] for s in suites if s in record.golden_sets},
-        summaries=[s.to_dict() for s in record.summaries if s.variant == variant_name],
-        cases=[
-            {
-                "suite": c.suite,
-                "mode": c.mode,
-                "id": c.id,
-                "passed": c.passed,
-                "reason": c.reason,
-                "output": c.output,
-                "parsed": c.parsed,
-                "expected": c.expected,
-                "json_valid": c.json_valid,
-                "schema_valid": c.schema_valid,
-                "diff": c.diff,
-                # Confidence signals (suites with [calibration] only), so that the gate can
-                # recompute the baseline's calibration figures under the current table.
-                **{
-                    key: getattr(c, key)
-                    for key in (*CALIBRATION_CASE_KEYS, *MARGIN_CASE_KEYS)
-                    if getattr(c, key) is not None
-                },
-            }
-            for c in record.cases
-            if c.variant == variant_name
-        ],
+        summaries=[s for s in record.summaries if s.variant == variant_name],
+        cases=[BaselineCase.of(c) for c in record.cases if c.variant == variant_name],
         bench=bench,
     )
 

@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lifecycle.baselines import Baseline, CaseKey, case_key, variant_environment
+from lifecycle.baselines import Baseline, BaselineCase, CaseKey, JudgedCase, variant_environment
 from lifecycle.checks import Check
 from lifecycle.config import TableReader, read_toml
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
@@ -393,7 +393,7 @@ def run_gate(
     *,
     bench: dict[str, dict[str, Any]] | None = None,
     pinned: set[str] | None = None,
-    references: dict[str, list[dict[str, Any]]] | None = None,
+    references: dict[str, list[BaselineCase]] | None = None,
 ) -> GateResult:
     """Compare ``record`` with ``baselines`` (from :func:`lifecycle.baselines.load_baselines`)
     under ``settings``.
@@ -505,7 +505,7 @@ def _gate_variant(
     base: Baseline | None,
     settings: GateSettings,
     bench_now: dict[str, Any] | None,
-    reference: list[dict[str, Any]] | None,
+    reference: list[BaselineCase] | None,
     pinned: set[str],
 ) -> _VariantGate:
     """One variant through the gate's steps: engine failure, suite thresholds, what changed,
@@ -607,7 +607,7 @@ def _threshold_checks(
     record: RunRecord,
     name: str,
     cases: list[CaseResult],
-    stored: Mapping[CaseKey, Mapping[str, Any]],
+    stored: Mapping[CaseKey, BaselineCase],
     partial: list[str],
 ) -> list[Check]:
     """Each suite/mode's pass rate against its threshold (full runs only; a partial run's
@@ -671,7 +671,7 @@ def _what_changed(record: RunRecord, run: VariantRun, base: Baseline) -> _Change
 
 def _pinned_model_flips(
     out: _VariantGate,
-    stored: Mapping[CaseKey, Mapping[str, Any]],
+    stored: Mapping[CaseKey, BaselineCase],
     source: BaselineSource,
     settings: GateSettings,
 ) -> list[Check]:
@@ -681,7 +681,7 @@ def _pinned_model_flips(
     own = [
         judge_flip(out.name, old, now, settings.noise_margin, same_weights=True)
         for key, now in source.cases.items()
-        if (old := stored.get(key)) is not None and bool(old["passed"]) != bool(now["passed"])
+        if (old := stored.get(key)) is not None and old.passed != now.passed
     ]
     out.flips += own
     lost = [f for f in own if f.judged == "regression"]
@@ -719,18 +719,16 @@ def _judge_cases(
             continue
         # The golden set changed and the very same output now scores otherwise: the golden
         # set did that, not the environment.
-        rescored = changes.golden_changed and old.get("output") == case.output
-        if source.numeric and bool(old["passed"]) != case.passed and not rescored:
-            flip = judge_flip(
-                out.name, old, case.to_dict(), settings.noise_margin, changes.same_weights
-            )
+        rescored = changes.golden_changed and old.output == case.output
+        if source.numeric and old.passed != case.passed and not rescored:
+            flip = judge_flip(out.name, old, case, settings.noise_margin, changes.same_weights)
             out.flips.append(flip)
             if flip.judged != "regression":
                 out.cases.append(_case_verdict(case, old, environment_flip=True))
                 continue
         out.cases.append(_case_verdict(case, old))
-        if old["passed"] and not case.passed:
-            was, now = decision_margins(old, case.to_dict())
+        if old.passed and not case.passed:
+            was, now = decision_margins(old, case)
             out.regressions.append(
                 Regression(
                     variant=out.name,
@@ -741,7 +739,7 @@ def _judge_cases(
                     reason=case.reason,
                     diff=case.diff,
                     output=case.output,
-                    baseline_output=str(old.get("output", "")),
+                    baseline_output=old.output,
                     expected=case.expected,
                     causes=list(changes.causes),
                     baseline_margin=was,
@@ -797,7 +795,7 @@ def _rates_against(
 
 
 # Which (run case, baseline case) pairs a rate check counts.
-PairFilter = Callable[[CaseResult, Mapping[str, Any]], bool]
+PairFilter = Callable[[CaseResult, BaselineCase], bool]
 
 
 @dataclass(frozen=True)
@@ -814,7 +812,7 @@ class BaselineSource:
     """
 
     kind: Literal["stored", "stored-across-runtime", "reference"]
-    cases: Mapping[CaseKey, Mapping[str, Any]]
+    cases: Mapping[CaseKey, BaselineCase]
     numeric_keys: tuple[str, ...] = ()
 
     @property
@@ -832,8 +830,8 @@ class BaselineSource:
         if not self.numeric:
             return _every_pair
 
-        def keep(case: CaseResult, old: Mapping[str, Any]) -> bool:
-            was, now = decision_margins(old, case.to_dict())
+        def keep(case: CaseResult, old: BaselineCase) -> bool:
+            was, now = decision_margins(old, case)
             if was is None or now is None:
                 return not same_weights
             return not (was < noise_margin and now < noise_margin)
@@ -842,36 +840,34 @@ class BaselineSource:
         return keep if any(keep(c, old) for c, old in keys) or not keys else None
 
 
-def _every_pair(_case: CaseResult, _old: Mapping[str, Any]) -> bool:
+def _every_pair(_case: CaseResult, _old: BaselineCase) -> bool:
     return True
 
 
 def baseline_source(
-    stored: Mapping[CaseKey, Mapping[str, Any]],
-    reference: list[dict[str, Any]] | None,
+    stored: Mapping[CaseKey, BaselineCase],
+    reference: list[BaselineCase] | None,
     numeric_keys: list[str],
 ) -> BaselineSource:
     """Choose what a variant is judged against (see :class:`BaselineSource`)."""
     if not numeric_keys:
         return BaselineSource("stored", stored)
     if reference is not None:
-        here = {case_key(c): c for c in reference}
+        here = {c.key: c for c in reference}
         return BaselineSource("reference", here, tuple(numeric_keys))
     return BaselineSource("stored-across-runtime", stored, tuple(numeric_keys))
 
 
-def decision_margins(
-    old: Mapping[str, Any], now: Mapping[str, Any]
-) -> tuple[float | None, float | None]:
+def decision_margins(old: JudgedCase, now: JudgedCase) -> tuple[float | None, float | None]:
     """The margins that decided a case in the baseline and now.
 
     The routed field's margin when both runs wrote that field (the value the verdict
     hinges on, where a near tie on a confidence digit would hide a confident category);
     otherwise the whole output's smallest margin. None where a run recorded none.
     """
-    if old.get("field_margin") is not None and now.get("field_margin") is not None:
-        return float(old["field_margin"]), float(now["field_margin"])
-    was, is_ = old.get("margin"), now.get("margin")
+    if old.field_margin is not None and now.field_margin is not None:
+        return float(old.field_margin), float(now.field_margin)
+    was, is_ = old.margin, now.margin
     return (
         None if was is None else float(was),
         None if is_ is None else float(is_),
@@ -880,8 +876,8 @@ def decision_margins(
 
 def judge_flip(
     variant: str,
-    old: Mapping[str, Any],
-    now: Mapping[str, Any],
+    old: JudgedCase,
+    now: JudgedCase,
     noise_margin: float,
     same_weights: bool,
 ) -> EnvironmentFlip:
@@ -893,7 +889,7 @@ def judge_flip(
     """
     was, is_ = decision_margins(old, now)
     judged: FlipJudgement
-    if not old["passed"]:
+    if not old.passed:
         judged = "gained"
     elif was is None or is_ is None:
         judged = "unknown" if same_weights else "regression"
@@ -903,13 +899,13 @@ def judge_flip(
         judged = "regression"
     return EnvironmentFlip(
         variant=variant,
-        suite=str(now["suite"]),
-        mode=str(now["mode"]),
-        case=str(now["id"]),
-        baseline_passed=bool(old["passed"]),
-        passed=bool(now["passed"]),
-        output=str(now.get("output", "")),
-        baseline_output=str(old.get("output", "")),
+        suite=now.suite,
+        mode=now.mode,
+        case=now.id,
+        baseline_passed=bool(old.passed),
+        passed=bool(now.passed),
+        output=now.output,
+        baseline_output=old.output,
         judged=judged,
         baseline_margin=was,
         margin=is_,
@@ -938,7 +934,7 @@ def _verdict(
 
 
 def _case_verdict(
-    case: CaseResult, old: Mapping[str, Any] | None, *, environment_flip: bool = False
+    case: CaseResult, old: BaselineCase | None, *, environment_flip: bool = False
 ) -> CaseVerdict:
     return CaseVerdict(
         variant=case.variant,
@@ -946,7 +942,7 @@ def _case_verdict(
         mode=case.mode,
         case=case.id,
         passed=case.passed,
-        baseline_passed=None if old is None else bool(old["passed"]),
+        baseline_passed=None if old is None else bool(old.passed),
         reason=case.reason,
         output=case.output,
         diff=case.diff,
@@ -966,7 +962,7 @@ def _engine_errors(cases: list[CaseResult]) -> str | None:
 def _partial_groups(
     summaries: list[SuiteSummary],
     cases: list[CaseResult],
-    base_cases: Mapping[CaseKey, Mapping[str, Any]],
+    base_cases: Mapping[CaseKey, BaselineCase],
     shard: str | None,
 ) -> dict[str, str]:
     """Groups (suite/mode) this run covered only in part, with "k of n cases"."""
@@ -1008,7 +1004,7 @@ def _rate_checks(
     name: str,
     settings: GateSettings,
     causes: list[str],
-    base_cases: Mapping[CaseKey, Mapping[str, Any]],
+    base_cases: Mapping[CaseKey, BaselineCase],
     *,
     keep: PairFilter = _every_pair,
 ) -> list[Check]:
@@ -1038,7 +1034,7 @@ def _rate_checks(
                 f"({len(both) - len(common)} left out)"
             )
         for key, attr, limit in limits:
-            was_n = sum(bool(old.get(attr)) for _c, old in common)
+            was_n = sum(bool(getattr(old, attr)) for _c, old in common)
             now_n = sum(bool(getattr(c, attr)) for c, _old in common)
             was, now = was_n / len(common), now_n / len(common)
             drop = round(was - now, 6)
@@ -1052,10 +1048,10 @@ def _rate_checks(
     return checks
 
 
-def _chance(pairs: list[tuple[CaseResult, Mapping[str, Any]]], was_n: int, now_n: int) -> str:
+def _chance(pairs: list[tuple[CaseResult, BaselineCase]], was_n: int, now_n: int) -> str:
     """ "; 95 % CI a–b % → c–d %, flips 3 lost / 1 gained, McNemar p=0.62" for a pass rate."""
-    lost = sum(1 for c, old in pairs if old.get("passed") and not c.passed)
-    gained = sum(1 for c, old in pairs if not old.get("passed") and c.passed)
+    lost = sum(1 for c, old in pairs if old.passed and not c.passed)
+    gained = sum(1 for c, old in pairs if not old.passed and c.passed)
     lo0, hi0 = wilson_interval(was_n, len(pairs))
     lo1, hi1 = wilson_interval(now_n, len(pairs))
     text = f"; 95% CI {lo0:.0%}–{hi0:.0%} → {lo1:.0%}–{hi1:.0%}"
@@ -1069,10 +1065,10 @@ def _chance(pairs: list[tuple[CaseResult, Mapping[str, Any]]], was_n: int, now_n
 def _common_cases(
     record: RunRecord,
     summary: SuiteSummary,
-    base_cases: Mapping[CaseKey, Mapping[str, Any]],
+    base_cases: Mapping[CaseKey, BaselineCase],
     *,
     answered_only: bool = False,
-) -> tuple[int, list[tuple[CaseResult, Mapping[str, Any]]]]:
+) -> tuple[int, list[tuple[CaseResult, BaselineCase]]]:
     """How many cases of a summary's variant and suite/mode ran now, and those the baseline
     has too, each with its baseline entry (like with like)."""
     ran = [
@@ -1090,7 +1086,7 @@ def _calibration_checks(
     name: str,
     settings: GateSettings,
     causes: list[str],
-    base_cases: Mapping[CaseKey, Mapping[str, Any]],
+    base_cases: Mapping[CaseKey, BaselineCase],
 ) -> list[Check]:
     """Coverage at the target accuracy and ECE now vs the baseline's, over common cases.
 
@@ -1107,10 +1103,10 @@ def _calibration_checks(
         if table is None:
             continue
         _ran, answered = _common_cases(record, s, base_cases, answered_only=True)
-        common = [(c.to_dict(), old) for c, old in answered]
+        common: list[tuple[JudgedCase, JudgedCase]] = list(answered)
         if not common:
             continue
-        if table.routed_field and any("routed_correct" not in old for _c, old in common):
+        if table.routed_field and any(old.routed_correct is None for _c, old in common):
             checks.append(
                 Check(
                     "calibration",
@@ -1194,14 +1190,13 @@ def _bound_check(
     )
 
 
-def _outcome(case: Mapping[str, Any], table: Calibration, signal: str) -> Outcome:
-    """One case (a run's or a baseline's dict) as calibration sees it."""
+def _outcome(case: JudgedCase, table: Calibration, signal: str) -> Outcome:
+    """One case (a run's or a baseline's) as calibration sees it."""
     from lifecycle.calibrate import Outcome
 
-    correct = case.get("routed_correct") if table.routed_field else case.get("passed")
-    key = "stated_confidence" if signal == "stated" else "answer_probability"
-    value = case.get(key)
-    return Outcome(str(case["id"]), value, bool(correct), None if value is not None else "none")
+    correct = case.routed_correct if table.routed_field else case.passed
+    value = case.stated_confidence if signal == "stated" else case.answer_probability
+    return Outcome(case.id, value, bool(correct), None if value is not None else "none")
 
 
 def _coverage(result: SignalCalibration) -> float | None:
@@ -1225,7 +1220,7 @@ def _speed_checks(
 ) -> list[Check]:
     pairs: list[tuple[str, float | None, float | None, bool]] = []  # name, old, new, lower-worse
     old_speed, old_s = _eval_speed(base.summaries)
-    new_speed, new_s = _eval_speed([s.to_dict() for s in record.summaries if s.variant == name])
+    new_speed, new_s = _eval_speed([s for s in record.summaries if s.variant == name])
     too_short = min(old_s, new_s) < MIN_SPEED_SAMPLE_S
     # Speeds measured while other processes kept the CPU busy say nothing about the engine.
     busy = [
@@ -1337,17 +1332,17 @@ def _speed_checks(
     return checks
 
 
-def _eval_speed(summaries: list[dict[str, Any]]) -> tuple[float | None, float]:
+def _eval_speed(summaries: list[SuiteSummary]) -> tuple[float | None, float]:
     """Generation tokens/sec over a variant's summaries, weighted by tokens generated, and
     the seconds of generation behind it (0 when unknown)."""
     pairs = [
-        (float(s["generation_tokens_per_s"]), int(s.get("completion_tokens") or 0))
+        (float(s.generation_tokens_per_s), int(s.completion_tokens or 0))
         for s in summaries
-        if s.get("generation_tokens_per_s")
+        if s.generation_tokens_per_s
     ]
     if not pairs:
         return None, 0.0
-    timed = [s.get("generation_s") for s in summaries if s.get("generation_tokens_per_s")]
+    timed = [s.generation_s for s in summaries if s.generation_tokens_per_s]
     if all(isinstance(t, int | float) for t in timed):
         # Timed answers only (summaries since the answer cache): their tokens and seconds.
         seconds = sum(float(t) for t in timed if t is not None)

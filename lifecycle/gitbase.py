@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lifecycle.baselines import BASELINES_DIR, Baseline, CaseKey, load_baselines
+from lifecycle.baselines import BASELINES_DIR, Baseline, BaselineCase, CaseKey, load_baselines
 from lifecycle.config import CONFIG_FILE, load_workspace
 from lifecycle.errors import LifecycleError, UsageError
 from lifecycle.gate import GateResult, GateSettings, load_gate_settings
@@ -173,16 +173,16 @@ class JudgedInputs:
     baselines: dict[str, Baseline]
     settings: GateSettings
     pinned: set[str]
-    accepted: dict[str, dict[CaseKey, dict[str, Any]]]
+    accepted: dict[str, dict[CaseKey, BaselineCase]]
 
     def over_references(
-        self, references: Mapping[str, list[dict[str, Any]]]
-    ) -> dict[str, list[dict[str, Any]]]:
+        self, references: Mapping[str, list[BaselineCase]]
+    ) -> dict[str, list[BaselineCase]]:
         """Reference runs with the acknowledged cases replaced by the change's entries."""
         out = {}
         for name, cases in references.items():
             taken = self.accepted.get(name, {})
-            out[name] = [taken.get(_key(c), c) for c in cases]
+            out[name] = [taken.get(c.key, c) for c in cases]
         return out
 
 
@@ -304,8 +304,8 @@ def review_changes(
         for name, old in sorted(base.baselines.items())
         if (new := head.baselines.get(name)) is not None
         for key, case in sorted(old.case_map().items())
-        if case.get("passed") and (now := new.case_map().get(key)) is not None
-        and not now.get("passed")
+        if case.passed and (now := new.case_map().get(key)) is not None
+        and not now.passed
     ]  # fmt: skip
     lowered = _loosened_settings(base.settings, head.settings)
     for model, suites in sorted(base.model_suites.items()):
@@ -342,7 +342,7 @@ def judged_inputs(record: RunRecord, base: Bar, head: Bar, review: BaseReview) -
             s = replace(s, threshold=floor, met_threshold=s.pass_rate >= floor)
         summaries.append(s)
     retrieval = record.retrieval if accept else _base_floors(record.retrieval, base.suites)
-    accepted: dict[str, dict[CaseKey, dict[str, Any]]] = {}
+    accepted: dict[str, dict[CaseKey, BaselineCase]] = {}
     if accept:
         changed = {(e.suite, e.case) for e in review.expectations}
         for name, new in head.baselines.items():
@@ -357,7 +357,7 @@ def judged_inputs(record: RunRecord, base: Bar, head: Bar, review: BaseReview) -
     baselines = {}
     for name, old in base.baselines.items():
         taken = accepted.get(name, {})
-        cases = [taken.get(_key(c), c) for c in old.cases] if taken else old.cases
+        cases = [taken.get(c.key, c) for c in old.cases] if taken else old.cases
         baselines[name] = replace(old, cases=cases)
     return JudgedInputs(
         record=replace(record, summaries=summaries, retrieval=retrieval),
@@ -483,10 +483,6 @@ def _plain(match: Mapping[str, Any]) -> dict[str, Any]:
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
-def _key(case: Mapping[str, Any]) -> CaseKey:
-    return (str(case["suite"]), str(case["mode"]), str(case["id"]))
 
 
 def _resolve(root: Path, ref: str) -> tuple[Any, Any]:

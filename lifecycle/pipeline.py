@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from lifecycle.baselines import Baseline, bench_by_variant, load_baselines, variant_environment
+from lifecycle.baselines import (
+    Baseline,
+    BaselineCase,
+    bench_by_variant,
+    load_baselines,
+    variant_environment,
+)
 from lifecycle.clock import utc_now
 from lifecycle.config import Workspace, cache_settings
 from lifecycle.errors import LifecycleError
@@ -404,12 +410,12 @@ def reference_runs(
     baselines: dict[str, Baseline],
     store: Store,
     say: Progress,
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, list[BaselineCase]]:
     """The pinned variants evaluated on this machine, where the gate needs them (by name)."""
     from lifecycle.runner import EvalOptions, run_eval
     from lifecycle.variants import pinned_variant, resolve_variants
 
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[BaselineCase]] = {}
     for run in record.variants:
         name = run.variant.name
         base = baselines.get(name)
@@ -430,7 +436,7 @@ def reference_runs(
         path = workspace.root / ".lifecycle" / "cache" / f"reference-{key.hexdigest()[:24]}.json"
         cached = _read_json(path)
         if cached is not None:
-            out[name] = cached["cases"]
+            out[name] = [BaselineCase.from_dict(c) for c in cached["cases"]]
             continue
         # A run made before the matrix changed may name a variant the workspace no longer
         # has: there is nothing to rebuild, so the stored baseline stands. Any other error
@@ -458,8 +464,8 @@ def reference_runs(
         )
         if reference.variants and reference.variants[0].error:
             continue
-        cases = [c.to_dict() for c in reference.cases if not c.errored]
-        atomic_write_text(path, json.dumps({"cases": cases}) + "\n")
+        cases = [BaselineCase.of(c) for c in reference.cases if not c.errored]
+        atomic_write_text(path, json.dumps({"cases": [c.to_dict() for c in cases]}) + "\n")
         out[name] = cases
     return out
 

@@ -185,8 +185,10 @@ class CaseResult:
 
 
 @dataclass(frozen=True)
-class SuiteSummary:
-    """Aggregates over the cases of one (variant, suite, mode)."""
+class SuiteSummary(Document):
+    """Aggregates over the cases of one (variant, suite, mode). Read from a file, it keeps
+    the keys it was read with (see :class:`Document`): a baseline pinned by an older tool
+    round-trips unchanged."""
 
     variant: str
     suite: str
@@ -216,13 +218,6 @@ class SuiteSummary:
     # (CaseResult.forced_tokens); None when none does.
     forced_tokens: int | None = None
     sampled_tokens: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SuiteSummary:
-        return cls(**_known(cls, data))
 
 
 @dataclass(frozen=True)
@@ -431,6 +426,7 @@ def summarise(
     prompt_evaluated = sum(c.prompt_eval_tokens for c in timed)
     decoded = sum(c.eval_tokens for c in timed)
     pass_rate = passed / n if n else 0.0
+    counts = forced_and_sampled(cases)
     return SuiteSummary(
         variant=variant,
         suite=suite,
@@ -456,7 +452,8 @@ def summarise(
             round(sum(c.completion_tokens for c in timed) / wall_s, 2) if wall_s > 0 else None
         ),
         generation_s=round(gen_ms / 1000.0, 3),
-        **forced_and_sampled(cases),
+        forced_tokens=counts["forced_tokens"],
+        sampled_tokens=counts["sampled_tokens"],
     )
 
 

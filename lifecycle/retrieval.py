@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from lifecycle.baselines import BaselineCase
 from lifecycle.checks import Check
 from lifecycle.corpus import METRICS, MODE
 from lifecycle.engines.base import EmbeddingEngine, EmbeddingModel, LoadOptions, ThreadedModel
@@ -322,7 +323,7 @@ def _errored(variant: Variant, suite: Suite, query: Any, reason: str) -> CaseRes
 def retrieval_checks(
     record: Any,
     name: str,
-    base_cases: Mapping[tuple[str, str, str], Mapping[str, Any]] | None,
+    base_cases: Mapping[tuple[str, str, str], BaselineCase] | None,
     *,
     max_drop: float,
     noise_margin: float,
@@ -368,15 +369,15 @@ def retrieval_checks(
         pairs = []
         for case_id, case in cases.items():
             old = base_cases.get((suite, MODE, case_id))
-            if old is None or not isinstance(old.get("parsed"), dict) or not case.parsed:
+            if old is None or not isinstance(old.parsed, dict) or not case.parsed:
                 continue
-            was, now = old.get("margin"), case.margin
+            was, now = old.margin, case.margin
             near_tie = (
                 was is not None and now is not None and was < noise_margin and now < noise_margin
             )
             if numeric and same_weights and near_tie:
                 continue
-            pairs.append((old["parsed"], case.parsed))
+            pairs.append((old.parsed, case.parsed))
         if not pairs:
             continue
         before = suite_metrics([p for p, _ in pairs])

@@ -81,3 +81,23 @@ def test_keys_a_newer_tool_wrote_survive_a_rewrite() -> None:
     baseline = Baseline.from_dict(entry)
     assert baseline.extra == {"judged_by": "lifecycle 9.9"}
     assert baseline.to_dict() == entry
+
+
+def test_an_older_or_newer_entry_round_trips_through_the_typed_documents() -> None:
+    """The variant, each summary and each case are typed (VariantInfo, SuiteSummary,
+    BaselineCase); a key an older tool did not write stays absent, one a newer tool wrote is
+    kept, so re-pinning another variant leaves this entry's bytes as they were."""
+    record = make_record({"a": True, "b": False})
+    data = baseline_entry(record, "tiny", None).to_dict()
+    data["variant"] = {**data["variant"], "drafting": {"kind": "prompt-lookup"}}
+    del data["variant"]["modelfile_digest"]  # an older tool's variant
+    older = {k: v for k, v in data["summaries"][0].items() if k not in ("generation_s",)}
+    data["summaries"] = [{**older, "drafted_tokens": 12}]
+    data["cases"] = [{**data["cases"][0], "judge": "llm"}, data["cases"][1]]
+    entry = Baseline.from_dict(data)
+    assert entry.variant.extra == {"drafting": {"kind": "prompt-lookup"}}
+    assert entry.summaries[0].generation_s is None and entry.cases[0].extra == {"judge": "llm"}
+    assert entry.to_dict() == data
+    assert render_json(entry.to_dict()) == render_json(data)
+    # The gate reads the typed fields whatever the file's age.
+    assert entry.case_map()[("triage", "schema", "a")].passed is True

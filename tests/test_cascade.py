@@ -9,6 +9,7 @@ tier. No mocks: the tiers are real engines answering real prompts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from test_calibrate import FIXED
 
-from lifecycle.baselines import baseline_entry
+from lifecycle.baselines import BaselineCase, baseline_entry
 from lifecycle.calibrate import (
     CaseCost,
     Outcome,
@@ -369,7 +370,7 @@ def test_gate_calibration_bounds(tiny_workspace: Path, run_cli: Run) -> None:
 
     base = baseline_entry(record, "tiny", None)
     for case in base.cases:  # the baseline keeps the signals
-        assert {"answer_probability", "routed_correct"} <= set(case)
+        assert {"answer_probability", "routed_correct"} <= set(case.to_dict())
     same = run_gate(record, {"tiny": base}, settings)
     checks = [c for c in same.checks if c.name in ("coverage_at_target", "ece")]
     assert len(checks) == 4  # 2 signals x 2 bounds; stated is skipped when it has no values
@@ -378,9 +379,14 @@ def test_gate_calibration_bounds(tiny_workspace: Path, run_cli: Run) -> None:
     # Same answers, worse calibration: hand-set baseline engine probabilities, so that the
     # baseline was perfectly calibrated (1.0 on right cases, 0.0 on wrong ones): ECE 0 and
     # every right case kept at 100% accuracy.
-    for case in base.cases:
-        case["answer_probability"] = 1.0 if case["routed_correct"] else 0.0
-    right = sum(bool(c["routed_correct"]) for c in base.cases)
+    base = dataclasses.replace(
+        base,
+        cases=[
+            dataclasses.replace(c, answer_probability=1.0 if c.routed_correct else 0.0)
+            for c in base.cases
+        ],
+    )
+    right = sum(bool(c.routed_correct) for c in base.cases)
     assert 0 < right < 4, "the tiny model needs right and wrong cases here"
     now = calibrate_outcomes(
         outcomes_for(
@@ -402,8 +408,13 @@ def test_gate_calibration_bounds(tiny_workspace: Path, run_cli: Run) -> None:
     assert not result.passed if "fail" in (ece.status, coverage.status) else result.passed
 
     # A baseline pinned before [calibration] holds no signals: skipped, with the remedy.
-    for case in base.cases:
-        del case["routed_correct"]
+    base = dataclasses.replace(
+        base,
+        cases=[
+            BaselineCase.from_dict({k: v for k, v in c.to_dict().items() if k != "routed_correct"})
+            for c in base.cases
+        ],
+    )
     old = run_gate(record, {"tiny": base}, settings)
     (skip,) = [c for c in old.checks if c.name == "calibration"]
     assert skip.status == "skip" and "re-pin" in skip.message

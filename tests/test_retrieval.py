@@ -151,7 +151,9 @@ def test_eval_pin_writes_a_digest_named_float16_sidecar(kb: Path) -> None:
     assert str(sidecar.relative_to(kb)) in result.written
     vectors = np.load(sidecar)
     assert vectors.dtype == np.float16 and vectors.shape == (len(DOCS) + len(QUERIES), 256)
-    assert "vectors" not in json.dumps(entry.cases)  # the JSON holds no vector
+    assert "vectors" not in json.dumps(
+        [c.to_dict() for c in entry.cases]
+    )  # the JSON holds no vector
     lock = read_lock(kb / "models.lock").variants["kb"]
     assert lock.extra["retrieval"]["kb"]["k"] == 3 and "reindex" not in lock.extra
 
