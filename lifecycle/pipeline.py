@@ -256,7 +256,7 @@ def run_smoke(
 
     quants = {v.name: quant_of(store, v.blob_digest) for v in variants}
     report = build_report(
-        record.to_dict(), gate, pins=pins.to_dict(), bench=bench_docs + load_docs, quants=quants
+        record, gate, pins=pins.to_dict(), bench=bench_docs + load_docs, quants=quants
     )
     html_path, md_path = write_report(report, options.report_dir or root / "reports")
     steps["report"] = time.perf_counter() - mark

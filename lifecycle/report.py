@@ -22,6 +22,7 @@ from lifecycle.baselines import bench_by_variant
 from lifecycle.fsutil import atomic_write_text
 from lifecycle.gate import GateResult
 from lifecycle.gaterender import render_markdown
+from lifecycle.results import CaseResult, RunRecord, SuiteSummary
 from lifecycle.texttable import md_cell, percent
 
 REPORT_HTML = "report.html"
@@ -38,7 +39,7 @@ class Report:
 
 
 def build_report(
-    run: dict[str, Any],
+    run: RunRecord,
     gate: GateResult | None = None,
     *,
     pins: dict[str, Any] | None = None,
@@ -46,7 +47,7 @@ def build_report(
     quants: dict[str, str | None] | None = None,
     charts: bool = True,
 ) -> Report:
-    """Render a run record (``RunRecord.to_dict()``) with the gate verdict and pin outcome.
+    """Render a run record with the gate verdict and pin outcome.
 
     ``pins`` is ``PinResult.to_dict()`` (what was pinned) or None (what *would* be pinned is
     then read from the gate); ``bench`` holds ``lifecycle bench --json`` documents; ``quants``
@@ -74,69 +75,94 @@ def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:
 # --- content ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _VariantRow:
+    """One variant's line in the report: identity, rates per mode, speeds, bench figures."""
+
+    variant: str
+    model: str
+    id: str
+    quant: str | None
+    size: int | None
+    num_ctx: Any
+    error: str | None
+    modes: dict[str, dict[str, float]]
+    pass_rate: float | None
+    json_valid_rate: float | None
+    schema_valid_rate: float | None
+    gen_tps: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    load: dict[str, Any]
+    bench_tg: float | None
+    bench_pp: float | None
+    peak_rss: int | None
+    vram: int | None
+
+
 def _variant_rows(
-    run: dict[str, Any], bench: list[dict[str, Any]], quants: dict[str, str | None]
-) -> list[dict[str, Any]]:
+    run: RunRecord, bench: list[dict[str, Any]], quants: dict[str, str | None]
+) -> list[_VariantRow]:
     figures = bench_by_variant(bench)  # a bench and a load test of one variant both count
     rows = []
-    for entry in run["variants"]:
-        v = entry["variant"]
-        name = v["name"]
-        summaries = [s for s in run["summaries"] if s["variant"] == name]
-        cases = [c for c in run["cases"] if c["variant"] == name]
+    for entry in run.variants:
+        v = entry.variant
+        name = v.name
+        summaries = [s for s in run.summaries if s.variant == name]
+        cases = [c for c in run.cases if c.variant == name]
         n = len(cases)
         fig = figures.get(name, {})
         rows.append(
-            {
-                "variant": name,
-                "model": v.get("model") or name,
-                "id": v.get("id"),
-                "quant": v.get("quant") or quants.get(name),
-                "size": v.get("blob_size"),
-                "num_ctx": (v.get("parameters") or {}).get("num_ctx"),
-                "error": entry.get("error"),
-                "summaries": summaries,
-                "modes": _mode_rates(cases),
-                "pass_rate": sum(c["passed"] for c in cases) / n if n else None,
-                "json_valid_rate": sum(c["json_valid"] for c in cases) / n if n else None,
-                "schema_valid_rate": sum(c["schema_valid"] for c in cases) / n if n else None,
-                "gen_tps": _mean([s["generation_tokens_per_s"] for s in summaries]),
-                "p50_ms": _mean([s["latency_p50_ms"] for s in summaries]),
-                "p95_ms": _mean([s.get("latency_p95_ms") for s in summaries]),
-                "load": fig.get("loadtest") or {},
-                "bench_tg": fig.get("tg_tokens_per_s"),
-                "bench_pp": fig.get("pp_tokens_per_s"),
-                "peak_rss": fig.get("peak_rss_bytes"),
-                "vram": fig.get("vram_used_bytes"),
-            }
+            _VariantRow(
+                variant=name,
+                model=v.model or name,
+                id=v.id,
+                quant=v.quant or quants.get(name),
+                size=v.blob_size,
+                num_ctx=v.parameters.get("num_ctx"),
+                error=entry.error,
+                modes=_mode_rates(cases),
+                pass_rate=sum(c.passed for c in cases) / n if n else None,
+                json_valid_rate=sum(c.json_valid for c in cases) / n if n else None,
+                schema_valid_rate=sum(c.schema_valid for c in cases) / n if n else None,
+                gen_tps=_mean([s.generation_tokens_per_s for s in summaries]),
+                p50_ms=_mean([s.latency_p50_ms for s in summaries]),
+                p95_ms=_mean([s.latency_p95_ms for s in summaries]),
+                load=fig.get("loadtest") or {},
+                bench_tg=fig.get("tg_tokens_per_s"),
+                bench_pp=fig.get("pp_tokens_per_s"),
+                peak_rss=fig.get("peak_rss_bytes"),
+                vram=fig.get("vram_used_bytes"),
+            )
         )
     return rows
 
 
-def _mode_rates(cases: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def _mode_rates(cases: list[CaseResult]) -> dict[str, dict[str, float]]:
     """Pass, JSON-valid and schema-valid rates per output mode.
 
     Kept apart because the modes measure different things: schema mode is JSON-valid by
     construction, so a total over both modes says nothing about either.
     """
     out = {}
-    for mode in sorted({c["mode"] for c in cases}):
-        in_mode = [c for c in cases if c["mode"] == mode]
+    for mode in sorted({c.mode for c in cases}):
+        in_mode = [c for c in cases if c.mode == mode]
         out[mode] = {
-            key: sum(bool(c[key]) for c in in_mode) / len(in_mode)
-            for key in ("passed", "json_valid", "schema_valid")
+            "passed": sum(c.passed for c in in_mode) / len(in_mode),
+            "json_valid": sum(c.json_valid for c in in_mode) / len(in_mode),
+            "schema_valid": sum(c.schema_valid for c in in_mode) / len(in_mode),
         }
     return out
 
 
-def _run_modes(rows: list[dict[str, Any]]) -> list[str]:
-    return sorted({mode for r in rows for mode in r["modes"]})
+def _run_modes(rows: list[_VariantRow]) -> list[str]:
+    return sorted({mode for r in rows for mode in r.modes})
 
 
-def _mode_cells(row: dict[str, Any], modes: list[str]) -> list[str]:
+def _mode_cells(row: _VariantRow, modes: list[str]) -> list[str]:
     cells = []
     for mode in modes:
-        rates = row["modes"].get(mode)
+        rates = row.modes.get(mode)
         for key in ("passed", "json_valid", "schema_valid"):
             cells.append(percent(rates[key]) if rates else "-")
     return cells
@@ -155,10 +181,8 @@ def threads_text(value: Any) -> str:
 
 
 def _failing_in_order(
-    run: dict[str, Any], gate: GateResult | None
-) -> tuple[
-    list[dict[str, Any]], list[tuple[str, list[dict[str, Any]]]], set[tuple[str, str, str, str]]
-]:
+    run: RunRecord, gate: GateResult | None
+) -> tuple[list[CaseResult], list[tuple[str, list[CaseResult]]], set[tuple[str, str, str, str]]]:
     """Failing cases as (regressions, [(reason kind, cases)], regressed keys).
 
     Regressions are what a reviewer must read; they come first. The rest are grouped by the
@@ -166,21 +190,21 @@ def _failing_in_order(
     alike "not JSON" rows read as one group instead of burying everything after them.
     """
     regressed = {(r.variant, r.suite, r.mode, r.case) for r in gate.regressions} if gate else set()
-    failing = [c for c in run["cases"] if not c["passed"]]
-    first = [c for c in failing if (c["variant"], c["suite"], c["mode"], c["id"]) in regressed]
-    groups: dict[str, list[dict[str, Any]]] = {}
+    failing = [c for c in run.cases if not c.passed]
+    first = [c for c in failing if (c.variant, c.suite, c.mode, c.id) in regressed]
+    groups: dict[str, list[CaseResult]] = {}
     for c in failing:
-        if (c["variant"], c["suite"], c["mode"], c["id"]) not in regressed:
+        if (c.variant, c.suite, c.mode, c.id) not in regressed:
             groups.setdefault(_reason_kind(c), []).append(c)
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     return first, ordered, regressed
 
 
-def _reason_kind(case: dict[str, Any]) -> str:
+def _reason_kind(case: CaseResult) -> str:
     """A heading for the failure: "not JSON", "schema invalid", "wrong category", ..."""
-    if case.get("error"):
+    if case.errored:
         return "engine error"
-    reason = case.get("reason") or ""
+    reason = case.reason or ""
     # "not JSON (Extra data …): …", "schema: $.x …", "category: expected …": the part before.
     head = reason.split(":", 1)[0].split(" (", 1)[0].strip()
     if head in ("not JSON", ""):
@@ -189,14 +213,14 @@ def _reason_kind(case: dict[str, Any]) -> str:
 
 
 def _would_pin(
-    run: dict[str, Any], gate: GateResult | None, pins: dict[str, Any] | None
+    run: RunRecord, gate: GateResult | None, pins: dict[str, Any] | None
 ) -> list[tuple[str, str]]:
     """(variant, status) for every variant: pinned/unchanged/refused, or would/would not."""
     if pins is not None:
         return [(c["variant"], c["status"]) for c in pins["changes"]]
     out = []
-    for entry in run["variants"]:
-        name = entry["variant"]["name"]
+    for entry in run.variants:
+        name = entry.variant.name
         verdict = gate.verdict(name) if gate else None
         if verdict is None:
             out.append((name, "not gated"))
@@ -206,17 +230,17 @@ def _would_pin(
 
 
 def _markdown(
-    run: dict[str, Any],
+    run: RunRecord,
     gate: GateResult | None,
-    rows: list[dict[str, Any]],
+    rows: list[_VariantRow],
     would_pin: list[tuple[str, str]],
     pins: dict[str, Any] | None,
     verdict: str,
 ) -> str:
     lines = [f"# lifecycle report — {verdict.upper()}", ""]
-    env = run["environment"]
+    env = run.environment
     lines.append(
-        f"Run `{run['run_id']}` finished {run['finished_at']}; {env.get('engine_version')}, "
+        f"Run `{run.run_id}` finished {run.finished_at}; {env.get('engine_version')}, "
         f"{env.get('cpu')}, threads {threads_text(env.get('threads'))}."
     )
     lines += ["", "## Pins", ""]
@@ -227,7 +251,7 @@ def _markdown(
     modes = _run_modes(rows)
     mode_heads = [f"{m} {k}" for m in modes for k in ("pass", "JSON-valid", "schema-valid")]
     heads = ["variant", "quant", "size", *mode_heads, "latency p50/p95 ms"]
-    served = any(r["load"] for r in rows)
+    served = any(r.load for r in rows)
     heads += ["served p95 ms (SLA)"] if served else []
     heads += ["gen tok/s", "bench tg tok/s", "peak RSS"]
     lines += ["", "## Variants", ""]
@@ -237,15 +261,15 @@ def _markdown(
     ]
     for r in rows:
         cells = [
-            md_cell(r["variant"]),
-            r["quant"] or "-",
-            _size(r["size"]),
+            md_cell(r.variant),
+            r.quant or "-",
+            _size(r.size),
             *_mode_cells(r, modes),
-            f"{_one_decimal(r['p50_ms'])}/{_one_decimal(r['p95_ms'])}",
-            *([served_latency(r["load"])] if served else []),
-            _one_decimal(r["gen_tps"]),
-            _one_decimal(r["bench_tg"]),
-            _size(r["peak_rss"]),
+            f"{_one_decimal(r.p50_ms)}/{_one_decimal(r.p95_ms)}",
+            *([served_latency(r.load)] if served else []),
+            _one_decimal(r.gen_tps),
+            _one_decimal(r.bench_tg),
+            _size(r.peak_rss),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "### Per suite and mode", ""]
@@ -253,10 +277,10 @@ def _markdown(
         "| variant | suite | mode | passed | rate | threshold | tokens forced |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for s in run["summaries"]:
+    for s in run.summaries:
         lines.append(
-            f"| {md_cell(s['variant'])} | {s['suite']} | {s['mode']} | "
-            f"{s['passed']}/{s['cases']} | {percent(s['pass_rate'])} | {percent(s['threshold'])} | "
+            f"| {md_cell(s.variant)} | {s.suite} | {s.mode} | "
+            f"{s.passed}/{s.cases} | {percent(s.pass_rate)} | {percent(s.threshold)} | "
             f"{forced_share(s)} |"
         )
     lines.append("")
@@ -273,22 +297,21 @@ def _markdown(
             lines += [f"### {md_cell(title)} ({len(cases)})", ""]
             for c in cases:
                 lines.append(
-                    f"- **{md_cell(c['variant'])}** {c['suite']}/{c['mode']} `{c['id']}`: "
-                    f"{md_cell(c['reason'])}"
+                    f"- **{md_cell(c.variant)}** {c.suite}/{c.mode} `{c.id}`: {md_cell(c.reason)}"
                 )
-                body = [f"expected: {json.dumps(c['expected'], ensure_ascii=False)}"]
-                body.append(f"output:   {c['output'].strip()}")
-                if c.get("diff"):
-                    body += ["", c["diff"]]
+                body = [f"expected: {json.dumps(c.expected, ensure_ascii=False)}"]
+                body.append(f"output:   {c.output.strip()}")
+                if c.diff:
+                    body += ["", c.diff]
                 lines += ["  ```", *[f"  {x}" for x in "\n".join(body).splitlines()], "  ```"]
             lines.append("")
     return "\n".join(lines)
 
 
 def _html(
-    run: dict[str, Any],
+    run: RunRecord,
     gate: GateResult | None,
-    rows: list[dict[str, Any]],
+    rows: list[_VariantRow],
     would_pin: list[tuple[str, str]],
     pins: dict[str, Any] | None,
     verdict: str,
@@ -296,14 +319,14 @@ def _html(
 ) -> str:
     e = html.escape
     colour = {"promote": "#1a7f37", "do not promote": "#cf222e"}.get(verdict, "#57606a")
-    env = run["environment"]
+    env = run.environment
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>lifecycle report {e(run['run_id'])}</title>",
+        f"<title>lifecycle report {e(run.run_id)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f'<div class="verdict" style="background:{colour}">{e(verdict.upper())}</div>',
-        f"<p>Run <code>{e(run['run_id'])}</code> finished {e(run['finished_at'])}; "
+        f"<p>Run <code>{e(run.run_id)}</code> finished {e(run.finished_at)}; "
         f"{e(str(env.get('engine_version')))}, {e(str(env.get('cpu')))}, "
         f"threads {e(threads_text(env.get('threads')))}.</p>",
         "<h2>Pins</h2><ul>",
@@ -338,14 +361,14 @@ def _html(
                 )
     modes = _run_modes(rows)
     measures = {
-        "gen tok/s": [_one_decimal(r["gen_tps"]) for r in rows],
-        "p50 ms": [_one_decimal(r["p50_ms"]) for r in rows],
-        "p95 ms": [_one_decimal(r["p95_ms"]) for r in rows],
-        "served p95 ms (SLA)": [served_latency(r["load"]) for r in rows],
-        "bench pp tok/s": [_one_decimal(r["bench_pp"]) for r in rows],
-        "bench tg tok/s": [_one_decimal(r["bench_tg"]) for r in rows],
-        "peak RSS": [_size(r["peak_rss"]) for r in rows],
-        "VRAM": [_size(r["vram"]) for r in rows],
+        "gen tok/s": [_one_decimal(r.gen_tps) for r in rows],
+        "p50 ms": [_one_decimal(r.p50_ms) for r in rows],
+        "p95 ms": [_one_decimal(r.p95_ms) for r in rows],
+        "served p95 ms (SLA)": [served_latency(r.load) for r in rows],
+        "bench pp tok/s": [_one_decimal(r.bench_pp) for r in rows],
+        "bench tg tok/s": [_one_decimal(r.bench_tg) for r in rows],
+        "peak RSS": [_size(r.peak_rss) for r in rows],
+        "VRAM": [_size(r.vram) for r in rows],
     }
     # Columns nothing was measured for (no bench given, no GPU) only widen the table.
     after = [h for h, values in measures.items() if any(v != "-" for v in values)]
@@ -358,22 +381,22 @@ def _html(
     parts.append("</tr>")
     for i, r in enumerate(rows):
         cells = [
-            r["variant"],
-            r["quant"] or "-",
-            _size(r["size"]),
+            r.variant,
+            r.quant or "-",
+            _size(r.size),
             *_mode_cells(r, modes),
             *[measures[h][i] for h in after],
         ]
         parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
     parts.append("</table>")
-    models: dict[str, list[dict[str, Any]]] = {}
+    models: dict[str, list[_VariantRow]] = {}
     for r in rows:
-        models.setdefault(r["model"], []).append(r)
+        models.setdefault(r.model, []).append(r)
     compared = {m: rs for m, rs in models.items() if len(rs) > 1}
     if compared:
         parts.append("<h2>Quant comparison</h2>")
         for model, rs in compared.items():
-            best = max(rs, key=lambda r: (r["pass_rate"] or 0, r["gen_tps"] or 0))
+            best = max(rs, key=lambda r: (r.pass_rate or 0, r.gen_tps or 0))
             mode_heads = "".join(f"<th>{e(m)} pass</th>" for m in modes)
             parts.append(
                 f"<h3>{e(model)}</h3><table><tr><th>variant</th><th>quant</th>"
@@ -382,25 +405,25 @@ def _html(
             for r in rs:
                 mark = " ★" if r is best else ""
                 passes = "".join(
-                    f"<td>{percent(r['modes'][m]['passed']) if m in r['modes'] else '-'}</td>"
+                    f"<td>{percent(r.modes[m]['passed']) if m in r.modes else '-'}</td>"
                     for m in modes
                 )
                 parts.append(
-                    f"<tr><td>{e(r['variant'])}{mark}</td><td>{e(str(r['quant'] or '-'))}</td>"
-                    f"<td>{_size(r['size'])}</td>{passes}"
-                    f"<td>{_one_decimal(r['gen_tps'])}</td><td>{_size(r['peak_rss'])}</td></tr>"
+                    f"<tr><td>{e(r.variant)}{mark}</td><td>{e(str(r.quant or '-'))}</td>"
+                    f"<td>{_size(r.size)}</td>{passes}"
+                    f"<td>{_one_decimal(r.gen_tps)}</td><td>{_size(r.peak_rss)}</td></tr>"
                 )
             parts.append("</table>")
     parts.append(
         "<h2>Per suite and mode</h2><table><tr><th>variant</th><th>suite</th>"
         "<th>mode</th><th>passed</th><th>rate</th><th>threshold</th><th>tokens forced</th></tr>"
     )
-    for s in run["summaries"]:
-        cls = "" if s["met_threshold"] else " class='bad'"
+    for s in run.summaries:
+        cls = "" if s.met_threshold else " class='bad'"
         parts.append(
-            f"<tr{cls}><td>{e(s['variant'])}</td><td>{e(s['suite'])}</td><td>{e(s['mode'])}</td>"
-            f"<td>{s['passed']}/{s['cases']}</td><td>{percent(s['pass_rate'])}</td>"
-            f"<td>{percent(s['threshold'])}</td><td>{e(forced_share(s))}</td></tr>"
+            f"<tr{cls}><td>{e(s.variant)}</td><td>{e(s.suite)}</td><td>{e(s.mode)}</td>"
+            f"<td>{s.passed}/{s.cases}</td><td>{percent(s.pass_rate)}</td>"
+            f"<td>{percent(s.threshold)}</td><td>{e(forced_share(s))}</td></tr>"
         )
     parts.append("</table>")
     parts += _calibration_html(run)
@@ -421,15 +444,15 @@ def _html(
         for title, cases in sections:
             parts.append(f"<h3>{e(title)} ({len(cases)})</h3>")
             for case in cases:
-                key = (case["variant"], case["suite"], case["mode"], case["id"])
+                key = (case.variant, case.suite, case.mode, case.id)
                 tag = " <span class='bad'>REGRESSION</span>" if key in regressed else ""
                 parts.append(
-                    f"<details{' open' if tag else ''}><summary>{e(case['variant'])} "
-                    f"{e(case['suite'])}/{e(case['mode'])} <code>{e(case['id'])}</code>: "
-                    f"{e(case['reason'])}{tag}</summary>"
-                    f"<pre>expected: {e(json.dumps(case['expected'], ensure_ascii=False))}\n"
-                    f"output:   {e(case['output'])}"
-                    + (f"\n\n{e(case['diff'])}" if case.get("diff") else "")
+                    f"<details{' open' if tag else ''}><summary>{e(case.variant)} "
+                    f"{e(case.suite)}/{e(case.mode)} <code>{e(case.id)}</code>: "
+                    f"{e(case.reason)}{tag}</summary>"
+                    f"<pre>expected: {e(json.dumps(case.expected, ensure_ascii=False))}\n"
+                    f"output:   {e(case.output)}"
+                    + (f"\n\n{e(case.diff)}" if case.diff else "")
                     + "</pre></details>"
                 )
     parts.append("</body></html>")
@@ -440,28 +463,26 @@ def _html(
 
 
 def _charts(
-    run: dict[str, Any], rows: list[dict[str, Any]], bench: list[dict[str, Any]]
+    run: RunRecord, rows: list[_VariantRow], bench: list[dict[str, Any]]
 ) -> list[tuple[str, str]]:
     """(title, base64 PNG) pairs."""
     from lifecycle.charts import grouped_bar_figure
 
     images = []
-    groups = sorted({f"{s['suite']}/{s['mode']}" for s in run["summaries"]})
-    names = [r["variant"] for r in rows]
+    groups = sorted({f"{s.suite}/{s.mode}" for s in run.summaries})
+    names = [r.variant for r in rows]
     if groups and names:
-        rates = {
-            (s["variant"], f"{s['suite']}/{s['mode']}"): s["pass_rate"] for s in run["summaries"]
-        }
+        rates = {(s.variant, f"{s.suite}/{s.mode}"): s.pass_rate for s in run.summaries}
         series = [(group, [rates.get((name, group)) for name in names]) for group in groups]
         fig = grouped_bar_figure(
             names, series, title="pass rate per variant", ylabel="pass rate", percent=True
         )
         images.append(("pass rate per variant", _png(fig)))
     images += _reliability_image(run)  # next to the pass rates
-    if any(r["gen_tps"] or r["bench_tg"] for r in rows):
+    if any(r.gen_tps or r.bench_tg for r in rows):
         series = [
-            ("eval generation", [r["gen_tps"] for r in rows]),
-            ("bench tg", [r["bench_tg"] for r in rows]),
+            ("eval generation", [r.gen_tps for r in rows]),
+            ("bench tg", [r.bench_tg for r in rows]),
         ]
         fig = grouped_bar_figure(names, series, title="generation speed", ylabel="tokens/s")
         images.append(("generation speed", _png(fig)))
@@ -480,11 +501,11 @@ def _charts(
 # --- calibration (suites with [calibration]: the confidence signals the eval recorded) -------
 
 
-def _calibration_rows(run: dict[str, Any]) -> list[list[str]]:
+def _calibration_rows(run: RunRecord) -> list[list[str]]:
     from lifecycle.calibrate import calibrate_record_cases
 
     rows = []
-    for group in calibrate_record_cases(run["cases"]).groups:
+    for group in calibrate_record_cases([c.to_dict() for c in run.cases]).groups:
         for s in group.signals:
             rows.append(
                 [
@@ -511,7 +532,7 @@ _CALIBRATION_HEADS = [
 ]
 
 
-def _calibration_markdown(run: dict[str, Any]) -> list[str]:
+def _calibration_markdown(run: RunRecord) -> list[str]:
     rows = _calibration_rows(run)
     if not rows:
         return []
@@ -530,7 +551,7 @@ def _calibration_markdown(run: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _calibration_html(run: dict[str, Any]) -> list[str]:
+def _calibration_html(run: RunRecord) -> list[str]:
     rows = _calibration_rows(run)
     if not rows:
         return []
@@ -546,10 +567,10 @@ def _calibration_html(run: dict[str, Any]) -> list[str]:
     return parts
 
 
-def _reliability_image(run: dict[str, Any]) -> list[tuple[str, str]]:
+def _reliability_image(run: RunRecord) -> list[tuple[str, str]]:
     from lifecycle.calibrate import calibrate_record_cases, reliability_chart
 
-    report = calibrate_record_cases(run["cases"])
+    report = calibrate_record_cases([c.to_dict() for c in run.cases])
     if not report.groups:
         return []
     with tempfile.TemporaryDirectory() as tmp:
@@ -579,9 +600,9 @@ figure{display:inline-block;margin:.5em}img{max-width:100%}
 """.strip()
 
 
-def forced_share(summary: dict[str, Any]) -> str:
+def forced_share(summary: SuiteSummary) -> str:
     """Schema mode's output tokens the grammar forced, of all: ``64% (2162 of 3360)``."""
-    forced, sampled = summary.get("forced_tokens"), summary.get("sampled_tokens")
+    forced, sampled = summary.forced_tokens, summary.sampled_tokens
     if forced is None or sampled is None or forced + sampled == 0:
         return "-"
     return f"{percent(forced / (forced + sampled))} ({forced} of {forced + sampled})"

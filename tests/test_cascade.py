@@ -468,7 +468,7 @@ def test_report_shows_calibration_next_to_the_pass_rates() -> None:
         summaries=[summarise(cases, variant="v", suite="s", mode="schema", threshold=0.5)],
         cases=cases,
     )
-    report = build_report(record.to_dict())
+    report = build_report(record)
     # The hand-computed figures of FIXED (test_calibrate): ECE 0.35, Brier 1.165 / 6.
     assert "| v | s/schema | stated | 6/7 | 57% | 0.350 | 0.194 |" in report.markdown
     assert "<h2>Calibration</h2>" in report.html
@@ -477,7 +477,7 @@ def test_report_shows_calibration_next_to_the_pass_rates() -> None:
     # A run without signals has no calibration section.
     plain = [CaseResult.from_dict({**_case(o), "stated_confidence_note": None}) for o in FIXED[:1]]
     record.cases = [replace_conf(c) for c in plain]
-    assert "Calibration" not in build_report(record.to_dict(), charts=False).markdown
+    assert "Calibration" not in build_report(record, charts=False).markdown
 
 
 def replace_conf(case: object) -> object:

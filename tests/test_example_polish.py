@@ -89,7 +89,7 @@ def test_report_header_tables_and_failing_order() -> None:
     gate = run_gate(now, {"tiny": baseline_entry(base, "tiny", None)}, GateSettings())
     assert [r.case for r in gate.regressions] == ["b"]
 
-    report = build_report(now.to_dict(), gate, charts=False)
+    report = build_report(now, gate, charts=False)
     page = report.html
     header = re.search(r"<p>Run .*?</p>", page, re.S)
     assert header and "threads 2." in header.group(0)

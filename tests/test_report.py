@@ -13,6 +13,7 @@ from _promote import make_record, schema_only
 from lifecycle.baselines import baseline_entry
 from lifecycle.gate import GateSettings, run_gate
 from lifecycle.report import build_report, write_report
+from lifecycle.results import SuiteSummary
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -40,7 +41,7 @@ def test_html_is_self_contained_and_escapes_model_output(tmp_path: Path) -> None
             for n in (512, 1024, 2048)
         ],
     }  # fmt: skip
-    report = build_report(now.to_dict(), gate, bench=[bench])
+    report = build_report(now, gate, bench=[bench])
     assert report.verdict == "do not promote"
     page = report.html
     assert "<script>" not in page and "&lt;script&gt;" in page
@@ -71,6 +72,11 @@ def test_report_cli(tiny_workspace: Path, run_cli: Run, tmp_path: Path) -> None:
 def test_the_forced_share_of_schema_tokens() -> None:
     from lifecycle.report import forced_share
 
-    assert forced_share({"forced_tokens": 2162, "sampled_tokens": 1198}) == "64% (2162 of 3360)"
-    assert forced_share({"forced_tokens": None, "sampled_tokens": None}) == "-"  # free mode
-    assert forced_share({}) == "-"  # a record from before the counts
+    (summary,) = make_record({"a": True}).summaries
+    counted = dataclasses.replace(summary, forced_tokens=2162, sampled_tokens=1198)
+    assert forced_share(counted) == "64% (2162 of 3360)"
+    free = dataclasses.replace(summary, forced_tokens=None, sampled_tokens=None)
+    assert forced_share(free) == "-"  # free mode
+    counts = ("forced_tokens", "sampled_tokens")
+    before = {k: v for k, v in summary.to_dict().items() if k not in counts}
+    assert forced_share(SuiteSummary.from_dict(before)) == "-"  # a record from before the counts

@@ -194,7 +194,7 @@ def report_command(
     store = Store(workspace.home)
     quants = {v.variant.name: quant_of(store, v.variant.blob_digest) for v in record.variants}
     docs = [_read_json(p) for p in bench_files]
-    report = build_report(record.to_dict(), gate, bench=docs, quants=quants)
+    report = build_report(record, gate, bench=docs, quants=quants)
     html_path, md_path = write_report(report, out_dir or workspace.root / "reports")
     document = {"verdict": report.verdict, "html": str(html_path), "markdown": str(md_path)}
     emit(as_json, document, lambda: f"{report.verdict}: {html_path}, {md_path}")
