@@ -15,7 +15,10 @@ record's ``load_ms`` and per-case ``latency_ms``; the bare script's own clocks),
 speed (and the load on a shared machine) mostly cancels out. ``excess`` is eval's fixed cost
 minus the bare loop's in the same round: what the tool adds to a run (target: under 0.5 s).
 The sources are byte-compiled first: an installed package has its ``.pyc`` files, and with
-``PYTHONDONTWRITEBYTECODE`` set every run would otherwise recompile the whole package.
+``PYTHONDONTWRITEBYTECODE`` set every run would otherwise recompile the whole package. Every
+side runs from a directory without a ``lifecycle`` package (``python -m`` and ``-c`` put the
+working directory first on ``sys.path``, so run from a checkout both trees would run the
+checkout's code), and each tree is checked to import its own ``lifecycle`` before the rounds.
 
     python benchmarks/startup.py [--limit 8] [--rounds 5] [--mode free|schema]
                                  [--baseline-tree DIR]
@@ -78,6 +81,10 @@ def main() -> int:
         compileall.compile_dir(tree / "lifecycle", quiet=1)
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
+        neutral = Path(tmp) / "cwd"  # no `lifecycle` here: PYTHONPATH decides which tree runs
+        neutral.mkdir()
+        for tree in trees.values():
+            _check_tree(py, tree, neutral)
         job_path = Path(tmp) / "job.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
         sides: dict[str, tuple[list[str], dict[str, str]]] = {
@@ -97,43 +104,47 @@ def main() -> int:
                 )
         loads = [os.getloadavg()[0]]
         for name, (command, env) in sides.items():  # warm-up: page cache, canary cache
-            _run(name, command, env)
+            _run(name, command, env, neutral)
         walls: dict[str, list[float]] = {name: [] for name in sides}
         fixed: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(args.rounds):
             for name, (command, env) in sides.items():
-                wall, work = _run(name, command, env)
+                wall, work = _run(name, command, env, neutral)
                 walls[name].append(wall)
                 fixed[name].append(wall - work)
             loads.append(os.getloadavg()[0])
             row = ", ".join(f"{name} {values[-1]:.2f}" for name, values in fixed.items())
             print(f"round {len(loads) - 1}: fixed cost (s) {row}", flush=True)
 
-    bare_name = "bare llama-cpp-python"
-    print(
-        f"{args.limit} cases, {args.mode} mode, {variant}, --parallel 1; {args.rounds} rounds "
-        f"after a warm-up; {os.cpu_count()} CPUs, load average {min(loads):.1f}-{max(loads):.1f}"
-    )
-    print(f"  {'side':24} {'wall':>8} {'fixed cost':>11} {'excess over bare':>17}")
-    for name in sides:
-        excess = [f - b for f, b in zip(fixed[name], fixed[bare_name], strict=True)]
+        bare_name = "bare llama-cpp-python"
         print(
-            f"  {name:24} {statistics.median(walls[name]):6.2f} s "
-            f"{statistics.median(fixed[name]):9.2f} s "
-            + ("" if name == bare_name else f"{statistics.median(excess):+15.2f} s")
+            f"{args.limit} cases, {args.mode} mode, {variant}, --parallel 1; {args.rounds} rounds "
+            f"after a warm-up; {os.cpu_count()} CPUs, "
+            f"load average {min(loads):.1f}-{max(loads):.1f}"
         )
-    print("  (medians; fixed cost = wall - model load - generation; excess paired per round)")
-    floor = _median_wall([py, "-c", "pass"])
-    engine = _median_wall([py, "-c", "import llama_cpp"])
-    print(f"python -c pass {floor:.3f} s; import llama_cpp {engine:.3f} s")
-    for name, tree in trees.items():
-        env = {**os.environ, "PYTHONPATH": str(tree)}
-        cli = _median_wall([py, "-c", "import lifecycle.cli"], env=env)
-        runner = _median_wall([py, "-c", "import llama_cpp, lifecycle.runner"], env=env)
-        print(
-            f"{name}: import lifecycle.cli {cli:.3f} s; lifecycle.runner on top of llama_cpp "
-            f"{runner - engine:+.3f} s"
-        )
+        print(f"  {'side':24} {'wall':>8} {'fixed cost':>11} {'excess over bare':>17}")
+        for name in sides:
+            excess = [f - b for f, b in zip(fixed[name], fixed[bare_name], strict=True)]
+            print(
+                f"  {name:24} {statistics.median(walls[name]):6.2f} s "
+                f"{statistics.median(fixed[name]):9.2f} s "
+                + ("" if name == bare_name else f"{statistics.median(excess):+15.2f} s")
+            )
+        print("  (medians; fixed cost = wall - model load - generation; excess paired per round)")
+        floor = _median_wall([py, "-c", "pass"], neutral)
+        engine = _median_wall([py, "-c", "import llama_cpp"], neutral)
+        print(f"python -c pass {floor:.3f} s; import llama_cpp {engine:.3f} s")
+        for name, tree in trees.items():
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            cli = _median_wall([py, "-c", "import lifecycle.cli"], neutral, env=env)
+            runner = _median_wall(
+                [py, "-c", "import llama_cpp, lifecycle.runner"], neutral, env=env
+            )
+            print(
+                f"{name}: import lifecycle.cli {cli:.3f} s; lifecycle.runner on top of llama_cpp "
+                f"{runner - engine:+.3f} s"
+            )
+
     return 0
 
 
@@ -154,10 +165,27 @@ def _copy_workspace(tree: Path, workspace: Path) -> None:
             shutil.copy2(source, workspace / name)
 
 
-def _run(name: str, command: list[str], env: dict[str, str]) -> tuple[float, float]:
+def _check_tree(py: str, tree: Path, cwd: Path) -> None:
+    """Fail unless ``PYTHONPATH=tree`` imports that tree's ``lifecycle`` from ``cwd``."""
+    done = subprocess.run(
+        [py, "-c", "import lifecycle; print(lifecycle.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+    )
+    found = Path(done.stdout.strip()).resolve()
+    if not found.is_relative_to(tree.resolve()):
+        sys.exit(f"PYTHONPATH={tree} imports lifecycle from {found}, not from that tree")
+
+
+def _run(name: str, command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, model load + generation seconds) of one run of a side."""
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env})
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, **env}, cwd=cwd
+    )
     wall = time.perf_counter() - started
     if done.returncode not in (0, 3):
         sys.exit(f"{name} failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -215,11 +243,13 @@ def _work_s(doc: dict[str, object]) -> float:
     return (load_ms + sum(float(c["latency_ms"]) for c in cases)) / 1000.0  # type: ignore[attr-defined]
 
 
-def _median_wall(command: list[str], n: int = 5, env: dict[str, str] | None = None) -> float:
+def _median_wall(
+    command: list[str], cwd: Path, n: int = 5, env: dict[str, str] | None = None
+) -> float:
     times = []
     for _ in range(n):
         started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, env=env)
+        subprocess.run(command, check=True, capture_output=True, env=env, cwd=cwd)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
