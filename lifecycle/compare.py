@@ -127,8 +127,8 @@ class CompareReport:
     token_settings: dict[str, Any] | None
     thresholds: Thresholds
     eval_run_id: str | None
-    variants: list[dict[str, Any]]
-    verdict: dict[str, Any]
+    variants: list[CompareEntry]
+    verdict: CompareVerdict
     run_record: RunRecord | None = None
     chart: Path | None = None
     chart_error: str | None = None
@@ -144,8 +144,8 @@ class CompareReport:
             "token_settings": self.token_settings,
             "thresholds": self.thresholds.to_dict(),
             "eval_run_id": self.eval_run_id,
-            "variants": self.variants,
-            "verdict": self.verdict,
+            "variants": [v.to_dict() for v in self.variants],
+            "verdict": self.verdict.to_dict(),
             "compare_id": self.compare_id,
         }
         if self.chart_error is not None:
@@ -154,6 +154,102 @@ class CompareReport:
         if self.eval_run is not None:
             document["eval_run"] = str(self.eval_run)
         return document
+
+
+@dataclass
+class CompareEntry:
+    """One subject's entry in a comparison, filled in pass by pass: the text pass
+    (``token_quality``), the eval pass (``task_quality``), an embedding comparison's
+    retrieval pass (``embedding_quality``), then the checks against the thresholds. A pass
+    that could not measure a subject says why in its ``*_skipped``. ``cost`` gathers the
+    file's size and what each pass measured of speed and memory."""
+
+    name: str
+    kind: str  # "variant" or "file"
+    path: str
+    digest: str | None
+    quant: str | None
+    is_reference: bool
+    cost: dict[str, Any]
+    token_quality: dict[str, Any] | None = None
+    token_quality_skipped: str | None = None
+    task_quality: dict[str, Any] | None = None
+    task_quality_skipped: str | None = None
+    # An embedding comparison (lifecycle.comparevectors) has these; None: not one.
+    embedding_quality: dict[str, Any] | None = None
+    embedding_quality_skipped: str | None = None
+    embedding: bool = False
+    checks: list[CompareCheck] = field(default_factory=list)
+
+    @property
+    def within_thresholds(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def skipped(self, dimension: str) -> str | None:
+        """Why the pass of ``dimension`` ("token_quality", ...) measured nothing."""
+        return {
+            "token_quality": self.token_quality_skipped,
+            "task_quality": self.task_quality_skipped,
+            "embedding_quality": self.embedding_quality_skipped,
+        }.get(dimension)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "path": self.path,
+            "digest": self.digest,
+            "quant": self.quant,
+            "is_reference": self.is_reference,
+            "token_quality": self.token_quality,
+            "token_quality_skipped": self.token_quality_skipped,
+            "task_quality": self.task_quality,
+            "task_quality_skipped": self.task_quality_skipped,
+            "cost": self.cost,
+        }
+        if self.embedding:
+            out["embedding_quality"] = self.embedding_quality
+            if self.embedding_quality is None:
+                out["embedding_quality_skipped"] = self.embedding_quality_skipped
+        out["checks"] = [c.to_dict() for c in self.checks]
+        out["within_thresholds"] = self.within_thresholds
+        return out
+
+
+@dataclass(frozen=True)
+class CompareCheck:
+    """One threshold against a subject's measurement; unmeasured (``value`` None) is not
+    within, and ``note`` says why it was not measured."""
+
+    check: str
+    value: float | None
+    limit: float
+    ok: bool
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "check": self.check,
+            "value": self.value,
+            "limit": self.limit,
+            "ok": self.ok,
+        }
+        if self.value is None:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True)
+class CompareVerdict:
+    """The smallest subject within the thresholds (``choice``; None: none is), every subject
+    within them, and one sentence."""
+
+    choice: str | None
+    within: list[str]
+    summary: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"choice": self.choice, "within": self.within, "summary": self.summary}
 
 
 @dataclass(frozen=True)
@@ -222,27 +318,26 @@ def compare(
     if reference.name != subjects[0].name:
         subjects = [reference, *[s for s in subjects if s.name != reference.name]]
 
-    entries: dict[str, dict[str, Any]] = {
-        s.name: {
-            **s.describe(),
-            "quant": infos[s.name]["file_type"],
-            "is_reference": s.name == reference.name,
-            "token_quality": None,
-            "token_quality_skipped": None,
-            "task_quality": None,
-            "task_quality_skipped": None,
-            "cost": {
+    entries: dict[str, CompareEntry] = {
+        s.name: CompareEntry(
+            name=s.name,
+            kind=s.kind,
+            path=str(s.path),
+            digest=s.digest,
+            quant=infos[s.name]["file_type"],
+            is_reference=s.name == reference.name,
+            cost={
                 "file_size_bytes": s.path.stat().st_size,
                 "bits_per_weight": infos[s.name]["bits_per_weight"],
             },
-        }
+        )
         for s in subjects
     }
 
     text_settings: dict[str, Any] = {}
     if embedding:
         for entry in entries.values():
-            entry["token_quality_skipped"] = comparevectors.TOKEN_SKIP
+            entry.token_quality_skipped = comparevectors.TOKEN_SKIP
     elif options.token_quality:
         threads = options.threads or (workspace.engine.threads if workspace else 0)
         text_settings = _token_pass(
@@ -270,22 +365,22 @@ def compare(
                 if run_record
                 else None
             )
-            entry["embedding_quality"] = quality
+            entry.embedding = True
+            entry.embedding_quality = quality
             if quality is None:
-                entry["embedding_quality_skipped"] = (
-                    entry["task_quality_skipped"] or "the variant has no retrieval results"
+                entry.embedding_quality_skipped = (
+                    entry.task_quality_skipped or "the variant has no retrieval results"
                 )
-            entry["cost"]["texts_per_s"] = (
+            entry.cost["texts_per_s"] = (
                 comparevectors.embed_rate(run_record, name) if run_record else None
             )
 
     measured = {
         "token_quality": options.token_quality and not embedding,
-        "task_quality": any(e["task_quality"] for e in entries.values()),
+        "task_quality": any(e.task_quality for e in entries.values()),
     }
     for entry in entries.values():
-        entry["checks"] = _checks(entry, thresholds, measured)
-        entry["within_thresholds"] = all(c["ok"] for c in entry["checks"])
+        entry.checks = _checks(entry, thresholds, measured)
     created = now()
     return CompareReport(
         compare_id=_compare_id(created, list(entries.values())),
@@ -396,7 +491,7 @@ def resolve_subjects(
 def _token_pass(
     subjects: list[Subject],
     reference: Subject,
-    entries: dict[str, dict[str, Any]],
+    entries: dict[str, CompareEntry],
     text: str,
     n_ctx: int,
     chunks: int | None,
@@ -416,7 +511,7 @@ def _token_pass(
     for subject in subjects:
         entry = entries[subject.name]
         if ref_scores is None and subject is not reference:
-            entry["token_quality_skipped"] = "the reference could not be scored"
+            entry.token_quality_skipped = "the reference could not be scored"
             continue
         say(f"scoring the reference text with {subject.name}")
         rss_before = _rss()
@@ -454,7 +549,7 @@ def _token_pass(
                 assert ref_scores is not None
                 reason = vocab_mismatch(ref_scores, ref_tokens, text_ids, bos, n_vocab, n_ctx)
                 if reason:
-                    entry["token_quality_skipped"] = reason
+                    entry.token_quality_skipped = reason
                     say(f"warning: {subject.name}: {reason}")
                     stats = None
                 else:
@@ -462,15 +557,15 @@ def _token_pass(
                     stats = score_against(model, ref_scores, n_ctx, score, block, on_chunk=tick)
             if stats is not None:
                 quality = stats.summary()
-                entry["token_quality"] = quality.to_dict()
+                entry.token_quality = quality.to_dict()
                 seconds = time.perf_counter() - scored_from
-                entry["cost"]["score_tokens_per_s"] = round(len(ref_tokens) / seconds, 2)
+                entry.cost["score_tokens_per_s"] = round(len(ref_tokens) / seconds, 2)
         finally:
             model.close()
-        entry["cost"]["load_ms"] = round(load_ms, 2)
-        entry["cost"]["token_pass_s"] = round(time.perf_counter() - started, 3)
-        entry["cost"]["peak_rss_bytes"] = peak_rss()
-        entry["cost"]["model_rss_bytes"] = max(0, peak_rss() - rss_before)
+        entry.cost["load_ms"] = round(load_ms, 2)
+        entry.cost["token_pass_s"] = round(time.perf_counter() - started, 3)
+        entry.cost["peak_rss_bytes"] = peak_rss()
+        entry.cost["model_rss_bytes"] = max(0, peak_rss() - rss_before)
     settings["scored_positions"] = sum(len(a) for a in ref_scores.argmax) if ref_scores else 0
     return settings
 
@@ -499,7 +594,7 @@ def _rss() -> int:
 def _task_pass(
     subjects: list[Subject],
     reference: Subject,
-    entries: dict[str, dict[str, Any]],
+    entries: dict[str, CompareEntry],
     workspace: Workspace | None,
     options: CompareOptions,
     say: Progress,
@@ -510,9 +605,8 @@ def _task_pass(
     variants = [s for s in subjects if s.kind == "variant"]
     for subject in subjects:
         if subject.kind != "variant":
-            entries[subject.name]["task_quality_skipped"] = (
-                "not a workspace variant: golden suites run on variants (Modelfile + suites)"
-            )
+            why = "not a workspace variant: golden suites run on variants (Modelfile + suites)"
+            entries[subject.name].task_quality_skipped = why
     if not variants or workspace is None:
         return None
     record = run_eval(
@@ -552,8 +646,8 @@ def _task_pass(
             if s.variant == subject.name
         ]
         quality["pass_rate_drop"] = round(ref_rate - quality["pass_rate"], 6) if ref_cases else None
-        entries[subject.name]["task_quality"] = quality
-        cost = entries[subject.name]["cost"]
+        entries[subject.name].task_quality = quality
+        cost = entries[subject.name].cost
         cost["eval_load_ms"] = load_ms.get(subject.name)
         cost["prompt_tokens_per_s"] = _per_s(
             sum(c.prompt_eval_tokens for c in cases), sum(c.prompt_ms for c in cases)
@@ -625,11 +719,11 @@ def _per_s(tokens: int, ms: float) -> float | None:
 
 
 def _checks(
-    entry: dict[str, Any], thresholds: Thresholds, measured: dict[str, bool]
-) -> list[dict[str, Any]]:
+    entry: CompareEntry, thresholds: Thresholds, measured: dict[str, bool]
+) -> list[CompareCheck]:
     """Each threshold against the entry's measurement; unmeasured counts as not within."""
-    token = entry["token_quality"]
-    task = entry["task_quality"]
+    token = entry.token_quality
+    task = entry.task_quality
     rules: list[tuple[str, str, float | None, Any, str]] = []
     if measured["token_quality"]:
         rules.append(("mean_kld", "token_quality", thresholds.max_mean_kld,
@@ -642,45 +736,49 @@ def _checks(
                           token and token["same_top_p"], "min"))  # fmt: skip
     if measured["task_quality"]:
         drop = task["pass_rate_drop"] if task else None
-        if entry["is_reference"] and task:
+        if entry.is_reference and task:
             drop = 0.0
         rules.append(("pass_rate_drop", "task_quality", thresholds.max_pass_rate_drop, drop, "max"))
-    if "embedding_quality" in entry:
+    if entry.embedding:
         from lifecycle.comparevectors import embedding_rules
 
-        rules += embedding_rules(entry, thresholds.max_pass_rate_drop, thresholds.min_vector_cosine)
+        rules += embedding_rules(
+            entry.embedding_quality,
+            entry.is_reference,
+            thresholds.max_pass_rate_drop,
+            thresholds.min_vector_cosine,
+        )
     checks = []
     for name, dimension, limit, value, sense in rules:
         if limit is None:
             continue
         if value is None:
-            why = entry.get(f"{dimension}_skipped") or "not measured"
-            checks.append({"check": name, "value": None, "limit": limit, "ok": False,
-                           "note": why})  # fmt: skip
+            why = entry.skipped(dimension) or "not measured"
+            checks.append(CompareCheck(name, None, limit, False, why))
             continue
         ok = value <= limit + 1e-12 if sense == "max" else value >= limit - 1e-12
-        checks.append({"check": name, "value": value, "limit": limit, "ok": bool(ok)})
+        checks.append(CompareCheck(name, value, limit, bool(ok)))
     return checks
 
 
-def _verdict(entries: list[dict[str, Any]], reference: str) -> dict[str, Any]:
-    within = [e for e in entries if e["within_thresholds"]]
+def _verdict(entries: list[CompareEntry], reference: str) -> CompareVerdict:
+    within = [e for e in entries if e.within_thresholds]
     if not within:
-        return {"choice": None, "within": [], "summary": "no variant stays within the thresholds"}
-    choice = min(within, key=lambda e: e["cost"]["file_size_bytes"])
-    ref = next(e for e in entries if e["name"] == reference)
-    size = choice["cost"]["file_size_bytes"]
-    parts = [f"{mib(size)} vs {mib(ref['cost']['file_size_bytes'])} for the reference"]
-    for check in choice["checks"]:
-        parts.append(f"{check['check']} {check['value']:.4g} (limit {check['limit']:g})")
+        return CompareVerdict(None, [], "no variant stays within the thresholds")
+    choice = min(within, key=lambda e: e.cost["file_size_bytes"])
+    ref = next(e for e in entries if e.name == reference)
+    size = choice.cost["file_size_bytes"]
+    parts = [f"{mib(size)} vs {mib(ref.cost['file_size_bytes'])} for the reference"]
+    for check in choice.checks:
+        parts.append(f"{check.check} {check.value:.4g} (limit {check.limit:g})")
     summary = (
-        f"{choice['name']} is the smallest within thresholds: " + ", ".join(parts)
-        if choice["name"] != reference
+        f"{choice.name} is the smallest within thresholds: " + ", ".join(parts)
+        if choice.name != reference
         else f"only the reference {reference} stays within thresholds"
         if len(within) == 1
         else f"{reference} (the reference) is already the smallest within thresholds"
     )
-    return {"choice": choice["name"], "within": [e["name"] for e in within], "summary": summary}
+    return CompareVerdict(choice.name, [e.name for e in within], summary)
 
 
 def mib(size: int) -> str:
@@ -711,16 +809,19 @@ def _gguf_summary(path: Path) -> dict[str, Any]:
     }
 
 
-def _compare_id(created: str, entries: list[dict[str, Any]]) -> str:
+def _compare_id(created: str, entries: list[CompareEntry]) -> str:
     stamp = created.replace("-", "").replace(":", "")
-    salt = json.dumps([[e["digest"] for e in entries], time.time_ns()])
+    salt = json.dumps([[e.digest for e in entries], time.time_ns()])
     return f"{stamp}-{hashlib.sha256(salt.encode()).hexdigest()[:8]}"
 
 
 __all__ = [
+    "CompareCheck",
+    "CompareEntry",
     "CompareOptions",
     "CompareReport",
     "CompareSettings",
+    "CompareVerdict",
     "Thresholds",
     "compare",
     "load_text",

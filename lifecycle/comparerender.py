@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from lifecycle.compare import CompareReport, mib
+from lifecycle.compare import CompareEntry, CompareReport, mib
 from lifecycle.fsutil import atomic_write_text
 
 
@@ -48,37 +47,37 @@ def comparison_chart(report: CompareReport, path: Path) -> Path:
 
     entries = report.variants
     fig, (quality, speed) = plt.subplots(1, 2, figsize=(11, 4))
-    sizes = [e["cost"]["file_size_bytes"] / 2**20 for e in entries]
-    if any("embedding_quality" in e for e in entries):  # an embedding model: vectors, not KLD
+    sizes = [e.cost["file_size_bytes"] / 2**20 for e in entries]
+    if any(e.embedding for e in entries):  # an embedding model: vectors, not KLD
         ylabel = "min cosine to the reference's vectors"
         values = [
-            1.0 if e["is_reference"]
-            else ((e.get("embedding_quality") or {}).get("vectors") or {}).get("min")
+            1.0 if e.is_reference
+            else ((e.embedding_quality or {}).get("vectors") or {}).get("min")
             for e in entries
         ]  # fmt: skip
     else:
         ylabel = "mean KLD vs reference (lower is better)"
-        values = [(e["token_quality"] or {}).get("kld", {}).get("mean") for e in entries]
+        values = [(e.token_quality or {}).get("kld", {}).get("mean") for e in entries]
     for x, y, e in zip(sizes, values, entries, strict=True):
         if y is not None:
             quality.scatter([x], [y], marker="o", color="tab:blue")
-            quality.annotate(e["name"], (x, y), textcoords="offset points", xytext=(4, 4),
+            quality.annotate(e.name, (x, y), textcoords="offset points", xytext=(4, 4),
                              fontsize=8)  # fmt: skip
     quality.set(xlabel="file size (MiB)", ylabel=ylabel)
     quality.set_title("quality vs size")
-    rates = [(e["task_quality"] or {}).get("pass_rate") for e in entries]
+    rates = [(e.task_quality or {}).get("pass_rate") for e in entries]
     if any(r is not None for r in rates):
         twin = quality.twinx()
         points = [(x, r) for x, r in zip(sizes, rates, strict=True) if r is not None]
         twin.scatter([x for x, _ in points], [r for _, r in points], marker="s", color="tab:green")
         twin.set_ylabel("golden pass rate (squares)")
         twin.set_ylim(-0.05, 1.05)
-    labels = [e["name"] for e in entries]
+    labels = [e.name for e in entries]
     xs = np.arange(len(entries))
     width = 0.27
     series = (
         [(0.0, "texts_per_s", "texts embedded")]
-        if any("embedding_quality" in e for e in entries)
+        if any(e.embedding for e in entries)
         else [
             (-width, "prompt_tokens_per_s", "prompt (eval)"),
             (0.0, "generation_tokens_per_s", "generation (eval)"),
@@ -86,7 +85,7 @@ def comparison_chart(report: CompareReport, path: Path) -> Path:
         ]
     )
     for offset, key, label in series:
-        values = [e["cost"].get(key) or 0.0 for e in entries]
+        values = [e.cost.get(key) or 0.0 for e in entries]
         speed.bar(xs + offset, values, width, label=label)
     speed.set_xticks(xs, labels, rotation=15, fontsize=8)
     speed.set(ylabel="texts/s" if len(series) == 1 else "tokens/s")
@@ -110,19 +109,17 @@ def render_report(report: CompareReport) -> str:
     from lifecycle.texttable import table
 
     entries = report.variants
-    common, short = bar_labels([e["name"] for e in entries])
-    names = [
-        s + (" (ref)" if e["is_reference"] else "") for s, e in zip(short, entries, strict=True)
-    ]
+    common, short = bar_labels([e.name for e in entries])
+    names = [s + (" (ref)" if e.is_reference else "") for s, e in zip(short, entries, strict=True)]
     token_rows, task_rows = [], []
     for name, e in zip(names, entries, strict=True):
-        t = e["token_quality"]
-        q = e["task_quality"]
-        c = e["cost"]
+        t = e.token_quality
+        q = e.task_quality
+        c = e.cost
         token_rows.append(
             [
                 name,
-                e["quant"] or "-",
+                e.quant or "-",
                 None if c["bits_per_weight"] is None else round(c["bits_per_weight"], 2),
                 None if not t else f"{t['kld']['mean']:.4f}±{t['kld']['stderr']:.4f}",
                 None if not t else f"{t['kld']['p99']:.3f}",
@@ -142,7 +139,7 @@ def render_report(report: CompareReport) -> str:
                 c.get("generation_tokens_per_s"),
                 None if c.get("load_ms") is None else round(c["load_ms"]),
                 None if not c.get("peak_rss_bytes") else mib(c["peak_rss_bytes"]),
-                "yes" if e["within_thresholds"] else "no",
+                "yes" if e.within_thresholds else "no",
             ]
         )
     token_headers = [
@@ -152,7 +149,7 @@ def render_report(report: CompareReport) -> str:
         "variant", "size", "pass", "agree", "flips", "gen tok/s", "load ms", "peak RSS", "within",
     ]  # fmt: skip
     lines = [f"model: {common}", ""] if common else []
-    embedding = any("embedding_quality" in e for e in entries)
+    embedding = any(e.embedding for e in entries)
     if embedding:
         lines += [
             "vectors (cosine to the reference's, per text) and retrieval (Δ vs the reference):",
@@ -162,25 +159,26 @@ def render_report(report: CompareReport) -> str:
         task_headers[2] = "hit"
         task_headers[5] = "texts/s"
         for row, e in zip(task_rows, entries, strict=True):
-            row[5] = e["cost"].get("texts_per_s")
-            load_ms = e["cost"].get("eval_load_ms")  # no text pass: the eval run's load
+            row[5] = e.cost.get("texts_per_s")
+            load_ms = e.cost.get("eval_load_ms")  # no text pass: the eval run's load
             row[6] = None if load_ms is None else round(load_ms)
     else:
         lines += ["token quality (reference text):", table(token_headers, token_rows), ""]
     lines += ["task quality (golden set) and cost:", table(task_headers, task_rows), ""]
     for e in entries:
-        for key in ("token_quality_skipped", "task_quality_skipped", "embedding_quality_skipped"):
-            if key == "token_quality_skipped" and embedding:
+        for dimension in ("token_quality", "task_quality", "embedding_quality"):
+            if dimension == "token_quality" and embedding:
                 continue  # the table says how an embedding model is compared instead
-            if e.get(key):
-                lines.append(f"{e['name']}: {key.split('_skipped')[0].replace('_', ' ')}: {e[key]}")
-        for flip in (e["task_quality"] or {}).get("flipped", []):
+            why = e.skipped(dimension)
+            if why:
+                lines.append(f"{e.name}: {dimension.replace('_', ' ')}: {why}")
+        for flip in (e.task_quality or {}).get("flipped", []):
             lines.append(
-                f"{e['name']} {flip['suite']}/{flip['mode']} {flip['id']}: {flip['change']} "
+                f"{e.name} {flip['suite']}/{flip['mode']} {flip['id']}: {flip['change']} "
                 f"({flip['reason']})"
             )
             lines.append(f"    reference: {_short(flip['reference_output'])}")
-            lines.append(f"    {e['name']}: {_short(flip['output'])}")
+            lines.append(f"    {e.name}: {_short(flip['output'])}")
     settings = report.token_settings
     if settings:
         lines.append(
@@ -188,20 +186,20 @@ def render_report(report: CompareReport) -> str:
             f"of {settings['n_ctx']}, {settings['scored_positions']} positions scored "
             f"({settings['score']}), reference top-{settings['top_k']} kept"
         )
-    lines.append("verdict: " + report.verdict["summary"])
+    lines.append("verdict: " + report.verdict.summary)
     return "\n".join(lines)
 
 
-def _embedding_table(names: list[str], entries: list[dict[str, Any]]) -> str:
+def _embedding_table(names: list[str], entries: list[CompareEntry]) -> str:
     """One row per variant and retrieval suite: the cosines, then each metric and its Δ."""
     from lifecycle.texttable import table
 
     rows = []
     for name, e in zip(names, entries, strict=True):
-        quality = e.get("embedding_quality") or {}
+        quality = e.embedding_quality or {}
         vectors = quality.get("vectors") or {}
         cos = [None if not vectors else f"{vectors[k]:.4f}" for k in ("min", "p5", "median")]
-        if e["is_reference"]:
+        if e.is_reference:
             cos = ["1 (ref)", "", ""]
         for suite, ab in sorted((quality.get("retrieval") or {}).items()):
             cells = []
@@ -209,7 +207,7 @@ def _embedding_table(names: list[str], entries: list[dict[str, Any]]) -> str:
                 value = ab["metrics"].get(metric)
                 delta = ab["difference"].get(metric)
                 shown = None if value is None else f"{value:.3f}"
-                if shown and delta is not None and not e["is_reference"]:
+                if shown and delta is not None and not e.is_reference:
                     shown += f" ({delta:+.3f})"
                 cells.append(shown)
             rows.append([name, suite, *cos, *cells])
@@ -218,7 +216,7 @@ def _embedding_table(names: list[str], entries: list[dict[str, Any]]) -> str:
     k_values = {
         ab.get("k")
         for e in entries
-        for ab in ((e.get("embedding_quality") or {}).get("retrieval") or {}).values()
+        for ab in ((e.embedding_quality or {}).get("retrieval") or {}).values()
     }
     k = f"@{k_values.pop()}" if len(k_values) == 1 else "@k"
     headers = ["variant", "suite", "min cos", "p5 cos", "median cos", "hit",

@@ -137,19 +137,22 @@ def embedding_quality(record: RunRecord, reference: str, name: str) -> dict[str,
 
 
 def embedding_rules(
-    entry: Mapping[str, Any], max_metric_drop: float, min_vector_cosine: float | None
+    quality: Mapping[str, Any] | None,
+    is_reference: bool,
+    max_metric_drop: float,
+    min_vector_cosine: float | None,
 ) -> list[tuple[str, str, float | None, Any, str]]:
-    """The compare checks of an embedding subject, as :func:`lifecycle.compare._checks`'s rules
-    (name, dimension, limit, value, "max"/"min"): each metric's drop, the lowest cosine."""
-    quality = entry.get("embedding_quality")
+    """The compare checks of an embedding subject (its ``embedding_quality``), as
+    :func:`lifecycle.compare._checks`'s rules (name, dimension, limit, value, "max"/"min"):
+    each metric's drop, the lowest cosine."""
     rules: list[tuple[str, str, float | None, Any, str]] = []
-    if min_vector_cosine is not None and not entry["is_reference"]:
+    if min_vector_cosine is not None and not is_reference:
         low = (quality or {}).get("vectors") or {}
         rules.append(("min_cosine", "embedding_quality", min_vector_cosine, low.get("min"), "min"))
     for suite, ab in sorted(((quality or {}).get("retrieval") or {}).items()):
         for metric in METRICS[1:]:  # the hit rate's drop is the task pass's pass_rate_drop
             delta = ab["difference"].get(metric)
-            drop = 0.0 if entry["is_reference"] else None if delta is None else max(0.0, -delta)
+            drop = 0.0 if is_reference else None if delta is None else max(0.0, -delta)
             rules.append((f"{suite} {metric}_drop", "embedding_quality", max_metric_drop,
                           None if drop is None else round(drop, 4), "max"))  # fmt: skip
     return rules

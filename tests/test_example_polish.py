@@ -166,7 +166,7 @@ def test_compare_ticks_while_scoring_text_and_fits_100_columns(tiny_workspace: P
 
     # The example's long names: the shared model name goes above the tables, once.
     for entry, name in zip(report.variants, EXAMPLE_VARIANTS, strict=False):
-        entry["name"] = name
+        entry.name = name
     text_out = render_report(report)
     assert text_out.startswith("model: harbor-triage\n")
     sentences = ("text: ", "verdict: ")  # prose lines wrap; the tables must not
