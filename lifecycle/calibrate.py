@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lifecycle.baselines import JudgedCase
 from lifecycle.confidence import routed_correct, stated_confidence
 from lifecycle.errors import EngineError, LifecycleError, UsageError
 from lifecycle.golden import Calibration, Escalation, Suite
@@ -377,28 +378,56 @@ def outcomes_for(
     cases: Sequence[CaseResult], suite: Suite, calibration: Calibration, signal: str
 ) -> list[Outcome]:
     """The outcomes of one signal over one group's cases (engine failures excluded)."""
-    by_id = {c.id: c for c in suite.cases}
-    routed = calibration.routed_field
     out = []
     for case in cases:
         if case.errored:
             continue
-        correct = case.passed
-        if routed:
-            correct = (
-                case.routed_correct
-                if case.routed_correct is not None
-                else case.id in by_id and routed_correct(suite, by_id[case.id], case.parsed, routed)
-            )
+        correct = case_correct(case, calibration, suite)
         if signal == "stated":
             value, note = stated_confidence(case.parsed, calibration.confidence_field or "")
+            out.append(Outcome(case.id, value, correct, note))
         else:
-            value = case.answer_probability
             note = case.answer_probability_note or (
-                None if value is not None else "no answer probability in this run"
+                None if case.answer_probability is not None else "no answer probability in this run"
             )
-        out.append(Outcome(case.id, value, bool(correct), note))
+            out.append(recorded_outcome(case, signal, calibration, note=note, suite=suite))
     return out
+
+
+def case_correct(
+    case: JudgedCase, calibration: Calibration | None = None, suite: Suite | None = None
+) -> bool:
+    """Whether calibration counts a case right: where the suite routes (``routed_field``),
+    the routed field's value matched, as the run recorded it or, with ``suite``, judged from
+    the output now when it recorded none; otherwise the case passed. Without the suite's
+    table (a run record alone), what the run recorded: ``routed_correct`` where there is one.
+    """
+    if calibration is not None and not calibration.routed_field:
+        return case.passed
+    if case.routed_correct is not None:
+        return case.routed_correct
+    if calibration is None:
+        return case.passed
+    if suite is None:
+        return False
+    golden = next((g for g in suite.cases if g.id == case.id), None)
+    return golden is not None and routed_correct(
+        suite, golden, case.parsed, calibration.routed_field or ""
+    )
+
+
+def recorded_outcome(
+    case: JudgedCase,
+    signal: str,
+    calibration: Calibration | None = None,
+    *,
+    note: str | None = None,
+    suite: Suite | None = None,
+) -> Outcome:
+    """One case as calibration sees it, with the confidence the run recorded for ``signal``
+    ("stated" or "engine") and :func:`case_correct`."""
+    value = case.stated_confidence if signal == "stated" else case.answer_probability
+    return Outcome(case.id, value, case_correct(case, calibration, suite), note)
 
 
 def signals_of(calibration: Calibration) -> list[str]:
@@ -634,12 +663,6 @@ def case_cost(case: CaseResult) -> CaseCost:
     return CaseCost(case.prompt_tokens + case.completion_tokens, case.latency_ms)
 
 
-def _correct(case: CaseResult, calibration: Calibration) -> bool:
-    if calibration.routed_field:
-        return bool(case.routed_correct)
-    return case.passed
-
-
 def escalate(
     report: CalibrationReport,
     record: RunRecord,
@@ -731,7 +754,7 @@ def tier_answers(
         for c in record.cases:
             same = (c.variant, c.suite, c.mode) == (tier.variant, group.suite, group.mode)
             if same and not c.errored:
-                answers[c.id] = TierAnswer(c.id, _correct(c, calibration), case_cost(c))
+                answers[c.id] = TierAnswer(c.id, case_correct(c, calibration), case_cost(c))
     todo = [i for i in wanted if i not in answers]
     if not todo:
         return answers
@@ -771,7 +794,7 @@ def tier_answers(
         raise EngineError(failed)
     for c in run.cases:
         answers[c.id] = TierAnswer(
-            c.id, not c.errored and _correct(c, calibration), case_cost(c), c.errored
+            c.id, not c.errored and case_correct(c, calibration), case_cost(c), c.errored
         )
     return answers
 
@@ -812,41 +835,35 @@ def _diagrams_only(report: CalibrationReport, path: Path) -> Path:
     return path
 
 
-def calibrate_record_cases(cases: Sequence[Mapping[str, Any]], bins: int = 10) -> CalibrationReport:
-    """Calibration from case dicts alone (a run record's, for the report): no suite needed.
+def calibrate_record_cases(cases: Sequence[CaseResult], bins: int = 10) -> CalibrationReport:
+    """Calibration from a run record's cases alone (for the report): no suite needed.
 
-    Correct is the recorded ``routed_correct`` where there is one, else the case passing;
-    the signals are those the eval recorded. Without the suite's target the recommendation
-    is computed against the default target and not shown by the report.
+    Correct and the signals are what the eval recorded (:func:`recorded_outcome`). Without
+    the suite's target the recommendation is computed against the default target and not
+    shown by the report.
     """
-    order: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    order: dict[tuple[str, str, str], list[CaseResult]] = {}
     for case in cases:
-        if case.get("finish_reason") == "error":
+        if case.errored:
             continue
-        order.setdefault((case["variant"], case["suite"], case["mode"]), []).append(case)
+        order.setdefault((case.variant, case.suite, case.mode), []).append(case)
     groups = []
     for (variant, suite, mode), members in order.items():
         results = []
-        for signal, value_key, note_key in (
-            ("stated", "stated_confidence", "stated_confidence_note"),
-            ("engine", "answer_probability", "answer_probability_note"),
-        ):
-            if not any(c.get(value_key) is not None or c.get(note_key) for c in members):
-                continue  # the suite did not ask for this signal
-            outcomes = [
-                Outcome(
-                    str(c["id"]),
-                    c.get(value_key),
-                    bool(
-                        c["routed_correct"] if c.get("routed_correct") is not None else c["passed"]
-                    ),
-                    c.get(note_key),
-                )
-                for c in members
+        for signal in SIGNALS:
+            notes = [_recorded_note(c, signal) for c in members]
+            values = [
+                recorded_outcome(c, signal, note=n) for c, n in zip(members, notes, strict=True)
             ]
+            if not any(o.confidence is not None or o.note for o in values):
+                continue  # the suite did not ask for this signal
             results.append(
-                calibrate_outcomes(outcomes, signal=signal, target=Calibration().target, bins=bins)
+                calibrate_outcomes(values, signal=signal, target=Calibration().target, bins=bins)
             )
         if results:
             groups.append(GroupCalibration(variant, suite, mode, "recorded", 0, results))
     return CalibrationReport(run_id="", groups=groups)
+
+
+def _recorded_note(case: CaseResult, signal: str) -> str | None:
+    return case.stated_confidence_note if signal == "stated" else case.answer_probability_note

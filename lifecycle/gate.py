@@ -68,7 +68,7 @@ from lifecycle.texttable import percent
 from lifecycle.vectors import REINDEX_BELOW, reindex_notes, vector_checks
 
 if TYPE_CHECKING:
-    from lifecycle.calibrate import Outcome, SignalCalibration
+    from lifecycle.calibrate import SignalCalibration
     from lifecycle.golden import Calibration
 
 # Environment keys whose change makes speed and memory incomparable (another machine).
@@ -1093,7 +1093,7 @@ def _calibration_checks(
     Both sides are computed from the per-case confidence signals under the suite's current
     [calibration] table (same target, bins and signals), so only the model's answers differ.
     """
-    from lifecycle.calibrate import calibrate_outcomes, signals_of
+    from lifecycle.calibrate import calibrate_outcomes, recorded_outcome, signals_of
 
     if settings.max_coverage_drop is None and settings.max_ece_rise is None:
         return []
@@ -1122,7 +1122,7 @@ def _calibration_checks(
         for signal in signals_of(table):
             was, now = (
                 calibrate_outcomes(
-                    [_outcome(side[i], table, signal) for side in common],
+                    [recorded_outcome(side[i], signal, table) for side in common],
                     signal=signal,
                     target=table.target,
                     bins=table.bins,
@@ -1188,15 +1188,6 @@ def _bound_check(
         threshold=limit,
         cause=None if ok else (", ".join(causes) or None),
     )
-
-
-def _outcome(case: JudgedCase, table: Calibration, signal: str) -> Outcome:
-    """One case (a run's or a baseline's) as calibration sees it."""
-    from lifecycle.calibrate import Outcome
-
-    correct = case.routed_correct if table.routed_field else case.passed
-    value = case.stated_confidence if signal == "stated" else case.answer_probability
-    return Outcome(case.id, value, bool(correct), None if value is not None else "none")
 
 
 def _coverage(result: SignalCalibration) -> float | None:

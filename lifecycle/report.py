@@ -505,7 +505,7 @@ def _calibration_rows(run: RunRecord) -> list[list[str]]:
     from lifecycle.calibrate import calibrate_record_cases
 
     rows = []
-    for group in calibrate_record_cases([c.to_dict() for c in run.cases]).groups:
+    for group in calibrate_record_cases(run.cases).groups:
         for s in group.signals:
             rows.append(
                 [
@@ -570,7 +570,7 @@ def _calibration_html(run: RunRecord) -> list[str]:
 def _reliability_image(run: RunRecord) -> list[tuple[str, str]]:
     from lifecycle.calibrate import calibrate_record_cases, reliability_chart
 
-    report = calibrate_record_cases([c.to_dict() for c in run.cases])
+    report = calibrate_record_cases(run.cases)
     if not report.groups:
         return []
     with tempfile.TemporaryDirectory() as tmp:
