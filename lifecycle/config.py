@@ -166,11 +166,15 @@ def find_workspace_root(start: Path | None = None) -> Path:
     )
 
 
-def load_workspace(root: Path | None = None) -> Workspace:
-    """Read and validate ``lifecycle.toml`` in ``root`` (found upwards from cwd when None)."""
+def load_workspace(root: Path | None = None, document: dict[str, Any] | None = None) -> Workspace:
+    """Read and validate ``lifecycle.toml`` in ``root`` (found upwards from cwd when None).
+
+    ``document``: the file as already parsed (``gate --base`` parses it once from the text at
+    a git ref, :mod:`lifecycle.gitbase`); errors still name the file in ``root``.
+    """
     root = find_workspace_root(root)
     path = root / CONFIG_FILE
-    data = read_toml(path)
+    data = read_toml(path) if document is None else document
     reader = TableReader(path, data, "")
     # gate / compare / store / serve tables are read by the modules that own them.
     reader.reject_unknown(
@@ -179,7 +183,7 @@ def load_workspace(root: Path | None = None) -> Workspace:
 
     ws = reader.table("workspace")
     ws.reject_unknown({"name", "evals_dir", "runs_dir"})
-    evals_dir = ws.confined_path("evals_dir", "evals", root=root)
+    evals_dir = workspace_evals_dir(reader, root)
     runs_dir = ws.confined_path("runs_dir", ".lifecycle/runs", root=root)
 
     eng = reader.table("engine")
@@ -254,6 +258,12 @@ def load_workspace(root: Path | None = None) -> Workspace:
         bench=bench,
         document=data,
     )
+
+
+def workspace_evals_dir(document: TableReader, root: Path) -> Path:
+    """``[workspace] evals_dir`` of a parsed lifecycle.toml, joined to ``root`` (default
+    ``evals``); it must stay inside ``root``."""
+    return document.table("workspace").confined_path("evals_dir", "evals", root=root)
 
 
 def _cache_matrix(

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lifecycle.baselines import Baseline, BaselineCase, CaseKey, JudgedCase, variant_environment
 from lifecycle.checks import Check
-from lifecycle.config import TableReader, read_toml
+from lifecycle.config import Workspace, read_toml
 from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
 from lifecycle.latency import latency_checks
 from lifecycle.results import CaseResult, RunRecord, SuiteSummary, VariantInfo, VariantRun
@@ -151,7 +151,7 @@ class GateSettings:
     # vector marks the variant "re-index needed".
     max_vector_drift: float | None = None
     reindex_below: float = REINDEX_BELOW
-    # The suites' [calibration] tables by suite name, read by load_gate_settings when a
+    # The suites' [calibration] tables by suite name, read by read_gate_settings when a
     # calibration bound is set (not a [gate] key).
     calibration: Mapping[str, Calibration] = field(default_factory=dict)
 
@@ -354,10 +354,12 @@ class GateResult:
 _FLAGS = ("fail_on_regression", "fail_on_candidates", "require_passing_variant")
 
 
-def load_gate_settings(config_path: Path) -> GateSettings:
-    """Read ``[gate]`` from ``lifecycle.toml``; errors name ``lifecycle.toml → gate.field``."""
-    data = read_toml(config_path)
-    reader = TableReader(config_path, data).table("gate")
+def read_gate_settings(workspace: Workspace) -> GateSettings:
+    """``[gate]`` of the workspace's lifecycle.toml, from the document load_workspace parsed
+    (as ``[compare]``, ``[serve]`` and ``[store]`` are read); errors name
+    ``lifecycle.toml → gate.field``. The calibration bounds bring the suites' [calibration]
+    tables from the workspace's evals directory."""
+    reader = workspace.document_reader().table("gate")
     reader.reject_unknown(set(GateSettings().to_dict()))
     values: dict[str, Any] = {}
     for key in reader.data:  # in the file's order, so the first bad key is the one named
@@ -368,18 +370,16 @@ def load_gate_settings(config_path: Path) -> GateSettings:
             upper = None if key in ("max_memory_growth", "noise_margin") else 1.0
             values[key] = reader.number(key, None, minimum=0.0, maximum=upper)
     if values.get("max_coverage_drop") is not None or values.get("max_ece_rise") is not None:
-        values["calibration"] = calibration_tables(config_path, data)
+        values["calibration"] = calibration_tables(workspace.evals_dir)
     return GateSettings(**values)
 
 
-def calibration_tables(config_path: Path, data: Mapping[str, Any]) -> dict[str, Calibration]:
+def calibration_tables(evals_dir: Path) -> dict[str, Calibration]:
     """Every suite's [calibration] table in the workspace's evals directory, by suite name."""
     from lifecycle.golden import parse_calibration as _parse_calibration
 
-    workspace = data.get("workspace")
-    evals = workspace.get("evals_dir", "evals") if isinstance(workspace, dict) else "evals"
     tables = {}
-    for path in sorted((config_path.parent / str(evals)).glob("*.toml")):
+    for path in sorted(evals_dir.glob("*.toml")):
         suite = read_toml(path)
         if "calibration" in suite:
             tables[path.stem] = _parse_calibration(path, suite["calibration"])

@@ -30,7 +30,6 @@ import json
 import posixpath
 import shutil
 import tempfile
-import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -38,9 +37,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lifecycle.baselines import BASELINES_DIR, Baseline, BaselineCase, CaseKey, load_baselines
-from lifecycle.config import CONFIG_FILE, load_workspace
+from lifecycle.config import (
+    CONFIG_FILE,
+    TableReader,
+    load_workspace,
+    read_toml,
+    workspace_evals_dir,
+)
 from lifecycle.errors import LifecycleError, UsageError
-from lifecycle.gate import GateResult, GateSettings, load_gate_settings
+from lifecycle.gate import GateResult, GateSettings, read_gate_settings
 from lifecycle.golden import Suite, load_suite
 from lifecycle.lockfile import LOCK_FILE, read_lock
 from lifecycle.results import RunRecord
@@ -189,16 +194,17 @@ class JudgedInputs:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def read_bar(root: Path) -> Bar:
-    """The bar of the workspace at ``root`` as it is on disk (an empty bar without config)."""
+def read_bar(root: Path, document: dict[str, Any] | None = None) -> Bar:
+    """The bar of the workspace at ``root`` as it is on disk (an empty bar without config);
+    ``document``: its lifecycle.toml as already parsed."""
     if not (root / CONFIG_FILE).is_file():
         return Bar()
-    workspace = load_workspace(root)
+    workspace = load_workspace(root, document)
     suites = {}
     if workspace.evals_dir.is_dir():
         suites = {p.stem: load_suite(p) for p in sorted(workspace.evals_dir.glob("*.toml"))}
     return Bar(
-        settings=load_gate_settings(workspace.config_path),
+        settings=read_gate_settings(workspace),
         baselines=load_baselines(root),
         pinned=frozenset(read_lock(root / LOCK_FILE).variants),
         suites=suites,
@@ -221,8 +227,8 @@ def read_bar_at(root: Path, ref: str) -> tuple[Bar, str]:
         baselines += _listing(tree, prefix / BASELINES_DIR, ".npy")  # vector sidecars
         for name in [CONFIG_FILE, LOCK_FILE, *(f"{BASELINES_DIR}/{n}" for n in baselines)]:
             _copy(tree, prefix / name, snapshot)
-        config = snapshot / prefix / CONFIG_FILE
-        evals = PurePosixPath(posixpath.normpath(_evals_dir(config)))
+        document = _parsed(snapshot / prefix / CONFIG_FILE)
+        evals = PurePosixPath(posixpath.normpath(_evals_dir(document, snapshot / prefix)))
         for name in _listing(tree, prefix / evals, ".toml"):
             path = prefix / evals / name
             _copy(tree, path, snapshot)
@@ -231,7 +237,7 @@ def read_bar_at(root: Path, ref: str) -> tuple[Bar, str]:
                 if not joined.startswith("../") and joined != "..":
                     _copy(tree, PurePosixPath(joined), snapshot)
         try:
-            bar = read_bar(snapshot / prefix)
+            bar = read_bar(snapshot / prefix, document.data if document else None)
         except LifecycleError as exc:
             raise _relabel(exc, snapshot, ref) from None
         bar = _keep_sidecars(bar, root / BASE_VECTORS_DIR)
@@ -536,23 +542,35 @@ def _copy(tree: Any, path: PurePosixPath, snapshot: Path) -> None:
     target.write_bytes(blob.data_stream.read())
 
 
-def _evals_dir(config: Path) -> str:
-    """``[workspace] evals_dir`` of a config file (default ``evals``)."""
+def _parsed(config: Path) -> TableReader | None:
+    """The ref's lifecycle.toml (its text, copied into the snapshot) parsed once, by the
+    parser of the workspace's own; None when the ref has none or it does not parse (then
+    :func:`read_bar` names the error)."""
+    if not config.is_file():
+        return None
     try:
-        data = tomllib.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return TableReader(config, read_toml(config))
+    except LifecycleError:
+        return None
+
+
+def _evals_dir(document: TableReader | None, root: Path) -> str:
+    """``[workspace] evals_dir`` of the ref's lifecycle.toml, relative to its workspace
+    (default ``evals``; a bad value is named by :func:`read_bar`)."""
+    if document is None:
         return "evals"
-    workspace = data.get("workspace")
-    value = workspace.get("evals_dir") if isinstance(workspace, dict) else None
-    return value if isinstance(value, str) else "evals"
+    try:
+        return workspace_evals_dir(document, root).relative_to(root).as_posix()
+    except (LifecycleError, ValueError):
+        return "evals"
 
 
 def _suite_files(path: Path) -> list[str]:
     """The golden set and schema (or corpus and queries) paths a suite file names (as written,
     relative)."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_toml(path)
+    except LifecycleError:
         return []
     keys = ("golden", "schema", "corpus", "queries")  # generation suites, then embedding ones
     return [v for key in keys if isinstance(v := data.get(key), str)]

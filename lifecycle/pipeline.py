@@ -37,7 +37,7 @@ from lifecycle.clock import utc_now
 from lifecycle.config import Workspace, cache_settings
 from lifecycle.errors import LifecycleError
 from lifecycle.fsutil import atomic_write_text
-from lifecycle.gate import GateResult, GateSettings, load_gate_settings, numeric_changes, run_gate
+from lifecycle.gate import GateResult, GateSettings, numeric_changes, read_gate_settings, run_gate
 from lifecycle.gaterender import format_margin
 from lifecycle.lockfile import LOCK_FILE, read_lock
 from lifecycle.pin import PinResult, pin
@@ -153,7 +153,7 @@ def run_smoke(
     root = workspace.root
     started = time.perf_counter()
     steps: dict[str, float] = {}
-    settings = load_gate_settings(workspace.config_path)  # a config typo fails first
+    settings = read_gate_settings(workspace)  # a config typo fails first
     commit = options.commit or options.branch is not None
     if commit:  # refuse a dirty lock or a mid-merge repository before any work
         check_repository(
@@ -395,7 +395,7 @@ def gate_workspace(
     so that regressions compare like with like (cached per environment).
     """
     root = workspace.root
-    settings = settings or load_gate_settings(workspace.config_path)
+    settings = settings or read_gate_settings(workspace)
     baselines = load_baselines(root)
     pinned = set(read_lock(root / LOCK_FILE).variants)
     references = reference_runs(

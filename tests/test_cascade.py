@@ -31,8 +31,9 @@ from lifecycle.calibrate import (
     outcomes_for,
 )
 from lifecycle.confidence import answer_probability
+from lifecycle.config import load_workspace
 from lifecycle.errors import ConfigError
-from lifecycle.gate import GateSettings, load_gate_settings, run_gate
+from lifecycle.gate import GateSettings, read_gate_settings, run_gate
 from lifecycle.golden import load_suite
 from lifecycle.results import RunRecord
 from lifecycle.tinymodel import write_tiny_llama
@@ -360,11 +361,11 @@ def test_gate_calibration_bounds(tiny_workspace: Path, run_cli: Run) -> None:
     assert code == 0, err
     record = RunRecord.from_dict(json.loads(out))
     config = tiny_workspace / "lifecycle.toml"
-    assert load_gate_settings(config).max_ece_rise is None  # off by default
+    assert read_gate_settings(load_workspace(tiny_workspace)).max_ece_rise is None  # off
     config.write_text(
         config.read_text() + "\n[gate]\nmax_coverage_drop = 0.1\nmax_ece_rise = 0.05\n"
     )
-    settings = load_gate_settings(config)
+    settings = read_gate_settings(load_workspace(tiny_workspace))
     assert settings.calibration["triage"].routed_field == "category"
     assert "calibration" not in settings.to_dict()
 
@@ -427,7 +428,7 @@ def test_gate_bound_out_of_range_names_the_key(tiny_workspace: Path) -> None:
     config = tiny_workspace / "lifecycle.toml"
     config.write_text(config.read_text() + "\n[gate]\nmax_ece_rise = 2\n")
     with pytest.raises(ConfigError) as info:
-        load_gate_settings(config)
+        read_gate_settings(load_workspace(tiny_workspace))
     assert info.value.field == "gate.max_ece_rise" and "between 0 and 1" in info.value.message
 
 

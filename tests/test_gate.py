@@ -12,12 +12,15 @@ import pytest
 from _promote import make_record, pass_schema_cases, schema_only
 
 from lifecycle.baselines import Baseline, baseline_entry
+from lifecycle.config import load_workspace
 from lifecycle.errors import ConfigError
-from lifecycle.gate import GateSettings, load_gate_settings, run_gate
+from lifecycle.gate import GateSettings, read_gate_settings, run_gate
 from lifecycle.gaterender import render_junit, render_markdown
 from lifecycle.results import RunRecord
 
 Run = Callable[..., tuple[int, str, str]]
+# The least lifecycle.toml load_workspace takes: one model (its Modelfile is not read).
+ONE_MODEL = '[models.m]\nmodelfile = "m.Modelfile"\n'
 
 
 def baselines_of(record: RunRecord, bench: dict[str, Any] | None = None) -> dict[str, Baseline]:
@@ -173,16 +176,20 @@ def test_gate_settings_errors_name_the_field(
     tmp_path: Path, toml: str, field: str, message: str
 ) -> None:
     path = tmp_path / "lifecycle.toml"
-    path.write_text(toml, encoding="utf-8")
+    path.write_text(toml + ONE_MODEL, encoding="utf-8")
     with pytest.raises(ConfigError) as info:
-        load_gate_settings(path)
+        read_gate_settings(load_workspace(tmp_path))
     assert f"lifecycle.toml → {field}:" in str(info.value) and message in str(info.value)
 
 
 def test_gate_settings_read(tmp_path: Path) -> None:
     path = tmp_path / "lifecycle.toml"
-    path.write_text("[gate]\nmax_tokens_per_s_drop = 0.5\nmax_memory_growth = 1\n", "utf-8")
-    settings = load_gate_settings(path)
+    path.write_text(
+        ONE_MODEL + "[gate]\nmax_tokens_per_s_drop = 0.5\nmax_memory_growth = 1\n", "utf-8"
+    )
+    workspace = load_workspace(tmp_path)
+    path.write_text(ONE_MODEL, "utf-8")  # read once: a later edit is not half-seen
+    settings = read_gate_settings(workspace)
     assert settings.max_tokens_per_s_drop == 0.5 and settings.max_memory_growth == 1.0
     assert settings.max_pass_rate_drop == 0.0
 

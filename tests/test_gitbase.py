@@ -334,6 +334,30 @@ def test_bad_refs_and_bad_files_at_the_ref_are_usage_errors(
     assert issubclass(ConfigError, UsageError)
 
 
+def test_the_refs_evals_dir_comes_from_its_lifecycle_toml_parsed_once(tmp_path: Path) -> None:
+    # [workspace] evals_dir at the ref, read by the workspace's own parser (no second one):
+    # the suites are found where the ref's lifecycle.toml says, whatever the working tree says.
+    ws = tmp_path / "ws"
+    _workspace_files(ws)
+    (ws / "evals").rename(ws / "suites")
+    config = ws / "lifecycle.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text('[workspace]\nevals_dir = "suites"\n\n' + text, encoding="utf-8")
+    repo = git.Repo.init(ws, initial_branch="main")
+    _identity(repo)
+    commit_all(repo, "workspace")
+    config.write_text(text, encoding="utf-8")  # the working tree says evals/, which is gone
+    base, _ = read_bar_at(ws, "main")
+    assert base.suites["triage"].thresholds == {"free": 0.5, "schema": 0.75}
+    assert base.settings.fail_on_regression is True
+
+    config.write_text("[workspace\n", encoding="utf-8")
+    commit_all(repo, "a config that does not parse")
+    with pytest.raises(ConfigError) as info:
+        read_bar_at(ws, "HEAD")
+    assert str(info.value).startswith("HEAD:lifecycle.toml") and "invalid TOML" in str(info.value)
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 

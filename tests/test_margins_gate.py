@@ -15,8 +15,9 @@ import pytest
 from _promote import make_record
 
 from lifecycle.baselines import baseline_entry
+from lifecycle.config import load_workspace
 from lifecycle.errors import UsageError
-from lifecycle.gate import GateSettings, load_gate_settings, run_gate
+from lifecycle.gate import GateSettings, read_gate_settings, run_gate
 from lifecycle.stats import mcnemar_exact, wilson_interval
 
 CASES = {f"c{i}": True for i in range(10)}
@@ -131,9 +132,9 @@ def test_wilson_and_mcnemar_against_known_values() -> None:
 @pytest.mark.parametrize("value", ["-0.5", '"wide"'])
 def test_a_bad_noise_margin_names_the_key(tmp_path: Path, value: str) -> None:
     config = tmp_path / "lifecycle.toml"
-    config.write_text(f"[gate]\nnoise_margin = {value}\n", encoding="utf-8")
+    config.write_text(f'[models.m]\nmodelfile = "m"\n[gate]\nnoise_margin = {value}\n', "utf-8")
     with pytest.raises(UsageError) as caught:
-        load_gate_settings(config)
+        read_gate_settings(load_workspace(tmp_path))
     assert "gate.noise_margin" in str(caught.value)
 
 

@@ -19,7 +19,7 @@ from ollama_embed_server import EmbedState, start_embed_server
 
 from lifecycle.baselines import load_baselines
 from lifecycle.config import load_workspace
-from lifecycle.gate import load_gate_settings, run_gate
+from lifecycle.gate import read_gate_settings, run_gate
 from lifecycle.results import RunRecord
 from lifecycle.runner import EvalOptions, run_eval
 from lifecycle.tinymodel import write_tiny_llama
@@ -101,5 +101,5 @@ def test_a_malformed_answer_errors_the_cases_it_touches(
     assert {c.id for c in record.cases if c.errored} == errored
     assert all(reason in c.reason for c in record.cases if c.errored)
     assert all(c.passed is False for c in record.cases if c.errored)
-    gate = run_gate(record, load_baselines(kb), load_gate_settings(kb / "lifecycle.toml"))
+    gate = run_gate(record, load_baselines(kb), read_gate_settings(load_workspace(kb)))
     assert gate.engine_failed and gate.exit_code == 1  # no verdict on an engine's bad answer

@@ -21,7 +21,7 @@ from lifecycle.engines import LoadOptions, get_engine
 from lifecycle.engines.base import EmbeddingEngine, EmbeddingModel
 from lifecycle.engines.embedding import model_pooling
 from lifecycle.errors import GoldenSetError
-from lifecycle.gate import load_gate_settings, run_gate
+from lifecycle.gate import read_gate_settings, run_gate
 from lifecycle.golden import load_suite
 from lifecycle.lockfile import read_lock
 from lifecycle.pin import commit_message, pin
@@ -47,7 +47,7 @@ def _eval(root: Path):  # type: ignore[no-untyped-def]
 
 
 def _gate(root: Path, record):  # type: ignore[no-untyped-def]
-    settings = load_gate_settings(root / "lifecycle.toml")
+    settings = read_gate_settings(load_workspace(root))
     return run_gate(record, load_baselines(root), settings)
 
 
