@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle.engines import EngineInfo, Generation, GenerationRequest, LoadOptions
+from lifecycle.envnames import ENV_ANSWERS_MAX_MB
 from lifecycle.fsutil import atomic_write_text, sweep_temps
 
 ANSWERS_DIR = Path(".lifecycle") / "answers"
 FORMAT = 1
 DEFAULT_MAX_MB = 256
-ENV_MAX_MB = "LIFECYCLE_ANSWERS_MAX_MB"
+ENV_MAX_MB = ENV_ANSWERS_MAX_MB
 # Engines whose numerics this process can name; a server's answers depend on a build and a
 # configuration the key cannot see, so they are never cached.
 CACHEABLE_ENGINES = ("llama-cpp", "llama-cpp-isolated")

@@ -33,11 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from lifecycle.envnames import ENV_NO_SUPERVISOR as ENV_NO_SUPERVISOR  # the CLI reads it here
+from lifecycle.envnames import ENV_PARENT_PID as ENV_PARENT
+from lifecycle.envnames import ENV_PHASE_PIPE
 from lifecycle.errors import EXIT_FAILURE
-
-ENV_PHASE_PIPE = "LIFECYCLE_PHASE_PIPE"  # "<supervisor pid>:<fd>" in the supervised child
-ENV_NO_SUPERVISOR = "LIFECYCLE_NO_SUPERVISOR"
-ENV_PARENT = "LIFECYCLE_PARENT_PID"  # the pid of the process that started this one
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 

@@ -11,6 +11,7 @@ import click
 
 from lifecycle.cli._options import json_option, workspace_option
 from lifecycle.cli._output import emit, emit_json, library_progress, progress, table
+from lifecycle.envnames import ENV_GITHUB_STEP_SUMMARY
 from lifecycle.errors import EXIT_FAILURE, EXIT_OK, LifecycleError, UsageError
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from lifecycle.gitbase import BaseReview
     from lifecycle.results import RunRecord
 
-ENV_STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 
 run_option = click.option(
     "--run",
@@ -384,7 +384,7 @@ def _write_outputs(markdown: str, path: Path | None) -> None:
         from lifecycle.fsutil import atomic_write_text
 
         atomic_write_text(path, markdown)
-    summary = os.environ.get(ENV_STEP_SUMMARY)
+    summary = os.environ.get(ENV_GITHUB_STEP_SUMMARY)
     if summary:
         with open(summary, "a", encoding="utf-8") as out:
             out.write(markdown + "\n")
