@@ -22,30 +22,32 @@ SCHEMA_VERSION = 1
 @dataclass(frozen=True)
 class Document:
     """A typed JSON object of a file the tool writes and reads back (a run record's variant,
-    a baseline's cases): keys this tool does not know are kept in ``extra``, and ``keys``
-    holds the order the keys were read in, so that an older or newer file turns back into
-    exactly the object it was read from (a key it lacked stays absent), as
-    :class:`lifecycle.lockfile.LockEntry` does. Built in code, ``keys`` is None and every
+    a baseline's cases): keys this tool does not know are kept in ``extra``, and
+    ``read_order`` the order they were read in, so that an older or newer file turns back
+    into exactly the object it was read from (a key it lacked stays absent), as
+    :class:`lifecycle.lockfile.LockEntry` does. Built in code, ``read_order`` is None and every
     field is written, in field order."""
 
     extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
-    keys: tuple[str, ...] | None = field(default=None, kw_only=True, compare=False, repr=False)
+    read_order: tuple[str, ...] | None = field(
+        default=None, kw_only=True, compare=False, repr=False
+    )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         names = _document_fields(cls)
         values: dict[str, Any] = {k: data[k] for k in names if k in data}
         values["extra"] = {k: v for k, v in data.items() if k not in names}
-        values["keys"] = tuple(data)
+        values["read_order"] = tuple(data)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         known = {name: getattr(self, name) for name in _document_fields(type(self))}
-        if self.keys is None:
+        if self.read_order is None:
             return {**known, **self.extra}
         out = {
             k: known[k] if k in known else self.extra[k]
-            for k in self.keys
+            for k in self.read_order
             if k in known or k in self.extra
         }
         for f in fields(self):  # a field set since the file was read
@@ -55,7 +57,7 @@ class Document:
 
 
 def _document_fields(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls) if f.name not in ("extra", "keys"))
+    return tuple(f.name for f in fields(cls) if f.name not in ("extra", "read_order"))
 
 
 def _default(f: Any) -> Any:
