@@ -31,14 +31,14 @@ import importlib.resources
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lifecycle.config import Workspace
 from lifecycle.errors import EngineError, UsageError
 from lifecycle.hostinfo import peak_rss, reset_peak_rss
-from lifecycle.results import RunRecord
+from lifecycle.results import CaseResult, RunRecord
 from lifecycle.store import now
 from lifecycle.tokenstats import (
     SCORE_MODES,
@@ -173,7 +173,7 @@ class CompareEntry:
     cost: dict[str, Any]
     token_quality: dict[str, Any] | None = None
     token_quality_skipped: str | None = None
-    task_quality: dict[str, Any] | None = None
+    task_quality: TaskQuality | None = None
     task_quality_skipped: str | None = None
     # An embedding comparison (lifecycle.comparevectors) has these; None: not one.
     embedding_quality: dict[str, Any] | None = None
@@ -203,7 +203,7 @@ class CompareEntry:
             "is_reference": self.is_reference,
             "token_quality": self.token_quality,
             "token_quality_skipped": self.token_quality_skipped,
-            "task_quality": self.task_quality,
+            "task_quality": self.task_quality.to_dict() if self.task_quality else None,
             "task_quality_skipped": self.task_quality_skipped,
             "cost": self.cost,
         }
@@ -214,6 +214,71 @@ class CompareEntry:
         out["checks"] = [c.to_dict() for c in self.checks]
         out["within_thresholds"] = self.within_thresholds
         return out
+
+
+@dataclass(frozen=True)
+class Flip:
+    """A golden case whose verdict differs from the reference's: ``fixed`` or ``broken``."""
+
+    suite: str
+    mode: str
+    id: str
+    change: Literal["fixed", "broken"]
+    reference_passed: bool
+    passed: bool
+    reference_output: str
+    output: str
+    reason: str  # why the failing side failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SuiteQuality:
+    """One suite/mode's rates in the eval pass."""
+
+    suite: str
+    mode: str
+    cases: int
+    pass_rate: float
+    json_valid_rate: float
+    schema_valid_rate: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskQuality:
+    """A subject's golden-set results in the eval pass, and how they compare with the
+    reference's: same parsed JSON (``agreement``; None without a reference variant), the
+    flipped verdicts, and the pass rate's drop (what ``max_pass_rate_drop`` bounds)."""
+
+    cases: int
+    passed: int
+    pass_rate: float
+    json_valid_rate: float
+    schema_valid_rate: float
+    agreement: int | None = None
+    agreement_rate: float | None = None
+    flipped: list[Flip] = field(default_factory=list)
+    suites: list[SuiteQuality] = field(default_factory=list)
+    pass_rate_drop: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cases": self.cases,
+            "passed": self.passed,
+            "pass_rate": self.pass_rate,
+            "json_valid_rate": self.json_valid_rate,
+            "schema_valid_rate": self.schema_valid_rate,
+            "agreement": self.agreement,
+            "agreement_rate": self.agreement_rate,
+            "flipped": [f.to_dict() for f in self.flipped],
+            "suites": [s.to_dict() for s in self.suites],
+            "pass_rate_drop": self.pass_rate_drop,
+        }
 
 
 @dataclass(frozen=True)
@@ -620,7 +685,7 @@ def _task_pass(
         ),
         progress=say,
     )
-    by_variant: dict[str, list[Any]] = {}
+    by_variant: dict[str, list[CaseResult]] = {}
     for case in record.cases:
         by_variant.setdefault(case.variant, []).append(case)
     load_ms = {run.variant.name: run.load_ms for run in record.variants}
@@ -633,20 +698,15 @@ def _task_pass(
     for subject in variants:
         cases = by_variant.get(subject.name, [])
         quality = _task_quality(cases, ref_cases, subject.name == reference.name)
-        quality["suites"] = [
-            {
-                "suite": s.suite,
-                "mode": s.mode,
-                "cases": s.cases,
-                "pass_rate": s.pass_rate,
-                "json_valid_rate": s.json_valid_rate,
-                "schema_valid_rate": s.schema_valid_rate,
-            }
+        suites = [
+            SuiteQuality(
+                s.suite, s.mode, s.cases, s.pass_rate, s.json_valid_rate, s.schema_valid_rate
+            )
             for s in record.summaries
             if s.variant == subject.name
         ]
-        quality["pass_rate_drop"] = round(ref_rate - quality["pass_rate"], 6) if ref_cases else None
-        entries[subject.name].task_quality = quality
+        drop = round(ref_rate - quality.pass_rate, 6) if ref_cases else None
+        entries[subject.name].task_quality = replace(quality, suites=suites, pass_rate_drop=drop)
         cost = entries[subject.name].cost
         cost["eval_load_ms"] = load_ms.get(subject.name)
         cost["prompt_tokens_per_s"] = _per_s(
@@ -659,22 +719,22 @@ def _task_pass(
 
 
 def _task_quality(
-    cases: list[Any], ref_cases: dict[Any, Any], is_reference: bool
-) -> dict[str, Any]:
-    quality: dict[str, Any] = {
-        "cases": len(cases),
-        "passed": sum(c.passed for c in cases),
-        "pass_rate": _rate([c.passed for c in cases]),
-        "json_valid_rate": _rate([c.json_valid for c in cases]),
-        "schema_valid_rate": _rate([c.schema_valid for c in cases]),
-        "agreement": None,
-        "agreement_rate": None,
-        "flipped": [],
-    }
+    cases: list[CaseResult],
+    ref_cases: dict[tuple[str, str, str], CaseResult],
+    is_reference: bool,
+) -> TaskQuality:
+    rates = TaskQuality(
+        cases=len(cases),
+        passed=sum(c.passed for c in cases),
+        pass_rate=_rate([c.passed for c in cases]),
+        json_valid_rate=_rate([c.json_valid for c in cases]),
+        schema_valid_rate=_rate([c.schema_valid for c in cases]),
+    )
     if not ref_cases:
-        return quality
+        return rates
     same = 0
     paired = 0
+    flipped = []
     for case in cases:
         ref = ref_cases.get((case.suite, case.mode, case.id))
         if ref is None:
@@ -682,25 +742,24 @@ def _task_quality(
         paired += 1
         same += _same_json(case, ref)
         if case.passed != ref.passed and not is_reference:
-            quality["flipped"].append(
-                {
-                    "suite": case.suite,
-                    "mode": case.mode,
-                    "id": case.id,
-                    "change": "fixed" if case.passed else "broken",
-                    "reference_passed": ref.passed,
-                    "passed": case.passed,
-                    "reference_output": ref.output,
-                    "output": case.output,
-                    "reason": case.reason if not case.passed else ref.reason,
-                }
+            flipped.append(
+                Flip(
+                    suite=case.suite,
+                    mode=case.mode,
+                    id=case.id,
+                    change="fixed" if case.passed else "broken",
+                    reference_passed=ref.passed,
+                    passed=case.passed,
+                    reference_output=ref.output,
+                    output=case.output,
+                    reason=case.reason if not case.passed else ref.reason,
+                )
             )
-    quality["agreement"] = same
-    quality["agreement_rate"] = round(same / paired, 4) if paired else None
-    return quality
+    agreement_rate = round(same / paired, 4) if paired else None
+    return replace(rates, agreement=same, agreement_rate=agreement_rate, flipped=flipped)
 
 
-def _same_json(case: Any, ref: Any) -> bool:
+def _same_json(case: CaseResult, ref: CaseResult) -> bool:
     """Same parsed JSON (both parsed); outputs that did not parse agree only when identical."""
     if case.json_valid and ref.json_valid:
         return bool(case.parsed == ref.parsed)
@@ -735,7 +794,7 @@ def _checks(
             rules.append(("same_top_p", "token_quality", thresholds.min_same_top_p,
                           token and token["same_top_p"], "min"))  # fmt: skip
     if measured["task_quality"]:
-        drop = task["pass_rate_drop"] if task else None
+        drop = task.pass_rate_drop if task else None
         if entry.is_reference and task:
             drop = 0.0
         rules.append(("pass_rate_drop", "task_quality", thresholds.max_pass_rate_drop, drop, "max"))
@@ -822,6 +881,9 @@ __all__ = [
     "CompareReport",
     "CompareSettings",
     "CompareVerdict",
+    "Flip",
+    "SuiteQuality",
+    "TaskQuality",
     "Thresholds",
     "compare",
     "load_text",

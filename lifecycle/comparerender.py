@@ -65,7 +65,7 @@ def comparison_chart(report: CompareReport, path: Path) -> Path:
                              fontsize=8)  # fmt: skip
     quality.set(xlabel="file size (MiB)", ylabel=ylabel)
     quality.set_title("quality vs size")
-    rates = [(e.task_quality or {}).get("pass_rate") for e in entries]
+    rates = [e.task_quality.pass_rate if e.task_quality else None for e in entries]
     if any(r is not None for r in rates):
         twin = quality.twinx()
         points = [(x, r) for x, r in zip(sizes, rates, strict=True) if r is not None]
@@ -133,9 +133,9 @@ def render_report(report: CompareReport) -> str:
             [
                 name,
                 mib(c["file_size_bytes"]),
-                None if not q else f"{q['pass_rate']:.0%}",
-                None if not q or q["agreement_rate"] is None else f"{q['agreement_rate']:.0%}",
-                None if not q else len(q["flipped"]),
+                None if not q else f"{q.pass_rate:.0%}",
+                None if not q or q.agreement_rate is None else f"{q.agreement_rate:.0%}",
+                None if not q else len(q.flipped),
                 c.get("generation_tokens_per_s"),
                 None if c.get("load_ms") is None else round(c["load_ms"]),
                 None if not c.get("peak_rss_bytes") else mib(c["peak_rss_bytes"]),
@@ -172,13 +172,12 @@ def render_report(report: CompareReport) -> str:
             why = e.skipped(dimension)
             if why:
                 lines.append(f"{e.name}: {dimension.replace('_', ' ')}: {why}")
-        for flip in (e.task_quality or {}).get("flipped", []):
+        for flip in e.task_quality.flipped if e.task_quality else []:
             lines.append(
-                f"{e.name} {flip['suite']}/{flip['mode']} {flip['id']}: {flip['change']} "
-                f"({flip['reason']})"
+                f"{e.name} {flip.suite}/{flip.mode} {flip.id}: {flip.change} ({flip.reason})"
             )
-            lines.append(f"    reference: {_short(flip['reference_output'])}")
-            lines.append(f"    {e.name}: {_short(flip['output'])}")
+            lines.append(f"    reference: {_short(flip.reference_output)}")
+            lines.append(f"    {e.name}: {_short(flip.output)}")
     settings = report.token_settings
     if settings:
         lines.append(

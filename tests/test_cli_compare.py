@@ -51,6 +51,10 @@ def test_compare_reports_token_and_task_quality_cost_and_flips(
         assert set(entry["token_quality"]["kld"]) >= {"mean", "median", "p90", "p99", "max"}
         assert {"same_top_p", "rms_dp", "ppl", "ppl_ratio"} <= set(entry["token_quality"])
         task = entry["task_quality"]
+        assert list(task) == [  # the document's order, as before it was typed
+            "cases", "passed", "pass_rate", "json_valid_rate", "schema_valid_rate",
+            "agreement", "agreement_rate", "flipped", "suites", "pass_rate_drop",
+        ]  # fmt: skip
         assert task["cases"] == 4 and 0 <= task["pass_rate"] <= 1
         assert 0 <= task["schema_valid_rate"] <= 1
         cost = entry["cost"]
@@ -70,6 +74,10 @@ def test_compare_reports_token_and_task_quality_cost_and_flips(
         flips = entries[name]["task_quality"]["flipped"]
         assert sorted(f["id"] for f in flips) == expected
         for flip in flips:
+            assert list(flip) == [
+                "suite", "mode", "id", "change", "reference_passed", "passed",
+                "reference_output", "output", "reason",
+            ]  # fmt: skip
             assert flip["output"] == passed[(name, flip["id"])]["output"]
             assert flip["reference_output"] == passed[("tiny:f32", flip["id"])]["output"]
     # Everything is within these loose thresholds, so the smallest file wins.
