@@ -8,9 +8,12 @@ the CPU model is read one way everywhere.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
+import sys
 from pathlib import Path
+from typing import Any
 
 
 def physical_cores() -> int:
@@ -95,3 +98,53 @@ def last_level_cache_bytes() -> int | None:
         return None
     top = max(level for level, _ in seen)
     return sum(size for (level, _), size in seen.items() if level == top)
+
+
+# CPU features that decide which ggml kernels a build may contain (/proc/cpuinfo names).
+ISA_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "bmi2",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512vbmi",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+
+
+def host_cpu() -> dict[str, Any]:
+    """CPU model, the ISA flags that matter to ggml, and whether AMX is usable here."""
+    model, flags = cpu_info()
+    advertised = "amx_tile" in flags
+    return {
+        "model": model,
+        "machine": platform.machine(),
+        "flags": [f for f in ISA_FLAGS if f in flags],
+        "amx_advertised": advertised,
+        "amx_usable": amx_usable() if advertised else False,
+    }
+
+
+def amx_usable() -> bool | None:
+    """Whether the kernel grants this process AMX tile data (Linux x86-64), None if unknown.
+
+    Linux hands out the AMX register state only on request (``arch_prctl`` with
+    ``ARCH_REQ_XCOMP_PERM``); a VM that hides AMX from the guest refuses the request even
+    though cpuinfo lists the ``amx_tile`` flag. ggml makes the same request before using AMX.
+    """
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return None
+    sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.syscall(sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata)) == 0
+    except (OSError, AttributeError):
+        return None

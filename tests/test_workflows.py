@@ -418,8 +418,8 @@ MODEL_COMMANDS = re.compile(r"\blifecycle (eval|smoke|gate|merge|compare|bench|c
 
 @pytest.mark.parametrize("name", ["weekly.yml", "pr-gate.yml", "eval-sharded.yml"])
 def test_every_job_installs_the_engine_as_the_readme_does(name: str) -> None:
-    """One installer; pip's cache (built wheels included) never shared between CPUs; the
-    engine checked on the runner before any step that loads a model."""
+    """One installer; the engine wheel cached under its build key, pip's cache not at all;
+    the engine checked on the runner before any step that loads a model."""
     workflow = Workflow.load(WORKFLOWS / name)
     for job_id, job in workflow.doc["jobs"].items():
         steps = job["steps"]
@@ -433,10 +433,10 @@ def test_every_job_installs_the_engine_as_the_readme_does(name: str) -> None:
             uses, options = str(step.get("uses", "")), step.get("with") or {}
             if uses.startswith("actions/setup-python@"):
                 assert "cache" not in options, f"{job_id}: setup-python's pip cache spans CPUs"
-            if uses.startswith("actions/cache@") and "pip" in str(options.get("path")):
+            assert "cache/pip" not in str(options.get("path")), f"{job_id}: pip's cache"
+            if uses.startswith("actions/cache@") and "wheels" in str(options.get("path")):
                 assert key_step < i < installs[0], job_id
-                for option in ("key", "restore-keys"):
-                    assert "${{ steps.engine.outputs.key }}" in str(options[option]), job_id
+                assert "${{ steps.engine.outputs.key }}" in str(options["key"]), job_id
         doctor = [i for i, r in enumerate(runs) if r == "lifecycle doctor --no-models"]
         loads = [i for i, r in enumerate(runs) if MODEL_COMMANDS.search(r)]
         assert doctor and loads and installs[0] < doctor[0] < min(loads), (job_id, runs)
@@ -444,8 +444,11 @@ def test_every_job_installs_the_engine_as_the_readme_does(name: str) -> None:
 
 def test_the_engine_build_flags_are_written_in_one_place() -> None:
     script = INSTALL_ENGINE.read_text(encoding="utf-8")
-    found = re.search(r'^CMAKE_ARGS="([^"]+)"$', script, re.MULTILINE)
-    assert found and "-DGGML_NATIVE=OFF" in found.group(1) and "-DGGML_AVX2=ON" in found.group(1)
+    builds = dict(re.findall(r'^ +([a-z-]+)\) CMAKE_ARGS="([^"]+)" ;;$', script, re.MULTILINE))
+    assert set(builds) == {"all-cpus", "portable"}
+    assert all("-DGGML_NATIVE=OFF" in flags for flags in builds.values())
+    assert "-DGGML_CPU_ALL_VARIANTS=ON" in builds["all-cpus"]
+    assert "-DGGML_AVX2=ON" in builds["portable"]
     documented = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     for path in [*documented, REPO / ".ci" / "run", *sorted(WORKFLOWS.glob("*.yml"))]:
         assert "-DGGML_" not in path.read_text(encoding="utf-8"), f"{path} has its own flags"
@@ -455,28 +458,76 @@ def test_the_engine_build_flags_are_written_in_one_place() -> None:
     assert QUICKSTART in (REPO / ".ci" / "run").read_text(encoding="utf-8")
 
 
-def test_install_engine_runs_pip_with_the_build_flags(tmp_path: Path) -> None:
-    # A stand-in interpreter that records what it was run with, instead of building llama.cpp.
+def test_install_engine_builds_into_a_wheelhouse_named_by_its_flags(tmp_path: Path) -> None:
+    """pip caches a built wheel whatever CMAKE_ARGS said: the installer builds the engine
+    outside pip's cache, into a folder keyed by the flags and version, and installs from it."""
+    # A stand-in interpreter that records each pip call, and "builds" a wheel when asked to.
     python = tmp_path / "python"
-    python.write_text('#!/bin/sh\nprintf \'%s\\n\' "$CMAKE_ARGS" "$@" > "$0.args"\n', "utf-8")
+    python.write_text(
+        "#!/bin/sh\n"
+        'printf \'%s\\n\' "$CMAKE_ARGS" "$@" >> "$0.args"\n'
+        'if [ "$3" = "wheel" ]; then\n'
+        '  shift 3; while [ "$1" != "-w" ]; do shift; done\n'
+        '  touch "$2/llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"\n'
+        "fi\n",
+        "utf-8",
+    )
     python.chmod(0o755)
-    env = {**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=ON"}  # a caller's own flags are replaced
+    calls = tmp_path / "python.args"
 
-    def install(*args: str) -> list[str]:
+    def install(build: str, *args: str) -> list[list[str]]:
+        env = {
+            **os.environ,
+            "CMAKE_ARGS": "-DGGML_NATIVE=ON",  # a caller's own flags are replaced
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "LIFECYCLE_ENGINE_BUILD": build,
+        }
+        env.pop("LIFECYCLE_WHEELHOUSE", None)
+        calls.unlink(missing_ok=True)
         subprocess.run([str(INSTALL_ENGINE), str(python), *args], env=env, cwd=REPO, check=True)
-        return (tmp_path / "python.args").read_text(encoding="utf-8").splitlines()
+        lines = calls.read_text(encoding="utf-8").splitlines()
+        starts = [i for i, line in enumerate(lines) if line.startswith("-D")]
+        return [lines[i:j] for i, j in zip(starts, [*starts[1:], len(lines)], strict=True)]
 
-    cmake_args, *argv = install()
-    assert "-DGGML_NATIVE=OFF" in cmake_args and "-DGGML_NATIVE=ON" not in cmake_args
-    assert argv == ["-m", "pip", "install", "-e", "."]
-    assert install("-q", "-e", ".[test]")[1:] == ["-m", "pip", "install", "-q", "-e", ".[test]"]
+    (wheel, pip_install) = install("all-cpus")
+    assert "-DGGML_CPU_ALL_VARIANTS=ON" in wheel[0] and "-DGGML_NATIVE=ON" not in wheel[0]
+    assert wheel[1:4] == ["-m", "pip", "wheel"] and "--no-cache-dir" in wheel
+    assert wheel[-1] == "llama-cpp-python==0.3.36"
+    wheelhouse = wheel[wheel.index("-w") + 1]
+    assert Path(wheelhouse).parent == tmp_path / "cache" / "lifecycle" / "wheels"
+    assert pip_install[1:] == ["-m", "pip", "install", "--find-links", wheelhouse, "-e", "."]
+    # Built once: the next install takes the wheel from the wheelhouse.
+    (again,) = install("all-cpus", "-q", "-e", ".[test]")
+    assert again[1:] == ["-m", "pip", "install", "--find-links", wheelhouse, "-q", "-e", ".[test]"]
+    # The portable build is another set of flags, so another wheelhouse.
+    (portable_wheel, _) = install("portable")
+    assert "-DGGML_AVX2=ON" in portable_wheel[0]
+    assert portable_wheel[portable_wheel.index("-w") + 1] != wheelhouse
 
-    key = subprocess.run(
-        [str(INSTALL_ENGINE), "--cache-key"], capture_output=True, text=True, check=True
-    ).stdout
-    assert re.fullmatch(r"[0-9a-f]{16}\n", key)
+    def key(build: str) -> str:
+        env = {**os.environ, "LIFECYCLE_ENGINE_BUILD": build}
+        return subprocess.run(
+            [str(INSTALL_ENGINE), "--cache-key"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            cwd=REPO,
+        ).stdout
+
+    assert re.fullmatch(r"[0-9a-f]{16}\n", key("all-cpus")) and key("all-cpus") != key("portable")
+    assert Path(wheelhouse).name == key("all-cpus").strip()
     usage = subprocess.run([str(INSTALL_ENGINE)], capture_output=True, text=True, check=False)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+    wrong = subprocess.run(
+        [str(INSTALL_ENGINE), str(python)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LIFECYCLE_ENGINE_BUILD": "native"},
+        cwd=REPO,
+    )
+    assert wrong.returncode == 2 and "all-cpus or portable" in wrong.stderr
 
 
 def junit_failures(path: Path) -> set[tuple[str, str]]:

@@ -119,8 +119,7 @@ def _cpu_kernels(refresh: bool) -> dict[str, Any] | None:
 
     choice = cpuvariants.active()
     if refresh and choice is not None:
-        folder = cpuvariants.library_dir()
-        libraries = cpuvariants.variant_libraries(folder) if folder else []
+        libraries = cpuvariants.installed_variants()
         choice = cpuvariants.choose(libraries, canary=True, refresh=True, say=progress) or choice
     return choice.to_dict() if choice else None
 

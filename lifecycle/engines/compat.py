@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from lifecycle.engines import cpuvariants
+from lifecycle.fsutil import quiet_stderr
 
 # A build with every CPU variant loads none until told which (see cpuvariants); the CLI has
 # chosen already, a library user gets the best-scoring safe one.
@@ -29,6 +30,11 @@ cpuvariants.activate()
 from llama_cpp import Llama  # noqa: E402
 from llama_cpp import llama_cpp as low_level  # noqa: E402
 from llama_cpp._internals import LlamaBatch, LlamaSampler  # noqa: E402
+
+# Load the backends now (Llama() would at its first load): until then a build with dynamic
+# backends has none registered, and llama_print_system_info() says nothing of the CPU.
+with quiet_stderr():  # "load_backend: loaded CPU backend from ..."
+    low_level.llama_backend_init()
 
 __all__ = [
     "LlamaBatch",

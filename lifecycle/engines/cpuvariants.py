@@ -11,7 +11,7 @@ whose ``ggml_backend_score()`` is highest. Two things keep lifecycle from leavin
   llama-cpp-python's ``lib`` folder, so inside Python it finds no CPU backend at all.
 
 So the choice is made here: ggml's own scores (read from each library in a subprocess), minus
-the AMX builds where the kernel refuses AMX (:func:`lifecycle.engines.doctor.amx_usable`),
+the AMX builds where the kernel refuses AMX (:func:`lifecycle.hostinfo.amx_usable`),
 then — when the CLI is about to run the engine — the canary, a subprocess that loads a tiny
 quantized model with the candidate and decodes, stepping down to the next build on a crash.
 The choice reaches llama.cpp through ``GGML_BACKEND_PATH`` before the first backend load and
@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle import envnames
+from lifecycle.engines.canary import PHASES, run_canary
 from lifecycle.fsutil import atomic_write_text
+from lifecycle.hostinfo import host_cpu
 
 CHOICE_VERSION = 1
 CHOICES_DIR = "engine-checks"  # under LIFECYCLE_HOME, beside the per-model canary verdicts
@@ -82,20 +84,37 @@ class Choice:
         return cls(**{k: v for k, v in data.items() if k in names}, candidates=candidates)
 
 
-def library_dir() -> Path | None:
-    """llama-cpp-python's folder of shared libraries, found without importing it."""
+def package_dir() -> Path | None:
+    """llama-cpp-python's package folder, found without importing it."""
     try:
         spec = importlib.util.find_spec("llama_cpp")
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.origin:
         return None
-    folder = Path(spec.origin).parent / "lib"
-    return folder if folder.is_dir() else None
+    return Path(spec.origin).parent
+
+
+def installed_variants() -> list[Path]:
+    """The build's CPU backend libraries, one per kernel variant (none on a single-CPU build).
+
+    ggml installs them to CMake's binary folder, which llama-cpp-python 0.3.36 leaves at
+    ``bin`` on Linux: ``site-packages/bin``, not beside its other libraries in
+    ``llama_cpp/lib`` (looked in too, for a build that puts them there).
+    """
+    package = package_dir()
+    if package is None:
+        return []
+    return [
+        *variant_libraries(package / "lib"),
+        *variant_libraries(package.parent / "bin"),
+    ]
 
 
 def variant_libraries(folder: Path) -> list[Path]:
-    """The build's CPU backend libraries, one per kernel variant (none on a single-CPU build)."""
+    """The CPU backend libraries in ``folder``."""
+    if not folder.is_dir():
+        return []
     return sorted(
         p for p in folder.glob("libggml-cpu-*") if p.suffix in (".so", ".dylib") and p.is_file()
     )
@@ -126,8 +145,7 @@ def activate(
         return _ACTIVE
     if os.environ.get(envnames.ENV_GGML_BACKEND_PATH) and _ACTIVE is None:
         return None
-    folder = library_dir()
-    libraries = variant_libraries(folder) if folder else []
+    libraries = installed_variants()
     if not libraries:
         return None
     choice = choose(libraries, home=home, canary=canary, say=say)
@@ -147,7 +165,6 @@ def choose(
 ) -> Choice | None:
     """The CPU backend to load here: recalled, or decided and remembered."""
     from lifecycle.config import lifecycle_home
-    from lifecycle.engines.doctor import host_cpu
 
     say = say or (lambda _m: None)
     cpu = host_cpu()
@@ -244,9 +261,8 @@ def run_variant_canary(candidate: Candidate, *, home: Path | None = None) -> str
     """Run the tiny quantized canary model with ``candidate``; None when it ran, else how it
     died ("crashed (SIGILL) while loading", ...)."""
     from lifecycle.config import lifecycle_home
-    from lifecycle.engines.doctor import ENGINE_CHECKS_DIR, PHASES, run_canary
 
-    checks_dir = (home or lifecycle_home()) / ENGINE_CHECKS_DIR
+    checks_dir = (home or lifecycle_home()) / CHOICES_DIR
     run = run_canary(
         checks_dir,
         extra_bufts=True,
@@ -262,8 +278,8 @@ def run_variant_canary(candidate: Candidate, *, home: Path | None = None) -> str
 
 def _score_main(paths: list[str]) -> int:
     """``python -m lifecycle.engines.cpuvariants LIB...``: a JSON line per library scored."""
-    folder = library_dir()
-    base = folder / "libggml-base.so" if folder else None
+    package = package_dir()
+    base = package / "lib" / "libggml-base.so" if package else None
     if base is not None and base.is_file():
         ctypes.CDLL(str(base), mode=ctypes.RTLD_GLOBAL)  # the variants link against it
     for path in paths:

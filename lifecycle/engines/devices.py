@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from lifecycle.envnames import ENV_CUDA_VISIBLE_DEVICES
@@ -159,15 +160,12 @@ def ggml_devices() -> dict[str, Any]:
 
     empty: dict[str, Any] = {"backends": {}, "devices": [], "reason": None}
     try:
-        from lifecycle.engines import cpuvariants
-
-        cpuvariants.activate()  # before llama.cpp loads a CPU backend of its own choosing
         import llama_cpp
 
-        llama_cpp.llama_supports_gpu_offload()  # loads dynamic backends when the build has them
-        from llama_cpp import _ggml
+        from lifecycle.engines import compat  # noqa: F401  (picks the CPU backend, loads it)
 
-        lib = _ggml.libggml
+        llama_cpp.llama_supports_gpu_offload()  # loads dynamic backends when the build has them
+        lib = libggml_of_libllama()
         lib.ggml_backend_reg_count.restype = ctypes.c_size_t
         lib.ggml_backend_reg_get.restype = ctypes.c_void_p
         lib.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
@@ -212,6 +210,23 @@ def ggml_devices() -> dict[str, Any]:
         return {"backends": backends, "devices": devices, "reason": None}
     except Exception as exc:  # a build without these symbols, or no llama_cpp at all
         return {**empty, "reason": f"llama.cpp's device list could not be read: {exc}"}
+
+
+def libggml_of_libllama() -> Any:
+    """The libggml instance llama.cpp itself uses, whose backend registry is the real one.
+
+    A wheel cannot hold symlinks, so llama-cpp-python ships ``libggml.so`` and ``libggml.so.0``
+    as two copies; its ``_ggml`` module loads the first, libllama the second (its soname), and
+    the two are separate libraries in the process, each with its own registry. With backends
+    compiled in both registries list them; with dynamic backends (every CPU variant) only the
+    copy libllama loaded has any.
+    """
+    import ctypes
+
+    from llama_cpp import _ggml
+
+    soname = Path(_ggml.libggml._name).with_name("libggml.so.0")
+    return ctypes.CDLL(str(soname)) if soname.is_file() else _ggml.libggml
 
 
 def ggml_build() -> dict[str, Any]:

@@ -16,66 +16,28 @@ one subprocess per model the first time a machine sees it and nothing after.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lifecycle.clock import utc_now
-from lifecycle.crashguard import child_environment, note, remedy
+from lifecycle.crashguard import remedy
 from lifecycle.engines.base import EngineCrashed
+from lifecycle.engines.canary import PHASES, CanaryRun, run_canary
 from lifecycle.errors import EngineError
 from lifecycle.fsutil import atomic_write_text, quiet_stderr
-from lifecycle.hostinfo import cpu_info
+from lifecycle.hostinfo import host_cpu
 
 CHECK_VERSION = 1
 ENGINE_CHECKS_DIR = "engine-checks"  # under LIFECYCLE_HOME: facts about this machine
-CANARY_TIMEOUT_S = 300.0
 CANARY_CTX = 256
 CANARY_PROMPT = 'Ticket: "I was charged twice this month."\nJSON: {"category": "'
 CANARY_TOKENS = 8
-
-# CPU features that decide which ggml kernels a build may contain (/proc/cpuinfo names).
-ISA_FLAGS = (
-    "avx",
-    "avx2",
-    "fma",
-    "f16c",
-    "bmi2",
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512vbmi",
-    "avx_vnni",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-)
-
-
-@dataclass(frozen=True)
-class CanaryRun:
-    """One canary attempt: a subprocess loading ``model`` and decoding a few tokens."""
-
-    extra_bufts: bool
-    ok: bool
-    signal: str | None = None  # SIGSEGV, SIGILL, ... when the process died of one
-    phase: str | None = None  # load, prompt, generation: where it got to
-    error: str | None = None
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -122,44 +84,6 @@ class EngineCheck:
         if sig == "SIGILL" and self.rebuild:
             message += f"; rebuild: {self.rebuild}"
         return EngineCrashed(message, signal=sig)
-
-
-PHASES = {
-    "quantize": "making the canary model",
-    "load": "loading",
-    "prompt": "decoding the prompt of",
-    "generation": "generating with",
-}
-
-
-def host_cpu() -> dict[str, Any]:
-    """CPU model, the ISA flags that matter to ggml, and whether AMX is usable here."""
-    model, flags = cpu_info()
-    advertised = "amx_tile" in flags
-    return {
-        "model": model,
-        "machine": platform.machine(),
-        "flags": [f for f in ISA_FLAGS if f in flags],
-        "amx_advertised": advertised,
-        "amx_usable": amx_usable() if advertised else False,
-    }
-
-
-def amx_usable() -> bool | None:
-    """Whether the kernel grants this process AMX tile data (Linux x86-64), None if unknown.
-
-    Linux hands out the AMX register state only on request (``arch_prctl`` with
-    ``ARCH_REQ_XCOMP_PERM``); a VM that hides AMX from the guest refuses the request even
-    though cpuinfo lists the ``amx_tile`` flag. ggml makes the same request before using AMX.
-    """
-    if sys.platform != "linux" or platform.machine() != "x86_64":
-        return None
-    sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.syscall(sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata)) == 0
-    except (OSError, AttributeError):
-        return None
 
 
 def engine_build() -> dict[str, Any]:
@@ -301,61 +225,6 @@ def blob_digest(path: Path) -> str:
     if path.name.startswith("sha256-") and len(path.name) == 71:
         return "sha256:" + path.name[7:]
     return file_digest(path)
-
-
-def run_canary(
-    model_path: Path,
-    *,
-    extra_bufts: bool,
-    n_gpu_layers: int = 0,
-    name: str = "",
-    timeout_s: float = CANARY_TIMEOUT_S,
-    env: dict[str, str] | None = None,
-    tiny: bool = False,
-) -> CanaryRun:
-    """Load ``model_path`` and decode a few tokens in a fresh subprocess; report how it went.
-
-    ``env``: variables set for the subprocess only (a CPU backend to try). ``tiny``:
-    ``model_path`` is a folder, where the subprocess makes (or finds) the tiny quantized
-    canary model itself, so that making it is tried with the same build.
-    """
-    note(phase="canary", model=name or model_path.name)
-    args = [sys.executable, "-m", "lifecycle.engines.doctor", str(model_path)]
-    args += [str(int(extra_bufts)), str(n_gpu_layers), "tiny" if tiny else "file"]
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            args,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env={**child_environment(), **(env or {})},
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        return CanaryRun(extra_bufts, False, error=f"no answer within {timeout_s:g} s")
-    seconds = round(time.perf_counter() - started, 3)
-    phase = None
-    result: dict[str, Any] = {}
-    for line in proc.stdout.splitlines():
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        phase = data.get("phase", phase)
-        result = data if "ok" in data else result
-    if proc.returncode < 0:
-        import signal
-
-        try:
-            sig = signal.Signals(-proc.returncode).name
-        except ValueError:
-            sig = f"signal {-proc.returncode}"
-        return CanaryRun(extra_bufts, False, signal=sig, phase=phase, seconds=seconds)
-    if result.get("ok"):
-        return CanaryRun(extra_bufts, True, phase=phase, seconds=seconds)
-    error = result.get("error") or (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return CanaryRun(extra_bufts, False, phase=phase, error=str(error), seconds=seconds)
 
 
 def tiny_canary_model(checks_dir: Path) -> Path:
