@@ -4,11 +4,13 @@ Loads one variant of a workspace (default: the example's first, Gemma 3 270M Q4_
 per N (``--parallel 1,4``: 1 = the sequential path, more = the batched decoder) and decodes
 the free-mode requests of its suites (the prompts the runner sends, rendered the same way)
 through the engine, alternating plain decoding (``LIFECYCLE_FREE_DRAFT=off``) and drafting
-(``prompt-lookup[:K]`` for each ``--draft`` K) round after round, so every path is measured
-under the same machine load. Engine time only: no model load, no scoring in the timed part.
+(``prompt-lookup[:K]`` for each ``--draft`` K) a few cases at a time (one case at N=1, 2N
+cases batched: ``--chunk``) in alternating order, so a burst of load from other work falls on
+every path alike; a round is every case once on every path. Engine time only: no model
+load, no scoring in the timed part.
 
     python benchmarks/drafting.py [--workspace .] [--variant NAME] [--parallel 1,4]
-        [--draft 4,8] [--rounds 3] [--limit N] [--threads 2]
+        [--draft 4,8] [--rounds 3] [--limit N] [--threads 2] [--chunk C] [--dump FILE]
 
 Prints per path: seconds (median), the plain/draft time ratio measured within each round
 (above 1: drafting is faster), the draft acceptance rate (draft tokens the model's argmax
@@ -68,6 +70,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--limit", type=int, help="first N cases of each suite")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--chunk", type=int, help="cases per alternation (default: 1 at N=1, 2N batched)"
+    )
+    parser.add_argument("--dump", type=Path, help="write every path's outputs here (JSON)")
     args = parser.parse_args()
 
     workspace = load_workspace(args.workspace.resolve())
@@ -104,46 +110,69 @@ def main() -> int:
     try:
         for round_no in range(args.rounds):
             for n in levels:
-                # Alternate which path goes first, so neither always follows the other.
-                order = drafts if round_no % 2 == 0 else list(reversed(drafts))
-                for d in order:
+                # Paths alternate chunk by chunk (a few cases each), in alternating order, so
+                # a burst of load from other work falls on every path alike.
+                size = args.chunk or (1 if n == 1 else 2 * n)
+                chunks = [
+                    list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)
+                ]
+                totals = dict.fromkeys(drafts, 0.0)
+                for d in drafts:
+                    paths[(n, d)].stats = DraftStats()
+                    paths[(n, d)].tokens = 0
+                for c, chunk in enumerate(chunks):
+                    order = drafts if (c + round_no) % 2 == 0 else list(reversed(drafts))
+                    for d in order:
+                        totals[d] += _run(models[n], paths[(n, d)], requests, items, chunk)
+                for d in drafts:
                     path = paths[(n, d)]
-                    _run(models[n], path, requests, items)
+                    path.seconds.append(totals[d])
                     print(
                         f"  round {round_no + 1}: {path.label}: {path.seconds[-1]:.2f} s",
                         flush=True,
                     )
                 for d in drafts:
-                    paths[(n, d)].ratios.append(
-                        paths[(n, "off")].seconds[-1] / paths[(n, d)].seconds[-1]
-                    )
+                    paths[(n, d)].ratios.append(totals["off"] / totals[d])
     finally:
         for model in models.values():
             model.close()
     _report(paths, levels, drafts, items)
+    if args.dump:
+        args.dump.write_text(
+            json.dumps(
+                {
+                    path.label: {
+                        cid: {"text": g.text, "margin": g.margin, "field_margin": g.field_margin}
+                        for cid, g in path.outputs.items()
+                    }
+                    for path in paths.values()
+                },
+                indent=1,
+            )
+        )
     return 0
 
 
-def _run(model: Any, path: Path_, requests: list[Any], items: list[Any]) -> None:
+def _run(model: Any, path: Path_, requests: list[Any], items: list[Any], chunk: list[int]) -> float:
+    """Decode the requests at ``chunk`` on ``path``; their outputs and drafting counts are
+    added to the path; returns the seconds it took."""
     os.environ[ENV_FREE_DRAFT] = path.draft
     before = DraftStats(**vars(model.draft_stats))
     outcomes: dict[int, Any] = {}
     start = time.perf_counter()
-    model.generate_batch(requests, lambda i, outcome: outcomes.__setitem__(i, outcome))
-    path.seconds.append(time.perf_counter() - start)
+    model.generate_batch([requests[i] for i in chunk], outcomes.__setitem__)
+    elapsed = time.perf_counter() - start
     after = model.draft_stats
-    path.stats = DraftStats(
-        after.verify_steps - before.verify_steps,
-        after.drafted - before.drafted,
-        after.accepted - before.accepted,
-    )
-    path.tokens = 0
-    for index, (_suite, case, _request) in enumerate(items):
-        outcome = outcomes[index]
+    path.stats.verify_steps += after.verify_steps - before.verify_steps
+    path.stats.drafted += after.drafted - before.drafted
+    path.stats.accepted += after.accepted - before.accepted
+    for k, index in enumerate(chunk):
+        outcome = outcomes[k]
         if isinstance(outcome, Exception):
             raise outcome
-        path.outputs[case.id] = outcome
+        path.outputs[items[index][1].id] = outcome
         path.tokens += outcome.completion_tokens
+    return elapsed
 
 
 def _report(

@@ -280,7 +280,7 @@ class RunEnvironment(HostEnvironment, total=False):
     # Schema mode's decoder in this process ("llguidance 1.9.1" or "gbnf"; None: a server
     # enforces the schema). Older llama.cpp records lack it: they used GBNF.
     schema_decoder: str | None
-    # Free greedy decoding's prompt-lookup drafting ("off", "prompt-lookup k=8 n=1-3"; None: a
+    # Free greedy decoding's prompt-lookup drafting ("off", "prompt-lookup k=4 n=1-3"; None: a
     # server engine). Older llama.cpp records lack it: they decoded without drafts.
     free_drafting: str | None
     batch_size: int

@@ -143,9 +143,9 @@ def test_the_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert draft_settings() is None and free_drafting() == "off"
     monkeypatch.setenv(ENV_FREE_DRAFT, "prompt-lookup")
     assert draft_settings() == DraftSettings()
-    assert free_drafting() == "prompt-lookup k=8 n=1-3"
-    monkeypatch.setenv(ENV_FREE_DRAFT, "prompt-lookup:4")
     assert free_drafting() == "prompt-lookup k=4 n=1-3"
+    monkeypatch.setenv(ENV_FREE_DRAFT, "prompt-lookup:8")
+    assert free_drafting() == "prompt-lookup k=8 n=1-3"
     monkeypatch.setenv(ENV_FREE_DRAFT, "on")
     assert draft_settings() == DraftSettings()
     # Only greedy free-mode requests draft.
@@ -237,7 +237,7 @@ def test_drafting_keys_the_answers_it_decodes_and_only_those(
         ).digest
 
     free, schema, sampled = ask("x"), ask("x", json_schema=TINY_SCHEMA), ask("x", temperature=0.7)
-    assert key(free, "off") != key(free, "prompt-lookup") != key(free, "prompt-lookup:4")
+    assert key(free, "off") != key(free, "prompt-lookup") != key(free, "prompt-lookup:8")
     assert key(schema, "off") == key(schema, "prompt-lookup")
     assert key(sampled, "off") == key(sampled, "prompt-lookup")
 
@@ -246,7 +246,7 @@ def test_a_change_of_drafting_is_a_numeric_runtime_change() -> None:
     from lifecycle.gate import numeric_changes
     from lifecycle.runtime import runtime_changes
 
-    on = "prompt-lookup k=8 n=1-3"
+    on = "prompt-lookup k=4 n=1-3"
     # A record from before the setting existed decoded without drafts.
     assert runtime_changes(
         {"engine": "llama-cpp"}, {"engine": "llama-cpp", "free_drafting": on}
