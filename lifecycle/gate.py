@@ -62,10 +62,10 @@ from lifecycle.errors import EXIT_FAILURE, EXIT_GATE_FAILED, EXIT_OK
 from lifecycle.latency import latency_checks
 from lifecycle.results import CaseResult, RunRecord, SuiteSummary, VariantInfo, VariantRun
 from lifecycle.retrieval import retrieval_checks
-from lifecycle.runtime import environment_runtime_change, runtime_defaults
+from lifecycle.runtime import environment_runtime_change, runtime_defaults, runtime_of
 from lifecycle.stats import mcnemar_exact, wilson_interval
 from lifecycle.texttable import percent
-from lifecycle.vectors import REINDEX_BELOW, reindex_notes, vector_checks
+from lifecycle.vectors import REINDEX_BELOW, baseline_pairs, reindex_notes, vector_checks
 
 if TYPE_CHECKING:
     from lifecycle.calibrate import SignalCalibration
@@ -88,6 +88,7 @@ ENGINE_KEYS = (
     "flash_attention",
     "schema_decoder",
     "free_drafting",
+    "cpu_features",  # derived (see _environment_changes): the kernels the engine build runs
 )
 # Keys whose change can alter greedy outputs themselves (other kernels, other rounding,
 # another KV cache precision): across such a change a flip is judged by its decision margin.
@@ -105,6 +106,9 @@ NUMERIC_KEYS = (
     "flash_attention",
     "schema_decoder",  # llguidance's canonical forced tokens vs the GBNF path's own choices
     "free_drafting",  # prompt-lookup drafts verified in batches: other rounding
+    # The instruction sets of the CPU kernels llama.cpp runs: another CPU variant of the build
+    # (AVX512 instead of AVX2) rounds differently, on machines whose model name is the same.
+    "cpu_features",
 )
 # What the gate made of a flip across a numeric environment change (see EnvironmentFlip).
 FlipJudgement = Literal["noise", "regression", "gained", "unknown"]
@@ -574,6 +578,7 @@ def _gate_variant(
         numeric=source is not None and source.numeric,
         same_weights=changes is not None and changes.same_weights,
         causes=causes,
+        vectors=_pinned_vectors(record, name, base, source, changes),
     )
     out.checks += vector_checks(
         name,
@@ -665,7 +670,8 @@ def _what_changed(record: RunRecord, run: VariantRun, base: Baseline) -> _Change
         causes=causes,
         same_weights=same_weights,
         golden_changed=golden_changed,
-        hardware_changed=any(c["key"] in HARDWARE_KEYS for c in changes),
+        # Other CPU kernels are another machine to a speed comparison, as another CPU is.
+        hardware_changed=any(c["key"] in (*HARDWARE_KEYS, "cpu_features") for c in changes),
     )
 
 
@@ -983,13 +989,38 @@ def numeric_changes(base: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 def _environment_changes(base: dict[str, Any], now: dict[str, Any]) -> list[dict[str, Any]]:
     # A baseline recorded before the KV cache was a setting ran with llama.cpp's defaults.
-    base = {**runtime_defaults(base), **base}
-    now = {**runtime_defaults(now), **now}
+    base = {**runtime_defaults(base), **_derived_keys(base), **base}
+    now = {**runtime_defaults(now), **_derived_keys(now), **now}
     return [
         {"key": key, "baseline": base.get(key), "current": now.get(key)}
         for key in (*ENGINE_KEYS, *HARDWARE_KEYS)
         if key in base and not _same_setting(key, base.get(key), now.get(key))
     ]
+
+
+def _pinned_vectors(
+    record: RunRecord,
+    name: str,
+    base: Baseline | None,
+    source: BaselineSource | None,
+    changes: _Changes | None,
+) -> dict[tuple[str, str], tuple[Any, Any]] | None:
+    """Both runs' vectors of an embedding variant, where a numeric change with the same
+    weights lets rank swaps be judged by their cosine gaps (None: not needed or unavailable)."""
+    suites = record.retrieval.get(name)
+    if not suites or base is None or source is None or not source.numeric:
+        return None
+    if changes is None or not changes.same_weights:
+        return None
+    pairs = baseline_pairs(suites, base.extra, base.directory)
+    return None if isinstance(pairs, str) else pairs
+
+
+def _derived_keys(environment: Mapping[str, Any]) -> dict[str, Any]:
+    """Environment facts read out of what was recorded: the build's CPU features, from
+    llama.cpp's system info line (recorded by every llama.cpp run, old baselines included)."""
+    features = runtime_of(environment).get("cpu_features")
+    return {"cpu_features": features} if features else {}
 
 
 def _same_setting(key: str, was: Any, now: Any) -> bool:

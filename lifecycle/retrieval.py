@@ -330,12 +330,18 @@ def retrieval_checks(
     numeric: bool,
     same_weights: bool,
     causes: Sequence[str] = (),
+    vectors: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[Check]:
     """Metric thresholds and metric drops of one variant's retrieval suites.
 
-    A drop is measured over the queries both runs have; across a numeric environment change
-    (another CPU, engine build) with the same weights, queries that were a near tie in both
-    runs (margins under ``noise_margin``) are left out, as the gate does for pass rates.
+    A drop is measured over the queries both runs have. Across a numeric environment change
+    (another CPU, engine build) with the same weights, a query is left out, as the gate does
+    for pass rates, when it was a near tie in both runs (hit margins under ``noise_margin``)
+    or when its ranking moved only through near ties: given both runs' vectors
+    (``vectors``: (suite, text key) -> (pinned, now), :func:`lifecycle.vectors.baseline_pairs`),
+    every pair of documents whose order decides a metric (a relevant one against one of
+    another grade) and changed order had a cosine gap under ``noise_margin`` x
+    :data:`TEMPERATURE` in both runs.
     """
     out: list[Check] = []
     suites = (getattr(record, "retrieval", None) or {}).get(name) or {}
@@ -375,7 +381,24 @@ def retrieval_checks(
             near_tie = (
                 was is not None and now is not None and was < noise_margin and now < noise_margin
             )
-            if numeric and same_weights and near_tie:
+            if (
+                numeric
+                and same_weights
+                and (
+                    near_tie
+                    or (
+                        vectors is not None
+                        and old.parsed != case.parsed
+                        and moved_by_near_ties(
+                            vectors,
+                            suite,
+                            case_id,
+                            dict(case.expected.get("relevant") or {}),
+                            noise_margin * TEMPERATURE,
+                        )
+                    )
+                )
+            ):
                 continue
             pairs.append((old.parsed, case.parsed))
         if not pairs:
@@ -400,6 +423,36 @@ def retrieval_checks(
                 )
             )
     return out
+
+
+def moved_by_near_ties(
+    vectors: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    suite: str,
+    query_id: str,
+    relevance: Mapping[str, float],
+    bound: float,
+) -> bool:
+    """Whether every change in a query's ranking that can move its metrics is a near tie:
+    each (relevant document, document of another grade) pair that swapped order between the
+    pinned and the current vectors had a cosine gap under ``bound`` in both. False when a
+    vector is missing (a text changed since the pin): then the change is judged as it is."""
+    query = vectors.get((suite, f"query/{query_id}"))
+    docs = {key[1].removeprefix("corpus/"): v for key, v in vectors.items() if key[0] == suite}
+    docs = {doc: v for doc, v in docs.items() if not doc.startswith("query/")}
+    if query is None or any(doc not in docs for doc in relevance):
+        return False
+    then = {doc: float(v[0] @ query[0]) for doc, v in docs.items()}
+    now = {doc: float(v[1] @ query[1]) for doc, v in docs.items()}
+    for relevant, grade in relevance.items():
+        for other in docs:
+            if other == relevant or relevance.get(other, 0.0) == grade:
+                continue
+            gap_then = then[relevant] - then[other]
+            gap_now = now[relevant] - now[other]
+            swapped = (gap_then > 0) != (gap_now > 0)
+            if swapped and not (abs(gap_then) < bound and abs(gap_now) < bound):
+                return False
+    return True
 
 
 def _check(check: str, variant: str, suite: str, status: str, message: str, **values: Any) -> Check:
