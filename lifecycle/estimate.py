@@ -27,8 +27,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from lifecycle.config import KV_CACHE_TYPES
 from lifecycle.errors import ModelError, UsageError
 from lifecycle.gguf import GGUFInfo, read_gguf
@@ -190,8 +188,24 @@ def kv_type_bytes(name: str) -> float:
     q4_0 18/32 (a block of 32 values stores one f16 scale with them)."""
     if name not in KV_CACHE_TYPES:
         raise UsageError(f"unknown KV cache type {name!r}; one of: {', '.join(KV_CACHE_TYPES)}")
-    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]]
+    block, size = KV_TYPE_SIZES[name]
     return size / block
+
+
+# (block size, bytes per block) of each KV cache type: ggml's own, as gguf-py's
+# GGML_QUANT_SIZES lists them (tests/test_gguf.py checks), copied so that a batched eval's
+# memory check does not import gguf-py (tens of milliseconds) for nine constants.
+KV_TYPE_SIZES: dict[str, tuple[int, int]] = {
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q8_0": (32, 34),
+    "q4_0": (32, 18),
+    "q4_1": (32, 20),
+    "iq4_nl": (32, 18),
+    "q5_0": (32, 22),
+    "q5_1": (32, 24),
+}
 
 
 def _per_layer(

@@ -10,7 +10,23 @@ problem, not later as a crash inside the inference engine. Only the header is re
 tensor data, so this is cheap on multi-GB files; :func:`read_gguf_bytes` works on a prefix
 fetched with an HTTP range request and raises :class:`IncompleteHeader` when it needs more.
 ``gguf.GGUFReader`` is not used: it memory-maps the whole file and accepts files llama.cpp
-rejects. Only the constants of the ``gguf`` package are used.
+rejects. Only the constants of the ``gguf`` package are used (ggml's tensor types and
+llama_ftype names), imported when a header is parsed: the value types are the format's own
+(numbered by the spec, checked against gguf-py by a test), so a summary served from the
+header cache imports nothing.
+
+The header cache: a file's summary is kept as JSON under ``$LIFECYCLE_HOME/gguf-headers``,
+because every eval reads its models' headers and Gemma's 262k-string vocabulary takes tens of
+milliseconds to walk (the tensor table comes after it and each string is length-prefixed, so
+no reader can skip it). A store blob's entry is named by its digest (blobs are
+content-addressed and never change) and checked against its size; any other file's entry is
+named by its real path and checked against its size, mtime, ctime, inode and device, and is
+written only once the file has been still (mtime and ctime) for a few seconds: a file
+rewritten within one timestamp tick would otherwise keep its old entry (git's "racy clean"
+problem). Each entry carries a salt (this module's source and gguf-py's constants) and a
+sha256 of its summary: an entry that is damaged, from another parser, or of a changed file is
+ignored and rewritten. Only successful reads with the default ``max_array_len`` are cached; a
+malformed file is parsed (and refused) every time.
 
 Layout (little-endian): magic ``GGUF``, u32 version, u64 tensor count, u64 key/value count;
 then each key/value (string key, u32 value type, value; an array is u32 item type, u64 count,
@@ -38,17 +54,25 @@ The checks follow llama.cpp (``ggml/src/gguf.cpp``, ``gguf_init_from_reader``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import hashlib
+import importlib.util
 import itertools
+import json
 import os
+import re
+import stat as stat_mod
 import struct
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
-
+from lifecycle.config import lifecycle_home
 from lifecycle.errors import ModelError
+from lifecycle.fsutil import atomic_write_text
 
 __all__ = [
     "DEFAULT_MAX_ARRAY_LEN",
@@ -162,7 +186,8 @@ def read_gguf(path: str | Path, *, max_array_len: int | None = DEFAULT_MAX_ARRAY
     ``max_array_len`` bounds which metadata arrays are kept in full (``None``: keep all).
     Raises :class:`ModelError` for a missing, unreadable, truncated or malformed file.
     Results are remembered per (path, size, mtime) within the process: store blobs never
-    change, and a run reads each one's header from several places.
+    change, and a run reads each one's header from several places. Across processes, the
+    header cache under ``$LIFECYCLE_HOME`` serves them (see the module's docstring).
     """
     file_path = Path(path)
     try:
@@ -174,12 +199,115 @@ def read_gguf(path: str | Path, *, max_array_len: int | None = DEFAULT_MAX_ARRAY
     key = (str(file_path), stat.st_size, stat.st_mtime_ns, max_array_len)
     cached = _HEADERS.get(key)
     if cached is None:
-        cached = _read_gguf_file(file_path, max_array_len)
+        if max_array_len == DEFAULT_MAX_ARRAY_LEN:
+            cached = _cached_header(file_path, stat)
+        else:
+            cached = _read_gguf_file(file_path, max_array_len)
         _HEADERS[key] = cached
     return copy.deepcopy(cached)
 
 
 _HEADERS: dict[tuple[str, int, int, int | None], GGUFInfo] = {}
+
+# --- the header cache ------------------------------------------------------------------------
+
+HEADER_CACHE_DIR = "gguf-headers"  # under $LIFECYCLE_HOME
+_CACHE_FORMAT = 1
+_BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
+_STILL_NS = 3_000_000_000  # a non-store file is cached once unchanged for this long
+
+
+def _cached_header(file_path: Path, stat: os.stat_result) -> GGUFInfo:
+    """The header of ``file_path`` from its cache entry, else parsed and written there."""
+    entry, identity = _cache_entry(file_path, stat)
+    if entry is None:
+        return _read_gguf_file(file_path, DEFAULT_MAX_ARRAY_LEN)
+    info = _load_entry(entry, identity, str(file_path))
+    if info is not None:
+        return info
+    info = _read_gguf_file(file_path, DEFAULT_MAX_ARRAY_LEN)
+    blob = "digest" in identity
+    if blob or time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > _STILL_NS:
+        _store_entry(entry, identity, info)
+    return info
+
+
+def _cache_entry(file_path: Path, stat: os.stat_result) -> tuple[Path | None, dict[str, Any]]:
+    """Where ``file_path``'s entry lives (None: not cacheable) and what it must match."""
+    if not stat_mod.S_ISREG(stat.st_mode):
+        return None, {}
+    directory = lifecycle_home() / HEADER_CACHE_DIR
+    salt = _cache_salt()
+    if file_path.parent.name == "blobs" and _BLOB_NAME.fullmatch(file_path.name):
+        identity: dict[str, Any] = {
+            "salt": salt,
+            "digest": file_path.name.replace("-", ":", 1),
+            "size": stat.st_size,
+        }
+        return directory / f"{file_path.name}.json", identity
+    real = os.path.realpath(file_path)
+    identity = {
+        "salt": salt,
+        "path": real,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,  # a copy that restores the mtime (cp -p) still misses
+        "inode": stat.st_ino,
+        "device": stat.st_dev,
+    }
+    name = hashlib.sha256(os.fsencode(real)).hexdigest()
+    return directory / f"path-{name}.json", identity
+
+
+@functools.cache
+def _cache_salt() -> str:
+    """What the cached summaries depend on besides the file: this parser's source and
+    gguf-py's constants (type names and sizes), so an upgrade of either misses."""
+    digest = hashlib.sha256(f"format {_CACHE_FORMAT}\n".encode())
+    try:
+        digest.update(Path(__file__).read_bytes())
+    except OSError:
+        digest.update(b"source unreadable")
+    spec = importlib.util.find_spec("gguf")
+    if spec is not None and spec.origin:
+        try:
+            constants = os.stat(Path(spec.origin).parent / "constants.py")
+            digest.update(f"{spec.origin} {constants.st_size} {constants.st_mtime_ns}".encode())
+        except OSError:
+            digest.update(spec.origin.encode())
+    return digest.hexdigest()[:32]
+
+
+def _load_entry(entry: Path, identity: dict[str, Any], source: str) -> GGUFInfo | None:
+    """The summary in ``entry`` when it is whole and matches ``identity``; else None."""
+    try:
+        document = json.loads(entry.read_text(encoding="utf-8"))
+        if not isinstance(document, dict) or document.get("identity") != identity:
+            return None
+        text = document["info"]
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() != document["sha256"]:
+            return None
+        data = json.loads(text)
+        tensors = [
+            TensorInfo(t["name"], tuple(t["shape"]), t["ggml_type_name"], t["offset"], t["n_bytes"])
+            for t in data.pop("tensors")
+        ]
+        return GGUFInfo(**{**data, "source": source, "tensors": tensors})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # missing or damaged: parse the file and write the entry afresh
+
+
+def _store_entry(entry: Path, identity: dict[str, Any], info: GGUFInfo) -> None:
+    data = info.to_dict()
+    del data["source"]  # the path the caller named; a blob's entry serves every path to it
+    text = json.dumps(data, ensure_ascii=False)
+    document = {
+        "identity": identity,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "info": text,
+    }
+    with contextlib.suppress(OSError):  # a read-only home: the next read parses again
+        atomic_write_text(entry, json.dumps(document, ensure_ascii=False))
 
 
 def _read_gguf_file(file_path: Path, max_array_len: int | None) -> GGUFInfo:
@@ -256,27 +384,54 @@ _MIN_KV_BYTES = 14
 _MIN_TENSOR_BYTES = 32
 _MIN_STRING_BYTES = 8
 
-_ARRAY = int(GGUFValueType.ARRAY)
-_STRING = int(GGUFValueType.STRING)
-_BOOL = int(GGUFValueType.BOOL)
+# The GGUF value types, numbered by the format (gguf_type in ggml's gguf.h; gguf-py's
+# GGUFValueType has the same numbers and names, tests/test_gguf.py checks).
+_VALUE_TYPE_NAMES: dict[int, str] = {
+    0: "uint8",
+    1: "int8",
+    2: "uint16",
+    3: "int16",
+    4: "uint32",
+    5: "int32",
+    6: "float32",
+    7: "bool",
+    8: "string",
+    9: "array",
+    10: "uint64",
+    11: "int64",
+    12: "float64",
+}
+_UINT32 = 4
+_BOOL = 7
+_STRING = 8
+_ARRAY = 9
 # struct codes of the fixed-size value types (BOOL is read as a byte: non-zero is true).
 _SCALAR_FORMATS: dict[int, str] = {
-    int(GGUFValueType.UINT8): "B",
-    int(GGUFValueType.INT8): "b",
-    int(GGUFValueType.UINT16): "H",
-    int(GGUFValueType.INT16): "h",
-    int(GGUFValueType.UINT32): "I",
-    int(GGUFValueType.INT32): "i",
-    int(GGUFValueType.FLOAT32): "f",
-    int(GGUFValueType.BOOL): "B",
-    int(GGUFValueType.UINT64): "Q",
-    int(GGUFValueType.INT64): "q",
-    int(GGUFValueType.FLOAT64): "d",
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "B",
+    10: "Q",
+    11: "q",
+    12: "d",
 }
-_VALUE_TYPE_NAMES: dict[int, str] = {int(t): t.name.lower() for t in GGUFValueType}
-_GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    int(t): (t.name, *GGML_QUANT_SIZES[t]) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES
-}
+
+
+@functools.cache
+def _ggml_types() -> dict[int, tuple[str, int, int]]:
+    """ggml type id -> (name, block size, bytes per block), from gguf-py (imported here: the
+    list grows with llama.cpp, so it is not copied)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return {
+        int(t): (t.name, *GGML_QUANT_SIZES[t])
+        for t in GGMLQuantizationType
+        if t in GGML_QUANT_SIZES
+    }
 
 
 class _NeedMore(Exception):
@@ -519,7 +674,7 @@ def _alignment(cur: _Cursor, metadata: dict[str, Any], types: dict[str, int]) ->
     if _ALIGNMENT_KEY not in metadata:
         return _DEFAULT_ALIGNMENT
     vtype = types[_ALIGNMENT_KEY]
-    if vtype != int(GGUFValueType.UINT32):
+    if vtype != _UINT32:
         raise cur.fail(
             f"{_ALIGNMENT_KEY} must be of type uint32, not {_VALUE_TYPE_NAMES.get(vtype, vtype)}"
         )
@@ -539,6 +694,7 @@ class _RawTensor:
 
 
 def _read_tensor_infos(cur: _Cursor, n_tensors: int) -> list[_RawTensor]:
+    ggml_types = _ggml_types()
     infos: list[_RawTensor] = []
     seen: set[bytes] = set()
     for i in range(n_tensors):
@@ -565,7 +721,7 @@ def _read_tensor_infos(cur: _Cursor, n_tensors: int) -> list[_RawTensor]:
         if n_elements >= _INT64_MAX:
             raise cur.fail(f"tensor {name!r} shape {list(shape)} overflows int64 element count")
         type_id = cur.u32(f"ggml type of tensor {name!r}")
-        known = _GGML_TYPES.get(type_id)
+        known = ggml_types.get(type_id)
         if known is None:
             raise cur.fail(f"tensor {name!r} has unknown ggml type {type_id}")
         type_name, block_size, type_size = known
@@ -707,6 +863,8 @@ def _file_type_name(value: int | None) -> str | None:
     """``general.file_type`` (llama_ftype) as a short name: 15 -> "Q4_K_M", 0 -> "F32"."""
     if value is None:
         return None
+    from gguf import LlamaFileType
+
     try:
         name = LlamaFileType(value).name
     except ValueError:

@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from lifecycle.errors import ModelError, UsageError
 from lifecycle.fsutil import locked_temp, quiet_stderr
 from lifecycle.gguf import GGUFInfo, read_gguf
@@ -180,6 +178,8 @@ def expected_size(source: GGUFInfo, target: str) -> int:
     keeps them. Mixes such as Q4_K_M put a few tensors in a larger type, so this is a floor,
     good for a progress bar and nothing else.
     """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # only when quantizing
+
     base = re.sub(r"_(S|M|L)$", "", target)
     try:
         block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[base]]

@@ -497,6 +497,31 @@ def test_unknown_file_type_id(tmp_path: Path) -> None:
     assert read_gguf(write(tmp_path, data)).file_type == "unknown(999)"
 
 
+def test_value_types_are_gguf_pys() -> None:
+    """The value types are the format's numbers, copied so that a cached header needs no
+    gguf-py: the copy must say what gguf-py says."""
+    assert {int(t): t.name.lower() for t in GGUFValueType} == gguf_mod._VALUE_TYPE_NAMES
+    fixed = {t for t in GGUFValueType if t not in (GGUFValueType.STRING, GGUFValueType.ARRAY)}
+    assert set(gguf_mod._SCALAR_FORMATS) == {int(t) for t in fixed}
+    assert (gguf_mod._UINT32, gguf_mod._BOOL, gguf_mod._STRING, gguf_mod._ARRAY) == (
+        GGUFValueType.UINT32,
+        GGUFValueType.BOOL,
+        GGUFValueType.STRING,
+        GGUFValueType.ARRAY,
+    )
+
+
+def test_kv_cache_type_sizes_are_ggmls() -> None:
+    from gguf import GGML_QUANT_SIZES
+
+    from lifecycle.config import KV_CACHE_TYPES
+    from lifecycle.estimate import KV_TYPE_SIZES
+
+    assert set(KV_TYPE_SIZES) == set(KV_CACHE_TYPES)
+    for name, sizes in KV_TYPE_SIZES.items():
+        assert GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]] == sizes, name
+
+
 # --- the example workspace's real model --------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 # Libraries no command needs before it runs: `--help`, `lint`, `show` and the supervisor
@@ -88,6 +89,49 @@ def test_eval_path_imports_no_plotting_diff_or_network_library() -> None:
     )
     assert {"lifecycle.runner", "lifecycle.sources", "jsonschema"} <= loaded
     assert NOT_ON_EVAL_PATH & loaded == set()
+
+
+# Imported on first real need, not by the eval path's modules: gguf-py when a GGUF header is
+# parsed (a cached header, lifecycle.gguf, needs none), llguidance on the first schema,
+# psutil when a run measures the machine.
+NOT_UNTIL_NEEDED = {"gguf", "llguidance", "psutil"}
+
+
+def test_eval_path_imports_gguf_py_and_llguidance_only_when_needed() -> None:
+    loaded = _modules_after(
+        "import lifecycle.cli, lifecycle.cli.eval, lifecycle.runner, lifecycle.engines.doctor\n"
+        "import lifecycle.engines.llama_cpp, lifecycle.estimate, lifecycle.quantize\n"
+        "from lifecycle.engines.structured import schema_decoder\n"
+        "from lifecycle.estimate import kv_type_bytes\n"
+        "assert kv_type_bytes('q8_0') == 34 / 32\n"
+        "print(schema_decoder())"
+    )
+    assert {"llama_cpp", "lifecycle.engines.structured", "lifecycle.gguf"} <= loaded
+    assert NOT_UNTIL_NEEDED & loaded == set()
+
+
+def test_foreign_load_finds_the_descendants_psutil_finds() -> None:
+    """The foreign-load measure reads /proc/<pid>/task/<tid>/children instead of psutil's
+    scan of every process: the same processes, grandchildren included."""
+    import psutil
+
+    from lifecycle.results import ForeignLoad, _descendants
+
+    me = psutil.Process()
+    tree = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(me.children(recursive=True)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        expected = sorted(p.pid for p in me.children(recursive=True))
+        assert len(expected) >= 3
+        assert sorted(p.pid for p in _descendants(me)) == expected
+        assert ForeignLoad().start().share() >= 0.0  # (over no wall time: any size)
+    finally:
+        for child in psutil.Process(tree.pid).children(recursive=True):
+            child.kill()
+        tree.kill()
+        tree.wait()
 
 
 def test_a_pull_still_finds_its_source() -> None:

@@ -22,23 +22,21 @@ llguidance, for a schema llguidance rejects (said once per process), and when
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
 import sys
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from lifecycle.engines.decoding import best_other
 from lifecycle.envnames import ENV_SCHEMA_DECODER
-
-try:
-    import llguidance
-    from llguidance.llamacpp import lltokenizer_from_vocab
-except ImportError:  # the GBNF path serves schema mode alone
-    llguidance = None  # type: ignore[assignment]
 
 ENV_DECODER = ENV_SCHEMA_DECODER
 # JSON compile options: the golden answers' separators, no free whitespace (it would defeat
@@ -51,9 +49,32 @@ _said: set[str] = set()  # schemas whose fallback to GBNF this process has repor
 def schema_decoder() -> str:
     """The decoder schema mode uses in this process: ``"llguidance <version>"`` or
     ``"gbnf"`` (recorded in the engine details and in the answer cache's key)."""
-    if llguidance is None or os.environ.get(ENV_DECODER, "").strip().lower() == "gbnf":
+    version = _llguidance_version()
+    if version is None or os.environ.get(ENV_DECODER, "").strip().lower() == "gbnf":
         return "gbnf"
-    return f"llguidance {llguidance.__version__}"
+    return f"llguidance {version}"
+
+
+@functools.cache
+def _llguidance_version() -> str | None:
+    """llguidance's version when it is installed (None: the GBNF path serves schema mode
+    alone), found without importing it: a free-mode run never pays for the import (about
+    30 ms). The version is the distribution's, which is what ``llguidance.__version__`` reads.
+    """
+    try:
+        if importlib.util.find_spec("llguidance") is None:
+            return None
+        return importlib.metadata.version("llguidance")
+    except (ImportError, ValueError):  # PackageNotFoundError is an ImportError
+        return None
+
+
+def _llguidance() -> ModuleType:
+    """The llguidance module, imported on the first schema that uses it."""
+    import llguidance
+    import llguidance.llamacpp
+
+    return llguidance
 
 
 class SchemaGrammars:
@@ -88,7 +109,7 @@ class SchemaGrammars:
         return ForcingGrammar(self._tokenizer_for(), grammar)
 
     def _compile(self, key: str) -> tuple[str | None, str | None]:
-        assert llguidance is not None
+        llguidance = _llguidance()
         try:
             grammar = llguidance.LLMatcher.grammar_from_json_schema(key, overrides=JSON_OPTIONS)
         except (ValueError, RuntimeError) as exc:
@@ -104,7 +125,7 @@ class SchemaGrammars:
         if self._tokenizer is None:
             # No slicer: building it costs about 2 s more per load on Gemma's vocabulary, and
             # masks stay well under a millisecond without it (docs/performance.md).
-            self._tokenizer = lltokenizer_from_vocab(self._vocab, slices=[])
+            self._tokenizer = _llguidance().llamacpp.lltokenizer_from_vocab(self._vocab, slices=[])
         return self._tokenizer
 
 
@@ -131,8 +152,7 @@ class ForcingGrammar:
     """
 
     def __init__(self, tokenizer: Any, grammar: str) -> None:
-        assert llguidance is not None
-        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        self.matcher = _llguidance().LLMatcher(tokenizer, grammar, log_level=0)
         if self.matcher.is_error():
             raise RuntimeError(f"llguidance: {self.matcher.get_error()}")
         self.n_vocab = int(tokenizer.vocab_size)
