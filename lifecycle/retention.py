@@ -40,6 +40,7 @@ from lifecycle.baselines import BASELINES_DIR, load_baselines
 from lifecycle.config import TableReader, Workspace
 from lifecycle.errors import TagError
 from lifecycle.fsutil import sweep_temps
+from lifecycle.gguf import HEADER_CACHE_DIR
 from lifecycle.lockfile import LOCK_FILE, read_lock
 from lifecycle.runs import LATEST, RUN_FILE, read_run
 from lifecycle.sources import canonical
@@ -49,7 +50,7 @@ from lifecycle.tags import Tag, from_tag, parse_tag
 DAY_S = 86400.0
 # Workspace caches (relative to the root) and store caches (relative to LIFECYCLE_HOME).
 WORKSPACE_CACHES = (Path(".lifecycle") / "cache",)
-STORE_CACHES = (Path("engine-checks"),)
+STORE_CACHES = (Path("engine-checks"), Path(HEADER_CACHE_DIR))
 
 KEEP = "keep"
 REMOVE = "remove"

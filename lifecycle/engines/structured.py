@@ -37,6 +37,7 @@ import numpy as np
 
 from lifecycle.engines.decoding import best_other
 from lifecycle.envnames import ENV_SCHEMA_DECODER
+from lifecycle.errors import EngineError
 
 ENV_DECODER = ENV_SCHEMA_DECODER
 # JSON compile options: the golden answers' separators, no free whitespace (it would defeat
@@ -70,10 +71,17 @@ def _llguidance_version() -> str | None:
 
 
 def _llguidance() -> ModuleType:
-    """The llguidance module, imported on the first schema that uses it."""
-    import llguidance
-    import llguidance.llamacpp
-
+    """The llguidance module, imported on the first schema that uses it. Installed but
+    unimportable (a broken wheel): one line that says so, not a traceback; the run record
+    already names llguidance as the decoder, so silently taking the GBNF path would lie."""
+    try:
+        import llguidance
+        import llguidance.llamacpp
+    except ImportError as exc:
+        raise EngineError(
+            f"llguidance is installed but cannot be imported ({exc}): reinstall it, or set "
+            f"{ENV_SCHEMA_DECODER}=gbnf to use llama.cpp's grammar for schema mode"
+        ) from exc
     return llguidance
 
 
