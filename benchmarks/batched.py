@@ -45,6 +45,7 @@ import llama_cpp  # noqa: F401  (before numpy, as the engine commands do)
 from lifecycle.config import load_workspace
 from lifecycle.gguf import read_gguf
 from lifecycle.golden import score_output
+from lifecycle.hostinfo import cpu_info
 from lifecycle.runner import EvalOptions, case_request, run_eval
 from lifecycle.store import Store
 from lifecycle.variants import resolve_variants
@@ -83,7 +84,7 @@ def main() -> int:
     variant = next((v for v in variants if v.name == args.variant), None) or variants[0]
     levels = [int(n) for n in args.parallel.split(",") if n.strip()]
     print(f"variant {variant.name} ({variant.blob_digest[:19]}), threads {args.threads}")
-    print(f"cpu: {_cpu_model()} ({platform.machine()}), {args.rounds} round(s)")
+    print(f"cpu: {cpu_info()[0]} ({platform.machine()}), {args.rounds} round(s)")
 
     paths = [Path_("sequential", 1)] + [Path_(f"batched N={n}", n) for n in levels]
     server_levels = [int(n) for n in (args.server_parallel or args.parallel).split(",") if n]
@@ -288,16 +289,6 @@ def _report(paths: list[Path_], *, n_cases: int) -> None:
                 f"    {mode}/{case_id}: {json.dumps(reference.outputs.get((mode, case_id)))[:50]}"
                 f" -> {json.dumps(path.outputs[(mode, case_id)])[:50]}"
             )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _free_port() -> int:

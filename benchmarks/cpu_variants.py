@@ -26,6 +26,8 @@ import statistics
 import subprocess
 from pathlib import Path
 
+from lifecycle.hostinfo import cpu_info
+
 ONE_BENCH = """
 import json, sys
 from pathlib import Path
@@ -84,7 +86,7 @@ def main() -> int:
     sides: dict[str, tuple[str, dict[str, str]]] = {"portable": (args.portable, {})}
     for name in variants:
         sides[f"all-cpus/{name}"] = (args.all_cpus, {"GGML_BACKEND_PATH": paths[name]})
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}")
+    print(f"machine: {cpu_info()[0]}, {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}")
     print(f"lifecycle's choice on this machine: {chosen}")
     results: dict[str, list[dict]] = {side: [] for side in sides}
     for round_no in range(args.rounds):
@@ -108,13 +110,6 @@ def main() -> int:
         print(f"{side:26} {' '.join(cells)}")
     print(f"load at the end: {os.getloadavg()[0]:.1f}")
     return 0
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

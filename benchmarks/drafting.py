@@ -39,6 +39,7 @@ from lifecycle.engines.drafting import DraftStats
 from lifecycle.envnames import ENV_FREE_DRAFT
 from lifecycle.gguf import read_gguf
 from lifecycle.golden import load_suites, score_output
+from lifecycle.hostinfo import cpu_info
 from lifecycle.runner import EvalOptions, _load_options, case_request
 from lifecycle.store import Store
 from lifecycle.variants import resolve_variants
@@ -83,7 +84,7 @@ def main() -> int:
     levels = [int(n) for n in args.parallel.split(",") if n.strip()]
     drafts = ["off"] + [f"prompt-lookup:{int(k)}" for k in args.draft.split(",") if k.strip()]
     print(f"variant {variant.name} ({variant.blob_digest[:19]}), threads {args.threads}")
-    print(f"cpu: {_cpu_model()} ({platform.machine()}), {args.rounds} round(s)")
+    print(f"cpu: {cpu_info()[0]} ({platform.machine()}), {args.rounds} round(s)")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (other work shares the machine)")
 
     settings = workspace.models[variant.model]
@@ -224,16 +225,6 @@ def _report(
                     f"draft {b.margin} (field {b.field_margin}); "
                     f"verdict {plain_passed[cid]} -> {passed[cid]}"
                 )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import llama_cpp  # noqa: F401  (before numpy, as the engine commands do)
 
 from lifecycle.config import load_workspace
 from lifecycle.engines.structured import ENV_DECODER
+from lifecycle.hostinfo import cpu_info
 from lifecycle.runner import EvalOptions, run_eval
 from lifecycle.store import Store
 from lifecycle.variants import resolve_variants
@@ -73,7 +74,7 @@ def main() -> int:
     variant = next((v for v in variants if v.name == args.variant), None) or variants[0]
     levels = [int(n) for n in args.parallel.split(",") if n.strip()]
     print(f"variant {variant.name} ({variant.blob_digest[:19]}), threads {args.threads}")
-    print(f"cpu: {_cpu_model()} ({platform.machine()}), {args.rounds} round(s)")
+    print(f"cpu: {cpu_info()[0]} ({platform.machine()}), {args.rounds} round(s)")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (other work shares the machine)")
 
     paths = [Path_(d, n) for n in levels for d in ("gbnf", "llguidance")]
@@ -164,16 +165,6 @@ def _flips(before: Path_, after: Path_) -> None:
             f"GBNF margin {b.margin} (field {b.field_margin}), "
             f"llguidance margin {a.margin} (field {a.field_margin})"
         )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
