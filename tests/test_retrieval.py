@@ -283,4 +283,7 @@ def test_openai_embeddings_over_http_in_batches(embedder_gguf: Path) -> None:
         server.shutdown()
         local.close()
     assert sizes == [64, 6] and len(vectors) == 70
-    assert np.allclose(vectors[0], vectors[10]) and not np.allclose(vectors[0], vectors[1])
+    # The same text at another place in a batch: equal up to batch numerics (AVX512 kernels
+    # move it by ~1e-5); another text is far away. The index, not the order, decides.
+    assert np.allclose(vectors[0], vectors[10], atol=1e-4)
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-4)
