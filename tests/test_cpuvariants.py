@@ -134,3 +134,18 @@ def test_a_backend_path_the_user_set_is_left_alone(tmp_path: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
     )
     assert proc.stdout.split() == ["None", chosen]
+
+
+def test_doctor_names_the_kernels_it_runs(tmp_path: Path) -> None:
+    env = {**os.environ, "LIFECYCLE_HOME": str(tmp_path)}
+    env.pop("GGML_BACKEND_PATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "doctor", "--no-models", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    kernels = json.loads(proc.stdout)["cpu_kernels"]
+    expected = _best_safe(cpuvariants.score_libraries(LIBRARIES))
+    assert (kernels["name"], kernels["verified"]) == (expected.name, True)

@@ -112,12 +112,12 @@ def _workspace_targets(workspace_dir: Path | None) -> list[tuple[str, Path, str,
 
 
 def _cpu_kernels(refresh: bool) -> dict[str, Any] | None:
-    """Which of the build's CPU backends runs here (None: one is compiled in). The choice the
-    CLI made on start is shown; ``--refresh`` decides again (for the next run: this process
+    """Which of the build's CPU backends runs here (None: one is compiled in). The choice this
+    process runs with is shown; ``--refresh`` decides again (for the next run: this process
     has loaded its backend already)."""
     from lifecycle.engines import cpuvariants
 
-    choice = cpuvariants.active()
+    choice = cpuvariants.activate(canary=True, say=progress)  # the CLI's choice, or made now
     if refresh and choice is not None:
         libraries = cpuvariants.installed_variants()
         choice = cpuvariants.choose(libraries, canary=True, refresh=True, say=progress) or choice
