@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from registry import MISSING as REGISTRY_MISSING
@@ -175,3 +176,30 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     )
     for nodeid in missing:
         terminalreporter.write_line(f"  {nodeid}")
+
+
+@pytest.fixture(scope="module")
+def sequential(tiny_model: Path) -> Iterator[Any]:
+    """The tiny model loaded for one sequence at a time (per test module)."""
+    from lifecycle.engines import get_engine
+    from lifecycle.engines.base import LoadOptions
+    from lifecycle.engines.llama_cpp import LlamaCppModel
+
+    loaded = get_engine("llama-cpp").load(tiny_model, LoadOptions(n_ctx=512, n_threads=2))
+    assert isinstance(loaded, LlamaCppModel)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def batched(tiny_model: Path) -> Iterator[Any]:
+    """The tiny model loaded with 4 sequence slots: the batched decoder (per test module)."""
+    from lifecycle.engines import get_engine
+    from lifecycle.engines.base import BatchedModel, LoadOptions
+    from lifecycle.engines.llama_cpp import LlamaCppModel
+
+    options = LoadOptions(n_ctx=512, n_threads=2, n_parallel=4)
+    loaded = get_engine("llama-cpp").load(tiny_model, options)
+    assert isinstance(loaded, LlamaCppModel) and isinstance(loaded, BatchedModel)
+    yield loaded
+    loaded.close()

@@ -8,7 +8,7 @@ cases finish in.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ import pytest
 from conftest import TINY_SCHEMA
 
 from lifecycle.engines import (
-    BatchedModel,
     CaseTimeout,
     Generation,
     GenerationRequest,
@@ -32,23 +31,6 @@ PREFIX = "<start_of_turn>user\nRoute tickets to billing, technical or sales.<end
 def ask(text: str, **kwargs: object) -> GenerationRequest:
     prompt = f"{PREFIX}<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
     return GenerationRequest(prompt=prompt, **{"max_tokens": 20, **kwargs})  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def sequential(tiny_model: Path) -> Iterator[LlamaCppModel]:
-    loaded = get_engine("llama-cpp").load(tiny_model, LoadOptions(n_ctx=512, n_threads=2))
-    assert isinstance(loaded, LlamaCppModel)
-    yield loaded
-    loaded.close()
-
-
-@pytest.fixture(scope="module")
-def batched(tiny_model: Path) -> Iterator[LlamaCppModel]:
-    options = LoadOptions(n_ctx=512, n_threads=2, n_parallel=4)
-    loaded = get_engine("llama-cpp").load(tiny_model, options)
-    assert isinstance(loaded, LlamaCppModel) and isinstance(loaded, BatchedModel)
-    yield loaded
-    loaded.close()
 
 
 def run_batch(

@@ -9,8 +9,6 @@ patterns, so its prompts' n-grams recur and drafts are accepted as well as rejec
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 
 import llama_cpp
 import pytest
@@ -45,23 +43,6 @@ FREE = [
     for i, text in enumerate(TEXTS)
     for penalty in (1.0, 1.1)
 ] + [ask("ticket 1", stop=("y*y*",)), ask("abc", max_tokens=3)]
-
-
-@pytest.fixture(scope="module")
-def sequential(tiny_model: Path) -> Iterator[LlamaCppModel]:
-    loaded = get_engine("llama-cpp").load(tiny_model, LoadOptions(n_ctx=512, n_threads=2))
-    assert isinstance(loaded, LlamaCppModel)
-    yield loaded
-    loaded.close()
-
-
-@pytest.fixture(scope="module")
-def batched(tiny_model: Path) -> Iterator[LlamaCppModel]:
-    options = LoadOptions(n_ctx=512, n_threads=2, n_parallel=4)
-    loaded = get_engine("llama-cpp").load(tiny_model, options)
-    assert isinstance(loaded, LlamaCppModel)
-    yield loaded
-    loaded.close()
 
 
 def generate_all(
