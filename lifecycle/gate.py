@@ -568,7 +568,20 @@ def _gate_variant(
             hardware_keys=HARDWARE_KEYS,
             causes=causes,
         )
-    # Retrieval suites: metric thresholds and drops, vector drift, re-index (vectors).
+    # Retrieval suites: metric thresholds and drops, vector drift, re-index (vectors). The
+    # pinned sidecar is read (and hashed) once, for both.
+    suites_now = record.retrieval.get(name)
+    pairs = (
+        baseline_pairs(
+            suites_now,
+            base.extra if base is not None else {},
+            base.directory if base is not None else None,
+        )
+        if suites_now
+        else None
+    )
+    # Rank swaps are judged by their cosine gaps across a numeric change, same weights.
+    rank_noise = bool(source and source.numeric and changes and changes.same_weights)
     out.checks += retrieval_checks(
         record,
         name,
@@ -578,13 +591,11 @@ def _gate_variant(
         numeric=source is not None and source.numeric,
         same_weights=changes is not None and changes.same_weights,
         causes=causes,
-        vectors=_pinned_vectors(record, name, base, source, changes),
+        vectors=pairs if rank_noise and isinstance(pairs, dict) else None,
     )
     out.checks += vector_checks(
         name,
-        record.retrieval.get(name),
-        base.extra if base is not None else {},
-        base.directory if base is not None else None,
+        pairs,
         max_vector_drift=settings.max_vector_drift,
         reindex_below=settings.reindex_below,
     )
@@ -996,24 +1007,6 @@ def _environment_changes(base: dict[str, Any], now: dict[str, Any]) -> list[dict
         for key in (*ENGINE_KEYS, *HARDWARE_KEYS)
         if key in base and not _same_setting(key, base.get(key), now.get(key))
     ]
-
-
-def _pinned_vectors(
-    record: RunRecord,
-    name: str,
-    base: Baseline | None,
-    source: BaselineSource | None,
-    changes: _Changes | None,
-) -> dict[tuple[str, str], tuple[Any, Any]] | None:
-    """Both runs' vectors of an embedding variant, where a numeric change with the same
-    weights lets rank swaps be judged by their cosine gaps (None: not needed or unavailable)."""
-    suites = record.retrieval.get(name)
-    if not suites or base is None or source is None or not source.numeric:
-        return None
-    if changes is None or not changes.same_weights:
-        return None
-    pairs = baseline_pairs(suites, base.extra, base.directory)
-    return None if isinstance(pairs, str) else pairs
 
 
 def _derived_keys(environment: Mapping[str, Any]) -> dict[str, Any]:

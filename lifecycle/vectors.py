@@ -178,23 +178,19 @@ def baseline_pairs(
 
 def vector_checks(
     name: str,
-    suites_now: Mapping[str, Mapping[str, Any]] | None,
-    baseline_extra: Mapping[str, Any],
-    baseline_dir: Path | None,
+    pairs: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]] | str | None,
     *,
     max_vector_drift: float | None,
     reindex_below: float,
 ) -> list[Check]:
     """The drift checks of one variant.
 
-    ``suites_now``: the run's retrieval suites of the variant; ``baseline_extra``: the
-    baseline entry's extra keys (``vectors``); ``baseline_dir``: where its file was read
-    from (None: not on disk, e.g. a baseline read from git). Never raises on a bad sidecar:
+    ``pairs``: :func:`baseline_pairs` of the run's retrieval suites and the baseline entry
+    (None: the variant embedded nothing or has no baseline). Never raises on a bad sidecar:
     it says "baseline vectors unavailable" and the metrics are judged without it.
     """
-    if not suites_now:
+    if pairs is None:
         return []
-    pairs = baseline_pairs(suites_now, baseline_extra, baseline_dir)
     if isinstance(pairs, str):
         return [_check(name, "skip", f"baseline vectors unavailable: {pairs}")]
     keys = [f"{suite} {key}" for suite, key in pairs]
